@@ -1,0 +1,58 @@
+use http::{HeaderName, HeaderValue, StatusCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What the gateway knows about one request, shared by the plugins of its route.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The id of the matched route.
+    pub route_id: Arc<str>,
+    /// The request id sent upstream and to the client.
+    pub request_id: String,
+    /// The client address: the socket peer, or the first untrusted hop of `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    /// The authenticated caller (`sub`), once an auth plugin has set it.
+    pub consumer: Option<String>,
+    /// Headers a plugin wants on the final response whatever it is (rate-limit state, say).
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Exchange {
+    pub fn new(route_id: Arc<str>, request_id: String, client_ip: IpAddr) -> Self {
+        Exchange {
+            route_id,
+            request_id,
+            client_ip,
+            consumer: None,
+            response_headers: Vec::new(),
+        }
+    }
+}
+
+/// An answer produced by a plugin instead of proxying: the gateway renders it as the JSON
+/// error body of SPEC §4, adding the request id.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// The machine-readable `error` field, e.g. `unauthorized`.
+    pub code: &'static str,
+    /// The human-readable `message` field.
+    pub message: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Reply {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}

@@ -1,0 +1,78 @@
+//! The gatehouse plugin contract and its built-in plugins.
+//!
+//! A plugin is built once per route when configuration is compiled, never per request. Each
+//! request then walks the route's [`PluginChain`] through the phases of the gateway's request
+//! order (SPEC §4): *access* (auth, rate limit) before an upstream is chosen, *upstream
+//! request* (rewrites and headers) just before proxying, *response* before the answer goes to
+//! the client. Plugins that do not care about a phase simply keep the default no-op.
+//!
+//! The access phase is synchronous by default and may hand back a future only when it must
+//! wait (an introspection call, say): a route whose plugins never wait pays for no boxing.
+
+mod chain;
+mod exchange;
+pub mod headers;
+pub mod template;
+
+pub use chain::PluginChain;
+pub use exchange::{Exchange, Reply};
+
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Where a plugin sits in the request order. The chain runs plugins sorted by stage, so the
+/// order never depends on how a route happens to list its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Who is calling: token verification, introspection.
+    Authenticate = 100,
+    /// How often they may call: rate limiting (needs the consumer from authentication).
+    Limit = 200,
+    /// What the upstream and the client see: header and path rewrites.
+    Transform = 300,
+}
+
+/// The outcome of an access check.
+pub enum Flow {
+    /// Go on with the next plugin, then proxy.
+    Continue,
+    /// Stop here and answer the client with this reply.
+    Respond(Reply),
+}
+
+/// A pending access decision, for plugins that must wait on I/O.
+pub type PendingFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
+
+/// An access decision: taken at once, or after waiting.
+pub enum Access<'a> {
+    Now(Flow),
+    Wait(PendingFlow<'a>),
+}
+
+impl From<Flow> for Access<'_> {
+    fn from(flow: Flow) -> Self {
+        Access::Now(flow)
+    }
+}
+
+/// A per-route plugin instance.
+pub trait Plugin: Send + Sync {
+    /// A short stable name, used in logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Where the plugin runs in the request order.
+    fn stage(&self) -> Stage;
+
+    /// Decide whether the request may go on. May edit the client's request (for instance,
+    /// drop headers a client must not be able to set) and record facts in the exchange.
+    fn access<'a>(&'a self, _req: &'a mut RequestHeader, _ex: &'a mut Exchange) -> Access<'a> {
+        Access::Now(Flow::Continue)
+    }
+
+    /// Edit the request about to be sent upstream.
+    fn upstream_request(&self, _req: &mut RequestHeader, _ex: &Exchange) {}
+
+    /// Edit the response about to be sent to the client, proxied or produced by the gateway.
+    fn response(&self, _resp: &mut ResponseHeader, _ex: &Exchange) {}
+}

@@ -1,0 +1,17 @@
+//! gatehouse: a programmable API gateway on Pingora.
+//!
+//! A configuration change flows provider → resource (parse, validate) → admission →
+//! snapshot (compile) → one atomic swap; a request flows router → plugins → upstream
+//! picker → Pingora. See `docs/architecture.md`.
+
+pub mod admin;
+pub mod bootstrap;
+pub mod demo;
+pub mod provider;
+pub mod proxy;
+pub mod resource;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod units;
+pub mod upstream;

@@ -1,0 +1,40 @@
+//! Where resources come from, and how a change becomes the snapshot in force.
+
+pub mod file;
+
+use crate::resource::{admit, Document};
+use crate::snapshot::{Live, Snapshot};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Turns what a source holds now into the snapshot in force: admission, compilation, one
+/// atomic swap. A provider owns one and is its only caller, so changes never interleave.
+pub struct Ingest {
+    live: Arc<Live>,
+}
+
+impl Ingest {
+    pub fn new(live: Arc<Live>) -> Ingest {
+        Ingest { live }
+    }
+
+    /// Applies the full current content of the source.
+    pub fn apply(&self, docs: Vec<Document>) {
+        let started = Instant::now();
+        let current = self.live.load();
+        let (catalog, rejected) = admit(docs, &current.catalog);
+        for rejection in &rejected {
+            tracing::warn!(key = %rejection.key, "rejected: {}", rejection.error);
+        }
+        let snapshot = Snapshot::compile(catalog, rejected, &current, current.revision + 1);
+        tracing::info!(
+            revision = snapshot.revision,
+            routes = snapshot.routes.len(),
+            upstreams = snapshot.upstreams.len(),
+            rejected = snapshot.rejected.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "configuration applied"
+        );
+        self.live.store(snapshot);
+    }
+}

@@ -1,0 +1,96 @@
+//! Who is asking: the request id and the client address.
+
+use http::HeaderMap;
+use ipnet::IpNet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The client's `X-Request-Id` if it is sane (1–128 characters of `A-Z a-z 0-9 . _ ~ : + / = -`),
+/// else a new random 128-bit id in hex, the shape of a trace id.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(given) = headers.get(REQUEST_ID) {
+        let bytes = given.as_bytes();
+        let sane = !bytes.is_empty()
+            && bytes.len() <= 128
+            && bytes.iter().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
+            });
+        if sane {
+            // All ASCII, checked above.
+            return String::from_utf8_lossy(bytes).into_owned();
+        }
+    }
+    new_request_id()
+}
+
+pub fn new_request_id() -> String {
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", fastrand::u128(..));
+    id
+}
+
+/// The client address. The socket peer, unless the peer is a trusted proxy: then the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries a client
+/// wrote further left cannot be told from forgeries, so they are never believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !trusted.iter().any(|net| net.contains(&peer)) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return client;
+        };
+        for hop in value.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted.iter().any(|net| net.contains(&ip)) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_others_replaced() {
+        assert_eq!(request_id(&headers(&[("x-request-id", "abc-123")])), "abc-123");
+        let fresh = request_id(&headers(&[("x-request-id", "bad id with spaces")]));
+        assert_eq!(fresh.len(), 32);
+        assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+        let long = "a".repeat(129);
+        assert_ne!(request_id(&headers(&[("x-request-id", &long)])), long);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.9")]);
+        assert_eq!(client_ip(peer, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxies: the peer");
+        let outsider: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider, "untrusted peer: ignored");
+        let garbage = headers(&[("x-forwarded-for", "nonsense")]);
+        assert_eq!(client_ip(peer, &garbage, &trusted), peer);
+    }
+}

@@ -1,0 +1,342 @@
+//! The Pingora `ProxyHttp` implementation. Thin on purpose: each phase calls the router, the
+//! route's compiled plugins and the upstream picker, in the order of SPEC §4.
+
+mod identity;
+mod inflight;
+mod reply;
+
+pub use identity::{client_ip, new_request_id, request_id, REQUEST_ID};
+pub use inflight::{InFlight, InFlightGuard};
+pub use reply::error_body;
+
+use crate::router::{normalize_host, RouteRequest};
+use crate::snapshot::{Action, CompiledRoute, Live};
+use async_trait::async_trait;
+use gatehouse_plugins::{Exchange, Flow, Reply};
+use http::{header, HeaderValue, StatusCode};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use reply::Answer;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, LazyLock};
+
+/// The error type for "no node to send to", mapped to 503 `no_upstream`.
+const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
+
+/// Per-listener-independent proxy settings from the bootstrap config.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_size: usize,
+    pub keepalive_secs: u64,
+}
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    live: Arc<Live>,
+    settings: ProxySettings,
+    inflight: Arc<InFlight>,
+}
+
+impl Gateway {
+    pub fn new(live: Arc<Live>, settings: ProxySettings, inflight: Arc<InFlight>) -> Gateway {
+        Gateway {
+            live,
+            settings,
+            inflight,
+        }
+    }
+}
+
+static NO_ROUTE_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// What the gateway keeps about one request between phases.
+pub struct RequestCtx {
+    pub exchange: Exchange,
+    /// The matched route; it holds everything it needs, so the snapshot it came from can be
+    /// swapped out mid-request without affecting it.
+    pub route: Option<Arc<CompiledRoute>>,
+    /// Failed connection attempts so far, for `retries`.
+    pub failed_attempts: u32,
+    pub last_node: Option<std::net::SocketAddr>,
+    _inflight: InFlightGuard,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            exchange: Exchange::new(NO_ROUTE_ID.clone(), String::new(), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            route: None,
+            failed_attempts: 0,
+            last_node: None,
+            _inflight: self.inflight.enter(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        session.set_keepalive(Some(self.settings.keepalive_secs));
+        let req = session.req_header();
+        ctx.exchange.request_id = request_id(&req.headers);
+        ctx.exchange.client_ip = client_ip(peer_ip(session), &req.headers, &self.settings.trusted_proxies);
+
+        if head_size(req) > self.settings.max_header_size {
+            let reply = Reply::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "bad_request",
+                format!("request head is over {} bytes", self.settings.max_header_size),
+            );
+            return answer_error(session, &reply, ctx).await;
+        }
+        let path = req.uri.path();
+        if let Err(problem) = check_path(path) {
+            let reply = Reply::new(StatusCode::BAD_REQUEST, "bad_request", problem);
+            return answer_error(session, &reply, ctx).await;
+        }
+
+        let snapshot = self.live.load();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .map(normalize_host);
+        let found = snapshot.router.find(&RouteRequest {
+            host: host.as_deref(),
+            path,
+            method: &req.method,
+            headers: &req.headers,
+            query: req.uri.query(),
+        });
+        let Some(route) = found.cloned() else {
+            let reply = Reply::new(StatusCode::NOT_FOUND, "no_route", "no route matches the request");
+            return answer_error(session, &reply, ctx).await;
+        };
+        drop(snapshot);
+        ctx.exchange.route_id = route.id.clone();
+
+        if !route.plugins.is_empty() {
+            let flow = route.plugins.access(session.req_header_mut(), &mut ctx.exchange).await;
+            if let Flow::Respond(reply) = flow {
+                ctx.route = Some(route);
+                return answer_error(session, &reply, ctx).await;
+            }
+        }
+
+        if let Action::Respond(direct) = &route.action {
+            let answer = Answer {
+                status: StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK),
+                headers: &direct.headers,
+                content_type: None,
+                body: direct.body.clone(),
+            };
+            reply::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+            ctx.route = Some(route);
+            return Ok(true);
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx.route.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let Some(upstream) = route.upstream() else {
+            return Error::e_explain(ErrorType::InternalError, "route does not proxy");
+        };
+        // On a retry, prefer a node other than the one that just failed.
+        let mut node = upstream.pick();
+        if let (Some(last), Some(_)) = (ctx.last_node, node) {
+            for _ in 1..upstream.nodes.len() {
+                match node {
+                    Some(n) if n.addr == last => node = upstream.pick(),
+                    _ => break,
+                }
+            }
+        }
+        let Some(node) = node else {
+            return Error::e_explain(NO_UPSTREAM, format!("upstream `{}` has no node to send to", upstream.id));
+        };
+        ctx.last_node = Some(node.addr);
+        let (tls, sni) = match &upstream.tls {
+            Some(t) => (true, t.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(node.addr, tls, sni);
+        let t = route.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        if let Some(tls) = &upstream.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        ctx.failed_attempts += 1;
+        let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
+        // Nothing was sent yet, so trying another node is safe for any method.
+        e.set_retry(ctx.failed_attempts <= allowed);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some(rewrite) = &route.rewrite {
+            let uri = rewrite.apply(session.req_header().uri.path(), session.req_header().uri.query());
+            let uri = uri
+                .parse()
+                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path is not a URI", e))?;
+            upstream_request.set_uri(uri);
+        }
+        let ex = &ctx.exchange;
+        upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
+
+        let peer = peer_ip(session).to_string();
+        let forwarded_for = match session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {peer}"),
+            None => peer,
+        };
+        upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| session.req_header().uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        if let Some(host) = host {
+            if upstream_request.headers.get(header::HOST).is_none() {
+                upstream_request.insert_header(header::HOST, host.clone())?;
+            }
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        route.plugins.upstream_request(upstream_request, ex);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let ex = &ctx.exchange;
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            resp.insert_header(REQUEST_ID, id)?;
+        }
+        for (name, value) in &ex.response_headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
+        if let Some(route) = &ctx.route {
+            route.plugins.response(resp, ex);
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let reply = classify(e);
+        let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
+        if let Some(reply) = reply {
+            if session.response_written().is_none() {
+                if ctx.exchange.request_id.is_empty() {
+                    ctx.exchange.request_id = request_id(&session.req_header().headers);
+                }
+                let _ = answer_error(session, &reply, ctx).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// Writes a gateway error and tells Pingora the request is answered.
+async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
+    let answer = Answer::error(reply, &ctx.exchange.request_id);
+    reply::send(session, answer, &ctx.exchange, ctx.route.as_ref().map(|r| &r.plugins)).await?;
+    Ok(true)
+}
+
+/// The gateway error for a proxying failure; `None` when the client is gone.
+fn classify(e: &Error) -> Option<Reply> {
+    use ErrorType::*;
+    let reply = |status, code, message: &str| Some(Reply::new(status, code, message));
+    match (e.etype(), e.esource()) {
+        (t, _) if *t == NO_UPSTREAM => reply(StatusCode::SERVICE_UNAVAILABLE, "no_upstream", "no upstream node is available"),
+        (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, ErrorSource::Upstream) => {
+            reply(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the upstream did not answer in time")
+        }
+        (_, ErrorSource::Upstream) => reply(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream connection failed or its response was invalid"),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
+        (ReadTimedout, ErrorSource::Downstream) => None,
+        (HTTPStatus(code), _) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
+            Some(Reply::new(status, "bad_request", "the request could not be processed"))
+        }
+        (_, ErrorSource::Downstream) => reply(StatusCode::BAD_REQUEST, "bad_request", "the request is malformed"),
+        _ => reply(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed to handle the request"),
+    }
+}
+
+fn peer_ip(session: &Session) -> IpAddr {
+    match session.client_addr() {
+        Some(PeerAddr::Inet(addr)) => addr.ip(),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+/// The size of the request head as it came on the wire, near enough: request line and
+/// header lines with their separators.
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Paths the router could be fooled by are refused rather than guessed at: dot segments
+/// (`/api/../admin`) would reach a route other than the one the path seems to name.
+fn check_path(path: &str) -> std::result::Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the path must start with `/`");
+    }
+    if path.split('/').any(|seg| seg == ".." || seg == "." || seg.eq_ignore_ascii_case("%2e%2e") || seg.eq_ignore_ascii_case("%2e")) {
+        return Err("the path must not hold `.` or `..` segments");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_refused() {
+        assert!(check_path("/api/../admin").is_err());
+        assert!(check_path("/api/%2E%2E/admin").is_err());
+        assert!(check_path("/./x").is_err());
+        assert!(check_path("/api/v1..2/x").is_ok());
+        assert!(check_path("*").is_err());
+    }
+
+    #[test]
+    fn errors_map_to_the_spec_codes() {
+        let up = Error::new_up;
+        let code = |e: &Error| classify(e).map(|r| (r.status.as_u16(), r.code));
+        assert_eq!(code(&up(ErrorType::ConnectRefused)), Some((502, "upstream_error")));
+        assert_eq!(code(&up(ErrorType::ReadTimedout)), Some((504, "upstream_timeout")));
+        assert_eq!(code(&up(ErrorType::ConnectTimedout)), Some((504, "upstream_timeout")));
+        assert_eq!(code(&Error::new(NO_UPSTREAM)), Some((503, "no_upstream")));
+        assert_eq!(code(&Error::new_down(ErrorType::ConnectionClosed)), None);
+    }
+}

@@ -1,0 +1,383 @@
+//! The `Route` resource: which requests it takes and where they go.
+
+use super::fields::{check_header_name, is_zero, split_selector, Problems, Text};
+use crate::router::{HostPattern, PathPattern, ValueMatcher};
+use crate::units::Span;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub id: String,
+    /// Higher wins; ties go to the more specific path, then the longer host.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderRules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderRules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<WeightedUpstream>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Vec<CanaryRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Text>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, Text>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, Text>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub per: Span,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default = "default_limit_key")]
+    pub key: String,
+}
+
+fn default_limit_key() -> String {
+    "client_ip".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedUpstream {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRule {
+    #[serde(rename = "match")]
+    pub matcher: CanaryMatch,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryMatch {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Text>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, Text>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cookies: BTreeMap<String, Text>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "Timeouts::default_connect")]
+    pub connect: Span,
+    #[serde(default = "Timeouts::default_read")]
+    pub read: Span,
+    #[serde(default = "Timeouts::default_write")]
+    pub write: Span,
+}
+
+impl Timeouts {
+    fn default_connect() -> Span {
+        Span::secs(5)
+    }
+    fn default_read() -> Span {
+        Span::secs(60)
+    }
+    fn default_write() -> Span {
+        Span::secs(60)
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Timeouts::default_connect(),
+            read: Timeouts::default_read(),
+            write: Timeouts::default_write(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Text>,
+}
+
+/// The standard methods a route may name.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// The most extra attempts a route may ask for: beyond this, retries amplify outages.
+pub const MAX_RETRIES: u32 = 10;
+
+impl Route {
+    /// The upstream ids this route names, for reference checks.
+    pub fn upstream_refs(&self) -> impl Iterator<Item = (String, &str)> {
+        let direct = self.upstream.iter().map(|u| ("upstream".to_string(), u.as_str()));
+        let weighted = self.weights.iter().flatten().enumerate().map(|(i, w)| {
+            (format!("weights[{i}].upstream"), w.upstream.as_str())
+        });
+        let canary = self
+            .canary
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, c)| (format!("canary[{i}].upstream"), c.upstream.as_str()));
+        direct.chain(weighted).chain(canary)
+    }
+
+    /// Field checks that need nothing but the route itself.
+    pub(super) fn check(&self, p: &mut Problems) {
+        self.check_match(p);
+        if let Some(rewrite) = &self.rewrite {
+            if let Some(path) = &rewrite.path {
+                if !path.starts_with('/') || path.contains(['?', '#']) {
+                    p.add("rewrite.path", "must start with `/` and hold no `?` or `#`");
+                }
+            }
+            if rewrite.strip_prefix == Some(0) {
+                p.add("rewrite.strip_prefix", "must be at least 1 (or left out)");
+            }
+        }
+        for (side, rules) in [
+            ("request_headers", &self.request_headers),
+            ("response_headers", &self.response_headers),
+        ] {
+            if let Some(rules) = rules {
+                check_header_rules(side, rules, p);
+            }
+        }
+        self.check_target(p);
+        if let Some(limit) = &self.rate_limit {
+            if limit.rate == 0 {
+                p.add("rate_limit.rate", "must be at least 1");
+            }
+            if limit.per.0.is_zero() {
+                p.add("rate_limit.per", "must be more than 0s");
+            }
+            if limit.burst == Some(0) {
+                p.add("rate_limit.burst", "must be at least 1");
+            }
+            match split_selector(&limit.key) {
+                ("client_ip" | "consumer" | "route", None) => {}
+                ("header", Some(name)) => {
+                    if let Err(e) = check_header_name(name) {
+                        p.add("rate_limit.key", e);
+                    }
+                }
+                _ => p.add(
+                    "rate_limit.key",
+                    format!("`{}` is not one of client_ip, consumer, route, header:NAME", limit.key),
+                ),
+            }
+        }
+        if let Some(t) = &self.timeouts {
+            for (name, span) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
+                if span.0.is_zero() {
+                    p.add(format!("timeouts.{name}"), "must be more than 0s");
+                }
+            }
+        }
+        if let Some(retries) = self.retries {
+            if retries > MAX_RETRIES {
+                p.add("retries", format!("must be at most {MAX_RETRIES}"));
+            }
+        }
+        if let Some(id) = &self.auth {
+            if id.is_empty() {
+                p.add("auth", "must name an AuthPolicy");
+            }
+        }
+    }
+
+    fn check_match(&self, p: &mut Problems) {
+        let m = &self.matcher;
+        if m.paths.is_empty() {
+            p.add("match.paths", "at least one path is required");
+        }
+        for (i, path) in m.paths.iter().enumerate() {
+            if let Err(e) = PathPattern::parse(path) {
+                p.add(format!("match.paths[{i}]"), e);
+            }
+        }
+        for (i, host) in m.hosts.iter().enumerate() {
+            if let Err(e) = HostPattern::parse(host) {
+                p.add(format!("match.hosts[{i}]"), e);
+            }
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
+                p.add(
+                    format!("match.methods[{i}]"),
+                    format!("`{method}` is not one of {}", METHODS.join(", ")),
+                );
+            }
+        }
+        check_value_map("match.headers", &m.headers, true, p);
+        check_value_map("match.query", &m.query, false, p);
+    }
+
+    fn check_target(&self, p: &mut Problems) {
+        let targets = [
+            self.upstream.is_some(),
+            self.weights.is_some(),
+            self.direct_response.is_some(),
+        ];
+        match targets.iter().filter(|t| **t).count() {
+            0 => p.add(
+                "upstream",
+                "a route needs one of `upstream`, `weights` or `direct_response`",
+            ),
+            1 => {}
+            _ => p.add(
+                "upstream",
+                "give only one of `upstream`, `weights` or `direct_response`",
+            ),
+        }
+        if let Some(weights) = &self.weights {
+            if weights.is_empty() {
+                p.add("weights", "at least one upstream is required");
+            } else if weights.iter().all(|w| w.weight == 0) {
+                p.add("weights", "at least one weight must be more than 0");
+            }
+        }
+        if let Some(sticky) = &self.sticky {
+            if self.weights.is_none() {
+                p.add("sticky", "only applies to a `weights` split");
+            }
+            match split_selector(sticky) {
+                ("consumer" | "client_ip", None) => {}
+                ("header", Some(name)) | ("cookie", Some(name)) if !name.is_empty() => {
+                    if sticky.starts_with("header:") {
+                        if let Err(e) = check_header_name(name) {
+                            p.add("sticky", e);
+                        }
+                    }
+                }
+                _ => p.add(
+                    "sticky",
+                    format!("`{sticky}` is not one of consumer, client_ip, header:NAME, cookie:NAME"),
+                ),
+            }
+        }
+        if let Some(rules) = &self.canary {
+            if self.direct_response.is_some() {
+                p.add("canary", "does not apply to a `direct_response` route");
+            }
+            for (i, rule) in rules.iter().enumerate() {
+                let m = &rule.matcher;
+                if m.headers.is_empty() && m.query.is_empty() && m.cookies.is_empty() {
+                    p.add(
+                        format!("canary[{i}].match"),
+                        "needs at least one of headers, query or cookies",
+                    );
+                }
+                check_value_map(&format!("canary[{i}].match.headers"), &m.headers, true, p);
+                check_value_map(&format!("canary[{i}].match.query"), &m.query, false, p);
+                check_value_map(&format!("canary[{i}].match.cookies"), &m.cookies, false, p);
+            }
+        }
+        if let Some(d) = &self.direct_response {
+            if !(100..=599).contains(&d.status) {
+                p.add("direct_response.status", "must be between 100 and 599");
+            }
+            for (name, value) in &d.headers {
+                let field = format!("direct_response.headers.{name}");
+                if let Err(e) = check_header_name(name) {
+                    p.add(&field, e);
+                }
+                if http::HeaderValue::from_str(value.as_str()).is_err() {
+                    p.add(field, "not a valid header value");
+                }
+            }
+        }
+    }
+}
+
+fn check_value_map(field: &str, map: &BTreeMap<String, Text>, headers: bool, p: &mut Problems) {
+    for (name, value) in map {
+        let field = format!("{field}.{name}");
+        if headers {
+            if let Err(e) = check_header_name(name) {
+                p.add(&field, e);
+            }
+        } else if name.is_empty() {
+            p.add(&field, "name must not be empty");
+        }
+        if let Err(e) = ValueMatcher::parse(value.as_str()) {
+            p.add(field, e);
+        }
+    }
+}
+
+fn check_header_rules(side: &str, rules: &HeaderRules, p: &mut Problems) {
+    for (name, value) in &rules.set {
+        let field = format!("{side}.set.{name}");
+        if let Err(e) = check_header_name(name) {
+            p.add(&field, e);
+        }
+        if let Err(e) = gatehouse_plugins::template::Template::parse(value.as_str()) {
+            p.add(field, e.to_string());
+        }
+    }
+    for (i, name) in rules.remove.iter().enumerate() {
+        if let Err(e) = check_header_name(name) {
+            p.add(format!("{side}.remove[{i}]"), e);
+        }
+    }
+}

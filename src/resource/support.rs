@@ -1,0 +1,41 @@
+//! Parts of the resource schema this version reads and validates but cannot act on yet.
+//! Refusing them is safer than accepting a setting and silently ignoring it: a route whose
+//! auth policy were ignored would be open to everyone.
+
+use super::fields::Problems;
+use super::{Balancing, Route, Upstream};
+
+const LATER: &str = "is not supported by this version of gatehouse yet";
+
+pub(super) fn check_route(route: &Route, p: &mut Problems) {
+    let unsupported = [
+        ("auth", route.auth.is_some()),
+        ("rate_limit", route.rate_limit.is_some()),
+        ("weights", route.weights.is_some()),
+        ("sticky", route.sticky.is_some()),
+        ("canary", route.canary.is_some()),
+    ];
+    for (field, used) in unsupported {
+        if used {
+            p.add(field, LATER);
+        }
+    }
+}
+
+pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
+    let unsupported = [
+        ("discovery", upstream.discovery.is_some()),
+        (
+            "lb",
+            matches!(upstream.lb, Balancing::LeastConn | Balancing::ConsistentHash),
+        ),
+        ("health_check", upstream.health_check.is_some()),
+        ("circuit_breaker", upstream.circuit_breaker.is_some()),
+        ("pool", upstream.pool.is_some()),
+    ];
+    for (field, used) in unsupported {
+        if used {
+            p.add(field, LATER);
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The `Upstream` resource: a named set of nodes and how to pick one.
+
+use super::fields::{check_header_name, split_selector, Problems, Text};
+use crate::units::Span;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
+    #[serde(default)]
+    pub scheme: Scheme,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
+    pub lb: Balancing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// `host:port`; a host name is resolved when the upstream is compiled.
+    pub addr: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsDiscovery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    pub name: String,
+    pub port: u16,
+    #[serde(default = "default_dns_refresh")]
+    pub refresh: Span,
+}
+
+fn default_dns_refresh() -> Span {
+    Span::secs(5)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancing {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConn,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveCheck {
+    pub path: String,
+    pub interval: Span,
+    pub timeout: Span,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveCheck {
+    pub max_fails: u32,
+    pub fail_timeout: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub error_rate: f64,
+    pub min_requests: u32,
+    pub window: Span,
+    pub open_for: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Span>,
+}
+
+impl Upstream {
+    pub(super) fn check(&self, p: &mut Problems) {
+        match (&self.discovery, self.nodes.is_empty()) {
+            (None, true) => p.add("nodes", "give static `nodes` or a `discovery` source"),
+            (Some(_), false) => p.add("nodes", "give either `nodes` or `discovery`, not both"),
+            _ => {}
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Err(e) = split_host_port(&node.addr) {
+                p.add(format!("nodes[{i}].addr"), e);
+            }
+            if node.weight == 0 || node.weight > 10_000 {
+                p.add(format!("nodes[{i}].weight"), "must be between 1 and 10000");
+            }
+        }
+        if let Some(d) = &self.discovery {
+            match (&d.service, &d.dns) {
+                (None, None) => p.add("discovery", "give `service` or `dns`"),
+                (Some(_), Some(_)) => p.add("discovery", "give `service` or `dns`, not both"),
+                _ => {}
+            }
+            if let Some(dns) = &d.dns {
+                if dns.name.is_empty() {
+                    p.add("discovery.dns.name", "must not be empty");
+                }
+                if dns.port == 0 {
+                    p.add("discovery.dns.port", "must be a port number");
+                }
+                if dns.refresh.0.is_zero() {
+                    p.add("discovery.dns.refresh", "must be more than 0s");
+                }
+            }
+        }
+        if self.tls.is_some() && self.scheme != Scheme::Https {
+            p.add("tls", "only applies with `scheme: https`");
+        }
+        match (&self.lb, &self.hash_key) {
+            (Balancing::ConsistentHash, None) => {
+                p.add("hash_key", "is required with `lb: consistent_hash`")
+            }
+            (Balancing::ConsistentHash, Some(key)) => match split_selector(key) {
+                ("client_ip" | "consumer" | "path", None) => {}
+                ("header" | "cookie" | "query", Some(name)) if !name.is_empty() => {
+                    if key.starts_with("header:") {
+                        if let Err(e) = check_header_name(name) {
+                            p.add("hash_key", e);
+                        }
+                    }
+                }
+                _ => p.add(
+                    "hash_key",
+                    format!("`{key}` is not one of client_ip, consumer, path, header:NAME, cookie:NAME, query:NAME"),
+                ),
+            },
+            (_, Some(_)) => p.add("hash_key", "only applies with `lb: consistent_hash`"),
+            _ => {}
+        }
+        if let Some(hc) = &self.health_check {
+            if let Some(a) = &hc.active {
+                if !a.path.starts_with('/') {
+                    p.add("health_check.active.path", "must start with `/`");
+                }
+                if a.interval.0.is_zero() || a.timeout.0.is_zero() {
+                    p.add("health_check.active", "interval and timeout must be more than 0s");
+                }
+                if a.healthy == 0 || a.unhealthy == 0 {
+                    p.add("health_check.active", "healthy and unhealthy must be at least 1");
+                }
+            }
+            if let Some(passive) = &hc.passive {
+                if passive.max_fails == 0 {
+                    p.add("health_check.passive.max_fails", "must be at least 1");
+                }
+            }
+        }
+        if let Some(cb) = &self.circuit_breaker {
+            if !(cb.error_rate > 0.0 && cb.error_rate <= 1.0) {
+                p.add("circuit_breaker.error_rate", "must be in (0, 1]");
+            }
+            if cb.window.0.is_zero() || cb.open_for.0.is_zero() {
+                p.add("circuit_breaker", "window and open_for must be more than 0s");
+            }
+        }
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`); the port is required.
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let bad = || format!("`{addr}` is not host:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}

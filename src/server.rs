@@ -1,0 +1,213 @@
+//! Assembles the Pingora server: proxy listeners, admin listener, the provider, and the
+//! shutdown behaviour of SPEC §1.
+
+use crate::admin::{AdminApi, ProviderKind};
+use crate::bootstrap::Bootstrap;
+use crate::provider::file::{FileProvider, FileSource, Overlay};
+use crate::provider::Ingest;
+use crate::proxy::{Gateway, InFlight, ProxySettings};
+use crate::snapshot::Live;
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to start: the bootstrap config plus command-line choices.
+pub struct Launch {
+    pub bootstrap: Bootstrap,
+    /// Take over the listeners of a running gatehouse (Pingora's zero-downtime upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+    /// The socket listeners are handed over on during an upgrade.
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    /// Adjusts file documents after reading; used by the demo.
+    pub overlay: Option<Overlay>,
+    /// More services to run in the same server (the demo's upstreams).
+    pub extra_services: Vec<Box<dyn ServiceWithDependents>>,
+}
+
+impl Launch {
+    pub fn new(bootstrap: Bootstrap) -> Launch {
+        Launch {
+            bootstrap,
+            upgrade: false,
+            daemon: false,
+            upgrade_sock: "/tmp/gatehouse_upgrade.sock".into(),
+            pid_file: "/tmp/gatehouse.pid".into(),
+            overlay: None,
+            extra_services: Vec::new(),
+        }
+    }
+}
+
+/// Runs the gateway until it is told to stop; then exits the process with status 0.
+pub fn run(launch: Launch) -> anyhow::Result<()> {
+    let config = launch.bootstrap;
+    let shutdown_timeout = config.shutdown.timeout.0;
+
+    let conf = ServerConf {
+        threads: config.threads,
+        // One runtime per thread without stealing: cheaper per request, and connections are
+        // spread by the kernel across listener tasks anyway.
+        work_stealing: false,
+        // Pingora sleeps this long before stopping; the drain service below exits earlier,
+        // as soon as no request is in flight.
+        grace_period_seconds: Some(shutdown_timeout.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: launch.upgrade_sock,
+        pid_file: launch.pid_file,
+        daemon: launch.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: launch.upgrade,
+        daemon: launch.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let live = Arc::new(Live::new());
+    let ingest = Ingest::new(live.clone());
+    let Some(file) = &config.provider.file else {
+        bail!("provider.etcd is not supported by this version yet; use provider.file");
+    };
+    let mut source = FileSource::new(file.paths.clone());
+    if let Some(overlay) = launch.overlay {
+        source = source.with_overlay(overlay);
+    }
+    let provider = FileProvider::new(source, ingest, file.watch);
+    // The first snapshot is in force before any listener accepts.
+    provider.reload();
+    server.add_service(background_service("file provider", provider));
+
+    let inflight = Arc::new(InFlight::default());
+    let settings = ProxySettings {
+        trusted_proxies: config.trusted_proxies.clone(),
+        max_header_size: config.http.max_header_size.0,
+        keepalive_secs: config.http.keepalive_timeout.0.as_secs().max(1),
+    };
+    let gateway = Gateway::new(live.clone(), settings, inflight.clone());
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gatehouse");
+    if let Some(logic) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        logic.server_options = Some(options);
+    }
+    for listener in &config.listen {
+        let addr = listener.addr.to_string();
+        match &listener.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let cert = tls.cert.to_str().context("listen.tls.cert: not UTF-8")?;
+                let key = tls.key.to_str().context("listen.tls.key: not UTF-8")?;
+                let mut settings = TlsSettings::intermediate(cert, key)
+                    .map_err(|e| anyhow::anyhow!("listen.tls ({addr}): {e}"))?;
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApi::new(live, config.admin.api_key.clone(), ProviderKind::File),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            inflight,
+            timeout: shutdown_timeout,
+        },
+    ));
+    for service in launch.extra_services {
+        server.add_boxed_service(service);
+    }
+
+    tracing::info!(
+        listen = ?config.listen.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        admin = %config.admin.listen,
+        "gatehouse starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            grace: config.shutdown.grace.0,
+        }),
+    });
+    std::process::exit(0)
+}
+
+/// SIGTERM and SIGINT both stop gracefully (after `shutdown.grace`, during which listeners
+/// still accept); SIGQUIT hands the listeners to a new process (`run --upgrade`).
+struct Signals {
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+        }
+        if !self.grace.is_zero() {
+            tracing::info!(grace = ?self.grace, "shutdown requested; still accepting during the grace period");
+            tokio::time::sleep(self.grace).await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Once listeners have stopped, waits for the requests in flight (at most `timeout`) and
+/// exits, instead of sleeping out the whole of Pingora's grace period.
+struct Drain {
+    inflight: Arc<InFlight>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let started = Instant::now();
+        // Let requests whose heads were being read when listeners stopped get counted.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while self.inflight.count() > 0 && started.elapsed() < self.timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.inflight.count();
+        if left > 0 {
+            tracing::warn!(requests = left, "shutdown timeout reached; exiting with requests in flight");
+        } else {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "all requests finished; exiting");
+        }
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,154 @@
+//! The configuration in force: one immutable [`Snapshot`], compiled from the catalog of
+//! resources and swapped atomically. A request loads it once and finishes on it.
+
+mod route;
+
+pub use route::{Action, CompiledRoute, DirectReply, PathRewrite, RouteTimeouts};
+
+use crate::resource::{Catalog, Rejection};
+use crate::router::{RouteSpec, Router};
+use crate::upstream::UpstreamTarget;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Everything a request needs, compiled; never mutated after it is built.
+pub struct Snapshot {
+    /// Counts applied changes (file mode) or is the etcd revision in force.
+    pub revision: u64,
+    pub loaded_at: SystemTime,
+    /// The resources in force, as written.
+    pub catalog: Catalog,
+    /// What the last change could not apply.
+    pub rejected: Vec<Rejection>,
+    pub router: Router<Arc<CompiledRoute>>,
+    pub routes: HashMap<String, Arc<CompiledRoute>>,
+    pub upstreams: HashMap<String, Arc<UpstreamTarget>>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            revision: 0,
+            loaded_at: SystemTime::now(),
+            catalog: Catalog::default(),
+            rejected: Vec::new(),
+            router: Router::default(),
+            routes: HashMap::new(),
+            upstreams: HashMap::new(),
+        }
+    }
+
+    /// Compiles `catalog`, reusing every compiled upstream and route of `previous` whose
+    /// resource did not change (by pointer: admission keeps unchanged objects' `Arc`s), so
+    /// balancing state survives and a small change costs little even with many routes.
+    pub fn compile(
+        catalog: Catalog,
+        mut rejected: Vec<Rejection>,
+        previous: &Snapshot,
+        revision: u64,
+    ) -> Snapshot {
+        let started = Instant::now();
+        let mut upstreams = HashMap::with_capacity(catalog.upstreams.len());
+        for (id, stored) in &catalog.upstreams {
+            let target = match previous.upstreams.get(id) {
+                Some(old) if Arc::ptr_eq(&old.spec, &stored.value) => old.clone(),
+                _ => Arc::new(UpstreamTarget::compile(stored.value.clone())),
+            };
+            upstreams.insert(id.clone(), target);
+        }
+
+        let mut routes = HashMap::with_capacity(catalog.routes.len());
+        let mut router = Router::default();
+        for (id, stored) in &catalog.routes {
+            let reusable = previous.routes.get(id).filter(|old| {
+                Arc::ptr_eq(&old.spec, &stored.value)
+                    && old.upstream().is_none_or(|u| {
+                        upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now))
+                    })
+            });
+            let compiled = match reusable {
+                Some(old) => old.clone(),
+                None => match CompiledRoute::compile(stored.value.clone(), &upstreams) {
+                    Ok(route) => Arc::new(route),
+                    Err(error) => {
+                        rejected.push(compile_rejection(&stored.origin, error));
+                        continue;
+                    }
+                },
+            };
+            let m = &stored.value.matcher;
+            let spec = RouteSpec {
+                priority: stored.value.priority,
+                paths: &m.paths,
+                hosts: &m.hosts,
+                methods: &m.methods,
+                headers: m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                query: m.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            };
+            if let Err(error) = router.add(spec, compiled.clone()) {
+                rejected.push(compile_rejection(&stored.origin, format!("match: {error}")));
+                continue;
+            }
+            routes.insert(id.clone(), compiled);
+        }
+        tracing::debug!(
+            routes = routes.len(),
+            upstreams = upstreams.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "snapshot compiled"
+        );
+        Snapshot {
+            revision,
+            loaded_at: SystemTime::now(),
+            catalog,
+            rejected,
+            router,
+            routes,
+            upstreams,
+        }
+    }
+}
+
+fn compile_rejection(origin: &crate::resource::Origin, error: String) -> Rejection {
+    Rejection::from_parts(origin, vec![crate::resource::FieldError::new("", error)])
+}
+
+/// The snapshot in force, shared by the proxy, the admin API and the providers.
+pub struct Live {
+    snapshot: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+}
+
+impl Live {
+    pub fn new() -> Live {
+        Live {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The snapshot in force; the caller keeps it for as long as it needs a consistent view.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Puts a new snapshot in force; from now on the gateway is ready.
+    pub fn store(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// True once a first snapshot has been loaded from the provider.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live::new()
+    }
+}

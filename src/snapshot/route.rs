@@ -1,0 +1,197 @@
+//! A route compiled for the request path.
+
+use crate::resource::{DirectResponse, Route};
+use crate::upstream::UpstreamTarget;
+use bytes::Bytes;
+use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
+use gatehouse_plugins::template::Template;
+use gatehouse_plugins::{Plugin, PluginChain};
+use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a matched route does with a request.
+#[derive(Debug)]
+pub enum Action {
+    Proxy(Arc<UpstreamTarget>),
+    Respond(DirectReply),
+}
+
+/// A `direct_response`, rendered once.
+#[derive(Debug)]
+pub struct DirectReply {
+    pub status: u16,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// `rewrite`, applied to the path sent upstream.
+#[derive(Debug, Clone, Default)]
+pub struct PathRewrite {
+    pub strip_prefix: usize,
+    pub path: Option<String>,
+}
+
+impl PathRewrite {
+    /// The upstream path and query for a client path and query.
+    pub fn apply(&self, path: &str, query: Option<&str>) -> String {
+        let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        match &self.path {
+            Some(fixed) => out.push_str(fixed),
+            None => {
+                let mut rest = path;
+                for _ in 0..self.strip_prefix {
+                    let trimmed = rest.strip_prefix('/').unwrap_or(rest);
+                    rest = match trimmed.find('/') {
+                        Some(i) => &trimmed[i..],
+                        None => "",
+                    };
+                }
+                if rest.is_empty() {
+                    out.push('/');
+                } else {
+                    out.push_str(rest);
+                }
+            }
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RouteTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+}
+
+/// A route ready to serve: everything a request needs is resolved and parsed.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub id: Arc<str>,
+    pub spec: Arc<Route>,
+    pub action: Action,
+    pub rewrite: Option<PathRewrite>,
+    pub plugins: PluginChain,
+    pub timeouts: RouteTimeouts,
+    pub retries: u32,
+}
+
+impl CompiledRoute {
+    /// Compiles `spec` against the compiled upstreams. References were resolved by admission,
+    /// so a missing one here is a bug reported as an error, not a panic.
+    pub fn compile(
+        spec: Arc<Route>,
+        upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+    ) -> Result<CompiledRoute, String> {
+        let action = match (&spec.direct_response, &spec.upstream) {
+            (Some(direct), _) => Action::Respond(direct_reply(direct)?),
+            (None, Some(id)) => Action::Proxy(
+                upstreams
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| format!("upstream: unknown upstream `{id}`"))?,
+            ),
+            (None, None) => return Err("upstream: the route has no target".into()),
+        };
+        let rewrite = spec.rewrite.as_ref().map(|r| PathRewrite {
+            strip_prefix: r.strip_prefix.unwrap_or(0),
+            path: r.path.clone(),
+        });
+        let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+        let headers = HeaderRewrite {
+            request: edits("request_headers", spec.request_headers.as_ref())?,
+            response: edits("response_headers", spec.response_headers.as_ref())?,
+        };
+        if !headers.request.is_empty() || !headers.response.is_empty() {
+            plugins.push(Box::new(headers));
+        }
+        let t = spec.timeouts.unwrap_or_default();
+        Ok(CompiledRoute {
+            id: spec.id.as_str().into(),
+            action,
+            rewrite,
+            plugins: PluginChain::new(plugins),
+            timeouts: RouteTimeouts {
+                connect: t.connect.0,
+                read: t.read.0,
+                write: t.write.0,
+            },
+            retries: spec.retries.unwrap_or(0),
+            spec,
+        })
+    }
+
+    /// The upstream this route proxies to, if it proxies.
+    pub fn upstream(&self) -> Option<&Arc<UpstreamTarget>> {
+        match &self.action {
+            Action::Proxy(u) => Some(u),
+            Action::Respond(_) => None,
+        }
+    }
+}
+
+fn edits(
+    side: &str,
+    rules: Option<&crate::resource::HeaderRules>,
+) -> Result<HeaderEdits, String> {
+    let mut out = HeaderEdits::default();
+    let Some(rules) = rules else {
+        return Ok(out);
+    };
+    for (name, value) in &rules.set {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("{side}.set.{name}: {e}"))?;
+        let template =
+            Template::parse(value.as_str()).map_err(|e| format!("{side}.set.{name}: {e}"))?;
+        out.set.push((header, template));
+    }
+    for name in &rules.remove {
+        out.remove.push(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{side}.remove: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+fn direct_reply(direct: &DirectResponse) -> Result<DirectReply, String> {
+    let mut headers = Vec::with_capacity(direct.headers.len());
+    for (name, value) in &direct.headers {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("direct_response.headers.{name}: {e}"))?;
+        let value = HeaderValue::from_str(value.as_str())
+            .map_err(|e| format!("direct_response.headers.{name}: {e}"))?;
+        headers.push((header, value));
+    }
+    Ok(DirectReply {
+        status: direct.status,
+        body: Bytes::from(direct.body.clone()),
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_drops_whole_segments_and_keeps_the_query() {
+        let r = PathRewrite { strip_prefix: 2, path: None };
+        assert_eq!(r.apply("/api/v1/users/7", Some("a=1")), "/users/7?a=1");
+        assert_eq!(r.apply("/api/v1", None), "/");
+        assert_eq!(r.apply("/api", None), "/");
+        assert_eq!(r.apply("/api/v1/", None), "/");
+    }
+
+    #[test]
+    fn path_replacement_keeps_the_query() {
+        let r = PathRewrite { strip_prefix: 0, path: Some("/v2/users".into()) };
+        assert_eq!(r.apply("/anything/here", Some("q=x")), "/v2/users?q=x");
+        assert_eq!(r.apply("/anything", None), "/v2/users");
+    }
+}
