@@ -249,6 +249,9 @@ impl ProxyHttp for Gateway {
         let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
         if let Some(reply) = reply {
             if session.response_written().is_none() {
+                // Pingora closes the client connection after a failed proxy attempt; say so,
+                // or a client would send its next request into a closing socket.
+                session.set_keepalive(None);
                 if ctx.exchange.request_id.is_empty() {
                     ctx.exchange.request_id = request_id(&session.req_header().headers);
                 }

@@ -1,0 +1,258 @@
+//! Test harness: the real gatehouse binary, real upstream HTTP servers, random loopback ports,
+//! every wait bounded, everything stopped by pid when the test ends.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+pub use upstream::{Echo, TestUpstream};
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port free on loopback right now.
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse")
+}
+
+/// An HTTP client that never goes through a proxy and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running gatehouse with its own directory, config and resource files.
+pub struct Gateway {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub api_key: String,
+}
+
+pub struct GatewayBuilder {
+    files: Vec<(String, String)>,
+    extra: String,
+    api_key: String,
+}
+
+impl GatewayBuilder {
+    /// A resource file under the gateway's `routes/`.
+    pub fn file(mut self, name: &str, content: impl Into<String>) -> Self {
+        self.files.push((name.to_string(), content.into()));
+        self
+    }
+
+    /// More bootstrap config (top-level keys other than listen, admin and provider).
+    pub fn config(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn api_key(mut self, key: &str) -> Self {
+        self.api_key = key.to_string();
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = dir.path().join("routes");
+        std::fs::create_dir(&routes).unwrap();
+        for (name, content) in &self.files {
+            std::fs::write(routes.join(name), content).unwrap();
+        }
+        let addr = free_addr();
+        let admin = free_addr();
+        let config = format!(
+            "listen: [{{ addr: \"{addr}\" }}]\nthreads: 2\nadmin: {{ listen: \"{admin}\", api_key: \"{key}\" }}\nprovider:\n  file: {{ paths: [\"{routes}\"], watch: true }}\n{extra}",
+            key = self.api_key,
+            routes = routes.display(),
+            extra = self.extra,
+        );
+        let config_path = dir.path().join("gatehouse.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = spawn_gatehouse(dir.path(), &["run", "-c", config_path.to_str().unwrap()]);
+        let mut gw = Gateway {
+            child: Some(child),
+            addr,
+            admin,
+            dir,
+            api_key: self.api_key,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+}
+
+/// Starts the binary with logs going to files in `dir`.
+pub fn spawn_gatehouse(dir: &Path, args: &[&str]) -> Child {
+    let log = std::fs::File::create(dir.join("gatehouse.log")).unwrap();
+    let out = std::fs::File::create(dir.join("gatehouse.out")).unwrap();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if args.first() == Some(&"run") {
+        all.extend([
+            "--upgrade-sock".into(),
+            dir.join("upgrade.sock").display().to_string(),
+            "--pid-file".into(),
+            dir.join("gatehouse.pid").display().to_string(),
+        ]);
+    }
+    Command::new(bin())
+        .args(&all)
+        .env("GATEHOUSE_LOG", "info")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("the gatehouse binary starts")
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            files: Vec::new(),
+            extra: String::new(),
+            api_key: String::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gatehouse.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let c = client();
+        let url = self.admin_url("/readyz");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gatehouse exited early ({status}):\n{}", self.logs());
+            }
+            if let Ok(resp) = c.get(&url).send().await {
+                if resp.status() == 200 {
+                    // The proxy listener starts alongside the admin one; make sure it accepts.
+                    if std::net::TcpStream::connect(self.addr).is_ok() {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("gatehouse not ready in 20s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The path of a resource file.
+    pub fn route_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("routes").join(name)
+    }
+
+    /// Replaces a resource file the way editors do: write aside, then rename over it.
+    pub fn write_file(&self, name: &str, content: &str) {
+        let target = self.route_file(name);
+        let aside = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&aside, content).unwrap();
+        std::fs::rename(&aside, &target).unwrap();
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let mut req = client().get(self.admin_url("/admin/status"));
+        if !self.api_key.is_empty() {
+            req = req.bearer_auth(&self.api_key);
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// Waits until the revision in force is past `revision`; returns the new status.
+    pub async fn wait_revision_after(&self, revision: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.status().await;
+            if status["revision"].as_u64().unwrap() > revision {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("no reload after revision {revision}:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gatehouse did not exit within 15s of SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

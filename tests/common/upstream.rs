@@ -1,0 +1,164 @@
+//! A real HTTP/1.1 upstream for tests: answers every request with a JSON echo of what it
+//! received, counts requests, and can be told to answer slowly.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// What the upstream saw, as it echoes it.
+#[derive(Debug, Deserialize)]
+pub struct Echo {
+    pub upstream: String,
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// Header names in lower case; repeated headers joined with `, `.
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start(name: &str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (h, d, n, c) = (hits.clone(), delay_ms.clone(), name.to_string(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (h, d, n) = (h.clone(), d.clone(), n.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, &n, &h, &d).await;
+                });
+            }
+        });
+        TestUpstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            connections,
+            delay_ms,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every later request waits this long before being answered.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stops accepting; the port then refuses connections.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// An `Upstream` resource with this server as its only node.
+    pub fn resource(&self, id: &str) -> String {
+        format!("kind: Upstream\nid: {id}\nnodes: [{{ addr: \"{}\" }}]\n", self.addr)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    name: &str,
+    hits: &AtomicUsize,
+    delay_ms: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).await?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers
+                    .entry(k.trim().to_ascii_lowercase())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(v.trim());
+                    })
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+        let mut body = Vec::new();
+        if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            reader.read_exact(&mut body).await?;
+        } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).await?;
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0; size + 2];
+                reader.read_exact(&mut chunk).await?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let echo = serde_json::json!({
+            "upstream": name,
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: test-upstream\r\nX-Upstream: {name}\r\n\r\n{echo}",
+            echo.len()
+        );
+        reader.get_mut().write_all(response.as_bytes()).await?;
+    }
+}
