@@ -1,0 +1,125 @@
+//! The command line: validate, startup errors, graceful shutdown, the demo.
+
+mod common;
+
+use common::{bin, client, eventually, free_addr, spawn_gatehouse, Gateway, TestUpstream};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn validate_accepts_the_sample_routes() {
+    let out = Command::new(bin())
+        .args(["validate", concat!(env!("CARGO_MANIFEST_DIR"), "/routes")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+}
+
+#[test]
+fn validate_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Route\nid: r\nmatch: { paths: [nope], methods: [FETCH] }\nupstream: ghost\n---\nkind: Upstream\nid: u\nnodes: [{ addr: \"no-port\" }]\nextra: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(bin()).args(["validate", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    for line in [
+        format!("{file}:1: match.paths[0]: "),
+        format!("{file}:1: match.methods[0]: "),
+        format!("{file}:2: extra: unknown field `extra`"),
+    ] {
+        assert!(stderr.contains(&line), "missing `{line}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_bad_bootstrap_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, "provider: { file: { paths: [r] } }\nhttp: { keepalive: 5s }\n").unwrap();
+    let out = Command::new(bin()).args(["run", "-c", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("http.keepalive"), "{stderr}");
+
+    std::fs::write(&config, "provider: { file: { paths: [r] } }\nadmin: { listen: \"${GW_TEST_UNSET_VAR}\" }\n").unwrap();
+    let out = Command::new(bin()).args(["-c", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GW_TEST_UNSET_VAR"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
+    let slow = TestUpstream::start("slow").await;
+    slow.set_delay(Duration::from_millis(1500));
+    let route = "kind: Route\nid: r\nmatch: { paths: [\"/**\"] }\nupstream: slow\n";
+    let mut gw = Gateway::builder()
+        .file("r.yaml", format!("{}---\n{route}", slow.resource("slow")))
+        .config("shutdown: { grace: 0s, timeout: 10s }")
+        .start()
+        .await;
+
+    let url = gw.url("/in-flight");
+    let request = tokio::spawn(async move { client().get(url).send().await });
+    eventually(Duration::from_secs(5), "the request to reach the upstream", || async { slow.hits() == 1 }).await;
+
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate();
+        (status, gw)
+    });
+    let resp = request.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    let (status, gw) = status.await.unwrap();
+    assert!(status.success(), "exit status {status}:\n{}", gw.logs());
+    assert!(started.elapsed() < Duration::from_secs(8), "exited soon after the last request");
+    assert!(std::net::TcpStream::connect(gw.addr).is_err(), "no longer listening");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let routes = concat!(env!("CARGO_MANIFEST_DIR"), "/routes");
+    let mut child = spawn_gatehouse(
+        dir.path(),
+        &["demo", "--listen", &listen.to_string(), "--admin", &admin.to_string(), "--routes", routes],
+    );
+    let c = client();
+    let ready = format!("http://{admin}/readyz");
+    eventually(Duration::from_secs(20), "the demo to be ready", || {
+        let (c, ready) = (c.clone(), ready.clone());
+        async move {
+            c.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+                && c.get(format!("http://{listen}/hello")).send().await.is_ok()
+        }
+    })
+    .await;
+
+    let hello = c.get(format!("http://{listen}/hello")).send().await.unwrap();
+    assert_eq!(hello.text().await.unwrap(), "hello from gatehouse\n");
+    let users: serde_json::Value = c.get(format!("http://{listen}/api/users/42")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(users["service"], "demo-v1");
+    assert_eq!(users["path"], "/users/42");
+    let canary: serde_json::Value = c
+        .get(format!("http://{listen}/api/users/42"))
+        .header("X-Canary", "true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(canary["service"], "demo-v2");
+    let out = std::fs::read_to_string(dir.path().join("gatehouse.out")).unwrap();
+    assert!(out.contains("curl"), "the demo prints commands to try:\n{out}");
+
+    let _ = child.kill();
+    let _ = child.wait();
+}
