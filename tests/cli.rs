@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{bin, client, eventually, free_addr, spawn_gatehouse, Gateway, TestUpstream};
+use common::{bin, client, eventually, free_addr, signal, spawn_gatehouse, Gateway, TestUpstream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::process::Command;
 use std::time::Duration;
 
@@ -122,4 +124,63 @@ async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
 
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
+    let up = TestUpstream::start("svc").await;
+    let route = "kind: Route\nid: r\nmatch: { paths: [\"/**\"] }\nupstream: svc\n";
+    let old = Gateway::builder()
+        .file("r.yaml", format!("{}---\n{route}", up.resource("svc")))
+        .start()
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), old.url("/during-upgrade"));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection each time: connections, not only requests, must survive.
+                let c = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    // The new process waits for the old one's sockets; SIGQUIT makes the old one send them.
+    let config = old.dir.path().join("gatehouse.yaml");
+    let new_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = old.dir.path().join("upgrade.sock");
+    let mut new = std::process::Command::new(bin())
+        .args(["run", "-c", config.to_str().unwrap(), "--upgrade", "--upgrade-sock", upgrade_sock.to_str().unwrap()])
+        .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
+        .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(old.pid(), "QUIT");
+
+    let mut old = old;
+    let old_status = tokio::task::spawn_blocking(move || {
+        let status = old.terminate_after_exit(Duration::from_secs(20));
+        (status, old)
+    })
+    .await
+    .unwrap();
+    assert!(old_status.0.success(), "the old process exits 0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let addr = old_status.1.addr;
+    let after = client().get(format!("http://{addr}/after")).send().await.unwrap();
+    assert_eq!(after.status(), 200, "the new process serves");
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed across the upgrade");
+    let _ = new.kill();
+    let _ = new.wait();
 }

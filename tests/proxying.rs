@@ -292,3 +292,27 @@ async fn retries_move_a_failed_connection_to_another_node() {
     }
     assert_eq!(failed, 5, "without retries, round robin sends half to the dead node");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_prior_knowledge_is_served_on_the_plain_listener() {
+    let up = TestUpstream::start("svc").await;
+    let route = "kind: Route\nid: r\nmatch: { paths: [\"/**\"], hosts: [\"h2.example\"] }\nrewrite: { strip_prefix: 1 }\nupstream: svc\n";
+    let gw = Gateway::builder()
+        .file("r.yaml", format!("{}---\n{route}", up.resource("svc")))
+        .start()
+        .await;
+    // The name only has to reach the gateway as :authority; it resolves to the gateway.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .resolve("h2.example", gw.addr)
+        .build()
+        .unwrap();
+    let url = format!("http://h2.example:{}/v1/items?q=1", gw.addr.port());
+    let resp = h2.get(&url).header("X-Request-Id", "h2-req").send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-request-id"], "h2-req");
+    let e = echo(resp).await;
+    assert_eq!(e.path, "/items?q=1");
+    assert_eq!(e.headers["x-forwarded-host"], format!("h2.example:{}", gw.addr.port()));
+}

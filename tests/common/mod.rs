@@ -223,9 +223,14 @@ impl Gateway {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.terminate_after_exit(Duration::from_secs(15))
+    }
+
+    /// Waits (bounded) for the process to exit on its own; kills it past `limit`.
+    pub fn terminate_after_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -233,7 +238,7 @@ impl Gateway {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("gatehouse did not exit within 15s of SIGTERM:\n{}", self.logs());
+                panic!("gatehouse did not exit within {limit:?}:\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
