@@ -1,1 +1,90 @@
-fn main(){}
+//! Route lookup and snapshot compilation at 10,000 routes.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use gatehouse::resource::{admit, parse_file, Catalog};
+use gatehouse::router::RouteRequest;
+use gatehouse::snapshot::Snapshot;
+use http::{HeaderMap, Method};
+
+/// 10,000 routes: a mix of prefixes, parameters, hosts, methods and header predicates, all
+/// on 10 upstreams.
+fn resources(n: usize) -> String {
+    let mut out = String::new();
+    for u in 0..10 {
+        out.push_str(&format!(
+            "kind: Upstream\nid: u{u}\nnodes: [{{ addr: \"127.0.0.1:{}\" }}]\n---\n",
+            9000 + u
+        ));
+    }
+    for i in 0..n {
+        let extra = match i % 4 {
+            0 => format!("hosts: [\"svc{i}.example.com\"]"),
+            1 => "methods: [GET, POST]".to_string(),
+            2 => "headers: { X-Platform: \"ios|android\" }".to_string(),
+            _ => "hosts: [\"*.example.org\"]".to_string(),
+        };
+        out.push_str(&format!(
+            "kind: Route\nid: r{i}\nmatch: {{ paths: [\"/svc{i}/v1/**\", \"/items{i}/{{id}}\"], {extra} }}\nupstream: u{}\n---\n",
+            i % 10
+        ));
+    }
+    out
+}
+
+fn compile(text: &str) -> Snapshot {
+    let (catalog, rejected) = admit(parse_file("bench.yaml".into(), text), &Catalog::default());
+    assert!(rejected.is_empty(), "{:?}", rejected.first());
+    Snapshot::compile(catalog, rejected, &Snapshot::empty(), 1)
+}
+
+fn lookup(c: &mut Criterion) {
+    let snapshot = compile(&resources(10_000));
+    let mut headers = HeaderMap::new();
+    headers.insert("x-platform", "ios".parse().unwrap());
+    let cases: [(&str, Option<&str>, &str); 5] = [
+        ("prefix, host-less", None, "/svc9997/v1/users/42"),
+        ("param", None, "/items9997/42"),
+        (
+            "exact host",
+            Some("svc4000.example.com"),
+            "/svc4000/v1/orders",
+        ),
+        ("wildcard host", Some("api.eu.example.org"), "/svc4003/v1/x"),
+        ("miss", Some("nothing.example.net"), "/nothing/at/all"),
+    ];
+    let mut group = c.benchmark_group("router 10k routes");
+    for (name, host, path) in cases {
+        let req = RouteRequest {
+            host,
+            path,
+            method: &Method::GET,
+            headers: &headers,
+            query: None,
+        };
+        if name != "miss" {
+            assert!(snapshot.router.find(&req).is_some(), "{name} must match");
+        }
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(snapshot.router.find(black_box(&req))))
+        });
+    }
+    group.finish();
+}
+
+fn rebuild(c: &mut Criterion) {
+    let text = resources(10_000);
+    let (catalog, _) = admit(parse_file("bench.yaml".into(), &text), &Catalog::default());
+    let previous = Snapshot::compile(catalog.clone(), Vec::new(), &Snapshot::empty(), 1);
+    let mut group = c.benchmark_group("snapshot 10k routes");
+    group.sample_size(10);
+    group.bench_function("parse + admit + compile from scratch", |b| {
+        b.iter(|| black_box(compile(&text)))
+    });
+    group.bench_function("recompile, nothing changed", |b| {
+        b.iter(|| black_box(Snapshot::compile(catalog.clone(), Vec::new(), &previous, 2)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, rebuild);
+criterion_main!(benches);

@@ -28,7 +28,12 @@ impl ServeHttp for EchoService {
         let headers: BTreeMap<String, String> = req
             .headers
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = serde_json::json!({
             "service": self.name,
@@ -68,7 +73,10 @@ pub fn launch(options: DemoOptions) -> anyhow::Result<Launch> {
     }
     let v1 = free_loopback_addr()?;
     let v2 = free_loopback_addr()?;
-    let mut bootstrap = Bootstrap::parse("demo", "provider: { file: { paths: [routes] } }\n", |_| None)
+    let mut bootstrap =
+        Bootstrap::parse("demo", "provider: { file: { paths: [routes] } }\n", |_| {
+            None
+        })
         .expect("the built-in demo config is valid");
     bootstrap.listen = vec![Listener {
         addr: options.listen,

@@ -69,9 +69,16 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate { paths }) => return validate(paths),
-        Some(Command::Demo { listen, admin, routes }) => {
-            demo::launch(DemoOptions { listen, admin, routes }).and_then(server::run)
-        }
+        Some(Command::Demo {
+            listen,
+            admin,
+            routes,
+        }) => demo::launch(DemoOptions {
+            listen,
+            admin,
+            routes,
+        })
+        .and_then(server::run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

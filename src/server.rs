@@ -52,6 +52,14 @@ impl Launch {
 pub fn run(launch: Launch) -> anyhow::Result<()> {
     let config = launch.bootstrap;
     let shutdown_timeout = config.shutdown.timeout.0;
+    if !config.telemetry.otlp.endpoint.is_empty() {
+        tracing::warn!(
+            "telemetry.otlp.endpoint is set, but this version does not export traces yet"
+        );
+    }
+    if config.registry.is_some() {
+        tracing::warn!("registry is set, but this version does not discover upstreams yet");
+    }
 
     let conf = ServerConf {
         threads: config.threads,
@@ -96,7 +104,8 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         keepalive_secs: config.http.keepalive_timeout.0.as_secs().max(1),
     };
     let gateway = Gateway::new(live.clone(), settings, inflight.clone());
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gatehouse");
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gatehouse");
     if let Some(logic) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -204,9 +213,15 @@ impl BackgroundService for Drain {
         }
         let left = self.inflight.count();
         if left > 0 {
-            tracing::warn!(requests = left, "shutdown timeout reached; exiting with requests in flight");
+            tracing::warn!(
+                requests = left,
+                "shutdown timeout reached; exiting with requests in flight"
+            );
         } else {
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "all requests finished; exiting");
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "all requests finished; exiting"
+            );
         }
         std::process::exit(0);
     }

@@ -88,7 +88,11 @@ impl ByteSize {
             "" | "B" => 1,
             "KiB" | "KB" | "K" | "k" => 1024,
             "MiB" | "MB" | "M" | "m" => 1024 * 1024,
-            other => return Err(format!("`{text}` has unknown unit `{other}`; use B, KiB or MiB")),
+            other => {
+                return Err(format!(
+                    "`{text}` has unknown unit `{other}`; use B, KiB or MiB"
+                ))
+            }
         };
         Ok(ByteSize(number * scale))
     }

@@ -3,9 +3,9 @@
 mod common;
 
 use common::{bin, client, eventually, free_addr, signal, spawn_gatehouse, Gateway, TestUpstream};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -14,7 +14,11 @@ fn validate_accepts_the_sample_routes() {
         .args(["validate", concat!(env!("CARGO_MANIFEST_DIR"), "/routes")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
 }
 
@@ -27,7 +31,10 @@ fn validate_lists_every_error_and_exits_1() {
         "kind: Route\nid: r\nmatch: { paths: [nope], methods: [FETCH] }\nupstream: ghost\n---\nkind: Upstream\nid: u\nnodes: [{ addr: \"no-port\" }]\nextra: 1\n",
     )
     .unwrap();
-    let out = Command::new(bin()).args(["validate", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["validate", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
@@ -44,14 +51,28 @@ fn validate_lists_every_error_and_exits_1() {
 fn a_bad_bootstrap_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gw.yaml");
-    std::fs::write(&config, "provider: { file: { paths: [r] } }\nhttp: { keepalive: 5s }\n").unwrap();
-    let out = Command::new(bin()).args(["run", "-c", config.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &config,
+        "provider: { file: { paths: [r] } }\nhttp: { keepalive: 5s }\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http.keepalive"), "{stderr}");
 
-    std::fs::write(&config, "provider: { file: { paths: [r] } }\nadmin: { listen: \"${GW_TEST_UNSET_VAR}\" }\n").unwrap();
-    let out = Command::new(bin()).args(["-c", config.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &config,
+        "provider: { file: { paths: [r] } }\nadmin: { listen: \"${GW_TEST_UNSET_VAR}\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GW_TEST_UNSET_VAR"));
 }
@@ -69,19 +90,33 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
 
     let url = gw.url("/in-flight");
     let request = tokio::spawn(async move { client().get(url).send().await });
-    eventually(Duration::from_secs(5), "the request to reach the upstream", || async { slow.hits() == 1 }).await;
+    eventually(
+        Duration::from_secs(5),
+        "the request to reach the upstream",
+        || async { slow.hits() == 1 },
+    )
+    .await;
 
     let started = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let status = gw.terminate();
         (status, gw)
     });
-    let resp = request.await.unwrap().expect("the in-flight request completes");
+    let resp = request
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(resp.status(), 200);
     let (status, gw) = status.await.unwrap();
     assert!(status.success(), "exit status {status}:\n{}", gw.logs());
-    assert!(started.elapsed() < Duration::from_secs(8), "exited soon after the last request");
-    assert!(std::net::TcpStream::connect(gw.addr).is_err(), "no longer listening");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "exited soon after the last request"
+    );
+    assert!(
+        std::net::TcpStream::connect(gw.addr).is_err(),
+        "no longer listening"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,7 +126,15 @@ async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
     let routes = concat!(env!("CARGO_MANIFEST_DIR"), "/routes");
     let mut child = spawn_gatehouse(
         dir.path(),
-        &["demo", "--listen", &listen.to_string(), "--admin", &admin.to_string(), "--routes", routes],
+        &[
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--routes",
+            routes,
+        ],
     );
     let c = client();
     let ready = format!("http://{admin}/readyz");
@@ -104,9 +147,20 @@ async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
     })
     .await;
 
-    let hello = c.get(format!("http://{listen}/hello")).send().await.unwrap();
+    let hello = c
+        .get(format!("http://{listen}/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(hello.text().await.unwrap(), "hello from gatehouse\n");
-    let users: serde_json::Value = c.get(format!("http://{listen}/api/users/42")).send().await.unwrap().json().await.unwrap();
+    let users: serde_json::Value = c
+        .get(format!("http://{listen}/api/users/42"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(users["service"], "demo-v1");
     assert_eq!(users["path"], "/users/42");
     let canary: serde_json::Value = c
@@ -120,7 +174,10 @@ async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
         .unwrap();
     assert_eq!(canary["service"], "demo-v2");
     let out = std::fs::read_to_string(dir.path().join("gatehouse.out")).unwrap();
-    assert!(out.contains("curl"), "the demo prints commands to try:\n{out}");
+    assert!(
+        out.contains("curl"),
+        "the demo prints commands to try:\n{out}"
+    );
 
     let _ = child.kill();
     let _ = child.wait();
@@ -138,11 +195,20 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), old.url("/during-upgrade"));
+        let (stop, ok, failed, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            old.url("/during-upgrade"),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 // A fresh connection each time: connections, not only requests, must survive.
-                let c = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+                let c = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
                 match c.get(&url).send().await {
                     Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -156,7 +222,14 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     let new_dir = tempfile::tempdir().unwrap();
     let upgrade_sock = old.dir.path().join("upgrade.sock");
     let mut new = std::process::Command::new(bin())
-        .args(["run", "-c", config.to_str().unwrap(), "--upgrade", "--upgrade-sock", upgrade_sock.to_str().unwrap()])
+        .args([
+            "run",
+            "-c",
+            config.to_str().unwrap(),
+            "--upgrade",
+            "--upgrade-sock",
+            upgrade_sock.to_str().unwrap(),
+        ])
         .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
         .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
         .spawn()
@@ -177,10 +250,18 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     load.await.unwrap();
 
     let addr = old_status.1.addr;
-    let after = client().get(format!("http://{addr}/after")).send().await.unwrap();
+    let after = client()
+        .get(format!("http://{addr}/after"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(after.status(), 200, "the new process serves");
     assert!(ok.load(Ordering::Relaxed) > 20);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed across the upgrade");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across the upgrade"
+    );
     let _ = new.kill();
     let _ = new.wait();
 }

@@ -53,26 +53,61 @@ match: { paths: ["/**"], hosts: ["pinned.internal"] }
 upstream: a
 "#;
     let gw = Gateway::builder()
-        .file("upstreams.yaml", format!("{}---\n{}", a.resource("a"), b.resource("b")))
+        .file(
+            "upstreams.yaml",
+            format!("{}---\n{}", a.resource("a"), b.resource("b")),
+        )
         .file("routes.yaml", routes)
         .start()
         .await;
     let c = client();
     let served = |r: Echo| r.upstream;
 
-    assert_eq!(served(echo(c.get(gw.url("/other")).send().await.unwrap()).await), "a");
-    assert_eq!(served(echo(c.get(gw.url("/api/users")).send().await.unwrap()).await), "b");
-    assert_eq!(served(echo(c.get(gw.url("/api/users/7")).send().await.unwrap()).await), "a", "param route is more specific");
-    assert_eq!(served(echo(c.post(gw.url("/api/users/7")).send().await.unwrap()).await), "b", "POST falls through to the prefix");
+    assert_eq!(
+        served(echo(c.get(gw.url("/other")).send().await.unwrap()).await),
+        "a"
+    );
+    assert_eq!(
+        served(echo(c.get(gw.url("/api/users")).send().await.unwrap()).await),
+        "b"
+    );
+    assert_eq!(
+        served(echo(c.get(gw.url("/api/users/7")).send().await.unwrap()).await),
+        "a",
+        "param route is more specific"
+    );
+    assert_eq!(
+        served(echo(c.post(gw.url("/api/users/7")).send().await.unwrap()).await),
+        "b",
+        "POST falls through to the prefix"
+    );
     let host = |h: &'static str| c.get(gw.url("/x")).header("Host", h);
-    assert_eq!(served(echo(host("Shop.Example.com:8080").send().await.unwrap()).await), "b");
-    assert_eq!(served(echo(host("example.com").send().await.unwrap()).await), "a");
-    assert_eq!(served(echo(host("pinned.internal").send().await.unwrap()).await), "a");
+    assert_eq!(
+        served(echo(host("Shop.Example.com:8080").send().await.unwrap()).await),
+        "b"
+    );
+    assert_eq!(
+        served(echo(host("example.com").send().await.unwrap()).await),
+        "a"
+    );
+    assert_eq!(
+        served(echo(host("pinned.internal").send().await.unwrap()).await),
+        "a"
+    );
     let app = |h: &'static str| c.get(gw.url("/app")).header("X-Platform", h);
-    assert_eq!(served(echo(app("android").send().await.unwrap()).await), "b");
+    assert_eq!(
+        served(echo(app("android").send().await.unwrap()).await),
+        "b"
+    );
     assert_eq!(served(echo(app("web").send().await.unwrap()).await), "a");
-    assert_eq!(served(echo(c.get(gw.url("/app?debug=true")).send().await.unwrap()).await), "b");
-    assert_eq!(served(echo(c.get(gw.url("/app?debug=yes")).send().await.unwrap()).await), "a");
+    assert_eq!(
+        served(echo(c.get(gw.url("/app?debug=true")).send().await.unwrap()).await),
+        "b"
+    );
+    assert_eq!(
+        served(echo(c.get(gw.url("/app?debug=yes")).send().await.unwrap()).await),
+        "a"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -114,7 +149,11 @@ upstream: svc
     assert_eq!(resp.headers()["x-request-id"], "client-id-42");
     assert_eq!(resp.headers()["x-served-by"], "gatehouse");
     assert!(resp.headers().get("server").is_none(), "Server removed");
-    assert_eq!(resp.headers()["x-upstream"], "svc", "other upstream headers pass through");
+    assert_eq!(
+        resp.headers()["x-upstream"],
+        "svc",
+        "other upstream headers pass through"
+    );
     let e = echo(resp).await;
     assert_eq!(e.path, "/users/7?x=1&y=2");
     assert_eq!(e.headers["x-route"], "strip");
@@ -125,7 +164,11 @@ upstream: svc
     assert_eq!(e.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(e.headers["x-forwarded-proto"], "http");
     assert_eq!(e.headers["x-forwarded-host"], gw.addr.to_string());
-    assert_eq!(e.headers["host"], gw.addr.to_string(), "the client's Host is passed on");
+    assert_eq!(
+        e.headers["host"],
+        gw.addr.to_string(),
+        "the client's Host is passed on"
+    );
 
     let resp = c
         .get(gw.url("/old/thing?keep=me"))
@@ -134,10 +177,17 @@ upstream: svc
         .await
         .unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(generated.len(), 32, "a fresh id replaces an insane one: {generated}");
+    assert_eq!(
+        generated.len(),
+        32,
+        "a fresh id replaces an insane one: {generated}"
+    );
     let e = echo(resp).await;
     assert_eq!(e.path, "/new/place?keep=me");
-    assert_eq!(e.headers["x-request-id"], generated, "the upstream sees the same id");
+    assert_eq!(
+        e.headers["x-request-id"], generated,
+        "the upstream sees the same id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,7 +215,11 @@ async fn json_error(resp: reqwest::Response, status: u16, code: &str) -> serde_j
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], code, "{body}");
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
-    assert_eq!(body["request_id"], id.as_str(), "the body names the request id");
+    assert_eq!(
+        body["request_id"],
+        id.as_str(),
+        "the body names the request id"
+    );
     body
 }
 
@@ -196,13 +250,40 @@ upstream: slow
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
     let c = client();
 
-    json_error(c.get(gw.url("/nothing/here")).send().await.unwrap(), 404, "no_route").await;
-    json_error(c.get(gw.url("/dead")).send().await.unwrap(), 502, "upstream_error").await;
-    json_error(c.get(gw.url("/slow")).send().await.unwrap(), 504, "upstream_timeout").await;
-    json_error(c.get(gw.url("/dead")).header("X-Big", "x".repeat(40 * 1024)).send().await.unwrap(), 431, "bad_request").await;
+    json_error(
+        c.get(gw.url("/nothing/here")).send().await.unwrap(),
+        404,
+        "no_route",
+    )
+    .await;
+    json_error(
+        c.get(gw.url("/dead")).send().await.unwrap(),
+        502,
+        "upstream_error",
+    )
+    .await;
+    json_error(
+        c.get(gw.url("/slow")).send().await.unwrap(),
+        504,
+        "upstream_timeout",
+    )
+    .await;
+    json_error(
+        c.get(gw.url("/dead"))
+            .header("X-Big", "x".repeat(40 * 1024))
+            .send()
+            .await
+            .unwrap(),
+        431,
+        "bad_request",
+    )
+    .await;
 
     // Dot segments, sent raw so no client normalizes them away.
-    let raw = raw_request(gw.addr, "GET /x/../dead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let raw = raw_request(
+        gw.addr,
+        "GET /x/../dead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("\"error\":\"bad_request\""), "{raw}");
     // A head the HTTP parser cannot read is refused by it (with an empty body: see docs).
@@ -232,9 +313,13 @@ async fn connections_are_kept_alive_on_both_sides() {
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     for i in 0..2 {
-        s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
         let head = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "request {i} on the same connection: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "request {i} on the same connection: {head}"
+        );
     }
 
     // Sequential requests reuse pooled upstream connections.
@@ -243,7 +328,12 @@ async fn connections_are_kept_alive_on_both_sides() {
         assert_eq!(c.get(gw.url("/pooled")).send().await.unwrap().status(), 200);
     }
     assert!(up.hits() >= 22);
-    assert!(up.connections() <= 4, "{} upstream connections for {} requests", up.connections(), up.hits());
+    assert!(
+        up.connections() <= 4,
+        "{} upstream connections for {} requests",
+        up.connections(),
+        up.hits()
+    );
 }
 
 /// Reads one response with a Content-Length body.
@@ -257,7 +347,11 @@ fn read_response(s: &mut std::net::TcpStream) -> String {
     let head = String::from_utf8_lossy(&buf).into_owned();
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0; len];
     s.read_exact(&mut body).unwrap();
@@ -274,11 +368,18 @@ async fn retries_move_a_failed_connection_to_another_node() {
             live.addr
         )
     };
-    let gw = Gateway::builder().file("r.yaml", resources(1)).start().await;
+    let gw = Gateway::builder()
+        .file("r.yaml", resources(1))
+        .start()
+        .await;
     let c = client();
     for i in 0..10 {
         let resp = c.get(gw.url(&format!("/r{i}"))).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "request {i} should have been retried on the live node");
+        assert_eq!(
+            resp.status(),
+            200,
+            "request {i} should have been retried on the live node"
+        );
     }
 
     let before = gw.status().await["revision"].as_u64().unwrap();
@@ -286,11 +387,20 @@ async fn retries_move_a_failed_connection_to_another_node() {
     gw.wait_revision_after(before).await;
     let mut failed = 0;
     for i in 0..10 {
-        if c.get(gw.url(&format!("/n{i}"))).send().await.unwrap().status() == 502 {
+        if c.get(gw.url(&format!("/n{i}")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 502
+        {
             failed += 1;
         }
     }
-    assert_eq!(failed, 5, "without retries, round robin sends half to the dead node");
+    assert_eq!(
+        failed, 5,
+        "without retries, round robin sends half to the dead node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,10 +419,18 @@ async fn h2c_prior_knowledge_is_served_on_the_plain_listener() {
         .build()
         .unwrap();
     let url = format!("http://h2.example:{}/v1/items?q=1", gw.addr.port());
-    let resp = h2.get(&url).header("X-Request-Id", "h2-req").send().await.unwrap();
+    let resp = h2
+        .get(&url)
+        .header("X-Request-Id", "h2-req")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.headers()["x-request-id"], "h2-req");
     let e = echo(resp).await;
     assert_eq!(e.path, "/items?q=1");
-    assert_eq!(e.headers["x-forwarded-host"], format!("h2.example:{}", gw.addr.port()));
+    assert_eq!(
+        e.headers["x-forwarded-host"],
+        format!("h2.example:{}", gw.addr.port())
+    );
 }

@@ -27,7 +27,12 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load = Vec::new();
     for w in 0..4 {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gw.url(&format!("/steady/{w}")));
+        let (stop, ok, failed, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            gw.url(&format!("/steady/{w}")),
+        );
         load.push(tokio::spawn(async move {
             let c = client();
             while !stop.load(Ordering::Relaxed) {
@@ -41,7 +46,11 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let revision = gw.status().await["revision"].as_u64().unwrap();
-    let edited = format!("{}---\n{}", route("steady", "/steady/**", "a"), route("fresh", "/fresh", "b"));
+    let edited = format!(
+        "{}---\n{}",
+        route("steady", "/steady/**", "a"),
+        route("fresh", "/fresh", "b")
+    );
     gw.write_file("routes.yaml", &edited);
     let status = gw.wait_revision_after(revision).await;
     assert_eq!(status["routes"], 2);
@@ -50,7 +59,11 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
 
     // Move the steady route to the other upstream: one swap, no gap.
     let revision = status["revision"].as_u64().unwrap();
-    let moved = format!("{}---\n{}", route("steady", "/steady/**", "b"), route("fresh", "/fresh", "b"));
+    let moved = format!(
+        "{}---\n{}",
+        route("steady", "/steady/**", "b"),
+        route("fresh", "/fresh", "b")
+    );
     gw.write_file("routes.yaml", &moved);
     gw.wait_revision_after(revision).await;
     let resp = client().get(gw.url("/steady/x")).send().await.unwrap();
@@ -61,8 +74,16 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
     for task in load {
         task.await.unwrap();
     }
-    assert!(ok.load(Ordering::Relaxed) > 50, "traffic flowed: {}", ok.load(Ordering::Relaxed));
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the edits");
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "traffic flowed: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the edits"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,7 +92,14 @@ async fn a_bad_file_or_document_is_rejected_alone() {
     let gw = Gateway::builder()
         .file("upstreams.yaml", a.resource("a"))
         .file("one.yaml", route("one", "/one", "a"))
-        .file("two.yaml", format!("{}---\n{}", route("two", "/two", "a"), route("two-b", "/two-b", "a")))
+        .file(
+            "two.yaml",
+            format!(
+                "{}---\n{}",
+                route("two", "/two", "a"),
+                route("two-b", "/two-b", "a")
+            ),
+        )
         .start()
         .await;
     let c = client();
@@ -88,9 +116,19 @@ async fn a_bad_file_or_document_is_rejected_alone() {
     let status = gw.wait_revision_after(revision).await;
     let rejected = status["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 1, "{status}");
-    assert!(rejected[0]["key"].as_str().unwrap().ends_with("two.yaml:1"), "{status}");
-    assert!(rejected[0]["error"].as_str().unwrap().contains("not valid YAML"));
-    assert_eq!(status_of("/two").await, 200, "the previous version stays in force");
+    assert!(
+        rejected[0]["key"].as_str().unwrap().ends_with("two.yaml:1"),
+        "{status}"
+    );
+    assert!(rejected[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid YAML"));
+    assert_eq!(
+        status_of("/two").await,
+        200,
+        "the previous version stays in force"
+    );
     assert_eq!(status_of("/two-b").await, 200);
     assert_eq!(status_of("/one").await, 200, "other files keep working");
 
@@ -106,18 +144,42 @@ async fn a_bad_file_or_document_is_rejected_alone() {
     let rejected = status["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 1, "{status}");
     assert!(rejected[0]["key"].as_str().unwrap().ends_with("two.yaml:2"));
-    assert!(rejected[0]["error"].as_str().unwrap().contains("match.methods[0]"), "{status}");
-    assert_eq!(status_of("/two-new").await, 200, "the good documents of the file apply");
+    assert!(
+        rejected[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("match.methods[0]"),
+        "{status}"
+    );
+    assert_eq!(
+        status_of("/two-new").await,
+        200,
+        "the good documents of the file apply"
+    );
     assert_eq!(status_of("/three").await, 200);
     assert_eq!(status_of("/two").await, 404);
-    assert_eq!(status_of("/two-b").await, 200, "the bad document's object keeps its old version");
+    assert_eq!(
+        status_of("/two-b").await,
+        200,
+        "the bad document's object keeps its old version"
+    );
 
     // A route naming a missing upstream is rejected; fixing it clears the rejection.
     let revision = status["revision"].as_u64().unwrap();
     gw.write_file("one.yaml", &route("one", "/one", "missing"));
     let status = gw.wait_revision_after(revision).await;
-    let errors: Vec<&str> = status["rejected"].as_array().unwrap().iter().map(|r| r["error"].as_str().unwrap()).collect();
-    assert!(errors.iter().any(|e| e.contains("unknown upstream `missing`")), "{status}");
+    let errors: Vec<&str> = status["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"].as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("unknown upstream `missing`")),
+        "{status}"
+    );
     assert_eq!(status_of("/one").await, 200);
 
     let revision = status["revision"].as_u64().unwrap();
@@ -128,7 +190,11 @@ async fn a_bad_file_or_document_is_rejected_alone() {
         s["revision"].as_u64().unwrap() > revision && s["rejected"].as_array().unwrap().is_empty()
     })
     .await;
-    assert_eq!(status_of("/two-b").await, 404, "a removed document removes its route");
+    assert_eq!(
+        status_of("/two-b").await,
+        404,
+        "a removed document removes its route"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,13 +209,28 @@ async fn deleting_a_used_upstream_keeps_it_in_force_and_files_come_and_go() {
     std::fs::remove_file(gw.route_file("upstreams.yaml")).unwrap();
     let status = gw.wait_revision_after(revision).await;
     assert_eq!(status["upstreams"], 1, "{status}");
-    assert!(status["rejected"][0]["error"].as_str().unwrap().contains("still used by route r"));
-    assert_eq!(client().get(gw.url("/r")).send().await.unwrap().status(), 200);
+    assert!(status["rejected"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("still used by route r"));
+    assert_eq!(
+        client().get(gw.url("/r")).send().await.unwrap().status(),
+        200
+    );
 
     let revision = status["revision"].as_u64().unwrap();
-    gw.write_file("more.yaml", &format!("{}---\n{}", a.resource("a"), route("s", "/s", "a")));
+    gw.write_file(
+        "more.yaml",
+        &format!("{}---\n{}", a.resource("a"), route("s", "/s", "a")),
+    );
     let status = gw.wait_revision_after(revision).await;
     assert_eq!(status["routes"], 2);
-    assert!(status["rejected"].as_array().unwrap().is_empty(), "{status}");
-    assert_eq!(client().get(gw.url("/s")).send().await.unwrap().status(), 200);
+    assert!(
+        status["rejected"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    assert_eq!(
+        client().get(gw.url("/s")).send().await.unwrap().status(),
+        200
+    );
 }

@@ -87,7 +87,11 @@ mod tests {
     #[test]
     fn edits_both_sides() {
         let chain = PluginChain::new(vec![Box::new(rewrite())]);
-        let ex = Exchange::new("orders".into(), "r1".into(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let ex = Exchange::new(
+            "orders".into(),
+            "r1".into(),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        );
 
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("X-Debug", "1").unwrap();

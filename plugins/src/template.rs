@@ -91,8 +91,7 @@ impl Template {
             }
         }
         if parts.iter().all(|p| matches!(p, Part::Text(_))) {
-            let value =
-                HeaderValue::from_str(text).map_err(|_| TemplateError::InvalidValue)?;
+            let value = HeaderValue::from_str(text).map_err(|_| TemplateError::InvalidValue)?;
             return Ok(Template::Fixed(value));
         }
         Ok(Template::Dynamic(parts))
@@ -140,8 +139,8 @@ mod tests {
 
     #[test]
     fn variables_are_substituted() {
-        let t = Template::parse("${route_id}/${request_id} from ${client_ip} as ${consumer}")
-            .unwrap();
+        let t =
+            Template::parse("${route_id}/${request_id} from ${client_ip} as ${consumer}").unwrap();
         assert_eq!(
             t.render(&exchange()).unwrap(),
             "users/req-1 from 10.0.0.7 as alice"
@@ -154,7 +153,10 @@ mod tests {
             Template::parse("${user}").unwrap_err(),
             TemplateError::UnknownVariable("user".into())
         );
-        assert_eq!(Template::parse("a ${route_id").unwrap_err(), TemplateError::Unclosed);
+        assert_eq!(
+            Template::parse("a ${route_id").unwrap_err(),
+            TemplateError::Unclosed
+        );
         assert_eq!(
             Template::parse("bad\nvalue").unwrap_err(),
             TemplateError::InvalidValue

@@ -35,16 +35,20 @@ impl AdminApi {
 
     /// Reads are open when no key is configured (the listener is loopback by default);
     /// writes never are. With a key, everything under `/admin/` needs it.
-    fn authorize(&self, method: &Method, authorization: Option<&[u8]>) -> Result<(), Response<Vec<u8>>> {
+    fn authorize(
+        &self,
+        method: &Method,
+        authorization: Option<&[u8]>,
+    ) -> Result<(), Box<Response<Vec<u8>>>> {
         if self.api_key.is_empty() {
             if method == Method::GET || method == Method::HEAD {
                 return Ok(());
             }
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "admin writes are disabled: admin.api_key is empty",
-            ));
+            )));
         }
         let given = authorization
             .and_then(|v| v.strip_prefix(b"Bearer "))
@@ -52,12 +56,16 @@ impl AdminApi {
         if bool::from(given.ct_eq(self.api_key.as_bytes())) {
             Ok(())
         } else {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin API key is required");
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin API key is required",
+            );
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
             );
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 
@@ -104,7 +112,11 @@ impl AdminApi {
                         };
                         match snapshot.catalog.get(&key) {
                             Some(resource) => json(StatusCode::OK, &resource),
-                            None => error(StatusCode::NOT_FOUND, "not_found", &format!("{key} is not in force")),
+                            None => error(
+                                StatusCode::NOT_FOUND,
+                                "not_found",
+                                &format!("{key} is not in force"),
+                            ),
                         }
                     }
                     (&Method::PUT | &Method::DELETE, Some(_)) => match self.provider {
@@ -119,7 +131,11 @@ impl AdminApi {
                             "admin writes to etcd are not available in this version",
                         ),
                     },
-                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET, or PUT/DELETE on one object"),
+                    _ => error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        "use GET, or PUT/DELETE on one object",
+                    ),
                 }
             }
             _ => not_found(),
@@ -139,15 +155,19 @@ impl ServeHttp for AdminApi {
                 if self.live.is_ready() {
                     json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
                 } else {
-                    json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "loading" }))
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({ "status": "loading" }),
+                    )
                 }
             }
             _ => match path.strip_prefix("/admin/") {
                 Some(rest) => {
-                    let authorization = req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+                    let authorization =
+                        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
                     match self.authorize(&method, authorization) {
                         Ok(()) => self.admin(&method, rest),
-                        Err(denied) => denied,
+                        Err(denied) => *denied,
                     }
                 }
                 None => not_found(),

@@ -50,7 +50,9 @@ fn interpolate_line(
             rest = after;
             continue;
         };
-        let end = body.find('}').ok_or(InterpolationError::Unclosed { line })?;
+        let end = body
+            .find('}')
+            .ok_or(InterpolationError::Unclosed { line })?;
         let expr = &body[..end];
         let (name, default) = match expr.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
@@ -97,7 +99,10 @@ mod tests {
 
     #[test]
     fn replaces_set_variables() {
-        assert_eq!(interpolate("addr: 0.0.0.0:${PORT}", env).unwrap(), "addr: 0.0.0.0:8081");
+        assert_eq!(
+            interpolate("addr: 0.0.0.0:${PORT}", env).unwrap(),
+            "addr: 0.0.0.0:8081"
+        );
     }
 
     #[test]
@@ -123,17 +128,29 @@ mod tests {
 
     #[test]
     fn dollars_without_braces_stay_and_double_dollar_escapes() {
-        assert_eq!(interpolate("cost: $5 $$HOME $${PORT}", env).unwrap(), "cost: $5 $HOME ${PORT}");
+        assert_eq!(
+            interpolate("cost: $5 $$HOME $${PORT}", env).unwrap(),
+            "cost: $5 $HOME ${PORT}"
+        );
     }
 
     #[test]
     fn whole_line_comments_are_left_alone() {
-        assert_eq!(interpolate("# uses ${SECRET}\nport: ${PORT}\n", env).unwrap(), "# uses ${SECRET}\nport: 8081\n");
+        assert_eq!(
+            interpolate("# uses ${SECRET}\nport: ${PORT}\n", env).unwrap(),
+            "# uses ${SECRET}\nport: 8081\n"
+        );
     }
 
     #[test]
     fn malformed_expressions_are_errors() {
-        assert!(matches!(interpolate("${PORT", env), Err(InterpolationError::Unclosed { .. })));
-        assert!(matches!(interpolate("${1X}", env), Err(InterpolationError::BadName { .. })));
+        assert!(matches!(
+            interpolate("${PORT", env),
+            Err(InterpolationError::Unclosed { .. })
+        ));
+        assert!(matches!(
+            interpolate("${1X}", env),
+            Err(InterpolationError::BadName { .. })
+        ));
     }
 }

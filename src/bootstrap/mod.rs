@@ -270,10 +270,16 @@ impl Bootstrap {
         let de = serde_yaml::Deserializer::from_str(&text);
         let config: Bootstrap = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_string() } else { key };
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
             invalid(key, e.into_inner().to_string())
         })?;
-        config.check().map_err(|(key, message)| invalid(key.into(), message))?;
+        config
+            .check()
+            .map_err(|(key, message)| invalid(key.into(), message))?;
         Ok(config)
     }
 
@@ -293,19 +299,31 @@ impl Bootstrap {
         }
         match (&self.provider.file, &self.provider.etcd) {
             (Some(_), Some(_)) => {
-                return Err(("provider", "give exactly one of `file` or `etcd`, not both".into()))
+                return Err((
+                    "provider",
+                    "give exactly one of `file` or `etcd`, not both".into(),
+                ))
             }
             (None, None) => return Err(("provider", "give one of `file` or `etcd`".into())),
             (Some(file), None) if file.paths.is_empty() => {
-                return Err(("provider.file.paths", "at least one path is required".into()))
+                return Err((
+                    "provider.file.paths",
+                    "at least one path is required".into(),
+                ))
             }
             (None, Some(etcd)) if etcd.endpoints.is_empty() => {
-                return Err(("provider.etcd.endpoints", "at least one endpoint is required".into()))
+                return Err((
+                    "provider.etcd.endpoints",
+                    "at least one endpoint is required".into(),
+                ))
             }
             _ => {}
         }
         if !(0.0..=1.0).contains(&self.telemetry.otlp.sample_ratio) {
-            return Err(("telemetry.otlp.sample_ratio", "must be between 0.0 and 1.0".into()));
+            return Err((
+                "telemetry.otlp.sample_ratio",
+                "must be between 0.0 and 1.0".into(),
+            ));
         }
         Ok(())
     }
@@ -358,7 +376,9 @@ mod tests {
 
     #[test]
     fn wrong_types_are_named() {
-        let err = parse("threads: many\nprovider: { file: { paths: [r] } }\n").unwrap_err().to_string();
+        let err = parse("threads: many\nprovider: { file: { paths: [r] } }\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("gw.yaml: threads:"), "{err}");
         let err = parse("shutdown: { timeout: 30 }\nprovider: { file: { paths: [r] } }\n")
             .unwrap_err()
@@ -376,9 +396,14 @@ mod tests {
 
     #[test]
     fn trusted_proxies_are_cidrs() {
-        let c = parse("trusted_proxies: [10.0.0.0/8, \"::1/128\"]\nprovider: { file: { paths: [r] } }\n").unwrap();
+        let c = parse(
+            "trusted_proxies: [10.0.0.0/8, \"::1/128\"]\nprovider: { file: { paths: [r] } }\n",
+        )
+        .unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
-        let err = parse("trusted_proxies: [nonsense]\nprovider: { file: { paths: [r] } }\n").unwrap_err().to_string();
+        let err = parse("trusted_proxies: [nonsense]\nprovider: { file: { paths: [r] } }\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
     }
 }

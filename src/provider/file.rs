@@ -73,7 +73,8 @@ impl FileSource {
             } else if path.exists() {
                 files.push(path.clone());
             } else {
-                let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+                let e =
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
                 docs.push(unreadable(path.display().to_string().into(), &e));
             }
         }
@@ -104,7 +105,10 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
         if path.is_dir() {
             walk(&path, files)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             files.push(path);
         }
     }
@@ -152,21 +156,26 @@ impl FileProvider {
                 let _ = tx.send(());
             }
         };
-        let mut watcher: Box<dyn Watcher + Send> = match notify::recommended_watcher(handler.clone()) {
-            Ok(w) => Box::new(w),
-            Err(e) => {
-                tracing::warn!("file events unavailable ({e}); polling every second");
-                let config = notify::Config::default().with_poll_interval(Duration::from_secs(1));
-                Box::new(notify::PollWatcher::new(handler, config)?)
-            }
-        };
+        let mut watcher: Box<dyn Watcher + Send> =
+            match notify::recommended_watcher(handler.clone()) {
+                Ok(w) => Box::new(w),
+                Err(e) => {
+                    tracing::warn!("file events unavailable ({e}); polling every second");
+                    let config =
+                        notify::Config::default().with_poll_interval(Duration::from_secs(1));
+                    Box::new(notify::PollWatcher::new(handler, config)?)
+                }
+            };
         for path in self.source.paths() {
             // Watch a file's directory: editors replace files by renaming over them.
             let (target, mode) = if path.is_dir() {
                 (path.clone(), notify::RecursiveMode::Recursive)
             } else {
                 let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-                (parent.unwrap_or(Path::new(".")).to_path_buf(), notify::RecursiveMode::NonRecursive)
+                (
+                    parent.unwrap_or(Path::new(".")).to_path_buf(),
+                    notify::RecursiveMode::NonRecursive,
+                )
             };
             if let Err(e) = watcher.watch(&target, mode) {
                 tracing::warn!(path = %target.display(), "cannot watch: {e}");

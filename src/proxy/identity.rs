@@ -15,7 +15,8 @@ pub fn request_id(headers: &HeaderMap) -> String {
         let sane = !bytes.is_empty()
             && bytes.len() <= 128
             && bytes.iter().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
             });
         if sane {
             // All ASCII, checked above.
@@ -65,14 +66,20 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
 
     #[test]
     fn sane_request_ids_are_kept_others_replaced() {
-        assert_eq!(request_id(&headers(&[("x-request-id", "abc-123")])), "abc-123");
+        assert_eq!(
+            request_id(&headers(&[("x-request-id", "abc-123")])),
+            "abc-123"
+        );
         let fresh = request_id(&headers(&[("x-request-id", "bad id with spaces")]));
         assert_eq!(fresh.len(), 32);
         assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -86,10 +93,21 @@ mod tests {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.9")]);
-        assert_eq!(client_ip(peer, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxies: the peer");
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, &h, &[]),
+            peer,
+            "no trusted proxies: the peer"
+        );
         let outsider: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(client_ip(outsider, &h, &trusted), outsider, "untrusted peer: ignored");
+        assert_eq!(
+            client_ip(outsider, &h, &trusted),
+            outsider,
+            "untrusted peer: ignored"
+        );
         let garbage = headers(&[("x-forwarded-for", "nonsense")]);
         assert_eq!(client_ip(peer, &garbage, &trusted), peer);
     }

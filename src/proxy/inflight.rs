@@ -42,7 +42,10 @@ impl InFlight {
 
     /// Requests started and not yet finished.
     pub fn count(&self) -> isize {
-        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -54,7 +57,9 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.counter.shards[self.shard].0.fetch_sub(1, Ordering::Relaxed);
+        self.counter.shards[self.shard]
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

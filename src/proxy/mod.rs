@@ -72,7 +72,11 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            exchange: Exchange::new(NO_ROUTE_ID.clone(), String::new(), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            exchange: Exchange::new(
+                NO_ROUTE_ID.clone(),
+                String::new(),
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ),
             route: None,
             failed_attempts: 0,
             last_node: None,
@@ -84,13 +88,20 @@ impl ProxyHttp for Gateway {
         session.set_keepalive(Some(self.settings.keepalive_secs));
         let req = session.req_header();
         ctx.exchange.request_id = request_id(&req.headers);
-        ctx.exchange.client_ip = client_ip(peer_ip(session), &req.headers, &self.settings.trusted_proxies);
+        ctx.exchange.client_ip = client_ip(
+            peer_ip(session),
+            &req.headers,
+            &self.settings.trusted_proxies,
+        );
 
         if head_size(req) > self.settings.max_header_size {
             let reply = Reply::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "bad_request",
-                format!("request head is over {} bytes", self.settings.max_header_size),
+                format!(
+                    "request head is over {} bytes",
+                    self.settings.max_header_size
+                ),
             );
             return answer_error(session, &reply, ctx).await;
         }
@@ -115,14 +126,21 @@ impl ProxyHttp for Gateway {
             query: req.uri.query(),
         });
         let Some(route) = found.cloned() else {
-            let reply = Reply::new(StatusCode::NOT_FOUND, "no_route", "no route matches the request");
+            let reply = Reply::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no route matches the request",
+            );
             return answer_error(session, &reply, ctx).await;
         };
         drop(snapshot);
         ctx.exchange.route_id = route.id.clone();
 
         if !route.plugins.is_empty() {
-            let flow = route.plugins.access(session.req_header_mut(), &mut ctx.exchange).await;
+            let flow = route
+                .plugins
+                .access(session.req_header_mut(), &mut ctx.exchange)
+                .await;
             if let Flow::Respond(reply) = flow {
                 ctx.route = Some(route);
                 return answer_error(session, &reply, ctx).await;
@@ -144,8 +162,15 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx.route.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         let Some(upstream) = route.upstream() else {
             return Error::e_explain(ErrorType::InternalError, "route does not proxy");
         };
@@ -160,7 +185,10 @@ impl ProxyHttp for Gateway {
             }
         }
         let Some(node) = node else {
-            return Error::e_explain(NO_UPSTREAM, format!("upstream `{}` has no node to send to", upstream.id));
+            return Error::e_explain(
+                NO_UPSTREAM,
+                format!("upstream `{}` has no node to send to", upstream.id),
+            );
         };
         ctx.last_node = Some(node.addr);
         let (tls, sni) = match &upstream.tls {
@@ -179,7 +207,13 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         ctx.failed_attempts += 1;
         let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
         // Nothing was sent yet, so trying another node is safe for any method.
@@ -197,17 +231,25 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         if let Some(rewrite) = &route.rewrite {
-            let uri = rewrite.apply(session.req_header().uri.path(), session.req_header().uri.query());
-            let uri = uri
-                .parse()
-                .map_err(|e| Error::because(ErrorType::InternalError, "rewritten path is not a URI", e))?;
+            let uri = rewrite.apply(
+                session.req_header().uri.path(),
+                session.req_header().uri.query(),
+            );
+            let uri = uri.parse().map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewritten path is not a URI", e)
+            })?;
             upstream_request.set_uri(uri);
         }
         let ex = &ctx.exchange;
         upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
 
         let peer = peer_ip(session).to_string();
-        let forwarded_for = match session.req_header().headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match session
+            .req_header()
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(earlier) => format!("{earlier}, {peer}"),
             None => peer,
         };
@@ -219,7 +261,13 @@ impl ProxyHttp for Gateway {
             .headers
             .get(header::HOST)
             .cloned()
-            .or_else(|| session.req_header().uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+            .or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
         if let Some(host) = host {
             if upstream_request.headers.get(header::HOST).is_none() {
                 upstream_request.insert_header(header::HOST, host.clone())?;
@@ -230,7 +278,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let ex = &ctx.exchange;
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             resp.insert_header(REQUEST_ID, id)?;
@@ -244,7 +297,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let reply = classify(e);
         let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
         if let Some(reply) = reply {
@@ -268,7 +326,13 @@ impl ProxyHttp for Gateway {
 /// Writes a gateway error and tells Pingora the request is answered.
 async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
     let answer = Answer::error(reply, &ctx.exchange.request_id);
-    reply::send(session, answer, &ctx.exchange, ctx.route.as_ref().map(|r| &r.plugins)).await?;
+    reply::send(
+        session,
+        answer,
+        &ctx.exchange,
+        ctx.route.as_ref().map(|r| &r.plugins),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -277,19 +341,44 @@ fn classify(e: &Error) -> Option<Reply> {
     use ErrorType::*;
     let reply = |status, code, message: &str| Some(Reply::new(status, code, message));
     match (e.etype(), e.esource()) {
-        (t, _) if *t == NO_UPSTREAM => reply(StatusCode::SERVICE_UNAVAILABLE, "no_upstream", "no upstream node is available"),
-        (ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout, ErrorSource::Upstream) => {
-            reply(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the upstream did not answer in time")
-        }
-        (_, ErrorSource::Upstream) => reply(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream connection failed or its response was invalid"),
+        (t, _) if *t == NO_UPSTREAM => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_upstream",
+            "no upstream node is available",
+        ),
+        (
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        ),
+        (_, ErrorSource::Upstream) => reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream connection failed or its response was invalid",
+        ),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
         (ReadTimedout, ErrorSource::Downstream) => None,
         (HTTPStatus(code), _) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
-            Some(Reply::new(status, "bad_request", "the request could not be processed"))
+            Some(Reply::new(
+                status,
+                "bad_request",
+                "the request could not be processed",
+            ))
         }
-        (_, ErrorSource::Downstream) => reply(StatusCode::BAD_REQUEST, "bad_request", "the request is malformed"),
-        _ => reply(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the gateway failed to handle the request"),
+        (_, ErrorSource::Downstream) => reply(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request is malformed",
+        ),
+        _ => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the gateway failed to handle the request",
+        ),
     }
 }
 
@@ -304,7 +393,9 @@ fn peer_ip(session: &Session) -> IpAddr {
 /// header lines with their separators.
 fn head_size(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
-    req.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// Paths the router could be fooled by are refused rather than guessed at: dot segments
@@ -313,7 +404,12 @@ fn check_path(path: &str) -> std::result::Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("the path must start with `/`");
     }
-    if path.split('/').any(|seg| seg == ".." || seg == "." || seg.eq_ignore_ascii_case("%2e%2e") || seg.eq_ignore_ascii_case("%2e")) {
+    if path.split('/').any(|seg| {
+        seg == ".."
+            || seg == "."
+            || seg.eq_ignore_ascii_case("%2e%2e")
+            || seg.eq_ignore_ascii_case("%2e")
+    }) {
         return Err("the path must not hold `.` or `..` segments");
     }
     Ok(())
@@ -336,9 +432,18 @@ mod tests {
     fn errors_map_to_the_spec_codes() {
         let up = Error::new_up;
         let code = |e: &Error| classify(e).map(|r| (r.status.as_u16(), r.code));
-        assert_eq!(code(&up(ErrorType::ConnectRefused)), Some((502, "upstream_error")));
-        assert_eq!(code(&up(ErrorType::ReadTimedout)), Some((504, "upstream_timeout")));
-        assert_eq!(code(&up(ErrorType::ConnectTimedout)), Some((504, "upstream_timeout")));
+        assert_eq!(
+            code(&up(ErrorType::ConnectRefused)),
+            Some((502, "upstream_error"))
+        );
+        assert_eq!(
+            code(&up(ErrorType::ReadTimedout)),
+            Some((504, "upstream_timeout"))
+        );
+        assert_eq!(
+            code(&up(ErrorType::ConnectTimedout)),
+            Some((504, "upstream_timeout"))
+        );
         assert_eq!(code(&Error::new(NO_UPSTREAM)), Some((503, "no_upstream")));
         assert_eq!(code(&Error::new_down(ErrorType::ConnectionClosed)), None);
     }

@@ -58,7 +58,9 @@ pub async fn send(
         plugins.response(&mut resp, ex);
     }
     let head_only = session.req_header().method == Method::HEAD || answer.body.is_empty();
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(answer.body), true).await?;
     }

@@ -154,7 +154,10 @@ fn check_key(field: &str, key: &JwtKey, p: &mut Problems) {
         (true, Some(secret), None) => {
             if let Some(encoded) = secret.strip_prefix("base64:") {
                 if decode_base64(encoded).is_none() {
-                    p.add(format!("{field}.secret"), "the part after `base64:` is not base64");
+                    p.add(
+                        format!("{field}.secret"),
+                        "the part after `base64:` is not base64",
+                    );
                 }
             } else if secret.is_empty() {
                 p.add(format!("{field}.secret"), "must not be empty");
@@ -166,7 +169,10 @@ fn check_key(field: &str, key: &JwtKey, p: &mut Problems) {
         ),
         (false, None, Some(pem)) => {
             if !pem.trim_start().starts_with("-----BEGIN ") {
-                p.add(format!("{field}.public_key"), "must be a PEM block (-----BEGIN ...)");
+                p.add(
+                    format!("{field}.public_key"),
+                    "must be a PEM block (-----BEGIN ...)",
+                );
             }
         }
         (false, _, _) => p.add(
@@ -178,9 +184,7 @@ fn check_key(field: &str, key: &JwtKey, p: &mut Problems) {
 
 fn check_http_url(field: &str, url: &str, p: &mut Problems) {
     let ok = match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
-        }
+        Ok(uri) => matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some(),
         Err(_) => false,
     };
     if !ok {

@@ -86,7 +86,10 @@ impl Catalog {
     /// The object as a resource, for the admin API.
     pub fn get(&self, key: &ObjectKey) -> Option<Resource> {
         match key.kind {
-            Kind::Route => self.routes.get(&key.id).map(|s| Resource::Route(s.value.clone())),
+            Kind::Route => self
+                .routes
+                .get(&key.id)
+                .map(|s| Resource::Route(s.value.clone())),
             Kind::Upstream => self
                 .upstreams
                 .get(&key.id)
@@ -100,7 +103,11 @@ impl Catalog {
 
     pub fn list(&self, kind: Kind) -> Vec<Resource> {
         match kind {
-            Kind::Route => self.routes.values().map(|s| Resource::Route(s.value.clone())).collect(),
+            Kind::Route => self
+                .routes
+                .values()
+                .map(|s| Resource::Route(s.value.clone()))
+                .collect(),
             Kind::Upstream => self
                 .upstreams
                 .values()
@@ -125,15 +132,18 @@ impl Catalog {
         match resource {
             Resource::Route(r) => {
                 let value = keep(r.clone(), previous.routes.get(&r.id));
-                self.routes.insert(value.id.clone(), Stored { value, origin });
+                self.routes
+                    .insert(value.id.clone(), Stored { value, origin });
             }
             Resource::Upstream(u) => {
                 let value = keep(u.clone(), previous.upstreams.get(&u.id));
-                self.upstreams.insert(value.id.clone(), Stored { value, origin });
+                self.upstreams
+                    .insert(value.id.clone(), Stored { value, origin });
             }
             Resource::AuthPolicy(a) => {
                 let value = keep(a.clone(), previous.policies.get(&a.id));
-                self.policies.insert(value.id.clone(), Stored { value, origin });
+                self.policies
+                    .insert(value.id.clone(), Stored { value, origin });
             }
         }
     }
@@ -166,8 +176,16 @@ impl Catalog {
         self.routes
             .iter()
             .map(move |(id, s)| (key(Kind::Route, id), &s.origin))
-            .chain(self.upstreams.iter().map(move |(id, s)| (key(Kind::Upstream, id), &s.origin)))
-            .chain(self.policies.iter().map(move |(id, s)| (key(Kind::AuthPolicy, id), &s.origin)))
+            .chain(
+                self.upstreams
+                    .iter()
+                    .map(move |(id, s)| (key(Kind::Upstream, id), &s.origin)),
+            )
+            .chain(
+                self.policies
+                    .iter()
+                    .map(move |(id, s)| (key(Kind::AuthPolicy, id), &s.origin)),
+            )
     }
 
     /// The references of `route` that this catalog cannot resolve.
@@ -179,7 +197,10 @@ impl Catalog {
             .collect();
         if let Some(id) = &route.auth {
             if !self.policies.contains_key(id) {
-                missing.push(FieldError::new("auth", format!("unknown AuthPolicy `{id}`")));
+                missing.push(FieldError::new(
+                    "auth",
+                    format!("unknown AuthPolicy `{id}`"),
+                ));
             }
         }
         missing
@@ -210,7 +231,10 @@ pub fn admit(docs: Vec<Document>, previous: &Catalog) -> (Catalog, Vec<Rejection
                 let key = resource.key();
                 if let Some(first) = next.origin(&key) {
                     let message = format!("{key} is already defined at {first}");
-                    rejections.push(Rejection::from_parts(&doc.origin, vec![FieldError::new("id", message)]));
+                    rejections.push(Rejection::from_parts(
+                        &doc.origin,
+                        vec![FieldError::new("id", message)],
+                    ));
                     continue;
                 }
                 next.insert(resource, doc.origin, previous);
@@ -250,7 +274,10 @@ pub fn admit(docs: Vec<Document>, previous: &Catalog) -> (Catalog, Vec<Rejection
             }));
         for key in wanted {
             if !next.contains(&key) && previous.contains(&key) {
-                still_used.entry(key).or_default().insert(route.value.id.clone());
+                still_used
+                    .entry(key)
+                    .or_default()
+                    .insert(route.value.id.clone());
             }
         }
     }
@@ -262,7 +289,10 @@ pub fn admit(docs: Vec<Document>, previous: &Catalog) -> (Catalog, Vec<Rejection
             "{key} was deleted but is still used by route {}; it stays in force until no route uses it",
             users.join(", ")
         );
-        rejections.push(Rejection::from_parts(&origin, vec![FieldError::new("", message)]));
+        rejections.push(Rejection::from_parts(
+            &origin,
+            vec![FieldError::new("", message)],
+        ));
     }
 
     // Routes must resolve; an unresolved one falls back to its previous version.

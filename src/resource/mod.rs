@@ -171,14 +171,22 @@ pub fn parse_file(source: Arc<str>, text: &str) -> Vec<Document> {
 
 /// Reads one resource from an already-parsed YAML value. `expected` is the kind and id an
 /// etcd key gives; a file document must carry both itself.
-pub fn parse_value(origin: Origin, value: serde_yaml::Value, expected: Option<ObjectKey>) -> Document {
+pub fn parse_value(
+    origin: Origin,
+    value: serde_yaml::Value,
+    expected: Option<ObjectKey>,
+) -> Document {
     let fail = |key: Option<ObjectKey>, field: &str, message: String| Document {
         origin: origin.clone(),
         key,
         parsed: Err(vec![FieldError::new(field, message)]),
     };
     let serde_yaml::Value::Mapping(mut map) = value else {
-        return fail(expected, "", "a resource must be a mapping of fields".into());
+        return fail(
+            expected,
+            "",
+            "a resource must be a mapping of fields".into(),
+        );
     };
 
     let kind = match (map.remove("kind"), &expected) {
@@ -195,7 +203,11 @@ pub fn parse_value(origin: Origin, value: serde_yaml::Value, expected: Option<Ob
         (Some(_), _) => return fail(expected.clone(), "kind", "must be a string".into()),
         (None, Some(key)) => key.kind,
         (None, None) => {
-            return fail(None, "kind", "is required (Route, Upstream or AuthPolicy)".into())
+            return fail(
+                None,
+                "kind",
+                "is required (Route, Upstream or AuthPolicy)".into(),
+            )
         }
     };
     if let Some(key) = &expected {
@@ -217,7 +229,10 @@ pub fn parse_value(origin: Origin, value: serde_yaml::Value, expected: Option<Ob
         }
         (None, None) => return fail(None, "id", "is required".into()),
     };
-    let key = ObjectKey { kind, id: id.clone() };
+    let key = ObjectKey {
+        kind,
+        id: id.clone(),
+    };
     if let Some(expected) = &expected {
         if expected.id != id {
             return fail(
@@ -263,7 +278,10 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, 
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        vec![FieldError::new(field, clean_serde_message(&e.into_inner().to_string()))]
+        vec![FieldError::new(
+            field,
+            clean_serde_message(&e.into_inner().to_string()),
+        )]
     })
 }
 

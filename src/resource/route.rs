@@ -168,10 +168,16 @@ pub const MAX_RETRIES: u32 = 10;
 impl Route {
     /// The upstream ids this route names, for reference checks.
     pub fn upstream_refs(&self) -> impl Iterator<Item = (String, &str)> {
-        let direct = self.upstream.iter().map(|u| ("upstream".to_string(), u.as_str()));
-        let weighted = self.weights.iter().flatten().enumerate().map(|(i, w)| {
-            (format!("weights[{i}].upstream"), w.upstream.as_str())
-        });
+        let direct = self
+            .upstream
+            .iter()
+            .map(|u| ("upstream".to_string(), u.as_str()));
+        let weighted = self
+            .weights
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, w)| (format!("weights[{i}].upstream"), w.upstream.as_str()));
         let canary = self
             .canary
             .iter()
@@ -222,7 +228,10 @@ impl Route {
                 }
                 _ => p.add(
                     "rate_limit.key",
-                    format!("`{}` is not one of client_ip, consumer, route, header:NAME", limit.key),
+                    format!(
+                        "`{}` is not one of client_ip, consumer, route, header:NAME",
+                        limit.key
+                    ),
                 ),
             }
         }
@@ -311,7 +320,9 @@ impl Route {
                 }
                 _ => p.add(
                     "sticky",
-                    format!("`{sticky}` is not one of consumer, client_ip, header:NAME, cookie:NAME"),
+                    format!(
+                        "`{sticky}` is not one of consumer, client_ip, header:NAME, cookie:NAME"
+                    ),
                 ),
             }
         }

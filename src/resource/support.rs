@@ -27,7 +27,10 @@ pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
         ("discovery", upstream.discovery.is_some()),
         (
             "lb",
-            matches!(upstream.lb, Balancing::LeastConn | Balancing::ConsistentHash),
+            matches!(
+                upstream.lb,
+                Balancing::LeastConn | Balancing::ConsistentHash
+            ),
         ),
         ("health_check", upstream.health_check.is_some()),
         ("circuit_breaker", upstream.circuit_breaker.is_some()),

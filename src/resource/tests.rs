@@ -6,33 +6,53 @@ fn docs(source: &str, text: &str) -> Vec<Document> {
 
 fn errors(source: &str, text: &str) -> Vec<String> {
     let (_, rejections) = admit(docs(source, text), &Catalog::default());
-    rejections.iter().flat_map(|r| r.lines().collect::<Vec<_>>()).collect()
+    rejections
+        .iter()
+        .flat_map(|r| r.lines().collect::<Vec<_>>())
+        .collect()
 }
 
 const UPSTREAM: &str = "kind: Upstream\nid: u1\nnodes: [{ addr: \"127.0.0.1:9001\" }]\n";
 
 #[test]
 fn a_valid_route_and_upstream_are_admitted() {
-    let text = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/api/**] }}\nupstream: u1\n");
+    let text = format!(
+        "{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/api/**] }}\nupstream: u1\n"
+    );
     let (catalog, rejections) = admit(docs("a.yaml", &text), &Catalog::default());
     assert!(rejections.is_empty(), "{rejections:?}");
     assert_eq!(catalog.routes.len(), 1);
-    assert_eq!(catalog.upstreams["u1"].value.nodes[0].weight, 1, "weight defaults to 1");
+    assert_eq!(
+        catalog.upstreams["u1"].value.nodes[0].weight, 1,
+        "weight defaults to 1"
+    );
     assert_eq!(catalog.routes["r1"].origin.to_string(), "a.yaml:2");
 }
 
 #[test]
 fn unknown_fields_are_errors_naming_file_document_and_field() {
-    let text = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x], hostz: [a] }}\nupstream: u1\n");
+    let text = format!(
+        "{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x], hostz: [a] }}\nupstream: u1\n"
+    );
     let errs = errors("routes/a.yaml", &text);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("routes/a.yaml:2: match.hostz: unknown field `hostz`"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("routes/a.yaml:2: match.hostz: unknown field `hostz`"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn wrong_types_name_the_field() {
-    let errs = errors("a.yaml", "kind: Upstream\nid: u\nnodes: [{ addr: \"1.2.3.4:80\", weight: heavy }]\n");
-    assert!(errs[0].starts_with("a.yaml:1: nodes[0].weight: invalid type"), "{errs:?}");
+    let errs = errors(
+        "a.yaml",
+        "kind: Upstream\nid: u\nnodes: [{ addr: \"1.2.3.4:80\", weight: heavy }]\n",
+    );
+    assert!(
+        errs[0].starts_with("a.yaml:1: nodes[0].weight: invalid type"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -47,7 +67,10 @@ fn every_field_problem_is_listed() {
         "rewrite.path",
         "direct_response.status",
     ] {
-        assert!(errs.iter().any(|e| e.contains(needle)), "missing {needle} in {errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "missing {needle} in {errs:?}"
+        );
     }
 }
 
@@ -61,7 +84,10 @@ fn a_route_needs_exactly_one_target() {
 
 #[test]
 fn references_must_resolve() {
-    let errs = errors("a.yaml", "kind: Route\nid: r\nmatch: { paths: [/x] }\nupstream: missing\n");
+    let errs = errors(
+        "a.yaml",
+        "kind: Route\nid: r\nmatch: { paths: [/x] }\nupstream: missing\n",
+    );
     assert_eq!(errs, vec!["a.yaml:1: upstream: unknown upstream `missing`"]);
 }
 
@@ -70,18 +96,35 @@ fn kind_and_id_are_required_and_checked() {
     assert!(errors("a.yaml", "id: x\n")[0].contains("kind: is required"));
     assert!(errors("a.yaml", "kind: Router\nid: x\n")[0].contains("not one of"));
     assert!(errors("a.yaml", "kind: Upstream\nnodes: []\n")[0].contains("id: is required"));
-    assert!(errors("a.yaml", "kind: Upstream\nid: \"a b\"\nnodes: [{addr: \"h:1\"}]\n")[0].contains("id: "));
+    assert!(errors(
+        "a.yaml",
+        "kind: Upstream\nid: \"a b\"\nnodes: [{addr: \"h:1\"}]\n"
+    )[0]
+    .contains("id: "));
 }
 
 #[test]
 fn etcd_style_values_take_kind_and_id_from_the_key() {
-    let key = ObjectKey { kind: Kind::Upstream, id: "u9".into() };
-    let value: serde_yaml::Value = serde_yaml::from_str("{\"nodes\": [{\"addr\": \"10.0.0.1:80\"}]}").unwrap();
-    let doc = parse_value(Origin::key("/gatehouse/upstreams/u9".into()), value, Some(key.clone()));
+    let key = ObjectKey {
+        kind: Kind::Upstream,
+        id: "u9".into(),
+    };
+    let value: serde_yaml::Value =
+        serde_yaml::from_str("{\"nodes\": [{\"addr\": \"10.0.0.1:80\"}]}").unwrap();
+    let doc = parse_value(
+        Origin::key("/gatehouse/upstreams/u9".into()),
+        value,
+        Some(key.clone()),
+    );
     assert_eq!(doc.parsed.unwrap().key(), key);
 
-    let value: serde_yaml::Value = serde_yaml::from_str("{id: other, nodes: [{addr: \"h:1\"}]}").unwrap();
-    let doc = parse_value(Origin::key("/gatehouse/upstreams/u9".into()), value, Some(key));
+    let value: serde_yaml::Value =
+        serde_yaml::from_str("{id: other, nodes: [{addr: \"h:1\"}]}").unwrap();
+    let doc = parse_value(
+        Origin::key("/gatehouse/upstreams/u9".into()),
+        value,
+        Some(key),
+    );
     let errs = doc.parsed.unwrap_err();
     assert!(errs[0].to_string().contains("does not match"), "{errs:?}");
 }
@@ -89,12 +132,25 @@ fn etcd_style_values_take_kind_and_id_from_the_key() {
 #[test]
 fn auth_policy_schema_is_validated() {
     let good = "kind: AuthPolicy\nid: p\ntoken_from: [header:Authorization, query:access_token, cookie:at]\njwt:\n  keys:\n    - { kid: k1, alg: HS256, secret: \"base64:c2VjcmV0\" }\n  issuer: https://idp\n  audiences: [api]\n  leeway: 30s\nintrospection: { endpoint: \"http://idp/introspect\", client_id: gw, client_secret: s, cache_ttl: 60s, timeout: 2s }\nrequired_scopes: [users.read]\nforward: { headers: { X-User-Id: sub }, strip_authorization: true }\n";
-    assert!(errors("p.yaml", good).is_empty(), "{:?}", errors("p.yaml", good));
+    assert!(
+        errors("p.yaml", good).is_empty(),
+        "{:?}",
+        errors("p.yaml", good)
+    );
 
     let bad = "kind: AuthPolicy\nid: p\ntoken_from: [body:x]\njwt:\n  keys:\n    - { alg: none, secret: x }\n    - { alg: RS256, secret: x }\n    - { alg: HS256, secret: \"base64:***\" }\n  jwks_uri: ftp://x\n";
     let errs = errors("p.yaml", bad);
-    for needle in ["token_from[0]", "jwt.keys[0].alg", "jwt.keys[1].public_key", "jwt.keys[2].secret", "jwt.jwks_uri"] {
-        assert!(errs.iter().any(|e| e.contains(needle)), "missing {needle} in {errs:?}");
+    for needle in [
+        "token_from[0]",
+        "jwt.keys[0].alg",
+        "jwt.keys[1].public_key",
+        "jwt.keys[2].secret",
+        "jwt.jwks_uri",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "missing {needle} in {errs:?}"
+        );
     }
     assert!(errors("p.yaml", "kind: AuthPolicy\nid: p\n")[0].contains("needs `jwt`"));
 }
@@ -112,34 +168,57 @@ fn secrets_are_never_shown_back() {
 fn features_of_later_versions_are_refused_not_ignored() {
     let text = format!("{UPSTREAM}---\nkind: Route\nid: r\nmatch: {{ paths: [/x] }}\nupstream: u1\nrate_limit: {{ rate: 1, per: 1s }}\n");
     let errs = errors("a.yaml", &text);
-    assert!(errs.iter().any(|e| e.contains("rate_limit: is not supported")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("rate_limit: is not supported")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn a_bad_document_keeps_the_previous_version_of_its_object() {
-    let v1 = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
+    let v1 =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
     let (before, _) = admit(docs("a.yaml", &v1), &Catalog::default());
-    let broken = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [v2] }}\nupstream: u1\n");
+    let broken =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [v2] }}\nupstream: u1\n");
     let (after, rejections) = admit(docs("a.yaml", &broken), &before);
     assert_eq!(rejections.len(), 1);
-    assert_eq!(after.routes["r1"].value.matcher.paths, vec!["/v1".to_string()]);
-    assert!(Arc::ptr_eq(&before.upstreams["u1"].value, &after.upstreams["u1"].value), "unchanged objects keep their Arc");
+    assert_eq!(
+        after.routes["r1"].value.matcher.paths,
+        vec!["/v1".to_string()]
+    );
+    assert!(
+        Arc::ptr_eq(&before.upstreams["u1"].value, &after.upstreams["u1"].value),
+        "unchanged objects keep their Arc"
+    );
 }
 
 #[test]
 fn a_file_that_is_not_yaml_keeps_everything_it_held() {
-    let v1 = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
+    let v1 =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
     let mut all = docs("a.yaml", &v1);
-    all.extend(docs("b.yaml", "kind: Route\nid: r2\nmatch: { paths: [/b] }\nupstream: u1\n"));
+    all.extend(docs(
+        "b.yaml",
+        "kind: Route\nid: r2\nmatch: { paths: [/b] }\nupstream: u1\n",
+    ));
     let (before, _) = admit(all, &Catalog::default());
 
     let mut all = docs("a.yaml", "kind: Route\n  id: [unclosed\n");
-    all.extend(docs("b.yaml", "kind: Route\nid: r2\nmatch: { paths: [/b2] }\nupstream: u1\n"));
+    all.extend(docs(
+        "b.yaml",
+        "kind: Route\nid: r2\nmatch: { paths: [/b2] }\nupstream: u1\n",
+    ));
     let (after, rejections) = admit(all, &before);
     assert_eq!(rejections.len(), 1, "{rejections:?}");
     assert!(rejections[0].error.contains("not valid YAML"));
     assert!(after.routes.contains_key("r1") && after.upstreams.contains_key("u1"));
-    assert_eq!(after.routes["r2"].value.matcher.paths, vec!["/b2".to_string()], "the other file applies");
+    assert_eq!(
+        after.routes["r2"].value.matcher.paths,
+        vec!["/b2".to_string()],
+        "the other file applies"
+    );
 }
 
 #[test]
@@ -160,15 +239,20 @@ fn deleting_an_upstream_still_in_use_keeps_it_and_says_so() {
     assert!(after.upstreams.contains_key("u1"));
     assert!(after.routes.contains_key("r1"));
     assert_eq!(rejections.len(), 1);
-    assert!(rejections[0].error.contains("still used by route r1"), "{rejections:?}");
+    assert!(
+        rejections[0].error.contains("still used by route r1"),
+        "{rejections:?}"
+    );
     assert_eq!(rejections[0].key, "u.yaml:1");
 }
 
 #[test]
 fn a_route_with_a_new_dangling_reference_keeps_its_previous_version() {
-    let v1 = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: u1\n");
+    let v1 =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: u1\n");
     let (before, _) = admit(docs("a.yaml", &v1), &Catalog::default());
-    let v2 = format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: nope\n");
+    let v2 =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: nope\n");
     let (after, rejections) = admit(docs("a.yaml", &v2), &before);
     assert_eq!(after.routes["r1"].value.upstream.as_deref(), Some("u1"));
     assert!(rejections[0].error.contains("unknown upstream `nope`"));
@@ -186,5 +270,8 @@ fn scalars_are_read_as_text_in_matches() {
     let text = "kind: Route\nid: r\nmatch: { paths: [/x], query: { debug: 1 }, headers: { X-On: true } }\ndirect_response: { status: 204 }\n";
     let (catalog, rejections) = admit(docs("a.yaml", text), &Catalog::default());
     assert!(rejections.is_empty(), "{rejections:?}");
-    assert_eq!(catalog.routes["r"].value.matcher.query["debug"].as_str(), "1");
+    assert_eq!(
+        catalog.routes["r"].value.matcher.query["debug"].as_str(),
+        "1"
+    );
 }

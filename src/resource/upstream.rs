@@ -204,10 +204,16 @@ impl Upstream {
                     p.add("health_check.active.path", "must start with `/`");
                 }
                 if a.interval.0.is_zero() || a.timeout.0.is_zero() {
-                    p.add("health_check.active", "interval and timeout must be more than 0s");
+                    p.add(
+                        "health_check.active",
+                        "interval and timeout must be more than 0s",
+                    );
                 }
                 if a.healthy == 0 || a.unhealthy == 0 {
-                    p.add("health_check.active", "healthy and unhealthy must be at least 1");
+                    p.add(
+                        "health_check.active",
+                        "healthy and unhealthy must be at least 1",
+                    );
                 }
             }
             if let Some(passive) = &hc.passive {
@@ -221,7 +227,10 @@ impl Upstream {
                 p.add("circuit_breaker.error_rate", "must be in (0, 1]");
             }
             if cb.window.0.is_zero() || cb.open_for.0.is_zero() {
-                p.add("circuit_breaker", "window and open_for must be more than 0s");
+                p.add(
+                    "circuit_breaker",
+                    "window and open_for must be more than 0s",
+                );
             }
         }
     }

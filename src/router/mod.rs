@@ -18,6 +18,9 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
+/// A request's query, decoded once per lookup and only if some candidate asks about it.
+type QueryPairs<'r> = SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>;
+
 /// What a route asks of a request beyond host and path.
 #[derive(Debug, Clone, Default)]
 pub struct Predicates {
@@ -145,7 +148,9 @@ impl<T> Router<T> {
             predicates.headers.push((name, ValueMatcher::parse(value)?));
         }
         for (name, value) in spec.query {
-            predicates.query.push((name.into(), ValueMatcher::parse(value)?));
+            predicates
+                .query
+                .push((name.into(), ValueMatcher::parse(value)?));
         }
 
         let paths = spec
@@ -166,7 +171,13 @@ impl<T> Router<T> {
                 order: Reverse(entry),
             };
             if hosts.is_empty() {
-                self.any_host.insert(path, Candidate { entry, rank: rank(0) });
+                self.any_host.insert(
+                    path,
+                    Candidate {
+                        entry,
+                        rank: rank(0),
+                    },
+                );
             }
             for host in &hosts {
                 let candidate = Candidate {
@@ -217,9 +228,9 @@ impl<T> Router<T> {
         self.any_host.collect(&segs, &mut found);
 
         if found.len() > 1 {
-            found.sort_unstable_by(|a, b| b.rank.cmp(&a.rank));
+            found.sort_unstable_by_key(|c| Reverse(c.rank));
         }
-        let mut query: Option<SmallVec<[(Cow<'_, str>, Cow<'_, str>); 8]>> = None;
+        let mut query: Option<QueryPairs<'_>> = None;
         found.into_iter().find_map(|c| {
             let (predicates, value) = &self.entries[c.entry as usize];
             predicates.hold(req, &mut query).then_some(value)
@@ -228,11 +239,7 @@ impl<T> Router<T> {
 }
 
 impl Predicates {
-    fn hold<'r>(
-        &self,
-        req: &RouteRequest<'r>,
-        query: &mut Option<SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>>,
-    ) -> bool {
+    fn hold<'r>(&self, req: &RouteRequest<'r>, query: &mut Option<QueryPairs<'r>>) -> bool {
         if self.methods != 0 {
             let bit = crate::resource::METHODS
                 .iter()

@@ -22,9 +22,15 @@ impl PathPattern {
             return Err(format!("`{text}` must start with `/`"));
         };
         if text.contains(['?', '#']) {
-            return Err(format!("`{text}` must not hold `?` or `#`; match query with `match.query`"));
+            return Err(format!(
+                "`{text}` must not hold `?` or `#`; match query with `match.query`"
+            ));
         }
-        let mut raw: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
+        let mut raw: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
         let subtree = raw.last() == Some(&"**");
         if subtree {
             raw.pop();
@@ -82,9 +88,12 @@ impl HostPattern {
             None => (false, lower.as_str()),
         };
         let valid = !name.is_empty()
-            && name
-                .split('.')
-                .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
         if !valid {
             return Err(format!(
                 "`{text}` is not a host name or `*.domain` wildcard (ports are not part of a host match)"
@@ -114,7 +123,11 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
         v6.split(']').next().unwrap_or(v6)
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
         })
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -142,12 +155,20 @@ mod tests {
 
     #[test]
     fn bad_path_patterns_say_why() {
-        assert!(PathPattern::parse("api").unwrap_err().contains("start with"));
+        assert!(PathPattern::parse("api")
+            .unwrap_err()
+            .contains("start with"));
         assert!(PathPattern::parse("/a/*/b").unwrap_err().contains("/**"));
         assert!(PathPattern::parse("/a/**/b").unwrap_err().contains("/**"));
-        assert!(PathPattern::parse("/a/x{id}").unwrap_err().contains("whole segment"));
-        assert!(PathPattern::parse("/a/{}").unwrap_err().contains("parameter"));
-        assert!(PathPattern::parse("/a?b=1").unwrap_err().contains("match.query"));
+        assert!(PathPattern::parse("/a/x{id}")
+            .unwrap_err()
+            .contains("whole segment"));
+        assert!(PathPattern::parse("/a/{}")
+            .unwrap_err()
+            .contains("parameter"));
+        assert!(PathPattern::parse("/a?b=1")
+            .unwrap_err()
+            .contains("match.query"));
     }
 
     #[test]
@@ -161,8 +182,14 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        assert_eq!(HostPattern::parse("API.Example.com").unwrap(), HostPattern::Exact("api.example.com".into()));
-        assert_eq!(HostPattern::parse("*.example.com").unwrap(), HostPattern::Wildcard(".example.com".into()));
+        assert_eq!(
+            HostPattern::parse("API.Example.com").unwrap(),
+            HostPattern::Exact("api.example.com".into())
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com").unwrap(),
+            HostPattern::Wildcard(".example.com".into())
+        );
         assert!(HostPattern::parse("example.com:8080").is_err());
         assert!(HostPattern::parse("a..b").is_err());
         assert!(HostPattern::parse("*.").is_err());

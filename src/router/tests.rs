@@ -126,9 +126,17 @@ fn exact_prefix_and_param_paths() {
     assert_eq!(find(&rt, get("/api")), Some("prefix"), "the prefix itself");
     assert_eq!(find(&rt, get("/api/")), Some("prefix"));
     assert_eq!(find(&rt, get("/api/a/b/c")), Some("prefix"));
-    assert_eq!(find(&rt, get("/apix")), None, "prefixes end at a segment boundary");
+    assert_eq!(
+        find(&rt, get("/apix")),
+        None,
+        "prefixes end at a segment boundary"
+    );
     assert_eq!(find(&rt, get("/items/42")), Some("param"));
-    assert_eq!(find(&rt, get("/items/")), None, "a parameter needs a non-empty segment");
+    assert_eq!(
+        find(&rt, get("/items/")),
+        None,
+        "a parameter needs a non-empty segment"
+    );
     assert_eq!(find(&rt, get("/items/42/more")), None);
     assert_eq!(find(&rt, get("/")), Some("root"));
 }
@@ -167,10 +175,17 @@ fn hosts_exact_wildcard_case_and_port() {
         ("any", r(&["/**"])),
     ]);
     assert_eq!(find(&rt, get("/").host("api.example.com")), Some("exact"));
-    assert_eq!(find(&rt, get("/").host("API.Example.COM:8080")), Some("exact"));
+    assert_eq!(
+        find(&rt, get("/").host("API.Example.COM:8080")),
+        Some("exact")
+    );
     assert_eq!(find(&rt, get("/").host("web.example.com")), Some("wild"));
     assert_eq!(find(&rt, get("/").host("a.b.example.com")), Some("wild"));
-    assert_eq!(find(&rt, get("/").host("example.com")), Some("any"), "wildcards need a subdomain");
+    assert_eq!(
+        find(&rt, get("/").host("example.com")),
+        Some("any"),
+        "wildcards need a subdomain"
+    );
     assert_eq!(find(&rt, get("/").host("other.org")), Some("any"));
     assert_eq!(find(&rt, get("/")), Some("any"));
 }
@@ -196,20 +211,40 @@ fn methods_filter_and_fall_through() {
     assert_eq!(find(&rt, get("/users")), Some("read"));
     assert_eq!(find(&rt, get("/users").method(Method::HEAD)), Some("read"));
     assert_eq!(find(&rt, get("/users").method(Method::POST)), Some("write"));
-    assert_eq!(find(&rt, get("/users").method(Method::DELETE)), Some("fallback"));
+    assert_eq!(
+        find(&rt, get("/users").method(Method::DELETE)),
+        Some("fallback")
+    );
 }
 
 #[test]
 fn headers_any_of_and_regex() {
     let rt = router(vec![
         ("apps", r(&["/x"]).header("X-Platform", "mobile|web")),
-        ("beta", r(&["/x"]).header("x-version", "~^v2(\\.[0-9]+)?$").priority(1)),
+        (
+            "beta",
+            r(&["/x"])
+                .header("x-version", "~^v2(\\.[0-9]+)?$")
+                .priority(1),
+        ),
         ("plain", r(&["/x"])),
     ]);
-    assert_eq!(find(&rt, get("/x").header("x-platform", "web")), Some("apps"));
-    assert_eq!(find(&rt, get("/x").header("x-platform", "tv")), Some("plain"));
-    assert_eq!(find(&rt, get("/x").header("x-version", "v2.1")), Some("beta"));
-    assert_eq!(find(&rt, get("/x").header("x-version", "v21")), Some("plain"));
+    assert_eq!(
+        find(&rt, get("/x").header("x-platform", "web")),
+        Some("apps")
+    );
+    assert_eq!(
+        find(&rt, get("/x").header("x-platform", "tv")),
+        Some("plain")
+    );
+    assert_eq!(
+        find(&rt, get("/x").header("x-version", "v2.1")),
+        Some("beta")
+    );
+    assert_eq!(
+        find(&rt, get("/x").header("x-version", "v21")),
+        Some("plain")
+    );
     assert_eq!(find(&rt, get("/x")), Some("plain"));
 }
 
@@ -238,8 +273,15 @@ fn ten_thousand_routes_still_find_the_right_one() {
     let mut router = Router::default();
     let specs: Vec<(Vec<String>, Vec<String>)> = (0..10_000)
         .map(|i| {
-            let hosts = if i % 2 == 0 { vec![format!("svc{i}.example.com")] } else { vec![] };
-            (vec![format!("/svc{i}/v1/**"), format!("/items{i}/{{id}}")], hosts)
+            let hosts = if i % 2 == 0 {
+                vec![format!("svc{i}.example.com")]
+            } else {
+                vec![]
+            };
+            (
+                vec![format!("/svc{i}/v1/**"), format!("/items{i}/{{id}}")],
+                hosts,
+            )
         })
         .collect();
     for (i, (paths, hosts)) in specs.iter().enumerate() {
@@ -270,8 +312,15 @@ fn ten_thousand_routes_still_find_the_right_one() {
             .copied()
     };
     assert_eq!(find(None, "/svc9999/v1/users"), Some(9999));
-    assert_eq!(find(Some("svc4242.example.com"), "/svc4242/v1/x"), Some(4242));
-    assert_eq!(find(None, "/svc4242/v1/x"), None, "that route needs its host");
+    assert_eq!(
+        find(Some("svc4242.example.com"), "/svc4242/v1/x"),
+        Some(4242)
+    );
+    assert_eq!(
+        find(None, "/svc4242/v1/x"),
+        None,
+        "that route needs its host"
+    );
     assert_eq!(find(None, "/items77/5"), Some(77));
     assert_eq!(find(None, "/nothing"), None);
 }

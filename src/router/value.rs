@@ -19,7 +19,9 @@ impl ValueMatcher {
                 .map_err(|e| format!("`{pattern}` is not a valid regex: {e}"));
         }
         if text.contains('|') {
-            return Ok(ValueMatcher::AnyOf(text.split('|').map(Box::from).collect()));
+            return Ok(ValueMatcher::AnyOf(
+                text.split('|').map(Box::from).collect(),
+            ));
         }
         Ok(ValueMatcher::Exact(text.into()))
     }

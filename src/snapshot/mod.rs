@@ -85,8 +85,16 @@ impl Snapshot {
                 paths: &m.paths,
                 hosts: &m.hosts,
                 methods: &m.methods,
-                headers: m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-                query: m.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                query: m
+                    .query
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
             };
             if let Err(error) = router.add(spec, compiled.clone()) {
                 rejected.push(compile_rejection(&stored.origin, format!("match: {error}")));

@@ -136,10 +136,7 @@ impl CompiledRoute {
     }
 }
 
-fn edits(
-    side: &str,
-    rules: Option<&crate::resource::HeaderRules>,
-) -> Result<HeaderEdits, String> {
+fn edits(side: &str, rules: Option<&crate::resource::HeaderRules>) -> Result<HeaderEdits, String> {
     let mut out = HeaderEdits::default();
     let Some(rules) = rules else {
         return Ok(out);
@@ -181,7 +178,10 @@ mod tests {
 
     #[test]
     fn strip_prefix_drops_whole_segments_and_keeps_the_query() {
-        let r = PathRewrite { strip_prefix: 2, path: None };
+        let r = PathRewrite {
+            strip_prefix: 2,
+            path: None,
+        };
         assert_eq!(r.apply("/api/v1/users/7", Some("a=1")), "/users/7?a=1");
         assert_eq!(r.apply("/api/v1", None), "/");
         assert_eq!(r.apply("/api", None), "/");
@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn path_replacement_keeps_the_query() {
-        let r = PathRewrite { strip_prefix: 0, path: Some("/v2/users".into()) };
+        let r = PathRewrite {
+            strip_prefix: 0,
+            path: Some("/v2/users".into()),
+        };
         assert_eq!(r.apply("/anything/here", Some("q=x")), "/v2/users?q=x");
         assert_eq!(r.apply("/anything", None), "/v2/users");
     }

@@ -30,7 +30,12 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
 /// Divides by the common divisor, then scales down to fit [`MAX_SCHEDULE`], keeping every
 /// positive weight at least 1.
 fn reduce(weights: &[u32]) -> Vec<u32> {
-    let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd).max(1);
+    let g = weights
+        .iter()
+        .copied()
+        .filter(|w| *w > 0)
+        .fold(0, gcd)
+        .max(1);
     let mut reduced: Vec<u32> = weights.iter().map(|w| w / g).collect();
     let total: u64 = reduced.iter().map(|w| *w as u64).sum();
     if total > MAX_SCHEDULE {

@@ -5,6 +5,7 @@
 
 pub mod upstream;
 
+#[allow(unused_imports)]
 pub use upstream::{Echo, TestUpstream};
 
 use std::net::{SocketAddr, TcpListener};

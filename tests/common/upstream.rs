@@ -38,7 +38,12 @@ impl TestUpstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (h, d, n, c) = (hits.clone(), delay_ms.clone(), name.to_string(), connections.clone());
+        let (h, d, n, c) = (
+            hits.clone(),
+            delay_ms.clone(),
+            name.to_string(),
+            connections.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -72,7 +77,8 @@ impl TestUpstream {
 
     /// Every later request waits this long before being answered.
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Stops accepting; the port then refuses connections.
@@ -82,7 +88,10 @@ impl TestUpstream {
 
     /// An `Upstream` resource with this server as its only node.
     pub fn resource(&self, id: &str) -> String {
-        format!("kind: Upstream\nid: {id}\nnodes: [{{ addr: \"{}\" }}]\n", self.addr)
+        format!(
+            "kind: Upstream\nid: {id}\nnodes: [{{ addr: \"{}\" }}]\n",
+            self.addr
+        )
     }
 }
 
@@ -126,10 +135,16 @@ async fn serve(
             }
         }
         let mut body = Vec::new();
-        if let Some(len) = headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+        {
             body.resize(len, 0);
             reader.read_exact(&mut body).await?;
-        } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        } else if headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
             loop {
                 let mut size = String::new();
                 reader.read_line(&mut size).await?;
