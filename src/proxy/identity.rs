@@ -1,16 +1,34 @@
 //! Who is asking: the request id and the client address.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
-use std::fmt::Write;
 use std::net::IpAddr;
 
+/// Header names as written when the gateway inserts them (a `&'static str` costs Pingora no
+/// allocation), and as looked up (a `HeaderName` is hashed, never re-parsed).
 pub const REQUEST_ID: &str = "x-request-id";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
+pub const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+pub const FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+
+/// The request's id, and whether it is the client's own.
+pub struct RequestId {
+    pub id: String,
+    pub from_client: bool,
+}
 
 /// The client's `X-Request-Id` if it is sane (1–128 characters of `A-Z a-z 0-9 . _ ~ : + / = -`),
 /// else a new random 128-bit id in hex, the shape of a trace id.
 pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(given) = headers.get(REQUEST_ID) {
+    identify(headers).id
+}
+
+pub fn identify(headers: &HeaderMap) -> RequestId {
+    let mut given = headers.get_all(&REQUEST_ID_NAME).iter();
+    // Exactly one value: a client sending several gets one of its own choosing from nobody.
+    if let (Some(given), None) = (given.next(), given.next()) {
         let bytes = given.as_bytes();
         let sane = !bytes.is_empty()
             && bytes.len() <= 128
@@ -19,17 +37,29 @@ pub fn request_id(headers: &HeaderMap) -> String {
                     || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
             });
         if sane {
-            // All ASCII, checked above.
-            return String::from_utf8_lossy(bytes).into_owned();
+            return RequestId {
+                // All ASCII, checked above.
+                id: String::from_utf8_lossy(bytes).into_owned(),
+                from_client: true,
+            };
         }
     }
-    new_request_id()
+    RequestId {
+        id: new_request_id(),
+        from_client: false,
+    }
 }
 
 pub fn new_request_id() -> String {
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{:032x}", fastrand::u128(..));
-    id
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    // Hex digits only, so always valid UTF-8.
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 /// The client address. The socket peer, unless the peer is a trusted proxy: then the
@@ -40,7 +70,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    for value in headers.get_all("x-forwarded-for").iter().rev() {
+    for value in headers.get_all(&FORWARDED_FOR_NAME).iter().rev() {
         let Ok(value) = value.to_str() else {
             return client;
         };

@@ -5,7 +5,8 @@ mod identity;
 mod inflight;
 mod reply;
 
-pub use identity::{client_ip, new_request_id, request_id, REQUEST_ID};
+pub use identity::{client_ip, identify, new_request_id, request_id, REQUEST_ID};
+use identity::{FORWARDED_FOR, FORWARDED_FOR_NAME, FORWARDED_HOST, FORWARDED_PROTO};
 pub use inflight::{InFlight, InFlightGuard};
 pub use reply::error_body;
 
@@ -21,6 +22,7 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use reply::Answer;
+use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 
@@ -60,6 +62,8 @@ pub struct RequestCtx {
     /// The matched route; it holds everything it needs, so the snapshot it came from can be
     /// swapped out mid-request without affecting it.
     pub route: Option<Arc<CompiledRoute>>,
+    /// The client sent a sane `X-Request-Id`: it already travels upstream as it is.
+    pub id_from_client: bool,
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
     pub last_node: Option<std::net::SocketAddr>,
@@ -78,6 +82,7 @@ impl ProxyHttp for Gateway {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ),
             route: None,
+            id_from_client: false,
             failed_attempts: 0,
             last_node: None,
             _inflight: self.inflight.enter(),
@@ -87,7 +92,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_keepalive(Some(self.settings.keepalive_secs));
         let req = session.req_header();
-        ctx.exchange.request_id = request_id(&req.headers);
+        let id = identify(&req.headers);
+        ctx.exchange.request_id = id.id;
+        ctx.id_from_client = id.from_client;
         ctx.exchange.client_ip = client_ip(
             peer_ip(session),
             &req.headers,
@@ -241,21 +248,20 @@ impl ProxyHttp for Gateway {
             upstream_request.set_uri(uri);
         }
         let ex = &ctx.exchange;
-        upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
+        if !ctx.id_from_client {
+            upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
+        }
 
-        let peer = peer_ip(session).to_string();
-        let forwarded_for = match session
-            .req_header()
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(earlier) => format!("{earlier}, {peer}"),
-            None => peer,
-        };
-        upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        let mut forwarded_for = String::with_capacity(64);
+        let earlier = session.req_header().headers.get(&FORWARDED_FOR_NAME);
+        if let Some(earlier) = earlier.and_then(|v| v.to_str().ok()) {
+            forwarded_for.push_str(earlier);
+            forwarded_for.push_str(", ");
+        }
+        let _ = write!(forwarded_for, "{}", peer_ip(session));
+        upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        upstream_request.insert_header(FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         let host = session
             .req_header()
             .headers
@@ -272,7 +278,7 @@ impl ProxyHttp for Gateway {
             if upstream_request.headers.get(header::HOST).is_none() {
                 upstream_request.insert_header(header::HOST, host.clone())?;
             }
-            upstream_request.insert_header("x-forwarded-host", host)?;
+            upstream_request.insert_header(FORWARDED_HOST, host)?;
         }
         route.plugins.upstream_request(upstream_request, ex);
         Ok(())
@@ -390,9 +396,9 @@ fn peer_ip(session: &Session) -> IpAddr {
 }
 
 /// The size of the request head as it came on the wire, near enough: request line and
-/// header lines with their separators.
+/// header lines with their separators. Counted, not rendered: no allocation.
 fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
     req.headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)

@@ -1,0 +1,122 @@
+//! The floor gatehouse is measured against: a Pingora proxy that does nothing but forward
+//! every request to one upstream, built with the same allocator and runtime settings as
+//! gatehouse. Used by `benches/load/compare.sh`.
+//!
+//! Usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract]
+//!
+//! With `contract`, it also does what SPEC §4 asks of every proxied request, the cheapest
+//! way Pingora allows: upstream timeouts, `X-Request-Id` both ways and `X-Forwarded-*`.
+//! The difference between the two modes is the price of that contract; the difference
+//! between `contract` and gatehouse is the price of gatehouse's own machinery.
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Bare {
+    upstream: SocketAddr,
+    contract: bool,
+    timeouts: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = String;
+
+    fn new_ctx(&self) -> String {
+        String::new()
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut String,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts {
+            peer.options.connection_timeout = Some(Duration::from_secs(5));
+            peer.options.read_timeout = Some(Duration::from_secs(60));
+            peer.options.write_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        id: &mut String,
+    ) -> pingora::Result<()> {
+        if self.contract {
+            *id = format!("{:032x}", fastrand::u128(..));
+            req.insert_header("x-request-id", id.as_str())?;
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            req.insert_header("x-forwarded-for", peer)?;
+            req.insert_header("x-forwarded-proto", "http")?;
+            if let Some(host) = session.req_header().headers.get("host").cloned() {
+                req.insert_header("x-forwarded-host", host)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        id: &mut String,
+    ) -> pingora::Result<()> {
+        if self.contract {
+            resp.insert_header("x-request-id", id.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract]");
+        std::process::exit(2);
+    };
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let contract = args
+        .get(4)
+        .is_some_and(|m| m == "contract" || m == "headers");
+    let timeouts = args
+        .get(4)
+        .is_some_and(|m| m == "contract" || m == "timeouts");
+    let conf = ServerConf {
+        threads,
+        work_stealing: false,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let upstream = upstream.parse().expect("UPSTREAM_ADDR is ip:port");
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream,
+            contract,
+            timeouts,
+        },
+    );
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
