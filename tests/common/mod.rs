@@ -65,6 +65,7 @@ pub struct GatewayBuilder {
     files: Vec<(String, String)>,
     extra: String,
     api_key: String,
+    tls: Option<(SocketAddr, String, String)>,
 }
 
 impl GatewayBuilder {
@@ -78,6 +79,12 @@ impl GatewayBuilder {
     pub fn config(mut self, yaml: &str) -> Self {
         self.extra.push_str(yaml);
         self.extra.push('\n');
+        self
+    }
+
+    /// A second, TLS listener.
+    pub fn tls_listener(mut self, addr: SocketAddr, cert: &str, key: &str) -> Self {
+        self.tls = Some((addr, cert.to_string(), key.to_string()));
         self
     }
 
@@ -95,8 +102,14 @@ impl GatewayBuilder {
         }
         let addr = free_addr();
         let admin = free_addr();
+        let tls = match &self.tls {
+            Some((tls_addr, cert, key)) => {
+                format!(", {{ addr: \"{tls_addr}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}")
+            }
+            None => String::new(),
+        };
         let config = format!(
-            "listen: [{{ addr: \"{addr}\" }}]\nthreads: 2\nadmin: {{ listen: \"{admin}\", api_key: \"{key}\" }}\nprovider:\n  file: {{ paths: [\"{routes}\"], watch: true }}\n{extra}",
+            "listen: [{{ addr: \"{addr}\" }}{tls}]\nthreads: 2\nadmin: {{ listen: \"{admin}\", api_key: \"{key}\" }}\nprovider:\n  file: {{ paths: [\"{routes}\"], watch: true }}\n{extra}",
             key = self.api_key,
             routes = routes.display(),
             extra = self.extra,
@@ -144,6 +157,7 @@ impl Gateway {
             files: Vec::new(),
             extra: String::new(),
             api_key: String::new(),
+            tls: None,
         }
     }
 

@@ -1,0 +1,120 @@
+//! TLS: an HTTPS listener with HTTP/2 by ALPN, and HTTPS upstreams.
+//! Certificates are made by the `openssl` command and the client is `curl`.
+
+mod common;
+
+use common::{free_addr, Gateway};
+use std::process::Command;
+
+/// A self-signed certificate for localhost / 127.0.0.1, written into `dir`.
+fn self_signed(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// `curl -sk` output: the body, then a last line with the HTTP version and status.
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("the curl command runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_listener_and_https_upstreams() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let tls_addr = free_addr();
+    // The gateway is its own HTTPS upstream: /outer/* goes over TLS to its TLS listener,
+    // where /inner answers directly and echoes the forwarding headers it received.
+    let resources = format!(
+        r#"
+kind: Upstream
+id: self-tls
+nodes: [{{ addr: "{tls_addr}" }}]
+scheme: https
+tls: {{ sni: localhost, verify: false }}
+---
+kind: Upstream
+id: self-tls-verified
+nodes: [{{ addr: "{tls_addr}" }}]
+scheme: https
+tls: {{ sni: localhost, verify: true }}
+---
+kind: Route
+id: outer
+match: {{ paths: ["/outer/**"] }}
+rewrite: {{ path: /inner }}
+upstream: self-tls
+---
+kind: Route
+id: outer-verified
+match: {{ paths: ["/verified/**"] }}
+rewrite: {{ path: /inner }}
+upstream: self-tls-verified
+---
+kind: Route
+id: inner
+match: {{ paths: ["/inner"] }}
+response_headers: {{ set: {{ X-Inner: "${{route_id}}" }} }}
+direct_response: {{ status: 200, body: "inner" }}
+"#
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", resources)
+        .tls_listener(tls_addr, &cert, &key)
+        .start()
+        .await;
+
+    // HTTPS with HTTP/2 negotiated by ALPN.
+    let out = curl(&[
+        "--http2",
+        &format!("https://localhost:{}/inner", tls_addr.port()),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", tls_addr.port()),
+    ]);
+    assert!(out.ends_with("\n2 200"), "{out}");
+    assert!(out.starts_with("inner"), "{out}");
+
+    // Plain HTTP in, HTTPS to the upstream.
+    let out = curl(&["-i", &gw.url("/outer/x")]);
+    assert!(out.ends_with("1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-inner: inner"), "{out}");
+
+    // Certificate verification is on unless switched off: a self-signed upstream fails.
+    let out = curl(&[&gw.url("/verified/x")]);
+    assert!(out.ends_with(" 502"), "{out}");
+    assert!(out.contains("upstream_error"), "{out}");
+}
