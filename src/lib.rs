@@ -5,6 +5,7 @@
 //! picker → Pingora. See `docs/architecture.md`.
 
 pub mod admin;
+pub mod apply;
 pub mod bootstrap;
 pub mod demo;
 pub mod provider;
@@ -13,5 +14,6 @@ pub mod resource;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod units;
 pub mod upstream;

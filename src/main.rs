@@ -1,10 +1,11 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gatehouse::bootstrap::Bootstrap;
+use gatehouse::bootstrap::{Bootstrap, EtcdProvider as EtcdSettings};
 use gatehouse::demo::{self, DemoOptions};
 use gatehouse::provider::file::FileSource;
-use gatehouse::resource::{admit, Catalog, Kind};
+use gatehouse::resource::{admit, Catalog, Kind, ObjectKey};
 use gatehouse::server::{self, Launch};
+use gatehouse::store::Store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,30 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Validate resource files against what etcd holds, then write them all in one
+    /// transaction (nothing is written if anything is invalid).
+    Apply {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Print resources stored in etcd: `get routes`, `get upstreams ID`.
+    Get {
+        /// routes, upstreams or auth
+        kind: String,
+        id: Option<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// Delete a resource from etcd: `delete routes ID`.
+    Delete {
+        /// routes, upstreams or auth
+        kind: String,
+        id: String,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
     /// Start the gateway on the sample routes with two built-in demo upstreams.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -41,6 +66,30 @@ enum Command {
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd: Vec<String>,
+    /// The key prefix gatehouse reads.
+    #[arg(long, env = "GATEHOUSE_ETCD_PREFIX", default_value = "/gatehouse")]
+    prefix: String,
+}
+
+impl EtcdArgs {
+    fn settings(&self) -> EtcdSettings {
+        EtcdSettings::with_endpoints(
+            self.etcd.clone(),
+            self.prefix.trim_end_matches('/').to_string(),
+        )
+    }
 }
 
 #[derive(Args)]
@@ -69,6 +118,11 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate { paths }) => return validate(paths),
+        Some(Command::Apply { files, etcd }) => return block_on(apply(files, etcd.settings())),
+        Some(Command::Get { kind, id, etcd }) => return block_on(get(kind, id, etcd.settings())),
+        Some(Command::Delete { kind, id, etcd }) => {
+            return block_on(delete(kind, id, etcd.settings()))
+        }
         Some(Command::Demo {
             listen,
             admin,
@@ -119,6 +173,110 @@ fn validate(paths: Vec<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::FAILURE
+}
+
+/// Runs a command that talks to etcd; errors print and exit 1.
+fn block_on(command: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(command))
+    {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn apply(files: Vec<PathBuf>, settings: EtcdSettings) -> anyhow::Result<ExitCode> {
+    let mut store = Store::open(&settings).await?;
+    let stored = store.contents().await?;
+    let plan = gatehouse::apply::plan(&files, &stored, &settings.prefix);
+    if !plan.errors.is_empty() {
+        for line in &plan.errors {
+            eprintln!("{line}");
+        }
+        eprintln!("nothing written");
+        return Ok(ExitCode::FAILURE);
+    }
+    let count = plan.writes.len();
+    let keys: Vec<String> = plan.writes.iter().map(|(k, _)| k.to_string()).collect();
+    let revision = store.put_all(plan.writes).await.context(
+        "writing in one transaction failed (etcd allows --max-txn-ops operations per transaction, 128 by default)",
+    )?;
+    for key in keys {
+        println!("applied {key}");
+    }
+    println!("{count} objects written at revision {revision}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kind_of(name: &str) -> anyhow::Result<Kind> {
+    let plural = if name.ends_with('s') || name == "auth" {
+        name.to_string()
+    } else {
+        format!("{name}s")
+    };
+    Kind::from_collection(&plural)
+        .with_context(|| format!("`{name}` is not one of routes, upstreams, auth"))
+}
+
+async fn get(kind: String, id: Option<String>, settings: EtcdSettings) -> anyhow::Result<ExitCode> {
+    let kind = kind_of(&kind)?;
+    let mut store = Store::open(&settings).await?;
+    if let Some(id) = id {
+        let key = ObjectKey { kind, id };
+        return Ok(match store.get(&key).await? {
+            Some(value) => {
+                print!("{}", String::from_utf8_lossy(&value));
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("{key} is not in etcd");
+                ExitCode::FAILURE
+            }
+        });
+    }
+    let collection = format!("{}/{}/", settings.prefix, kind.collection());
+    let contents = store.contents().await?;
+    let mut first = true;
+    for (key, value) in contents
+        .entries
+        .iter()
+        .filter(|(k, _)| k.starts_with(&collection))
+    {
+        if !first {
+            println!("---");
+        }
+        first = false;
+        println!("# {key}");
+        let text = String::from_utf8_lossy(value);
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn delete(kind: String, id: String, settings: EtcdSettings) -> anyhow::Result<ExitCode> {
+    let key = ObjectKey {
+        kind: kind_of(&kind)?,
+        id,
+    };
+    let mut store = Store::open(&settings).await?;
+    let (existed, revision) = store.delete(&key).await?;
+    if existed {
+        println!("deleted {key} at revision {revision}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{key} is not in etcd");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn init_logging() {

@@ -1,8 +1,9 @@
 //! Assembles the Pingora server: proxy listeners, admin listener, the provider, and the
 //! shutdown behaviour of SPEC §1.
 
-use crate::admin::{AdminApi, ProviderKind};
+use crate::admin::{AdminApi, Writes};
 use crate::bootstrap::Bootstrap;
+use crate::provider::etcd::EtcdProvider;
 use crate::provider::file::{FileProvider, FileSource, Overlay};
 use crate::provider::Ingest;
 use crate::proxy::{Gateway, InFlight, ProxySettings};
@@ -85,17 +86,28 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
 
     let live = Arc::new(Live::new());
     let ingest = Ingest::new(live.clone());
-    let Some(file) = &config.provider.file else {
-        bail!("provider.etcd is not supported by this version yet; use provider.file");
+    let writes = match (&config.provider.file, &config.provider.etcd) {
+        (Some(file), _) => {
+            let mut source = FileSource::new(file.paths.clone());
+            if let Some(overlay) = launch.overlay {
+                source = source.with_overlay(overlay);
+            }
+            let provider = FileProvider::new(source, ingest, file.watch);
+            // The first snapshot is in force before any listener accepts.
+            provider.reload();
+            server.add_service(background_service("file provider", provider));
+            Writes::File
+        }
+        (None, Some(etcd)) => {
+            // Listeners start at once; /readyz says 503 until etcd has answered.
+            server.add_service(background_service(
+                "etcd provider",
+                EtcdProvider::new(etcd.clone(), ingest),
+            ));
+            Writes::etcd(etcd.clone())
+        }
+        (None, None) => bail!("provider: give one of `file` or `etcd`"),
     };
-    let mut source = FileSource::new(file.paths.clone());
-    if let Some(overlay) = launch.overlay {
-        source = source.with_overlay(overlay);
-    }
-    let provider = FileProvider::new(source, ingest, file.watch);
-    // The first snapshot is in force before any listener accepts.
-    provider.reload();
-    server.add_service(background_service("file provider", provider));
 
     let inflight = Arc::new(InFlight::default());
     let settings = ProxySettings {
@@ -129,7 +141,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApi::new(live, config.admin.api_key.clone(), ProviderKind::File),
+        AdminApi::new(live, config.admin.api_key.clone(), writes),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);

@@ -1,8 +1,10 @@
 //! The admin listener: health, readiness, the configuration in force, and (etcd mode) writes.
 
+use crate::bootstrap::EtcdProvider as EtcdSettings;
 use crate::proxy::{error_body, new_request_id};
-use crate::resource::{Kind, ObjectKey};
+use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
+use crate::store::{key_of, Store};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -12,24 +14,43 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Where resources are written, which decides what admin writes do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
+pub enum Writes {
+    /// Resources come from files: writes are refused (409).
     File,
-    Etcd,
+    /// Writes go to etcd, through a connection opened on first use.
+    Etcd {
+        settings: Box<EtcdSettings>,
+        store: tokio::sync::Mutex<Option<Store>>,
+    },
 }
+
+impl Writes {
+    pub fn etcd(settings: EtcdSettings) -> Writes {
+        Writes::Etcd {
+            settings: Box::new(settings),
+            store: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// The largest resource body the admin API reads.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// How long a write waits to see its change in force before answering.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct AdminApi {
     live: Arc<Live>,
     api_key: String,
-    provider: ProviderKind,
+    writes: Writes,
 }
 
 impl AdminApi {
-    pub fn new(live: Arc<Live>, api_key: String, provider: ProviderKind) -> AdminApi {
+    pub fn new(live: Arc<Live>, api_key: String, writes: Writes) -> AdminApi {
         AdminApi {
             live,
             api_key,
-            provider,
+            writes,
         }
     }
 
@@ -119,18 +140,11 @@ impl AdminApi {
                             ),
                         }
                     }
-                    (&Method::PUT | &Method::DELETE, Some(_)) => match self.provider {
-                        ProviderKind::File => error(
-                            StatusCode::CONFLICT,
-                            "conflict",
-                            "resources come from files in this deployment: edit the files instead",
-                        ),
-                        ProviderKind::Etcd => error(
-                            StatusCode::NOT_IMPLEMENTED,
-                            "not_implemented",
-                            "admin writes to etcd are not available in this version",
-                        ),
-                    },
+                    (&Method::PUT | &Method::DELETE, Some(_)) => error(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "resources come from files in this deployment: edit the files instead",
+                    ),
                     _ => error(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "method_not_allowed",
@@ -165,15 +179,189 @@ impl ServeHttp for AdminApi {
                 Some(rest) => {
                     let authorization =
                         req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-                    match self.authorize(&method, authorization) {
-                        Ok(()) => self.admin(&method, rest),
-                        Err(denied) => *denied,
+                    if let Err(denied) = self.authorize(&method, authorization) {
+                        return *denied;
+                    }
+                    match (&method, &self.writes, write_target(rest)) {
+                        (&Method::PUT, Writes::Etcd { .. }, Some(key)) => {
+                            self.put(session, key).await
+                        }
+                        (&Method::DELETE, Writes::Etcd { .. }, Some(key)) => self.delete(key).await,
+                        _ => self.admin(&method, rest),
                     }
                 }
                 None => not_found(),
             },
         }
     }
+}
+
+/// `{kind}/{id}` of a write.
+fn write_target(rest: &str) -> Option<ObjectKey> {
+    let mut parts = rest.split('/');
+    let (collection, id, extra) = (parts.next()?, parts.next()?, parts.next());
+    if extra.is_some() || id.is_empty() {
+        return None;
+    }
+    Some(ObjectKey {
+        kind: Kind::from_collection(collection)?,
+        id: id.to_string(),
+    })
+}
+
+impl AdminApi {
+    /// Validates with the same admission as every source, then writes to etcd.
+    async fn put(&self, session: &mut ServerSession, key: ObjectKey) -> Response<Vec<u8>> {
+        let Writes::Etcd { settings, .. } = &self.writes else {
+            return not_found();
+        };
+        let body = match read_body(session).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        };
+        let origin = Origin::key(key_of(&settings.prefix, &key).into());
+        let doc = parse_stored(origin.clone(), key.clone(), &body);
+        if let Err(errors) = &doc.parsed {
+            return invalid(errors.iter().map(|e| e.to_string()).collect());
+        }
+        // Judge it together with everything in force, as the provider will.
+        let snapshot = self.live.load();
+        let mut docs: Vec<_> = snapshot
+            .catalog
+            .documents()
+            .into_iter()
+            .filter(|d| d.key.as_ref() != Some(&key))
+            .collect();
+        docs.push(doc);
+        let (_, rejections) = admit(docs, &Catalog::default());
+        let own = origin.to_string();
+        let errors: Vec<String> = rejections
+            .iter()
+            .filter(|r| r.key == own)
+            .flat_map(|r| r.errors.iter().map(|e| e.to_string()))
+            .collect();
+        if !errors.is_empty() {
+            return invalid(errors);
+        }
+        let mut guard = match self.connected().await {
+            Ok(guard) => guard,
+            Err(resp) => return resp,
+        };
+        let result = guard.as_mut().expect("connected").put(&key, body).await;
+        if result.is_err() {
+            *guard = None; // reconnect on the next write
+        }
+        drop(guard);
+        match result {
+            Ok(revision) => self.written(&key, revision).await,
+            Err(e) => unavailable(e),
+        }
+    }
+
+    async fn delete(&self, key: ObjectKey) -> Response<Vec<u8>> {
+        let users = self.live.load().catalog.users_of(&key);
+        if !users.is_empty() {
+            return error(
+                StatusCode::CONFLICT,
+                "conflict",
+                &format!("{key} is still used by route {}", users.join(", ")),
+            );
+        }
+        let mut guard = match self.connected().await {
+            Ok(guard) => guard,
+            Err(resp) => return resp,
+        };
+        let result = guard.as_mut().expect("connected").delete(&key).await;
+        if result.is_err() {
+            *guard = None;
+        }
+        drop(guard);
+        match result {
+            Ok((true, revision)) => self.written(&key, revision).await,
+            Ok((false, _)) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("{key} is not in etcd"),
+            ),
+            Err(e) => unavailable(e),
+        }
+    }
+
+    /// The etcd connection, opened on first use. Admin writes are rare and take turns.
+    async fn connected(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Store>>, Response<Vec<u8>>> {
+        let Writes::Etcd { settings, store } = &self.writes else {
+            return Err(not_found());
+        };
+        let mut guard = store.lock().await;
+        if guard.is_none() {
+            *guard = Some(Store::open(settings).await.map_err(unavailable)?);
+        }
+        Ok(guard)
+    }
+
+    /// Answers a write once its revision is in force (or after a bounded wait).
+    async fn written(&self, key: &ObjectKey, revision: i64) -> Response<Vec<u8>> {
+        let deadline = std::time::Instant::now() + SETTLE;
+        let mut in_force = false;
+        while std::time::Instant::now() < deadline {
+            if self.live.load().revision >= revision as u64 {
+                in_force = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "key": key.to_string(), "revision": revision, "in_force": in_force }),
+        )
+    }
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "bad_request",
+                        "the body is over 1 MiB",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &e.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+fn unavailable(e: crate::store::StoreError) -> Response<Vec<u8>> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "etcd_unavailable",
+        &e.to_string(),
+    )
+}
+
+/// 400 with every reason.
+fn invalid(errors: Vec<String>) -> Response<Vec<u8>> {
+    let body = serde_json::json!({
+        "error": "invalid_resource",
+        "message": errors.join("; "),
+        "errors": errors,
+        "request_id": new_request_id(),
+    });
+    json(StatusCode::BAD_REQUEST, &body)
 }
 
 fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<Vec<u8>> {

@@ -150,6 +150,36 @@ pub struct EtcdProvider {
     pub password: Option<String>,
     #[serde(default = "default_etcd_timeout")]
     pub timeout: Span,
+    /// For `https://` endpoints: a CA to trust instead of the system's, and a client
+    /// certificate when etcd asks for one.
+    #[serde(default)]
+    pub tls: Option<EtcdTls>,
+}
+
+impl EtcdProvider {
+    /// Connection settings for the given endpoints with everything else at its default,
+    /// for the command line.
+    pub fn with_endpoints(endpoints: Vec<String>, prefix: String) -> EtcdProvider {
+        EtcdProvider {
+            endpoints,
+            prefix,
+            username: None,
+            password: None,
+            timeout: default_etcd_timeout(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +345,12 @@ impl Bootstrap {
                 return Err((
                     "provider.etcd.endpoints",
                     "at least one endpoint is required".into(),
+                ))
+            }
+            (None, Some(etcd)) if !etcd.prefix.starts_with('/') || etcd.prefix.ends_with('/') => {
+                return Err((
+                    "provider.etcd.prefix",
+                    "must start with `/` and not end with one".into(),
                 ))
             }
             _ => {}

@@ -1,5 +1,6 @@
 //! Where resources come from, and how a change becomes the snapshot in force.
 
+pub mod etcd;
 pub mod file;
 
 use crate::resource::{admit, Document};
@@ -18,15 +19,17 @@ impl Ingest {
         Ingest { live }
     }
 
-    /// Applies the full current content of the source.
-    pub fn apply(&self, docs: Vec<Document>) {
+    /// Applies the full current content of the source. `revision` is the source's own
+    /// (etcd's); without one, the snapshot counts changes.
+    pub fn apply(&self, docs: Vec<Document>, revision: Option<u64>) {
         let started = Instant::now();
         let current = self.live.load();
+        let revision = revision.unwrap_or(current.revision + 1);
         let (catalog, rejected) = admit(docs, &current.catalog);
         for rejection in &rejected {
             tracing::warn!(key = %rejection.key, "rejected: {}", rejection.error);
         }
-        let snapshot = Snapshot::compile(catalog, rejected, &current, current.revision + 1);
+        let snapshot = Snapshot::compile(catalog, rejected, &current, revision);
         tracing::info!(
             revision = snapshot.revision,
             routes = snapshot.routes.len(),

@@ -121,6 +121,52 @@ impl Catalog {
         }
     }
 
+    /// Every object as a document, as if read again from where it came from.
+    pub fn documents(&self) -> Vec<Document> {
+        let doc = |kind: Kind, id: &String, origin: &Origin, resource: Resource| Document {
+            origin: origin.clone(),
+            key: Some(ObjectKey {
+                kind,
+                id: id.clone(),
+            }),
+            parsed: Ok(resource),
+        };
+        let routes = self
+            .routes
+            .iter()
+            .map(|(id, s)| doc(Kind::Route, id, &s.origin, Resource::Route(s.value.clone())));
+        let upstreams = self.upstreams.iter().map(|(id, s)| {
+            doc(
+                Kind::Upstream,
+                id,
+                &s.origin,
+                Resource::Upstream(s.value.clone()),
+            )
+        });
+        let policies = self.policies.iter().map(|(id, s)| {
+            doc(
+                Kind::AuthPolicy,
+                id,
+                &s.origin,
+                Resource::AuthPolicy(s.value.clone()),
+            )
+        });
+        routes.chain(upstreams).chain(policies).collect()
+    }
+
+    /// The routes that use an upstream or auth policy.
+    pub fn users_of(&self, key: &ObjectKey) -> Vec<String> {
+        self.routes
+            .values()
+            .filter(|s| match key.kind {
+                Kind::Upstream => s.value.upstream_refs().any(|(_, id)| id == key.id),
+                Kind::AuthPolicy => s.value.auth.as_deref() == Some(key.id.as_str()),
+                Kind::Route => false,
+            })
+            .map(|s| s.value.id.clone())
+            .collect()
+    }
+
     /// Inserts, reusing `previous`'s `Arc` when the value is unchanged.
     fn insert(&mut self, resource: Resource, origin: Origin, previous: &Catalog) {
         fn keep<T: PartialEq>(new: Arc<T>, old: Option<&Stored<T>>) -> Arc<T> {

@@ -148,25 +148,57 @@ pub struct Document {
 /// Reads every YAML document of one file. A file that is not YAML at all yields a single
 /// failed document with no key: everything the file held before stays in force.
 pub fn parse_file(source: Arc<str>, text: &str) -> Vec<Document> {
+    parse_file_with_values(source, text)
+        .into_iter()
+        .map(|(doc, _)| doc)
+        .collect()
+}
+
+/// Like [`parse_file`], also handing back each document's YAML value as written, so it can
+/// be stored elsewhere (in etcd) with nothing lost, secrets included.
+pub fn parse_file_with_values(
+    source: Arc<str>,
+    text: &str,
+) -> Vec<(Document, Option<serde_yaml::Value>)> {
     use serde::Deserialize;
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin::file(source.clone(), i + 1);
         match serde_yaml::Value::deserialize(de) {
             Ok(serde_yaml::Value::Null) => {} // an empty document, e.g. after a trailing `---`
-            Ok(value) => docs.push(parse_value(origin, value, None)),
+            Ok(value) => docs.push((parse_value(origin, value.clone(), None), Some(value))),
             Err(e) => {
-                docs.push(Document {
+                let doc = Document {
                     origin,
                     key: None,
                     parsed: Err(vec![FieldError::new("", format!("not valid YAML: {e}"))]),
-                });
+                };
+                docs.push((doc, None));
                 // The YAML stream cannot be trusted past a syntax error.
                 break;
             }
         }
     }
     docs
+}
+
+/// Reads one resource stored under a key (an etcd value, an admin API body): YAML or JSON,
+/// whose kind and id come from the key.
+pub fn parse_stored(origin: Origin, key: ObjectKey, bytes: &[u8]) -> Document {
+    match serde_yaml::from_slice::<serde_yaml::Value>(bytes) {
+        Ok(value) => parse_value(origin, value, Some(key)),
+        Err(e) => Document {
+            origin,
+            key: Some(key),
+            parsed: Err(vec![FieldError::new(
+                "",
+                format!(
+                    "not valid YAML or JSON: {}",
+                    clean_serde_message(&e.to_string())
+                ),
+            )]),
+        },
+    }
 }
 
 /// Reads one resource from an already-parsed YAML value. `expected` is the kind and id an

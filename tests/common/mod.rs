@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod upstream;
+
+#[allow(unused_imports)]
+pub use etcd::Etcd;
 
 #[allow(unused_imports)]
 pub use upstream::{Echo, TestUpstream};
@@ -66,6 +70,7 @@ pub struct GatewayBuilder {
     extra: String,
     api_key: String,
     tls: Option<(SocketAddr, String, String)>,
+    etcd: Option<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -82,6 +87,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Resources from etcd at `url` under `prefix`, instead of files.
+    pub fn etcd(mut self, url: &str, prefix: &str) -> Self {
+        self.etcd = Some((url.to_string(), prefix.to_string()));
+        self
+    }
+
     /// A second, TLS listener.
     pub fn tls_listener(mut self, addr: SocketAddr, cert: &str, key: &str) -> Self {
         self.tls = Some((addr, cert.to_string(), key.to_string()));
@@ -94,6 +105,13 @@ impl GatewayBuilder {
     }
 
     pub async fn start(self) -> Gateway {
+        let mut gw = self.spawn();
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn spawn(self) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes");
         std::fs::create_dir(&routes).unwrap();
@@ -108,24 +126,30 @@ impl GatewayBuilder {
             }
             None => String::new(),
         };
+        let provider = match &self.etcd {
+            Some((url, prefix)) => {
+                format!("  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s }}")
+            }
+            None => format!(
+                "  file: {{ paths: [\"{}\"], watch: true }}",
+                routes.display()
+            ),
+        };
         let config = format!(
-            "listen: [{{ addr: \"{addr}\" }}{tls}]\nthreads: 2\nadmin: {{ listen: \"{admin}\", api_key: \"{key}\" }}\nprovider:\n  file: {{ paths: [\"{routes}\"], watch: true }}\n{extra}",
+            "listen: [{{ addr: \"{addr}\" }}{tls}]\nthreads: 2\nadmin: {{ listen: \"{admin}\", api_key: \"{key}\" }}\nprovider:\n{provider}\n{extra}",
             key = self.api_key,
-            routes = routes.display(),
             extra = self.extra,
         );
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, config).unwrap();
         let child = spawn_gatehouse(dir.path(), &["run", "-c", config_path.to_str().unwrap()]);
-        let mut gw = Gateway {
+        Gateway {
             child: Some(child),
             addr,
             admin,
             dir,
             api_key: self.api_key,
-        };
-        gw.wait_ready().await;
-        gw
+        }
     }
 }
 
@@ -158,6 +182,7 @@ impl Gateway {
             extra: String::new(),
             api_key: String::new(),
             tls: None,
+            etcd: None,
         }
     }
 
@@ -177,7 +202,7 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gatehouse.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         let c = client();
         let url = self.admin_url("/readyz");
         let deadline = Instant::now() + Duration::from_secs(20);

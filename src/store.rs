@@ -1,0 +1,231 @@
+//! The etcd store of resources: key layout, connection, and the reads and writes the
+//! provider, the admin API and the command line share.
+//!
+//! Keys are `{prefix}/routes/{id}`, `{prefix}/upstreams/{id}`, `{prefix}/auth/{id}`; values
+//! are YAML or JSON documents of the resource (a `kind` and `id` inside are optional and
+//! must agree with the key).
+
+use crate::bootstrap::EtcdProvider as EtcdSettings;
+use crate::resource::{parse_stored, Document, FieldError, Kind, ObjectKey, Origin};
+use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
+use std::time::Duration;
+
+/// Why talking to etcd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0}: {1}")]
+    Tls(String, std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The etcd key of an object.
+pub fn key_of(prefix: &str, key: &ObjectKey) -> String {
+    format!("{prefix}/{}/{}", key.kind.collection(), key.id)
+}
+
+/// The object an etcd key names; `None` for keys outside the layout.
+pub fn object_of(prefix: &str, key: &str) -> Option<ObjectKey> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (collection, id) = rest.split_once('/')?;
+    let kind = Kind::from_collection(collection)?;
+    (!id.is_empty() && !id.contains('/')).then(|| ObjectKey {
+        kind,
+        id: id.to_string(),
+    })
+}
+
+/// Reads one etcd key and value as a document. Keys outside the layout become failed
+/// documents, so they are listed rather than silently skipped.
+pub fn document_of(prefix: &str, key: &str, value: &[u8]) -> Document {
+    let origin = Origin::key(key.into());
+    match object_of(prefix, key) {
+        Some(object) => parse_stored(origin, object, value),
+        None => Document {
+            origin,
+            key: None,
+            parsed: Err(vec![FieldError::new(
+                "",
+                format!(
+                    "`{key}` is not {prefix}/routes/ID, {prefix}/upstreams/ID or {prefix}/auth/ID"
+                ),
+            )]),
+        },
+    }
+}
+
+/// Connects to etcd with the configured credentials and TLS.
+pub async fn connect(settings: &EtcdSettings) -> Result<Client, StoreError> {
+    let timeout = settings.timeout.0;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        // Notice a dead connection even while nothing changes.
+        .with_keep_alive(Duration::from_secs(5), timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some(user) = settings.username.as_deref().filter(|u| !u.is_empty()) {
+        options = options.with_user(user, settings.password.clone().unwrap_or_default());
+    }
+    if settings.endpoints.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(t) = &settings.tls {
+            if let Some(ca) = &t.ca {
+                let pem =
+                    std::fs::read(ca).map_err(|e| StoreError::Tls(ca.display().to_string(), e))?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+                let cert = std::fs::read(cert)
+                    .map_err(|e| StoreError::Tls(cert.display().to_string(), e))?;
+                let key = std::fs::read(key)
+                    .map_err(|e| StoreError::Tls(key.display().to_string(), e))?;
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+        } else {
+            tls = tls.with_native_roots();
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(Client::connect(&settings.endpoints, Some(options)).await?)
+}
+
+/// A connected store under one prefix.
+pub struct Store {
+    pub client: Client,
+    pub prefix: String,
+}
+
+/// Everything under the prefix at one revision.
+pub struct Contents {
+    pub revision: i64,
+    /// Keys and values as stored.
+    pub entries: Vec<(String, Vec<u8>)>,
+}
+
+impl Store {
+    pub async fn open(settings: &EtcdSettings) -> Result<Store, StoreError> {
+        Ok(Store {
+            client: connect(settings).await?,
+            prefix: settings.prefix.clone(),
+        })
+    }
+
+    /// All keys under `{prefix}/`, and the revision they were read at.
+    pub async fn contents(&mut self) -> Result<Contents, StoreError> {
+        let resp = self
+            .client
+            .get(
+                format!("{}/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let entries = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        Ok(Contents { revision, entries })
+    }
+
+    /// The stored value of one object.
+    pub async fn get(&mut self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let resp = self.client.get(key_of(&self.prefix, key), None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Writes one object; returns the revision of the write.
+    pub async fn put(&mut self, key: &ObjectKey, value: Vec<u8>) -> Result<i64, StoreError> {
+        let resp = self
+            .client
+            .put(key_of(&self.prefix, key), value, None)
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Deletes one object; returns whether it existed and the revision of the delete.
+    pub async fn delete(&mut self, key: &ObjectKey) -> Result<(bool, i64), StoreError> {
+        let resp = self
+            .client
+            .delete(key_of(&self.prefix, key), None::<DeleteOptions>)
+            .await?;
+        Ok((
+            resp.deleted() > 0,
+            resp.header().map_or(0, |h| h.revision()),
+        ))
+    }
+
+    /// Writes every object in one transaction: all or nothing.
+    pub async fn put_all(&mut self, objects: Vec<(ObjectKey, Vec<u8>)>) -> Result<i64, StoreError> {
+        let ops: Vec<TxnOp> = objects
+            .into_iter()
+            .map(|(key, value)| TxnOp::put(key_of(&self.prefix, &key), value, None))
+            .collect();
+        let resp = self.client.txn(Txn::new().and_then(ops)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::Invalid("the transaction did not apply".into()));
+        }
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_objects_and_back() {
+        let key = ObjectKey {
+            kind: Kind::Upstream,
+            id: "users-v1".into(),
+        };
+        assert_eq!(key_of("/gatehouse", &key), "/gatehouse/upstreams/users-v1");
+        assert_eq!(
+            object_of("/gatehouse", "/gatehouse/upstreams/users-v1"),
+            Some(key)
+        );
+        assert_eq!(
+            object_of("/gatehouse", "/gatehouse/auth/p").unwrap().kind,
+            Kind::AuthPolicy
+        );
+        assert_eq!(object_of("/gatehouse", "/gatehouse/widgets/x"), None);
+        assert_eq!(object_of("/gatehouse", "/gatehouse/routes/a/b"), None);
+        assert_eq!(object_of("/gatehouse", "/gatehouse/routes/"), None);
+        assert_eq!(object_of("/gatehouse", "/gatehousex/routes/a"), None);
+    }
+
+    #[test]
+    fn values_are_yaml_or_json_and_must_agree_with_the_key() {
+        let doc = document_of(
+            "/g",
+            "/g/upstreams/u",
+            br#"{"nodes": [{"addr": "127.0.0.1:80"}]}"#,
+        );
+        assert!(doc.parsed.is_ok());
+        let doc = document_of(
+            "/g",
+            "/g/upstreams/u",
+            b"id: other\nnodes: [{addr: \"h:1\"}]\n",
+        );
+        assert!(doc.parsed.unwrap_err()[0]
+            .message
+            .contains("does not match"));
+        assert!(
+            doc.key.is_some(),
+            "a bad value still names its object, so its old version stays"
+        );
+        let doc = document_of("/g", "/g/routes/r", b"{ not yaml");
+        assert!(doc.parsed.unwrap_err()[0]
+            .message
+            .contains("not valid YAML or JSON"));
+        let doc = document_of("/g", "/g/things/x", b"{}");
+        assert!(doc.key.is_none());
+    }
+}

@@ -1,0 +1,150 @@
+//! A real etcd for tests: its own data directory, random loopback ports, stopped by pid.
+
+use super::free_addr;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Etcd {
+    child: Option<Child>,
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            client: free_addr(),
+            peer: free_addr(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// An etcd that will listen on `client` once started (for "etcd is down" tests).
+    pub fn not_started() -> Etcd {
+        Etcd {
+            child: None,
+            client: free_addr(),
+            peer: free_addr(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// Starts (or restarts) etcd on the same ports and data, and waits until it answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let (client, peer) = (
+            format!("http://{}", self.client),
+            format!("http://{}", self.peer),
+        );
+        let child = Command::new("etcd")
+            .args(["--name", "gatehouse-test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("gatehouse-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("etcd is installed (Debian package etcd-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ctl(&["get", "/ready-check"]).status.success() {
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd did not start:\n{}",
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9`: no goodbye to clients.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.url(),
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "5s",
+            ])
+            .args(args)
+            .output()
+            .expect("etcdctl is installed (Debian package etcd-client or etcd-server)")
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        let out = self.ctl(&["put", key, value]);
+        assert!(
+            out.status.success(),
+            "etcdctl put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn delete(&self, key: &str) {
+        let out = self.ctl(&["del", key]);
+        assert!(
+            out.status.success(),
+            "etcdctl del {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Keys under a prefix.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.ctl(&["get", prefix, "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        let out = self.ctl(&["get", "/", "--prefix", "--limit", "1", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["header"]["revision"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,431 @@
+//! Resources from a real etcd: hot reload, rejection, faults, `apply`/`get`/`delete`, admin
+//! writes.
+
+mod common;
+
+use common::{bin, client, eventually, Etcd, Gateway, TestUpstream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PREFIX: &str = "/gatehouse";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn route(path: &str, upstream: &str) -> String {
+    format!("{{\"match\": {{\"paths\": [\"{path}\"]}}, \"upstream\": \"{upstream}\"}}")
+}
+
+fn upstream(addr: std::net::SocketAddr) -> String {
+    format!("nodes: [{{ addr: \"{addr}\" }}]\n")
+}
+
+async fn status_of(gw: &Gateway, path: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+async fn wait_status(gw: &Gateway, path: &str, status: u16) {
+    eventually(WAIT, &format!("{path} to answer {status}"), || async {
+        status_of(gw, path).await == status
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_updates_and_deletes_take_effect() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r1", &route("/one", "svc"));
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+
+    assert_eq!(status_of(&gw, "/one").await, 200);
+    let status = gw.status().await;
+    assert_eq!(
+        status["revision"].as_u64().unwrap(),
+        etcd.revision(),
+        "the revision in force is etcd's"
+    );
+
+    // A YAML value, with kind and id that agree with the key.
+    etcd.put(
+        "/gatehouse/routes/r1",
+        "kind: Route\nid: r1\nmatch: { paths: [\"/uno\"] }\nupstream: svc\n",
+    );
+    wait_status(&gw, "/uno", 200).await;
+    assert_eq!(status_of(&gw, "/one").await, 404);
+
+    etcd.put("/gatehouse/routes/r2", &route("/two", "svc"));
+    wait_status(&gw, "/two", 200).await;
+    etcd.delete("/gatehouse/routes/r1");
+    wait_status(&gw, "/uno", 404).await;
+    assert_eq!(status_of(&gw, "/two").await, 200);
+    eventually(WAIT, "the status to follow etcd", || async {
+        gw.status().await["revision"].as_u64().unwrap() == etcd.revision()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_value_is_rejected_alone_and_its_old_version_stays() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r1", &route("/one", "svc"));
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+
+    for (bad, reason) in [
+        ("{ not yaml", "not valid YAML or JSON"),
+        (
+            "{\"match\": {\"paths\": [\"nope\"]}, \"upstream\": \"svc\"}",
+            "match.paths[0]",
+        ),
+        (
+            "{\"id\": \"other\", \"match\": {\"paths\": [\"/x\"]}, \"upstream\": \"svc\"}",
+            "does not match",
+        ),
+        (
+            &route("/one-new", "missing") as &str,
+            "unknown upstream `missing`",
+        ),
+    ] {
+        etcd.put("/gatehouse/routes/r1", bad);
+        let rejected = || async {
+            let s = gw.status().await;
+            s["rejected"].as_array().unwrap().iter().any(|r| {
+                r["key"] == "/gatehouse/routes/r1" && r["error"].as_str().unwrap().contains(reason)
+            })
+        };
+        eventually(WAIT, &format!("the rejection of `{bad}`"), rejected).await;
+        assert_eq!(
+            status_of(&gw, "/one").await,
+            200,
+            "the old version of r1 stays in force after `{bad}`"
+        );
+    }
+
+    // The rest keeps working, and a good put clears the rejection.
+    etcd.put("/gatehouse/routes/r2", &route("/two", "svc"));
+    wait_status(&gw, "/two", 200).await;
+    etcd.put("/gatehouse/routes/r1", &route("/one-fixed", "svc"));
+    wait_status(&gw, "/one-fixed", 200).await;
+    assert!(gw.status().await["rejected"].as_array().unwrap().is_empty());
+
+    // Deleting an upstream still in use keeps it in force and says so.
+    etcd.delete("/gatehouse/upstreams/svc");
+    eventually(WAIT, "the deletion to be listed", || async {
+        let s = gw.status().await;
+        s["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["error"].as_str().unwrap().contains("still used by route"))
+    })
+    .await;
+    assert_eq!(status_of(&gw, "/two").await, 200);
+
+    // Keys outside the layout are listed, not silently ignored.
+    etcd.put("/gatehouse/widgets/w", "{}");
+    eventually(WAIT, "the stray key to be listed", || async {
+        gw.status().await["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"] == "/gatehouse/widgets/w")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_during_a_watch_loses_nothing() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+    for i in 0..5 {
+        etcd.put(
+            &format!("/gatehouse/routes/r{i}"),
+            &route(&format!("/r{i}"), "svc"),
+        );
+    }
+    wait_status(&gw, "/r4", 200).await;
+    let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    etcd.put("/gatehouse/routes/after", &route("/after", "svc"));
+    wait_status(&gw, "/after", 200).await;
+    for i in 0..5 {
+        assert_eq!(status_of(&gw, &format!("/r{i}")).await, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_killed_while_requests_flow_then_restarted() {
+    let mut etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gw.url("/steady"));
+        tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    etcd.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status_of(&gw, "/steady").await,
+        200,
+        "the last snapshot keeps serving"
+    );
+    etcd.spawn();
+    etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
+    wait_status(&gw, "/later", 200).await;
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed while etcd was down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_with_etcd_down_is_unready_until_etcd_answers() {
+    let mut etcd = Etcd::not_started();
+    let mut gw = Gateway::builder().etcd(&etcd.url(), PREFIX).spawn();
+    let c = client();
+    let readyz = gw.admin_url("/readyz");
+    eventually(WAIT, "the admin listener", || async {
+        c.get(&readyz).send().await.is_ok()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.get(&readyz).send().await.unwrap().status(),
+        503,
+        "not ready without etcd"
+    );
+    assert_eq!(
+        c.get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "but alive"
+    );
+
+    etcd.spawn();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    gw.wait_ready().await;
+    wait_status(&gw, "/r", 200).await;
+}
+
+fn gatehouse(args: &[&str], etcd: &Etcd) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .args(["--etcd", &etcd.url(), "--prefix", PREFIX])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_is_all_or_nothing_and_get_and_delete_work() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!(
+            "kind: Upstream\nid: svc\n{}---\nkind: Route\nid: r1\nmatch: {{ paths: [/one] }}\nupstream: svc\n---\nkind: AuthPolicy\nid: p\njwt: {{ keys: [{{ alg: HS256, secret: topsecret }}] }}\n",
+            upstream(up.addr)
+        ),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Route\nid: r2\nmatch: { paths: [/two] }\nupstream: ghost\n",
+    )
+    .unwrap();
+
+    let out = gatehouse(
+        &["apply", "-f", good.to_str().unwrap(), bad.to_str().unwrap()],
+        &etcd,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: upstream: unknown upstream `ghost`",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        etcd.keys(PREFIX).is_empty(),
+        "nothing written when anything is invalid"
+    );
+
+    let out = gatehouse(&["apply", "-f", good.to_str().unwrap()], &etcd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(etcd.keys(PREFIX).len(), 3);
+
+    // A later apply may refer to what etcd already holds.
+    std::fs::write(
+        &bad,
+        "kind: Route\nid: r2\nmatch: { paths: [/two] }\nupstream: svc\n",
+    )
+    .unwrap();
+    let out = gatehouse(&["apply", "-f", bad.to_str().unwrap()], &etcd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+    assert_eq!(status_of(&gw, "/one").await, 200);
+    assert_eq!(status_of(&gw, "/two").await, 200);
+
+    let out = gatehouse(&["get", "routes", "r1"], &etcd);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/one"));
+    let out = gatehouse(&["get", "auth", "p"], &etcd);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("topsecret"),
+        "apply stores secrets as written"
+    );
+    let out = gatehouse(&["get", "routes"], &etcd);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("/one") && listed.contains("/two"),
+        "{listed}"
+    );
+    let out = gatehouse(&["delete", "route", "r2"], &etcd);
+    assert!(out.status.success());
+    wait_status(&gw, "/two", 404).await;
+    assert_eq!(
+        gatehouse(&["delete", "routes", "r2"], &etcd).status.code(),
+        Some(1),
+        "already gone"
+    );
+    assert_eq!(
+        gatehouse(&["get", "routes", "r2"], &etcd).status.code(),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_writes_validate_then_write_to_etcd() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .api_key("k")
+        .start()
+        .await;
+    let c = client();
+    let admin = |method: reqwest::Method, path: &str| {
+        c.request(method, gw.admin_url(path)).bearer_auth("k")
+    };
+
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r1")
+        .body(route("/one", "svc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["in_force"], true, "{body}");
+    assert_eq!(
+        status_of(&gw, "/one").await,
+        200,
+        "in force when the write answers"
+    );
+
+    let before = etcd.revision();
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r2")
+        .body(
+            "{\"match\": {\"paths\": [\"bad\"], \"methods\": [\"FETCH\"]}, \"upstream\": \"svc\"}",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let errors: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with("match.paths[0]")),
+        "{body}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("match.methods[0]")),
+        "{body}"
+    );
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r2")
+        .body(route("/two", "ghost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "references are checked too");
+    assert_eq!(etcd.revision(), before, "etcd untouched by invalid writes");
+
+    let resp = admin(reqwest::Method::DELETE, "/admin/upstreams/svc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409, "an upstream in use cannot be deleted");
+    let resp = admin(reqwest::Method::DELETE, "/admin/routes/r1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status_of(&gw, "/one").await, 404);
+    let resp = admin(reqwest::Method::DELETE, "/admin/routes/r1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = c
+        .put(gw.admin_url("/admin/routes/r3"))
+        .body(route("/3", "svc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "writes need the key");
+}
