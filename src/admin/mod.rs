@@ -18,18 +18,20 @@ pub enum Writes {
     /// Resources come from files: writes are refused (409).
     File,
     /// Writes go to etcd, through a connection opened on first use.
-    Etcd {
-        settings: Box<EtcdSettings>,
-        store: tokio::sync::Mutex<Option<Store>>,
-    },
+    Etcd(Box<EtcdWrites>),
+}
+
+pub struct EtcdWrites {
+    settings: EtcdSettings,
+    store: tokio::sync::Mutex<Option<Store>>,
 }
 
 impl Writes {
     pub fn etcd(settings: EtcdSettings) -> Writes {
-        Writes::Etcd {
-            settings: Box::new(settings),
+        Writes::Etcd(Box::new(EtcdWrites {
+            settings,
             store: tokio::sync::Mutex::new(None),
-        }
+        }))
     }
 }
 
@@ -183,10 +185,8 @@ impl ServeHttp for AdminApi {
                         return *denied;
                     }
                     match (&method, &self.writes, write_target(rest)) {
-                        (&Method::PUT, Writes::Etcd { .. }, Some(key)) => {
-                            self.put(session, key).await
-                        }
-                        (&Method::DELETE, Writes::Etcd { .. }, Some(key)) => self.delete(key).await,
+                        (&Method::PUT, Writes::Etcd(_), Some(key)) => self.put(session, key).await,
+                        (&Method::DELETE, Writes::Etcd(_), Some(key)) => self.delete(key).await,
                         _ => self.admin(&method, rest),
                     }
                 }
@@ -212,14 +212,14 @@ fn write_target(rest: &str) -> Option<ObjectKey> {
 impl AdminApi {
     /// Validates with the same admission as every source, then writes to etcd.
     async fn put(&self, session: &mut ServerSession, key: ObjectKey) -> Response<Vec<u8>> {
-        let Writes::Etcd { settings, .. } = &self.writes else {
+        let Writes::Etcd(etcd) = &self.writes else {
             return not_found();
         };
         let body = match read_body(session).await {
             Ok(body) => body,
             Err(resp) => return resp,
         };
-        let origin = Origin::key(key_of(&settings.prefix, &key).into());
+        let origin = Origin::key(key_of(&etcd.settings.prefix, &key).into());
         let doc = parse_stored(origin.clone(), key.clone(), &body);
         if let Err(errors) = &doc.parsed {
             return invalid(errors.iter().map(|e| e.to_string()).collect());
@@ -291,12 +291,12 @@ impl AdminApi {
     async fn connected(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, Option<Store>>, Response<Vec<u8>>> {
-        let Writes::Etcd { settings, store } = &self.writes else {
+        let Writes::Etcd(etcd) = &self.writes else {
             return Err(not_found());
         };
-        let mut guard = store.lock().await;
+        let mut guard = etcd.store.lock().await;
         if guard.is_none() {
-            *guard = Some(Store::open(settings).await.map_err(unavailable)?);
+            *guard = Some(Store::open(&etcd.settings).await.map_err(unavailable)?);
         }
         Ok(guard)
     }
