@@ -51,7 +51,7 @@ pub fn plan(files: &[PathBuf], stored: &Contents, prefix: &str) -> Plan {
         .filter(|d| d.key.as_ref().is_none_or(|k| !overridden.contains(k)))
         .collect();
     all.extend(file_docs);
-    let (_, rejections) = admit(all, &Catalog::default());
+    let (_, rejections) = admit(&all, &Catalog::default());
     for rejection in rejections.iter().filter(|r| from_files.contains(&r.key)) {
         errors.extend(rejection.lines());
     }

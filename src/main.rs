@@ -157,7 +157,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// reference must resolve within the files given.
 fn validate(paths: Vec<PathBuf>) -> ExitCode {
     let (docs, _) = FileSource::new(paths).read();
-    let (catalog, rejections) = admit(docs, &Catalog::default());
+    let (catalog, rejections) = admit(&docs, &Catalog::default());
     if rejections.is_empty() {
         println!(
             "ok: {} routes, {} upstreams, {} auth policies",
@@ -283,8 +283,10 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

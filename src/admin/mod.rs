@@ -233,7 +233,7 @@ impl AdminApi {
             .filter(|d| d.key.as_ref() != Some(&key))
             .collect();
         docs.push(doc);
-        let (_, rejections) = admit(docs, &Catalog::default());
+        let (_, rejections) = admit(&docs, &Catalog::default());
         let own = origin.to_string();
         let errors: Vec<String> = rejections
             .iter()

@@ -51,12 +51,6 @@ struct Mirror {
     docs: BTreeMap<String, Document>,
 }
 
-impl Mirror {
-    fn documents(&self) -> Vec<Document> {
-        self.docs.values().cloned().collect()
-    }
-}
-
 pub struct EtcdProvider {
     settings: EtcdSettings,
     ingest: Ingest,
@@ -93,7 +87,7 @@ impl EtcdProvider {
                     .insert(key.clone(), document_of(&prefix, key, value));
             }
             self.ingest
-                .apply(mirror.documents(), Some(contents.revision as u64));
+                .apply(mirror.docs.values(), Some(contents.revision as u64));
             backoff.reset();
             tracing::info!(
                 revision = contents.revision,
@@ -156,7 +150,7 @@ impl EtcdProvider {
                     }
                 }
                 let revision = response.header().map(|h| h.revision() as u64);
-                self.ingest.apply(mirror.documents(), revision);
+                self.ingest.apply(mirror.docs.values(), revision);
             }
         }
     }

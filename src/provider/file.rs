@@ -144,7 +144,7 @@ impl FileProvider {
             return;
         }
         *last = fingerprint;
-        self.ingest.apply(docs, None);
+        self.ingest.apply(&docs, None);
     }
 
     fn watcher(

@@ -21,7 +21,7 @@ impl Ingest {
 
     /// Applies the full current content of the source. `revision` is the source's own
     /// (etcd's); without one, the snapshot counts changes.
-    pub fn apply(&self, docs: Vec<Document>, revision: Option<u64>) {
+    pub fn apply<'d>(&self, docs: impl IntoIterator<Item = &'d Document>, revision: Option<u64>) {
         let started = Instant::now();
         let current = self.live.load();
         let revision = revision.unwrap_or(current.revision + 1);

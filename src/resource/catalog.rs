@@ -71,6 +71,14 @@ impl Catalog {
         }
     }
 
+    fn origin_of(&self, resource: &Resource) -> Option<&Origin> {
+        match resource {
+            Resource::Route(r) => self.routes.get(&r.id).map(|s| &s.origin),
+            Resource::Upstream(u) => self.upstreams.get(&u.id).map(|s| &s.origin),
+            Resource::AuthPolicy(a) => self.policies.get(&a.id).map(|s| &s.origin),
+        }
+    }
+
     pub fn contains(&self, key: &ObjectKey) -> bool {
         self.origin(key).is_some()
     }
@@ -171,7 +179,9 @@ impl Catalog {
     fn insert(&mut self, resource: Resource, origin: Origin, previous: &Catalog) {
         fn keep<T: PartialEq>(new: Arc<T>, old: Option<&Stored<T>>) -> Arc<T> {
             match old {
-                Some(old) if *old.value == *new => old.value.clone(),
+                Some(old) if Arc::ptr_eq(&old.value, &new) || *old.value == *new => {
+                    old.value.clone()
+                }
                 _ => new,
             }
         }
@@ -239,7 +249,9 @@ impl Catalog {
         let mut missing: Vec<FieldError> = route
             .upstream_refs()
             .filter(|(_, id)| !self.upstreams.contains_key(*id))
-            .map(|(field, id)| FieldError::new(field, format!("unknown upstream `{id}`")))
+            .map(|(field, id)| {
+                FieldError::new(field.to_string(), format!("unknown upstream `{id}`"))
+            })
             .collect();
         if let Some(id) = &route.auth {
             if !self.policies.contains_key(id) {
@@ -265,61 +277,75 @@ impl Catalog {
 ///   needs it, so deleting never silently breaks a route;
 /// - a route naming an upstream or policy that does not exist is rejected, and its previous
 ///   version, if it still resolves, stays in force.
-pub fn admit(docs: Vec<Document>, previous: &Catalog) -> (Catalog, Vec<Rejection>) {
+pub fn admit<'d>(
+    docs: impl IntoIterator<Item = &'d Document>,
+    previous: &Catalog,
+) -> (Catalog, Vec<Rejection>) {
     let mut next = Catalog::default();
     let mut rejections = Vec::new();
     let mut failed_keys = HashSet::new();
     let mut failed_sources = HashSet::new();
 
     for doc in docs {
-        match doc.parsed {
+        match &doc.parsed {
             Ok(resource) => {
-                let key = resource.key();
-                if let Some(first) = next.origin(&key) {
-                    let message = format!("{key} is already defined at {first}");
-                    rejections.push(Rejection::from_parts(
-                        &doc.origin,
-                        vec![FieldError::new("id", message)],
-                    ));
+                if let Some(first) = next.origin_of(resource) {
+                    let message = format!("{} is already defined at {first}", resource.key());
+                    let errors = vec![FieldError::new("id", message)];
+                    rejections.push(Rejection::from_parts(&doc.origin, errors));
                     continue;
                 }
-                next.insert(resource, doc.origin, previous);
+                next.insert(resource.clone(), doc.origin.clone(), previous);
             }
             Err(errors) => {
-                match doc.key {
-                    Some(key) => failed_keys.insert(key),
+                match &doc.key {
+                    Some(key) => failed_keys.insert(key.clone()),
                     None => failed_sources.insert(doc.origin.source.clone()),
                 };
-                rejections.push(Rejection::from_parts(&doc.origin, errors));
+                rejections.push(Rejection::from_parts(&doc.origin, errors.clone()));
             }
         }
     }
 
     // The previous version of whatever could not be read stays in force.
-    for (key, origin) in previous.keys() {
-        if !next.contains(&key)
-            && (failed_keys.contains(&key) || failed_sources.contains(&origin.source))
-        {
-            next.carry_over(&key, previous);
+    if !failed_keys.is_empty() || !failed_sources.is_empty() {
+        for (key, origin) in previous.keys() {
+            if !next.contains(&key)
+                && (failed_keys.contains(&key) || failed_sources.contains(&origin.source))
+            {
+                next.carry_over(&key, previous);
+            }
         }
     }
 
     // Objects deleted while a route still uses them stay, and say so.
     let mut still_used: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
     for route in next.routes.values() {
-        let wanted = route
+        let upstreams = route
             .value
             .upstream_refs()
-            .map(|(_, id)| ObjectKey {
-                kind: Kind::Upstream,
-                id: id.to_string(),
-            })
-            .chain(route.value.auth.iter().map(|id| ObjectKey {
-                kind: Kind::AuthPolicy,
-                id: id.clone(),
-            }));
-        for key in wanted {
-            if !next.contains(&key) && previous.contains(&key) {
+            .map(|(_, id)| (Kind::Upstream, id));
+        let policies = route
+            .value
+            .auth
+            .iter()
+            .map(|id| (Kind::AuthPolicy, id.as_str()));
+        for (kind, id) in upstreams.chain(policies) {
+            let (in_next, in_previous) = match kind {
+                Kind::AuthPolicy => (
+                    next.policies.contains_key(id),
+                    previous.policies.contains_key(id),
+                ),
+                _ => (
+                    next.upstreams.contains_key(id),
+                    previous.upstreams.contains_key(id),
+                ),
+            };
+            if !in_next && in_previous {
+                let key = ObjectKey {
+                    kind,
+                    id: id.to_string(),
+                };
                 still_used
                     .entry(key)
                     .or_default()

@@ -157,6 +157,24 @@ pub struct DirectResponse {
     pub headers: BTreeMap<String, Text>,
 }
 
+/// The field of a route that names an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefField {
+    Upstream,
+    Weight(usize),
+    Canary(usize),
+}
+
+impl std::fmt::Display for RefField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefField::Upstream => f.write_str("upstream"),
+            RefField::Weight(i) => write!(f, "weights[{i}].upstream"),
+            RefField::Canary(i) => write!(f, "canary[{i}].upstream"),
+        }
+    }
+}
+
 /// The standard methods a route may name.
 pub const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -166,24 +184,25 @@ pub const METHODS: [&str; 9] = [
 pub const MAX_RETRIES: u32 = 10;
 
 impl Route {
-    /// The upstream ids this route names, for reference checks.
-    pub fn upstream_refs(&self) -> impl Iterator<Item = (String, &str)> {
+    /// The upstream ids this route names, for reference checks, with the field naming each
+    /// (rendered only when a reference is reported).
+    pub fn upstream_refs(&self) -> impl Iterator<Item = (RefField, &str)> {
         let direct = self
             .upstream
             .iter()
-            .map(|u| ("upstream".to_string(), u.as_str()));
+            .map(|u| (RefField::Upstream, u.as_str()));
         let weighted = self
             .weights
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, w)| (format!("weights[{i}].upstream"), w.upstream.as_str()));
+            .map(|(i, w)| (RefField::Weight(i), w.upstream.as_str()));
         let canary = self
             .canary
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, c)| (format!("canary[{i}].upstream"), c.upstream.as_str()));
+            .map(|(i, c)| (RefField::Canary(i), c.upstream.as_str()));
         direct.chain(weighted).chain(canary)
     }
 

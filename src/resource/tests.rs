@@ -5,7 +5,7 @@ fn docs(source: &str, text: &str) -> Vec<Document> {
 }
 
 fn errors(source: &str, text: &str) -> Vec<String> {
-    let (_, rejections) = admit(docs(source, text), &Catalog::default());
+    let (_, rejections) = admit(&docs(source, text), &Catalog::default());
     rejections
         .iter()
         .flat_map(|r| r.lines().collect::<Vec<_>>())
@@ -19,7 +19,7 @@ fn a_valid_route_and_upstream_are_admitted() {
     let text = format!(
         "{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/api/**] }}\nupstream: u1\n"
     );
-    let (catalog, rejections) = admit(docs("a.yaml", &text), &Catalog::default());
+    let (catalog, rejections) = admit(&docs("a.yaml", &text), &Catalog::default());
     assert!(rejections.is_empty(), "{rejections:?}");
     assert_eq!(catalog.routes.len(), 1);
     assert_eq!(
@@ -158,7 +158,7 @@ fn auth_policy_schema_is_validated() {
 #[test]
 fn secrets_are_never_shown_back() {
     let text = "kind: AuthPolicy\nid: p\njwt: { keys: [{ alg: HS256, secret: topsecret }] }\n";
-    let (catalog, _) = admit(docs("p.yaml", text), &Catalog::default());
+    let (catalog, _) = admit(&docs("p.yaml", text), &Catalog::default());
     let shown = serde_json::to_string(&catalog.list(Kind::AuthPolicy)).unwrap();
     assert!(!shown.contains("topsecret"), "{shown}");
     assert!(shown.contains("\"kind\":\"AuthPolicy\""), "{shown}");
@@ -179,10 +179,10 @@ fn features_of_later_versions_are_refused_not_ignored() {
 fn a_bad_document_keeps_the_previous_version_of_its_object() {
     let v1 =
         format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
-    let (before, _) = admit(docs("a.yaml", &v1), &Catalog::default());
+    let (before, _) = admit(&docs("a.yaml", &v1), &Catalog::default());
     let broken =
         format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [v2] }}\nupstream: u1\n");
-    let (after, rejections) = admit(docs("a.yaml", &broken), &before);
+    let (after, rejections) = admit(&docs("a.yaml", &broken), &before);
     assert_eq!(rejections.len(), 1);
     assert_eq!(
         after.routes["r1"].value.matcher.paths,
@@ -203,14 +203,14 @@ fn a_file_that_is_not_yaml_keeps_everything_it_held() {
         "b.yaml",
         "kind: Route\nid: r2\nmatch: { paths: [/b] }\nupstream: u1\n",
     ));
-    let (before, _) = admit(all, &Catalog::default());
+    let (before, _) = admit(&all, &Catalog::default());
 
     let mut all = docs("a.yaml", "kind: Route\n  id: [unclosed\n");
     all.extend(docs(
         "b.yaml",
         "kind: Route\nid: r2\nmatch: { paths: [/b2] }\nupstream: u1\n",
     ));
-    let (after, rejections) = admit(all, &before);
+    let (after, rejections) = admit(&all, &before);
     assert_eq!(rejections.len(), 1, "{rejections:?}");
     assert!(rejections[0].error.contains("not valid YAML"));
     assert!(after.routes.contains_key("r1") && after.upstreams.contains_key("u1"));
@@ -223,8 +223,8 @@ fn a_file_that_is_not_yaml_keeps_everything_it_held() {
 
 #[test]
 fn a_removed_document_removes_its_object() {
-    let (before, _) = admit(docs("a.yaml", UPSTREAM), &Catalog::default());
-    let (after, rejections) = admit(Vec::new(), &before);
+    let (before, _) = admit(&docs("a.yaml", UPSTREAM), &Catalog::default());
+    let (after, rejections) = admit(&Vec::new(), &before);
     assert!(rejections.is_empty());
     assert!(after.upstreams.is_empty());
 }
@@ -234,8 +234,8 @@ fn deleting_an_upstream_still_in_use_keeps_it_and_says_so() {
     let route = "kind: Route\nid: r1\nmatch: { paths: [/x] }\nupstream: u1\n";
     let mut all = docs("u.yaml", UPSTREAM);
     all.extend(docs("r.yaml", route));
-    let (before, _) = admit(all, &Catalog::default());
-    let (after, rejections) = admit(docs("r.yaml", route), &before);
+    let (before, _) = admit(&all, &Catalog::default());
+    let (after, rejections) = admit(&docs("r.yaml", route), &before);
     assert!(after.upstreams.contains_key("u1"));
     assert!(after.routes.contains_key("r1"));
     assert_eq!(rejections.len(), 1);
@@ -250,10 +250,10 @@ fn deleting_an_upstream_still_in_use_keeps_it_and_says_so() {
 fn a_route_with_a_new_dangling_reference_keeps_its_previous_version() {
     let v1 =
         format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: u1\n");
-    let (before, _) = admit(docs("a.yaml", &v1), &Catalog::default());
+    let (before, _) = admit(&docs("a.yaml", &v1), &Catalog::default());
     let v2 =
         format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: nope\n");
-    let (after, rejections) = admit(docs("a.yaml", &v2), &before);
+    let (after, rejections) = admit(&docs("a.yaml", &v2), &before);
     assert_eq!(after.routes["r1"].value.upstream.as_deref(), Some("u1"));
     assert!(rejections[0].error.contains("unknown upstream `nope`"));
 }
@@ -268,7 +268,7 @@ fn duplicate_ids_are_rejected() {
 #[test]
 fn scalars_are_read_as_text_in_matches() {
     let text = "kind: Route\nid: r\nmatch: { paths: [/x], query: { debug: 1 }, headers: { X-On: true } }\ndirect_response: { status: 204 }\n";
-    let (catalog, rejections) = admit(docs("a.yaml", text), &Catalog::default());
+    let (catalog, rejections) = admit(&docs("a.yaml", text), &Catalog::default());
     assert!(rejections.is_empty(), "{rejections:?}");
     assert_eq!(
         catalog.routes["r"].value.matcher.query["debug"].as_str(),

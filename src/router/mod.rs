@@ -15,8 +15,11 @@ pub use value::ValueMatcher;
 use http::{HeaderMap, HeaderName, Method};
 use smallvec::SmallVec;
 use std::borrow::Cow;
-use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Route tables are rebuilt on every change and read on every request; their keys are
+/// config-controlled, so a fast non-cryptographic hash is right here.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A request's query, decoded once per lookup and only if some candidate asks about it.
 type QueryPairs<'r> = SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>;
@@ -43,97 +46,28 @@ pub struct RouteRequest<'a> {
 }
 
 /// The match spec of one route, already checked by validation.
+#[derive(Clone, Copy)]
 pub struct RouteSpec<'a> {
     pub priority: i32,
     pub paths: &'a [String],
     pub hosts: &'a [String],
     pub methods: &'a [String],
-    pub headers: Vec<(&'a str, &'a str)>,
-    pub query: Vec<(&'a str, &'a str)>,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub query: &'a [(&'a str, &'a str)],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Rank {
+/// A route's match spec, compiled once when the route changes (patterns parsed, regexes
+/// built), so rebuilding the router after a change only re-links what is already compiled.
+#[derive(Debug, Clone)]
+pub struct RouteMatcher {
     priority: i32,
-    path: (u16, bool, u16),
-    host: u16,
-    /// Earlier routes win the last tie, so a lookup is deterministic.
-    order: Reverse<u32>,
+    paths: Vec<PathPattern>,
+    hosts: Vec<HostPattern>,
+    predicates: Arc<Predicates>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    entry: u32,
-    rank: Rank,
-}
-
-#[derive(Debug, Default)]
-struct Node {
-    literal: HashMap<Box<str>, Node>,
-    param: Option<Box<Node>>,
-    /// Routes whose pattern ends exactly here.
-    exact: Vec<Candidate>,
-    /// Routes whose `/**` pattern covers this node and everything below.
-    subtree: Vec<Candidate>,
-}
-
-impl Node {
-    fn insert(&mut self, pattern: &PathPattern, candidate: Candidate) {
-        let mut node = self;
-        for seg in &pattern.segments {
-            node = match seg {
-                Segment::Literal(s) => node.literal.entry(s.as_str().into()).or_default(),
-                Segment::Param => node.param.get_or_insert_with(Default::default),
-            };
-        }
-        if pattern.subtree {
-            node.subtree.push(candidate);
-        } else {
-            node.exact.push(candidate);
-        }
-    }
-
-    fn collect<'n>(&'n self, segs: &[&str], out: &mut SmallVec<[&'n Candidate; 8]>) {
-        out.extend(self.subtree.iter());
-        let Some((first, rest)) = segs.split_first() else {
-            out.extend(self.exact.iter());
-            return;
-        };
-        if let Some(child) = self.literal.get(*first) {
-            child.collect(rest, out);
-        }
-        if let Some(child) = &self.param {
-            if !first.is_empty() {
-                child.collect(rest, out);
-            }
-        }
-    }
-}
-
-/// An immutable router over values of type `T` (the gateway stores compiled routes).
-pub struct Router<T> {
-    entries: Vec<(Predicates, T)>,
-    any_host: Node,
-    exact_hosts: HashMap<Box<str>, Node>,
-    wildcard_hosts: HashMap<Box<str>, Node>,
-}
-
-impl<T> Default for Router<T> {
-    fn default() -> Self {
-        Router {
-            entries: Vec::new(),
-            any_host: Node::default(),
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
-        }
-    }
-}
-
-impl<T> Router<T> {
-    /// Adds a route. Patterns and matchers are compiled here; an invalid one (which validation
-    /// would have refused) is an error naming it.
-    pub fn add(&mut self, spec: RouteSpec<'_>, value: T) -> Result<(), String> {
-        let entry = self.entries.len() as u32;
+impl RouteMatcher {
+    pub fn compile(spec: RouteSpec<'_>) -> Result<RouteMatcher, String> {
         let mut predicates = Predicates::default();
         for method in spec.methods {
             let upper = method.to_ascii_uppercase();
@@ -150,57 +84,266 @@ impl<T> Router<T> {
         for (name, value) in spec.query {
             predicates
                 .query
-                .push((name.into(), ValueMatcher::parse(value)?));
+                .push(((*name).into(), ValueMatcher::parse(value)?));
         }
+        Ok(RouteMatcher {
+            priority: spec.priority,
+            paths: spec
+                .paths
+                .iter()
+                .map(|p| PathPattern::parse(p))
+                .collect::<Result<_, _>>()?,
+            hosts: spec
+                .hosts
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .collect::<Result<_, _>>()?,
+            predicates: Arc::new(predicates),
+        })
+    }
+}
 
-        let paths = spec
-            .paths
-            .iter()
-            .map(|p| PathPattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let hosts = spec
-            .hosts
-            .iter()
-            .map(|h| HostPattern::parse(h))
-            .collect::<Result<Vec<_>, _>>()?;
-        for path in &paths {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    priority: i32,
+    path: (u16, bool, u16),
+    host: u16,
+}
+
+/// One route as the router holds it.
+#[derive(Debug)]
+struct Entry<T> {
+    /// Breaks the last tie (lexical order), so a lookup never depends on load order.
+    id: Arc<str>,
+    predicates: Arc<Predicates>,
+    value: T,
+}
+
+#[derive(Debug)]
+struct Candidate<T> {
+    rank: Rank,
+    entry: Arc<Entry<T>>,
+}
+
+impl<T> Clone for Candidate<T> {
+    fn clone(&self) -> Self {
+        Candidate {
+            rank: self.rank,
+            entry: self.entry.clone(),
+        }
+    }
+}
+
+/// A node of a path-segment trie. Children are shared between router versions: a change
+/// copies only the nodes on the paths it touches (copy-on-write), so a new router costs
+/// what changed, not the number of routes.
+#[derive(Debug)]
+struct Node<T> {
+    literal: HashMap<Arc<str>, Arc<Node<T>>>,
+    param: Option<Arc<Node<T>>>,
+    /// Routes whose pattern ends exactly here.
+    exact: Vec<Candidate<T>>,
+    /// Routes whose `/**` pattern covers this node and everything below.
+    subtree: Vec<Candidate<T>>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            literal: HashMap::default(),
+            param: None,
+            exact: Vec::new(),
+            subtree: Vec::new(),
+        }
+    }
+}
+
+impl<T> Clone for Node<T> {
+    fn clone(&self) -> Self {
+        Node {
+            literal: self.literal.clone(),
+            param: self.param.clone(),
+            exact: self.exact.clone(),
+            subtree: self.subtree.clone(),
+        }
+    }
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty()
+            && self.param.is_none()
+            && self.exact.is_empty()
+            && self.subtree.is_empty()
+    }
+
+    fn insert(node: &mut Arc<Node<T>>, segs: &[Segment], subtree: bool, candidate: Candidate<T>) {
+        let n = Arc::make_mut(node);
+        match segs.split_first() {
+            None if subtree => n.subtree.push(candidate),
+            None => n.exact.push(candidate),
+            Some((Segment::Literal(s), rest)) => {
+                // Look up before inserting: most segments already exist, and a new key
+                // costs an allocation.
+                if !n.literal.contains_key(s.as_str()) {
+                    n.literal.insert(s.as_str().into(), Arc::default());
+                }
+                let child = n.literal.get_mut(s.as_str()).expect("inserted above");
+                Node::insert(child, rest, subtree, candidate);
+            }
+            Some((Segment::Param, rest)) => {
+                let child = n.param.get_or_insert_with(Arc::default);
+                Node::insert(child, rest, subtree, candidate);
+            }
+        }
+    }
+
+    /// Removes the candidates of route `id` under this pattern; true when the node is left
+    /// empty (and can be dropped by its parent).
+    fn remove(node: &mut Arc<Node<T>>, segs: &[Segment], subtree: bool, id: &str) -> bool {
+        let n = Arc::make_mut(node);
+        match segs.split_first() {
+            None => {
+                let list = if subtree {
+                    &mut n.subtree
+                } else {
+                    &mut n.exact
+                };
+                list.retain(|c| &*c.entry.id != id);
+            }
+            Some((Segment::Literal(s), rest)) => {
+                if let Some(child) = n.literal.get_mut(s.as_str()) {
+                    if Node::remove(child, rest, subtree, id) {
+                        n.literal.remove(s.as_str());
+                    }
+                }
+            }
+            Some((Segment::Param, rest)) => {
+                if let Some(child) = &mut n.param {
+                    if Node::remove(child, rest, subtree, id) {
+                        n.param = None;
+                    }
+                }
+            }
+        }
+        n.is_empty()
+    }
+
+    fn collect<'n>(&'n self, segs: &[&str], out: &mut SmallVec<[&'n Candidate<T>; 8]>) {
+        out.extend(self.subtree.iter());
+        let Some((first, rest)) = segs.split_first() else {
+            out.extend(self.exact.iter());
+            return;
+        };
+        if let Some(child) = self.literal.get(*first) {
+            child.collect(rest, out);
+        }
+        if let Some(child) = &self.param {
+            if !first.is_empty() {
+                child.collect(rest, out);
+            }
+        }
+    }
+}
+
+/// An immutable-once-published router over values of type `T` (the gateway stores compiled
+/// routes). Cloning it is cheap; changing the clone leaves the original untouched.
+pub struct Router<T> {
+    any_host: Arc<Node<T>>,
+    exact_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
+    wildcard_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
+    len: usize,
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router {
+            any_host: Arc::default(),
+            exact_hosts: HashMap::default(),
+            wildcard_hosts: HashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Clone for Router<T> {
+    fn clone(&self) -> Self {
+        Router {
+            any_host: self.any_host.clone(),
+            exact_hosts: self.exact_hosts.clone(),
+            wildcard_hosts: self.wildcard_hosts.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<T> Router<T> {
+    /// Adds route `id` under its compiled matcher.
+    pub fn insert(&mut self, id: Arc<str>, matcher: &RouteMatcher, value: T) {
+        let entry = Arc::new(Entry {
+            id,
+            predicates: matcher.predicates.clone(),
+            value,
+        });
+        for path in &matcher.paths {
             let rank = |host: u16| Rank {
-                priority: spec.priority,
+                priority: matcher.priority,
                 path: path.specificity(),
                 host,
-                order: Reverse(entry),
             };
-            if hosts.is_empty() {
-                self.any_host.insert(
-                    path,
-                    Candidate {
-                        entry,
-                        rank: rank(0),
-                    },
-                );
-            }
-            for host in &hosts {
+            if matcher.hosts.is_empty() {
                 let candidate = Candidate {
-                    entry,
+                    rank: rank(0),
+                    entry: entry.clone(),
+                };
+                Node::insert(&mut self.any_host, &path.segments, path.subtree, candidate);
+            }
+            for host in &matcher.hosts {
+                let candidate = Candidate {
                     rank: rank(host.specificity()),
+                    entry: entry.clone(),
                 };
-                let tree = match host {
-                    HostPattern::Exact(h) => self.exact_hosts.entry(h.as_str().into()),
-                    HostPattern::Wildcard(s) => self.wildcard_hosts.entry(s.as_str().into()),
+                let (map, key) = match host {
+                    HostPattern::Exact(h) => (&mut self.exact_hosts, h),
+                    HostPattern::Wildcard(s) => (&mut self.wildcard_hosts, s),
                 };
-                tree.or_default().insert(path, candidate);
+                if !map.contains_key(key.as_str()) {
+                    map.insert(key.as_str().into(), Arc::default());
+                }
+                let tree = map.get_mut(key.as_str()).expect("inserted above");
+                Node::insert(tree, &path.segments, path.subtree, candidate);
             }
         }
-        self.entries.push((predicates, value));
-        Ok(())
+        self.len += 1;
+    }
+
+    /// Removes route `id`, which was inserted under `matcher`.
+    pub fn remove(&mut self, id: &str, matcher: &RouteMatcher) {
+        for path in &matcher.paths {
+            if matcher.hosts.is_empty() {
+                Node::remove(&mut self.any_host, &path.segments, path.subtree, id);
+            }
+            for host in &matcher.hosts {
+                let (map, key) = match host {
+                    HostPattern::Exact(h) => (&mut self.exact_hosts, h),
+                    HostPattern::Wildcard(s) => (&mut self.wildcard_hosts, s),
+                };
+                if let Some(tree) = map.get_mut(key.as_str()) {
+                    if Node::remove(tree, &path.segments, path.subtree, id) {
+                        map.remove(key.as_str());
+                    }
+                }
+            }
+        }
+        self.len = self.len.saturating_sub(1);
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// The best route for the request, if any.
@@ -212,7 +355,7 @@ impl<T> Router<T> {
             path.split('/').collect()
         };
 
-        let mut found: SmallVec<[&Candidate; 8]> = SmallVec::new();
+        let mut found: SmallVec<[&Candidate<T>; 8]> = SmallVec::new();
         if let Some(host) = req.host {
             if let Some(tree) = self.exact_hosts.get(host) {
                 tree.collect(&segs, &mut found);
@@ -228,12 +371,18 @@ impl<T> Router<T> {
         self.any_host.collect(&segs, &mut found);
 
         if found.len() > 1 {
-            found.sort_unstable_by_key(|c| Reverse(c.rank));
+            found.sort_unstable_by(|a, b| {
+                b.rank
+                    .cmp(&a.rank)
+                    .then_with(|| a.entry.id.cmp(&b.entry.id))
+            });
         }
         let mut query: Option<QueryPairs<'_>> = None;
         found.into_iter().find_map(|c| {
-            let (predicates, value) = &self.entries[c.entry as usize];
-            predicates.hold(req, &mut query).then_some(value)
+            c.entry
+                .predicates
+                .hold(req, &mut query)
+                .then_some(&c.entry.value)
         })
     }
 }

@@ -46,19 +46,16 @@ impl R {
 fn router(routes: Vec<(&'static str, R)>) -> Router<&'static str> {
     let mut router = Router::default();
     for (name, r) in &routes {
-        router
-            .add(
-                RouteSpec {
-                    priority: r.priority,
-                    paths: &r.paths,
-                    hosts: &r.hosts,
-                    methods: &r.methods,
-                    headers: r.headers.clone(),
-                    query: r.query.clone(),
-                },
-                *name,
-            )
-            .unwrap();
+        let matcher = RouteMatcher::compile(RouteSpec {
+            priority: r.priority,
+            paths: &r.paths,
+            hosts: &r.hosts,
+            methods: &r.methods,
+            headers: &r.headers,
+            query: &r.query,
+        })
+        .unwrap();
+        router.insert((*name).into(), &matcher, *name);
     }
     router
 }
@@ -285,19 +282,16 @@ fn ten_thousand_routes_still_find_the_right_one() {
         })
         .collect();
     for (i, (paths, hosts)) in specs.iter().enumerate() {
-        router
-            .add(
-                RouteSpec {
-                    priority: 0,
-                    paths,
-                    hosts,
-                    methods: &[],
-                    headers: vec![],
-                    query: vec![],
-                },
-                i,
-            )
-            .unwrap();
+        let matcher = RouteMatcher::compile(RouteSpec {
+            priority: 0,
+            paths,
+            hosts,
+            methods: &[],
+            headers: &[],
+            query: &[],
+        })
+        .unwrap();
+        router.insert(format!("r{i}").into(), &matcher, i);
     }
     let headers = HeaderMap::new();
     let find = |host: Option<&str>, path: &str| {
@@ -323,4 +317,37 @@ fn ten_thousand_routes_still_find_the_right_one() {
     );
     assert_eq!(find(None, "/items77/5"), Some(77));
     assert_eq!(find(None, "/nothing"), None);
+}
+
+#[test]
+fn removing_a_route_leaves_the_others_and_earlier_versions_untouched() {
+    let specs = [("a", "/api/**"), ("b", "/api/users/{id}"), ("c", "/other")];
+    let mut router = Router::default();
+    let mut matchers = Vec::new();
+    for (id, path) in specs {
+        let paths = vec![path.to_string()];
+        let matcher = RouteMatcher::compile(RouteSpec {
+            priority: 0,
+            paths: &paths,
+            hosts: &[],
+            methods: &[],
+            headers: &[],
+            query: &[],
+        })
+        .unwrap();
+        router.insert(id.into(), &matcher, id);
+        matchers.push(matcher);
+    }
+    let before = router.clone();
+    router.remove("b", &matchers[1]);
+    assert_eq!(router.len(), 2);
+    assert_eq!(find(&router, get("/api/users/7")), Some("a"));
+    assert_eq!(find(&router, get("/other")), Some("c"));
+    assert_eq!(
+        find(&before, get("/api/users/7")),
+        Some("b"),
+        "the published version is unchanged"
+    );
+    router.remove("c", &matchers[2]);
+    assert_eq!(find(&router, get("/other")), None);
 }

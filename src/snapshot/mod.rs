@@ -6,7 +6,7 @@ mod route;
 pub use route::{Action, CompiledRoute, DirectReply, PathRewrite, RouteTimeouts};
 
 use crate::resource::{Catalog, Rejection};
-use crate::router::{RouteSpec, Router};
+use crate::router::Router;
 use crate::upstream::UpstreamTarget;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ pub struct Snapshot {
     /// What the last change could not apply.
     pub rejected: Vec<Rejection>,
     pub router: Router<Arc<CompiledRoute>>,
-    pub routes: HashMap<String, Arc<CompiledRoute>>,
+    pub routes: HashMap<Arc<str>, Arc<CompiledRoute>>,
     pub upstreams: HashMap<String, Arc<UpstreamTarget>>,
 }
 
@@ -41,9 +41,10 @@ impl Snapshot {
         }
     }
 
-    /// Compiles `catalog`, reusing every compiled upstream and route of `previous` whose
-    /// resource did not change (by pointer: admission keeps unchanged objects' `Arc`s), so
-    /// balancing state survives and a small change costs little even with many routes.
+    /// Compiles `catalog` from `previous`: unchanged upstreams and routes (by pointer:
+    /// admission keeps unchanged objects' `Arc`s) are reused with their state, and the router
+    /// is changed in place of a copy for the routes that changed only, so a change costs what
+    /// changed, not the number of routes.
     pub fn compile(
         catalog: Catalog,
         mut rejected: Vec<Rejection>,
@@ -60,47 +61,40 @@ impl Snapshot {
             upstreams.insert(id.clone(), target);
         }
 
-        let mut routes = HashMap::with_capacity(catalog.routes.len());
-        let mut router = Router::default();
+        let mut router = previous.router.clone();
+        let mut routes = previous.routes.clone();
+        let gone: Vec<Arc<str>> = previous
+            .routes
+            .keys()
+            .filter(|id| !catalog.routes.contains_key(&***id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(old) = routes.remove(&id) {
+                router.remove(&id, &old.matcher);
+            }
+        }
         for (id, stored) in &catalog.routes {
-            let reusable = previous.routes.get(id).filter(|old| {
+            let unchanged = previous.routes.get(id.as_str()).is_some_and(|old| {
                 Arc::ptr_eq(&old.spec, &stored.value)
                     && old.upstream().is_none_or(|u| {
                         upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now))
                     })
             });
-            let compiled = match reusable {
-                Some(old) => old.clone(),
-                None => match CompiledRoute::compile(stored.value.clone(), &upstreams) {
-                    Ok(route) => Arc::new(route),
-                    Err(error) => {
-                        rejected.push(compile_rejection(&stored.origin, error));
-                        continue;
-                    }
-                },
-            };
-            let m = &stored.value.matcher;
-            let spec = RouteSpec {
-                priority: stored.value.priority,
-                paths: &m.paths,
-                hosts: &m.hosts,
-                methods: &m.methods,
-                headers: m
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-                query: m
-                    .query
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect(),
-            };
-            if let Err(error) = router.add(spec, compiled.clone()) {
-                rejected.push(compile_rejection(&stored.origin, format!("match: {error}")));
+            if unchanged {
                 continue;
             }
-            routes.insert(id.clone(), compiled);
+            if let Some(old) = routes.remove(id.as_str()) {
+                router.remove(id, &old.matcher);
+            }
+            match CompiledRoute::compile(stored.value.clone(), &upstreams) {
+                Ok(route) => {
+                    let route = Arc::new(route);
+                    router.insert(route.id.clone(), &route.matcher, route.clone());
+                    routes.insert(route.id.clone(), route);
+                }
+                Err(error) => rejected.push(compile_rejection(&stored.origin, error)),
+            }
         }
         tracing::debug!(
             routes = routes.len(),

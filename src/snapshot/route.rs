@@ -1,6 +1,7 @@
 //! A route compiled for the request path.
 
 use crate::resource::{DirectResponse, Route};
+use crate::router::{RouteMatcher, RouteSpec};
 use crate::upstream::UpstreamTarget;
 use bytes::Bytes;
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
@@ -75,6 +76,7 @@ pub struct RouteTimeouts {
 pub struct CompiledRoute {
     pub id: Arc<str>,
     pub spec: Arc<Route>,
+    pub matcher: RouteMatcher,
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub plugins: PluginChain,
@@ -112,8 +114,29 @@ impl CompiledRoute {
             plugins.push(Box::new(headers));
         }
         let t = spec.timeouts.unwrap_or_default();
+        let m = &spec.matcher;
+        let headers: Vec<(&str, &str)> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let query: Vec<(&str, &str)> = m
+            .query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let matcher = RouteMatcher::compile(RouteSpec {
+            priority: spec.priority,
+            paths: &m.paths,
+            hosts: &m.hosts,
+            methods: &m.methods,
+            headers: &headers,
+            query: &query,
+        })
+        .map_err(|e| format!("match: {e}"))?;
         Ok(CompiledRoute {
             id: spec.id.as_str().into(),
+            matcher,
             action,
             rewrite,
             plugins: PluginChain::new(plugins),
