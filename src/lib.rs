@@ -15,5 +15,6 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod units;
 pub mod upstream;

@@ -101,6 +101,7 @@ async fn a_bad_value_is_rejected_alone_and_its_old_version_stays() {
             })
         };
         eventually(WAIT, &format!("the rejection of `{bad}`"), rejected).await;
+        assert_eq!(gw.metric("gatehouse_config_rejected").await, 1.0);
         assert_eq!(
             status_of(&gw, "/one").await,
             200,
@@ -114,6 +115,7 @@ async fn a_bad_value_is_rejected_alone_and_its_old_version_stays() {
     etcd.put("/gatehouse/routes/r1", &route("/one-fixed", "svc"));
     wait_status(&gw, "/one-fixed", 200).await;
     assert!(gw.status().await["rejected"].as_array().unwrap().is_empty());
+    assert_eq!(gw.metric("gatehouse_config_rejected").await, 0.0);
 
     // Deleting an upstream still in use keeps it in force and says so.
     etcd.delete("/gatehouse/upstreams/svc");
@@ -428,4 +430,48 @@ async fn admin_writes_validate_then_write_to_etcd() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401, "writes need the key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_with_authentication() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    for args in [
+        &["user", "add", "root", "--new-user-password", "rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let out = etcd.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .etcd_user("root", "rootpw")
+        .start()
+        .await;
+    assert_eq!(status_of(&gw, "/r").await, 200);
+
+    let wrong = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .etcd_user("root", "nope")
+        .spawn();
+    let c = client();
+    let readyz = wrong.admin_url("/readyz");
+    eventually(WAIT, "the admin listener", || async {
+        c.get(&readyz).send().await.is_ok()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.get(&readyz).send().await.unwrap().status(),
+        503,
+        "wrong credentials: not ready"
+    );
 }

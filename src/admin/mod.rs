@@ -167,6 +167,15 @@ impl ServeHttp for AdminApi {
         let path = req.uri.path().to_string();
         match path.as_str() {
             "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            "/metrics" => {
+                let body = crate::telemetry::metrics::METRICS.render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .header(header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .expect("static parts are valid")
+            }
             "/readyz" => {
                 if self.live.is_ready() {
                     json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))

@@ -38,6 +38,10 @@ impl Ingest {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "configuration applied"
         );
+        let metrics = &crate::telemetry::metrics::METRICS;
+        metrics.config_revision.set(snapshot.revision as i64);
+        metrics.config_rejected.set(snapshot.rejected.len() as i64);
+        metrics.config_reloads.inc();
         self.live.store(snapshot);
     }
 }

@@ -71,6 +71,7 @@ pub struct GatewayBuilder {
     api_key: String,
     tls: Option<(SocketAddr, String, String)>,
     etcd: Option<(String, String)>,
+    etcd_user: Option<(String, String)>,
 }
 
 impl GatewayBuilder {
@@ -90,6 +91,12 @@ impl GatewayBuilder {
     /// Resources from etcd at `url` under `prefix`, instead of files.
     pub fn etcd(mut self, url: &str, prefix: &str) -> Self {
         self.etcd = Some((url.to_string(), prefix.to_string()));
+        self
+    }
+
+    /// Credentials for etcd.
+    pub fn etcd_user(mut self, user: &str, password: &str) -> Self {
+        self.etcd_user = Some((user.to_string(), password.to_string()));
         self
     }
 
@@ -128,7 +135,13 @@ impl GatewayBuilder {
         };
         let provider = match &self.etcd {
             Some((url, prefix)) => {
-                format!("  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s }}")
+                let user = match &self.etcd_user {
+                    Some((u, p)) => format!(", username: \"{u}\", password: \"{p}\""),
+                    None => String::new(),
+                };
+                format!(
+                    "  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s{user} }}"
+                )
             }
             None => format!(
                 "  file: {{ paths: [\"{}\"], watch: true }}",
@@ -183,6 +196,7 @@ impl Gateway {
             api_key: String::new(),
             tls: None,
             etcd: None,
+            etcd_user: None,
         }
     }
 
@@ -244,6 +258,24 @@ impl Gateway {
             req = req.bearer_auth(&self.api_key);
         }
         req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Waits until the revision in force is past `revision`; returns the new status.

@@ -1,0 +1,56 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+/// The gateway's metrics, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// The revision of the configuration in force (etcd's, or a count of file changes).
+    pub config_revision: IntGauge,
+    /// Objects the last change could not apply (listed by `/admin/status`).
+    pub config_rejected: IntGauge,
+    /// Configuration changes applied.
+    pub config_reloads: IntCounter,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let config_revision = IntGauge::new(
+        "gatehouse_config_revision",
+        "Revision of the configuration in force",
+    )
+    .expect("valid metric");
+    let config_rejected = IntGauge::new(
+        "gatehouse_config_rejected",
+        "Resources or changes rejected by the last configuration change",
+    )
+    .expect("valid metric");
+    let config_reloads = IntCounter::new(
+        "gatehouse_config_reloads_total",
+        "Configuration changes applied",
+    )
+    .expect("valid metric");
+    for metric in [
+        Box::new(config_revision.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(config_rejected.clone()),
+        Box::new(config_reloads.clone()),
+    ] {
+        registry.register(metric).expect("registered once");
+    }
+    Metrics {
+        registry,
+        config_revision,
+        config_rejected,
+        config_reloads,
+    }
+});
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
