@@ -475,3 +475,96 @@ async fn etcd_with_authentication() {
         "wrong credentials: not ready"
     );
 }
+
+/// Runs `openssl` with the given arguments in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "etcd.key",
+            "-out",
+            "etcd.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "etcd.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "etcd.pem",
+        ],
+    );
+    let path = |f: &str| dir.join(f).display().to_string();
+
+    let etcd = Etcd::start_tls(&path("ca.pem"), &path("etcd.pem"), &path("etcd.key"));
+    assert!(etcd.url().starts_with("https://"));
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .etcd_ca(&path("ca.pem"))
+        .start()
+        .await;
+    assert_eq!(status_of(&gw, "/r").await, 200);
+    etcd.put("/gatehouse/routes/r2", &route("/r2", "svc"));
+    wait_status(&gw, "/r2", 200).await;
+}

@@ -10,16 +10,21 @@ pub struct Etcd {
     pub client: SocketAddr,
     peer: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// (CA, server certificate, server key) when clients must use TLS.
+    tls: Option<(String, String, String)>,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let mut etcd = Etcd {
-            child: None,
-            client: free_addr(),
-            peer: free_addr(),
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let mut etcd = Etcd::not_started();
+        etcd.spawn();
+        etcd
+    }
+
+    /// An etcd whose clients must speak TLS, with a certificate from a CA made for the test.
+    pub fn start_tls(ca: &str, cert: &str, key: &str) -> Etcd {
+        let mut etcd = Etcd::not_started();
+        etcd.tls = Some((ca.to_string(), cert.to_string(), key.to_string()));
         etcd.spawn();
         etcd
     }
@@ -31,11 +36,13 @@ impl Etcd {
             client: free_addr(),
             peer: free_addr(),
             dir: tempfile::tempdir().unwrap(),
+            tls: None,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// Starts (or restarts) etcd on the same ports and data, and waits until it answers.
@@ -46,11 +53,12 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let (client, peer) = (
-            format!("http://{}", self.client),
-            format!("http://{}", self.peer),
-        );
-        let child = Command::new("etcd")
+        let (client, peer) = (self.url(), format!("http://{}", self.peer));
+        let mut command = Command::new("etcd");
+        if let Some((_, cert, key)) = &self.tls {
+            command.args(["--cert-file", cert, "--key-file", key]);
+        }
+        let child = command
             .args(["--name", "gatehouse-test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args([
@@ -92,7 +100,11 @@ impl Etcd {
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        if let Some((ca, _, _)) = &self.tls {
+            command.args(["--cacert", ca]);
+        }
+        command
             .env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",
@@ -104,7 +116,7 @@ impl Etcd {
             ])
             .args(args)
             .output()
-            .expect("etcdctl is installed (Debian package etcd-client or etcd-server)")
+            .expect("etcdctl is installed (Debian package etcd-client)")
     }
 
     pub fn put(&self, key: &str, value: &str) {

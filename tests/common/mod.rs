@@ -72,6 +72,7 @@ pub struct GatewayBuilder {
     tls: Option<(SocketAddr, String, String)>,
     etcd: Option<(String, String)>,
     etcd_user: Option<(String, String)>,
+    etcd_ca: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -91,6 +92,12 @@ impl GatewayBuilder {
     /// Resources from etcd at `url` under `prefix`, instead of files.
     pub fn etcd(mut self, url: &str, prefix: &str) -> Self {
         self.etcd = Some((url.to_string(), prefix.to_string()));
+        self
+    }
+
+    /// The CA that signed etcd's certificate.
+    pub fn etcd_ca(mut self, ca: &str) -> Self {
+        self.etcd_ca = Some(ca.to_string());
         self
     }
 
@@ -135,10 +142,13 @@ impl GatewayBuilder {
         };
         let provider = match &self.etcd {
             Some((url, prefix)) => {
-                let user = match &self.etcd_user {
+                let mut user = match &self.etcd_user {
                     Some((u, p)) => format!(", username: \"{u}\", password: \"{p}\""),
                     None => String::new(),
                 };
+                if let Some(ca) = &self.etcd_ca {
+                    user.push_str(&format!(", tls: {{ ca: \"{ca}\" }}"));
+                }
                 format!(
                     "  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s{user} }}"
                 )
@@ -197,6 +207,7 @@ impl Gateway {
             tls: None,
             etcd: None,
             etcd_user: None,
+            etcd_ca: None,
         }
     }
 
