@@ -2,10 +2,10 @@
 
 mod common;
 
-use common::{bin, client, eventually, free_addr, signal, spawn_gatehouse, Gateway, TestUpstream};
+use common::{
+    bin, client, eventually, free_addr, signal, spawn_gatehouse, Gateway, TestUpstream, Traffic,
+};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[test]
@@ -192,30 +192,8 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
         .start()
         .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed, url) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            old.url("/during-upgrade"),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                // A fresh connection each time: connections, not only requests, must survive.
-                let c = reqwest::Client::builder()
-                    .no_proxy()
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .unwrap();
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    // Fresh connections: connections, not only requests, must survive the hand-over.
+    let traffic = Traffic::start(vec![old.url("/during-upgrade")], true);
 
     // The new process waits for the old one's sockets; SIGQUIT makes the old one send them.
     let config = old.dir.path().join("gatehouse.yaml");
@@ -246,8 +224,7 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     .unwrap();
     assert!(old_status.0.success(), "the old process exits 0");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let (ok, failed) = traffic.stop().await;
 
     let addr = old_status.1.addr;
     let after = client()
@@ -256,12 +233,8 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
         .await
         .unwrap();
     assert_eq!(after.status(), 200, "the new process serves");
-    assert!(ok.load(Ordering::Relaxed) > 20);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed across the upgrade"
-    );
+    assert!(ok > 20);
+    assert_eq!(failed, 0, "no request failed across the upgrade");
     let _ = new.kill();
     let _ = new.wait();
 }

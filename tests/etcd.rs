@@ -3,10 +3,8 @@
 
 mod common;
 
-use common::{bin, client, eventually, Etcd, Gateway, TestUpstream};
+use common::{bin, client, eventually, openssl, Etcd, Gateway, TestUpstream, Traffic};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 const PREFIX: &str = "/gatehouse";
@@ -176,20 +174,7 @@ async fn etcd_killed_while_requests_flow_then_restarted() {
     etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gw.url("/steady"));
-        tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let traffic = Traffic::start(vec![gw.url("/steady")], false);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     etcd.kill9();
@@ -203,41 +188,16 @@ async fn etcd_killed_while_requests_flow_then_restarted() {
     etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
     wait_status(&gw, "/later", 200).await;
 
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed while etcd was down"
-    );
+    let (ok, failed) = traffic.stop().await;
+    assert!(ok > 50);
+    assert_eq!(failed, 0, "no request failed while etcd was down");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_with_etcd_down_is_unready_until_etcd_answers() {
     let mut etcd = Etcd::not_started();
     let mut gw = Gateway::builder().etcd(&etcd.url(), PREFIX).spawn();
-    let c = client();
-    let readyz = gw.admin_url("/readyz");
-    eventually(WAIT, "the admin listener", || async {
-        c.get(&readyz).send().await.is_ok()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        c.get(&readyz).send().await.unwrap().status(),
-        503,
-        "not ready without etcd"
-    );
-    assert_eq!(
-        c.get(gw.admin_url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "but alive"
-    );
+    gw.assert_unready().await;
 
     etcd.spawn();
     let up = TestUpstream::start("svc").await;
@@ -462,32 +422,7 @@ async fn etcd_with_authentication() {
         .etcd(&etcd.url(), PREFIX)
         .etcd_user("root", "nope")
         .spawn();
-    let c = client();
-    let readyz = wrong.admin_url("/readyz");
-    eventually(WAIT, "the admin listener", || async {
-        c.get(&readyz).send().await.is_ok()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        c.get(&readyz).send().await.unwrap().status(),
-        503,
-        "wrong credentials: not ready"
-    );
-}
-
-/// Runs `openssl` with the given arguments in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wrong.assert_unready().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,9 +2,7 @@
 
 mod common;
 
-use common::{client, eventually, Gateway, TestUpstream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use common::{client, eventually, Gateway, TestUpstream, Traffic};
 use std::time::Duration;
 
 fn route(id: &str, path: &str, upstream: &str) -> String {
@@ -23,26 +21,8 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
         .await;
 
     // Traffic on the steady route during the whole edit.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for w in 0..4 {
-        let (stop, ok, failed, url) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            gw.url(&format!("/steady/{w}")),
-        );
-        load.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let urls = (0..4).map(|w| gw.url(&format!("/steady/{w}"))).collect();
+    let traffic = Traffic::start(urls, false);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let revision = gw.status().await["revision"].as_u64().unwrap();
@@ -70,20 +50,9 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
     assert_eq!(resp.headers()["x-upstream"], "b");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
-    }
-    assert!(
-        ok.load(Ordering::Relaxed) > 50,
-        "traffic flowed: {}",
-        ok.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "no request failed during the edits"
-    );
+    let (ok, failed) = traffic.stop().await;
+    assert!(ok > 50, "traffic flowed: {ok}");
+    assert_eq!(failed, 0, "no request failed during the edits");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,37 +3,33 @@
 
 mod common;
 
-use common::{free_addr, Gateway};
+use common::{free_addr, openssl, Gateway};
 use std::process::Command;
 
 /// A self-signed certificate for localhost / 127.0.0.1, written into `dir`.
 fn self_signed(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    (cert.display().to_string(), key.display().to_string())
+    let args = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+    ];
+    openssl(dir, &args);
+    (
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string(),
+    )
 }
 
 /// `curl -sk` output: the body, then a last line with the HTTP version and status.

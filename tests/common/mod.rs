@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod traffic;
 pub mod upstream;
+
+#[allow(unused_imports)]
+pub use traffic::Traffic;
 
 #[allow(unused_imports)]
 pub use etcd::Etcd;
@@ -250,6 +254,32 @@ impl Gateway {
         }
     }
 
+    /// Asserts the process is alive but not ready: the admin listener answers, `/readyz`
+    /// says 503 and keeps saying it.
+    pub async fn assert_unready(&self) {
+        let c = client();
+        let readyz = self.admin_url("/readyz");
+        eventually(Duration::from_secs(10), "the admin listener", || async {
+            c.get(&readyz).send().await.is_ok()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            c.get(&readyz).send().await.unwrap().status(),
+            503,
+            "not ready"
+        );
+        assert_eq!(
+            c.get(self.admin_url("/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "but alive"
+        );
+    }
+
     /// The path of a resource file.
     pub fn route_file(&self, name: &str) -> PathBuf {
         self.dir.path().join("routes").join(name)
@@ -326,6 +356,20 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Runs the `openssl` command in `dir` (tests make their certificates with it).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn signal(pid: u32, name: &str) {
