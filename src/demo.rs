@@ -139,6 +139,10 @@ Try:
   curl -i {gw}/api/users/42
   # a header canary: the same path, sent to demo-v2 when X-Canary matches
   curl -i -H 'X-Canary: true' {gw}/api/users/42
+  # a weighted split, 90/10: count who answers
+  for i in $(seq 1 20); do curl -s {gw}/api/split/ | grep -o 'demo-v[12]'; done | sort | uniq -c
+  # the same split, sticky per user: one user always lands on the same side
+  for i in $(seq 1 5); do curl -s -H 'X-User-Id: alice' {gw}/api/split/ | grep -o 'demo-v[12]'; done
   # a parameter path, GET only (answered by demo-v2)
   curl -i {gw}/api/orders/7
   # nothing matches: the gateway's JSON error
@@ -147,8 +151,7 @@ Try:
   curl -s http://{admin}/admin/status
   curl -s http://{admin}/admin/routes
 
-Edit the files under routes/ while this runs: changes apply at once.
-Weighted splits arrive with traffic control; see docs/routes.md.
+Edit the files under routes/ while this runs: changes apply at once (docs/routes.md).
 Stop with Ctrl-C.
 "#
     );

@@ -173,6 +173,24 @@ async fn the_demo_serves_the_sample_routes_with_its_own_upstreams() {
         .await
         .unwrap();
     assert_eq!(canary["service"], "demo-v2");
+    let mut sides = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let split: serde_json::Value = c
+            .get(format!("http://{listen}/api/split/"))
+            .header("X-User-Id", "alice")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sides.insert(split["service"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        sides.len(),
+        1,
+        "the sample split is sticky per user: {sides:?}"
+    );
     let out = std::fs::read_to_string(dir.path().join("gatehouse.out")).unwrap();
     assert!(
         out.contains("curl"),

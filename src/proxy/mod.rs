@@ -12,6 +12,7 @@ pub use reply::error_body;
 
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{Action, CompiledRoute, Live};
+use crate::upstream::UpstreamTarget;
 use async_trait::async_trait;
 use gatehouse_plugins::{Exchange, Flow, Reply};
 use http::{header, HeaderValue, StatusCode};
@@ -62,6 +63,8 @@ pub struct RequestCtx {
     /// The matched route; it holds everything it needs, so the snapshot it came from can be
     /// swapped out mid-request without affecting it.
     pub route: Option<Arc<CompiledRoute>>,
+    /// The upstream chosen for this request (canary, split or default).
+    pub upstream: Option<Arc<UpstreamTarget>>,
     /// The client sent a sane `X-Request-Id`: it already travels upstream as it is.
     pub id_from_client: bool,
     /// Failed connection attempts so far, for `retries`.
@@ -82,6 +85,7 @@ impl ProxyHttp for Gateway {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ),
             route: None,
+            upstream: None,
             id_from_client: false,
             failed_attempts: 0,
             last_node: None,
@@ -154,17 +158,22 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        if let Action::Respond(direct) = &route.action {
-            let answer = Answer {
-                status: StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK),
-                headers: &direct.headers,
-                content_type: None,
-                body: direct.body.clone(),
-            };
-            reply::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
-            ctx.route = Some(route);
-            return Ok(true);
-        }
+        let choice = match &route.action {
+            Action::Proxy(choice) => choice,
+            Action::Respond(direct) => {
+                let answer = Answer {
+                    status: StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK),
+                    headers: &direct.headers,
+                    content_type: None,
+                    body: direct.body.clone(),
+                };
+                reply::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                ctx.route = Some(route);
+                return Ok(true);
+            }
+        };
+        // Chosen once: retries go to other nodes of the same upstream.
+        ctx.upstream = Some(choice.choose(session.req_header(), &ctx.exchange).clone());
         ctx.route = Some(route);
         Ok(false)
     }
@@ -174,12 +183,8 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let Some(upstream) = route.upstream() else {
-            return Error::e_explain(ErrorType::InternalError, "route does not proxy");
+        let (Some(route), Some(upstream)) = (&ctx.route, &ctx.upstream) else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream was chosen");
         };
         // On a retry, prefer a node other than the one that just failed.
         let mut node = upstream.pick();

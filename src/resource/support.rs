@@ -11,9 +11,6 @@ pub(super) fn check_route(route: &Route, p: &mut Problems) {
     let unsupported = [
         ("auth", route.auth.is_some()),
         ("rate_limit", route.rate_limit.is_some()),
-        ("weights", route.weights.is_some()),
-        ("sticky", route.sticky.is_some()),
-        ("canary", route.canary.is_some()),
     ];
     for (field, used) in unsupported {
         if used {

@@ -77,9 +77,9 @@ impl Snapshot {
         for (id, stored) in &catalog.routes {
             let unchanged = previous.routes.get(id.as_str()).is_some_and(|old| {
                 Arc::ptr_eq(&old.spec, &stored.value)
-                    && old.upstream().is_none_or(|u| {
-                        upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now))
-                    })
+                    && old
+                        .upstreams()
+                        .all(|u| upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now)))
             });
             if unchanged {
                 continue;

@@ -2,7 +2,7 @@
 
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
-use crate::upstream::UpstreamTarget;
+use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
 use gatehouse_plugins::template::Template;
@@ -15,7 +15,7 @@ use std::time::Duration;
 /// What a matched route does with a request.
 #[derive(Debug)]
 pub enum Action {
-    Proxy(Arc<UpstreamTarget>),
+    Proxy(UpstreamChoice),
     Respond(DirectReply),
 }
 
@@ -93,13 +93,7 @@ impl CompiledRoute {
     ) -> Result<CompiledRoute, String> {
         let action = match (&spec.direct_response, &spec.upstream) {
             (Some(direct), _) => Action::Respond(direct_reply(direct)?),
-            (None, Some(id)) => Action::Proxy(
-                upstreams
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| format!("upstream: unknown upstream `{id}`"))?,
-            ),
-            (None, None) => return Err("upstream: the route has no target".into()),
+            (None, _) => Action::Proxy(UpstreamChoice::compile(&spec, upstreams)?),
         };
         let rewrite = spec.rewrite.as_ref().map(|r| PathRewrite {
             strip_prefix: r.strip_prefix.unwrap_or(0),
@@ -150,12 +144,14 @@ impl CompiledRoute {
         })
     }
 
-    /// The upstream this route proxies to, if it proxies.
-    pub fn upstream(&self) -> Option<&Arc<UpstreamTarget>> {
+    /// Every upstream this route may proxy to.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<UpstreamTarget>> {
         match &self.action {
-            Action::Proxy(u) => Some(u),
+            Action::Proxy(choice) => Some(choice.targets()),
             Action::Respond(_) => None,
         }
+        .into_iter()
+        .flatten()
     }
 }
 

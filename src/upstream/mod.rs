@@ -1,8 +1,10 @@
 //! Upstreams as the proxy uses them: resolved nodes and a picker.
 
 mod balance;
+mod choice;
 
 pub use balance::{smooth_schedule, Picker};
+pub use choice::UpstreamChoice;
 
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
 use std::net::{SocketAddr, ToSocketAddrs};

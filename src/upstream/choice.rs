@@ -1,0 +1,329 @@
+//! Choosing a route's upstream (SPEC §4: canary rules, then weights/sticky, then the
+//! default), compiled once per route.
+
+use super::{Picker, UpstreamTarget};
+use crate::resource::Route;
+use crate::router::ValueMatcher;
+use gatehouse_plugins::Exchange;
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A canary rule: when every condition holds, the request goes to `target`.
+#[derive(Debug)]
+struct CanaryRule {
+    headers: Vec<(HeaderName, ValueMatcher)>,
+    query: Vec<(Box<str>, ValueMatcher)>,
+    cookies: Vec<(Box<str>, ValueMatcher)>,
+    target: Arc<UpstreamTarget>,
+}
+
+/// What a sticky split hashes.
+#[derive(Debug)]
+enum StickyKey {
+    Header(HeaderName),
+    Cookie(Box<str>),
+    Consumer,
+    ClientIp,
+}
+
+#[derive(Debug)]
+struct Member {
+    target: Arc<UpstreamTarget>,
+    weight: f64,
+    /// Mixed into the key's hash: derived from the upstream id, so reordering the list or
+    /// changing another member's weight never moves anybody between two other members.
+    seed: u64,
+}
+
+#[derive(Debug)]
+enum Split {
+    One(Arc<UpstreamTarget>),
+    Weighted {
+        members: Vec<Member>,
+        /// Smooth weighted round robin over the members, for requests without a sticky key.
+        picker: Picker,
+        sticky: Option<StickyKey>,
+    },
+}
+
+/// How a route picks its upstream.
+#[derive(Debug)]
+pub struct UpstreamChoice {
+    canary: Vec<CanaryRule>,
+    split: Split,
+}
+
+impl UpstreamChoice {
+    /// Compiles the route's `canary`, `weights`/`sticky` and `upstream` against the compiled
+    /// upstreams (admission has resolved every reference).
+    pub fn compile(
+        route: &Route,
+        upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+    ) -> Result<UpstreamChoice, String> {
+        let target = |field: &str, id: &str| {
+            upstreams
+                .get(id)
+                .cloned()
+                .ok_or_else(|| format!("{field}: unknown upstream `{id}`"))
+        };
+        let mut canary = Vec::new();
+        for (i, rule) in route.canary.iter().flatten().enumerate() {
+            let m = &rule.matcher;
+            let mut compiled = CanaryRule {
+                headers: Vec::new(),
+                query: Vec::new(),
+                cookies: Vec::new(),
+                target: target(&format!("canary[{i}].upstream"), &rule.upstream)?,
+            };
+            for (name, value) in &m.headers {
+                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+                compiled
+                    .headers
+                    .push((name, ValueMatcher::parse(value.as_str())?));
+            }
+            for (name, value) in &m.query {
+                compiled
+                    .query
+                    .push((name.as_str().into(), ValueMatcher::parse(value.as_str())?));
+            }
+            for (name, value) in &m.cookies {
+                compiled
+                    .cookies
+                    .push((name.as_str().into(), ValueMatcher::parse(value.as_str())?));
+            }
+            canary.push(compiled);
+        }
+        let split = match (&route.weights, &route.upstream) {
+            (Some(weights), _) => {
+                let mut members = Vec::with_capacity(weights.len());
+                for (i, w) in weights.iter().enumerate() {
+                    members.push(Member {
+                        target: target(&format!("weights[{i}].upstream"), &w.upstream)?,
+                        weight: w.weight as f64,
+                        seed: fnv1a(w.upstream.as_bytes()),
+                    });
+                }
+                let sticky = route.sticky.as_deref().map(sticky_key).transpose()?;
+                let picker =
+                    Picker::round_robin(&weights.iter().map(|w| w.weight).collect::<Vec<_>>());
+                Split::Weighted {
+                    members,
+                    picker,
+                    sticky,
+                }
+            }
+            (None, Some(id)) => Split::One(target("upstream", id)?),
+            (None, None) => return Err("upstream: the route has no upstream".into()),
+        };
+        Ok(UpstreamChoice { canary, split })
+    }
+
+    /// Every upstream this choice may pick, to tell whether it must be recompiled.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<UpstreamTarget>> {
+        let canary = self.canary.iter().map(|r| &r.target);
+        let split: Box<dyn Iterator<Item = &Arc<UpstreamTarget>>> = match &self.split {
+            Split::One(t) => Box::new(std::iter::once(t)),
+            Split::Weighted { members, .. } => Box::new(members.iter().map(|m| &m.target)),
+        };
+        canary.chain(split)
+    }
+
+    /// The upstream for this request.
+    pub fn choose(&self, req: &RequestHeader, ex: &Exchange) -> &Arc<UpstreamTarget> {
+        if let Some(rule) = self.canary.iter().find(|rule| rule.holds(req)) {
+            return &rule.target;
+        }
+        match &self.split {
+            Split::One(target) => target,
+            Split::Weighted {
+                members,
+                picker,
+                sticky,
+            } => {
+                let key = sticky.as_ref().and_then(|k| k.hash(req, ex));
+                match key {
+                    Some(hash) => rendezvous(members, hash),
+                    // No key to stick to: an even, non-sticky split.
+                    None => &members[picker.pick().unwrap_or(0)].target,
+                }
+            }
+        }
+    }
+}
+
+impl CanaryRule {
+    fn holds(&self, req: &RequestHeader) -> bool {
+        let headers_hold = self.headers.iter().all(|(name, matcher)| {
+            req.headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| matcher.matches(v)))
+        });
+        if !headers_hold {
+            return false;
+        }
+        if !self.query.is_empty() {
+            let query = req.uri.query().unwrap_or("");
+            let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+            let holds = self
+                .query
+                .iter()
+                .all(|(name, m)| pairs.iter().any(|(k, v)| k == &**name && m.matches(v)));
+            if !holds {
+                return false;
+            }
+        }
+        self.cookies
+            .iter()
+            .all(|(name, m)| cookie(req, name).is_some_and(|v| m.matches(v)))
+    }
+}
+
+fn sticky_key(text: &str) -> Result<StickyKey, String> {
+    Ok(match text.split_once(':') {
+        Some(("header", name)) => StickyKey::Header(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("sticky: {e}"))?,
+        ),
+        Some(("cookie", name)) => StickyKey::Cookie(name.into()),
+        None if text == "consumer" => StickyKey::Consumer,
+        None if text == "client_ip" => StickyKey::ClientIp,
+        _ => return Err(format!("sticky: `{text}` is not a sticky key")),
+    })
+}
+
+impl StickyKey {
+    /// The key's hash, or `None` when the request does not carry the key.
+    fn hash(&self, req: &RequestHeader, ex: &Exchange) -> Option<u64> {
+        match self {
+            StickyKey::Header(name) => req.headers.get(name).map(|v| fnv1a(v.as_bytes())),
+            StickyKey::Cookie(name) => cookie(req, name).map(|v| fnv1a(v.as_bytes())),
+            StickyKey::Consumer => ex.consumer.as_deref().map(|c| fnv1a(c.as_bytes())),
+            StickyKey::ClientIp => Some(match ex.client_ip {
+                std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
+                std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
+            }),
+        }
+    }
+}
+
+/// The value of cookie `name`, if the request sent it.
+fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v: &HeaderValue| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// Weighted rendezvous hashing: every member scores the key, `weight / -ln(u)` with `u`
+/// uniform in (0, 1) from the key and the member's seed, and the highest score wins. The
+/// same key always gets the same member; raising one member's weight raises only its
+/// scores, so keys can only move onto it (a monotone ramp); members hold shares in
+/// proportion to their weights.
+fn rendezvous(members: &[Member], key: u64) -> &Arc<UpstreamTarget> {
+    let mut best = &members[0];
+    let mut best_score = f64::NEG_INFINITY;
+    for member in members {
+        if member.weight <= 0.0 {
+            continue;
+        }
+        let h = mix(key ^ member.seed);
+        // (h + 0.5) / 2^64 is strictly inside (0, 1).
+        let u = (h as f64 + 0.5) / 18_446_744_073_709_551_616.0;
+        let score = member.weight / -u.ln();
+        if score > best_score {
+            best_score = score;
+            best = member;
+        }
+    }
+    &best.target
+}
+
+/// FNV-1a, 64-bit: stable across processes and versions, so every gateway agrees.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= *b as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A finalizer (splitmix64's) so that close inputs give unrelated outputs.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(weights: &[(&str, u32)]) -> Vec<Member> {
+        weights
+            .iter()
+            .map(|(id, w)| Member {
+                target: Arc::new(UpstreamTarget::compile(Arc::new(
+                    crate::resource::Upstream {
+                        id: id.to_string(),
+                        nodes: vec![crate::resource::NodeSpec {
+                            addr: "127.0.0.1:1".into(),
+                            weight: 1,
+                        }],
+                        discovery: None,
+                        scheme: Default::default(),
+                        tls: None,
+                        lb: Default::default(),
+                        hash_key: None,
+                        health_check: None,
+                        circuit_breaker: None,
+                        pool: None,
+                    },
+                ))),
+                weight: *w as f64,
+                seed: fnv1a(id.as_bytes()),
+            })
+            .collect()
+    }
+
+    fn side(members: &[Member], user: u32) -> String {
+        rendezvous(members, fnv1a(format!("user-{user}").as_bytes()))
+            .id
+            .to_string()
+    }
+
+    #[test]
+    fn sticky_shares_follow_weights() {
+        let m = members(&[("v1", 90), ("v2", 10)]);
+        let on_v2 = (0..20_000).filter(|u| side(&m, *u) == "v2").count();
+        // Expected 2,000; the binomial standard deviation is ~42, allow six.
+        assert!((on_v2 as i64 - 2_000).abs() < 260, "{on_v2}");
+    }
+
+    #[test]
+    fn raising_a_weight_only_moves_users_onto_that_side() {
+        let before = members(&[("v1", 90), ("v2", 10), ("v3", 30)]);
+        let after = members(&[("v1", 90), ("v2", 20), ("v3", 30)]);
+        let mut moved = 0;
+        for user in 0..20_000 {
+            let (b, a) = (side(&before, user), side(&after, user));
+            if b != a {
+                assert_eq!(a, "v2", "user {user} moved from {b} to {a}");
+                moved += 1;
+            }
+        }
+        assert!(moved > 500, "some users moved onto v2: {moved}");
+    }
+
+    #[test]
+    fn hashes_are_stable() {
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
