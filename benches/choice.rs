@@ -70,5 +70,34 @@ fn choose(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, choose);
+fn limit(c: &mut Criterion) {
+    use gatehouse_plugins::rate_limit::{LimitKey, RateLimit, RateLimitState};
+    use gatehouse_plugins::{Access, Plugin};
+    use std::sync::Arc;
+    use std::time::Duration;
+    // A limit that never refuses here, so every check does the full bookkeeping.
+    let plugin = RateLimit {
+        state: Arc::new(
+            RateLimitState::new(1_000_000_000, Duration::from_secs(1), 1_000_000).unwrap(),
+        ),
+        key: LimitKey::ClientIp,
+    };
+    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+    let mut ex = Exchange::new("bench".into(), "id".into(), "10.0.0.1".parse().unwrap());
+    c.bench_function(
+        "rate limit check (client_ip, allowed, headers recorded)",
+        |b| {
+            b.iter(|| {
+                ex.response_headers.clear();
+                let allowed = matches!(
+                    plugin.access(&mut req, &mut ex),
+                    Access::Now(gatehouse_plugins::Flow::Continue)
+                );
+                black_box(allowed)
+            })
+        },
+    );
+}
+
+criterion_group!(benches, choose, limit);
 criterion_main!(benches);

@@ -139,6 +139,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     }
     server.add_service(proxy);
 
+    let live_for_cleanup = live.clone();
     let mut admin = Service::new(
         "admin".to_string(),
         AdminApi::new(live, config.admin.api_key.clone(), writes),
@@ -147,6 +148,12 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     admin.threads = Some(1);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "limiter cleanup",
+        LimiterCleanup {
+            live: live_for_cleanup,
+        },
+    ));
     server.add_service(background_service(
         "drain",
         Drain {
@@ -199,6 +206,32 @@ impl ShutdownSignalWatch for Signals {
             tokio::time::sleep(self.grace).await;
         }
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Drops idle rate-limit keys now and then, so memory stays bounded under any number of
+/// distinct clients.
+struct LimiterCleanup {
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for LimiterCleanup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => {
+                    let snapshot = self.live.load();
+                    for route in snapshot.routes.values() {
+                        if let Some(limiter) = &route.limiter {
+                            limiter.cleanup();
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

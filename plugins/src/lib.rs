@@ -12,6 +12,7 @@
 mod chain;
 mod exchange;
 pub mod headers;
+pub mod rate_limit;
 pub mod template;
 
 pub use chain::PluginChain;

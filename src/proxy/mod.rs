@@ -336,6 +336,13 @@ impl ProxyHttp for Gateway {
 
 /// Writes a gateway error and tells Pingora the request is answered.
 async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
+    if reply.code == "rate_limited" {
+        let metrics = &crate::telemetry::metrics::METRICS;
+        metrics
+            .rate_limited
+            .with_label_values(&[&*ctx.exchange.route_id])
+            .inc();
+    }
     let answer = Answer::error(reply, &ctx.exchange.request_id);
     reply::send(
         session,

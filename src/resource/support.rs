@@ -8,10 +8,7 @@ use super::{Balancing, Route, Upstream};
 const LATER: &str = "is not supported by this version of gatehouse yet";
 
 pub(super) fn check_route(route: &Route, p: &mut Problems) {
-    let unsupported = [
-        ("auth", route.auth.is_some()),
-        ("rate_limit", route.rate_limit.is_some()),
-    ];
+    let unsupported = [("auth", route.auth.is_some())];
     for (field, used) in unsupported {
         if used {
             p.add(field, LATER);

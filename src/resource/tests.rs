@@ -166,11 +166,11 @@ fn secrets_are_never_shown_back() {
 
 #[test]
 fn features_of_later_versions_are_refused_not_ignored() {
-    let text = format!("{UPSTREAM}---\nkind: Route\nid: r\nmatch: {{ paths: [/x] }}\nupstream: u1\nrate_limit: {{ rate: 1, per: 1s }}\n");
-    let errs = errors("a.yaml", &text);
+    let text = "kind: Upstream\nid: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\nhealth_check: { passive: { max_fails: 3, fail_timeout: 10s } }\n";
+    let errs = errors("a.yaml", text);
     assert!(
         errs.iter()
-            .any(|e| e.contains("rate_limit: is not supported")),
+            .any(|e| e.contains("health_check: is not supported")),
         "{errs:?}"
     );
 }

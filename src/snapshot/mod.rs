@@ -84,10 +84,11 @@ impl Snapshot {
             if unchanged {
                 continue;
             }
-            if let Some(old) = routes.remove(id.as_str()) {
+            let old = routes.remove(id.as_str());
+            if let Some(old) = &old {
                 router.remove(id, &old.matcher);
             }
-            match CompiledRoute::compile(stored.value.clone(), &upstreams) {
+            match CompiledRoute::compile(stored.value.clone(), &upstreams, old.as_deref()) {
                 Ok(route) => {
                     let route = Arc::new(route);
                     router.insert(route.id.clone(), &route.matcher, route.clone());

@@ -5,6 +5,7 @@ use crate::router::{RouteMatcher, RouteSpec};
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
+use gatehouse_plugins::rate_limit::{LimitKey, RateLimit, RateLimitState};
 use gatehouse_plugins::template::Template;
 use gatehouse_plugins::{Plugin, PluginChain};
 use http::{HeaderName, HeaderValue};
@@ -80,6 +81,9 @@ pub struct CompiledRoute {
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub plugins: PluginChain,
+    /// The route's limiter state, shared with its rate-limit plugin; carried over to the
+    /// next version of the route while `rate_limit` does not change.
+    pub limiter: Option<Arc<RateLimitState>>,
     pub timeouts: RouteTimeouts,
     pub retries: u32,
 }
@@ -90,6 +94,7 @@ impl CompiledRoute {
     pub fn compile(
         spec: Arc<Route>,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+        previous: Option<&CompiledRoute>,
     ) -> Result<CompiledRoute, String> {
         let action = match (&spec.direct_response, &spec.upstream) {
             (Some(direct), _) => Action::Respond(direct_reply(direct)?),
@@ -100,6 +105,35 @@ impl CompiledRoute {
             path: r.path.clone(),
         });
         let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+        let mut limiter = None;
+        if let Some(limit) = &spec.rate_limit {
+            let kept = previous
+                .filter(|old| old.spec.rate_limit.as_ref() == Some(limit))
+                .and_then(|old| old.limiter.clone());
+            let state = match kept {
+                Some(state) => state,
+                None => Arc::new(
+                    RateLimitState::new(limit.rate, limit.per.0, limit.burst.unwrap_or(limit.rate))
+                        .ok_or("rate_limit: rate, per and burst must be positive")?,
+                ),
+            };
+            let key = match limit.key.split_once(':') {
+                Some(("header", name)) => LimitKey::Header(
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| format!("rate_limit.key: {e}"))?,
+                ),
+                _ => match limit.key.as_str() {
+                    "consumer" => LimitKey::Consumer,
+                    "route" => LimitKey::Route,
+                    _ => LimitKey::ClientIp,
+                },
+            };
+            plugins.push(Box::new(RateLimit {
+                state: state.clone(),
+                key,
+            }));
+            limiter = Some(state);
+        }
         let headers = HeaderRewrite {
             request: edits("request_headers", spec.request_headers.as_ref())?,
             response: edits("response_headers", spec.response_headers.as_ref())?,
@@ -134,6 +168,7 @@ impl CompiledRoute {
             action,
             rewrite,
             plugins: PluginChain::new(plugins),
+            limiter,
             timeouts: RouteTimeouts {
                 connect: t.connect.0,
                 read: t.read.0,

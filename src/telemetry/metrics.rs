@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::sync::LazyLock;
 
 /// The gateway's metrics, registered once.
@@ -12,6 +12,8 @@ pub struct Metrics {
     pub config_rejected: IntGauge,
     /// Configuration changes applied.
     pub config_reloads: IntCounter,
+    /// Requests refused by a route's rate limit, by route id.
+    pub rate_limited: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -31,10 +33,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Configuration changes applied",
     )
     .expect("valid metric");
+    let rate_limited = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_rate_limited_total",
+            "Requests refused by a rate limit",
+        ),
+        &["route"],
+    )
+    .expect("valid metric");
     for metric in [
         Box::new(config_revision.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(config_rejected.clone()),
         Box::new(config_reloads.clone()),
+        Box::new(rate_limited.clone()),
     ] {
         registry.register(metric).expect("registered once");
     }
@@ -43,6 +54,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_revision,
         config_rejected,
         config_reloads,
+        rate_limited,
     }
 });
 

@@ -1,0 +1,184 @@
+//! Rate limiting through the real binary.
+
+mod common;
+
+use common::{client, Gateway, TestUpstream};
+use std::time::Duration;
+
+fn limited_route(id: &str, path: &str, limit: &str) -> String {
+    format!("kind: Route\nid: {id}\nmatch: {{ paths: [\"{path}\"] }}\nrate_limit: {limit}\nupstream: svc\n")
+}
+
+async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn burst_then_429_with_headers_then_refill() {
+    let up = TestUpstream::start("svc").await;
+    let routes = limited_route(
+        "limited",
+        "/limited",
+        "{ rate: 20, per: 1s, burst: 3, key: client_ip }",
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", format!("{}---\n{routes}", up.resource("svc")))
+        .start()
+        .await;
+
+    for remaining in ["2", "1", "0"] {
+        let resp = get(&gw, "/limited", &[]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["ratelimit-limit"], "3");
+        assert_eq!(resp.headers()["ratelimit-remaining"], remaining);
+        assert!(resp.headers().contains_key("ratelimit-reset"));
+    }
+    let resp = get(&gw, "/limited", &[]).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["ratelimit-remaining"], "0");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(up.hits(), 3, "refused requests never reach the upstream");
+
+    // A token comes back every 50 ms.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get(&gw, "/limited", &[]).await.status(), 200);
+
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_rate_limited_total{route=\"limited\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_isolated_and_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}---\n{}",
+        up.resource("svc"),
+        limited_route(
+            "by-key",
+            "/by-key",
+            "{ rate: 1, per: 1m, burst: 1, key: \"header:X-Api-Key\" }"
+        ),
+        limited_route("by-ip", "/by-ip", "{ rate: 1, per: 1m, burst: 1 }"),
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", routes.clone())
+        .start()
+        .await;
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Api-Key", "a")]).await.status(),
+        200
+    );
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Api-Key", "a")]).await.status(),
+        429
+    );
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Api-Key", "b")]).await.status(),
+        200,
+        "another key, another bucket"
+    );
+
+    // From an untrusted peer, X-Forwarded-For does not make a new client.
+    assert_eq!(
+        get(&gw, "/by-ip", &[("X-Forwarded-For", "1.1.1.1")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&gw, "/by-ip", &[("X-Forwarded-For", "2.2.2.2")])
+            .await
+            .status(),
+        429
+    );
+    drop(gw);
+
+    // Behind a trusted proxy (the loopback peer here), it does.
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .config("trusted_proxies: [127.0.0.1/32]")
+        .start()
+        .await;
+    assert_eq!(
+        get(&gw, "/by-ip", &[("X-Forwarded-For", "1.1.1.1")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&gw, "/by-ip", &[("X-Forwarded-For", "1.1.1.1")])
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        get(&gw, "/by-ip", &[("X-Forwarded-For", "9.9.9.9, 2.2.2.2")])
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limiter_state_survives_a_reload_that_keeps_the_limit() {
+    let up = TestUpstream::start("svc").await;
+    let limit = "{ rate: 1, per: 1m, burst: 2 }";
+    let gw = Gateway::builder()
+        .file("upstream.yaml", up.resource("svc"))
+        .file("limited.yaml", limited_route("limited", "/limited", limit))
+        .start()
+        .await;
+    for _ in 0..2 {
+        assert_eq!(get(&gw, "/limited", &[]).await.status(), 200);
+    }
+    assert_eq!(get(&gw, "/limited", &[]).await.status(), 429);
+
+    // An unrelated change, then a change to the route that keeps its rate_limit.
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file(
+        "other.yaml",
+        "kind: Route\nid: other\nmatch: { paths: [\"/other\"] }\nupstream: svc\n",
+    );
+    let status = gw.wait_revision_after(revision).await;
+    assert_eq!(
+        get(&gw, "/limited", &[]).await.status(),
+        429,
+        "state kept across an unrelated reload"
+    );
+    let revision = status["revision"].as_u64().unwrap();
+    let moved = limited_route("limited", "/limited", limit)
+        .replace("upstream: svc", "upstream: svc\nretries: 1");
+    gw.write_file("limited.yaml", &moved);
+    gw.wait_revision_after(revision).await;
+    assert_eq!(
+        get(&gw, "/limited", &[]).await.status(),
+        429,
+        "state kept while the limit is unchanged"
+    );
+
+    // A new limit starts afresh.
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file(
+        "limited.yaml",
+        &limited_route("limited", "/limited", "{ rate: 1, per: 1m, burst: 3 }"),
+    );
+    gw.wait_revision_after(revision).await;
+    assert_eq!(get(&gw, "/limited", &[]).await.status(), 200);
+}
