@@ -20,15 +20,21 @@ async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn burst_then_429_with_headers_then_refill() {
     let up = TestUpstream::start("svc").await;
-    let routes = limited_route(
-        "limited",
-        "/limited",
-        "{ rate: 20, per: 1s, burst: 3, key: client_ip }",
+    // Slow refill for the burst (a token every 20 s), fast for the refill check (every 1 s),
+    // so neither depends on how quickly the test's requests follow each other.
+    let routes = format!(
+        "{}---
+{}---
+{}",
+        up.resource("svc"),
+        limited_route(
+            "limited",
+            "/limited",
+            "{ rate: 3, per: 1m, burst: 3, key: client_ip }"
+        ),
+        limited_route("refill", "/refill", "{ rate: 1, per: 1s, burst: 1 }"),
     );
-    let gw = Gateway::builder()
-        .file("r.yaml", format!("{}---\n{routes}", up.resource("svc")))
-        .start()
-        .await;
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
 
     for remaining in ["2", "1", "0"] {
         let resp = get(&gw, "/limited", &[]).await;
@@ -39,16 +45,26 @@ async fn burst_then_429_with_headers_then_refill() {
     }
     let resp = get(&gw, "/limited", &[]).await;
     assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "1");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
     assert_eq!(resp.headers()["ratelimit-remaining"], "0");
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(up.hits(), 3, "refused requests never reach the upstream");
 
-    // A token comes back every 50 ms.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(get(&gw, "/limited", &[]).await.status(), 200);
+    assert_eq!(get(&gw, "/refill", &[]).await.status(), 200);
+    assert_eq!(get(&gw, "/refill", &[]).await.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        get(&gw, "/refill", &[]).await.status(),
+        200,
+        "a token came back"
+    );
 
     let metrics = client()
         .get(gw.admin_url("/metrics"))
@@ -60,6 +76,10 @@ async fn burst_then_429_with_headers_then_refill() {
         .unwrap();
     assert!(
         metrics.contains("gatehouse_rate_limited_total{route=\"limited\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_rate_limited_total{route=\"refill\"} 1"),
         "{metrics}"
     );
 }
