@@ -66,14 +66,7 @@ async fn burst_then_429_with_headers_then_refill() {
         "a token came back"
     );
 
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("gatehouse_rate_limited_total{route=\"limited\"} 1"),
         "{metrics}"

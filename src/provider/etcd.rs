@@ -45,12 +45,6 @@ impl Backoff {
     }
 }
 
-/// The documents of the store, by etcd key.
-#[derive(Default)]
-struct Mirror {
-    docs: BTreeMap<String, Document>,
-}
-
 pub struct EtcdProvider {
     settings: EtcdSettings,
     ingest: Ingest,
@@ -80,14 +74,13 @@ impl EtcdProvider {
                 Ok(c) => c,
                 Err(e) => return Ended::Failed(e),
             };
-            let mut mirror = Mirror::default();
+            // The documents of the store by etcd key, each parsed once.
+            let mut mirror: BTreeMap<String, Document> = BTreeMap::new();
             for (key, value) in &contents.entries {
-                mirror
-                    .docs
-                    .insert(key.clone(), document_of(&prefix, key, value));
+                mirror.insert(key.clone(), document_of(&prefix, key, value));
             }
             self.ingest
-                .apply(mirror.docs.values(), Some(contents.revision as u64));
+                .apply(mirror.values(), Some(contents.revision as u64));
             backoff.reset();
             tracing::info!(
                 revision = contents.revision,
@@ -140,17 +133,15 @@ impl EtcdProvider {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     match event.event_type() {
                         EventType::Put => {
-                            mirror
-                                .docs
-                                .insert(key.clone(), document_of(&prefix, &key, kv.value()));
+                            mirror.insert(key.clone(), document_of(&prefix, &key, kv.value()));
                         }
                         EventType::Delete => {
-                            mirror.docs.remove(&key);
+                            mirror.remove(&key);
                         }
                     }
                 }
                 let revision = response.header().map(|h| h.revision() as u64);
-                self.ingest.apply(mirror.docs.values(), revision);
+                self.ingest.apply(mirror.values(), revision);
             }
         }
     }

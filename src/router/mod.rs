@@ -22,7 +22,7 @@ use std::sync::Arc;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A request's query, decoded once per lookup and only if some candidate asks about it.
-type QueryPairs<'r> = SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>;
+pub type QueryPairs<'r> = SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>;
 
 /// What a route asks of a request beyond host and path.
 #[derive(Debug, Clone, Default)]
@@ -68,7 +68,7 @@ pub struct RouteMatcher {
 
 impl RouteMatcher {
     pub fn compile(spec: RouteSpec<'_>) -> Result<RouteMatcher, String> {
-        let mut predicates = Predicates::default();
+        let mut predicates = Predicates::compile(spec.headers, spec.query)?;
         for method in spec.methods {
             let upper = method.to_ascii_uppercase();
             let bit = crate::resource::METHODS
@@ -76,15 +76,6 @@ impl RouteMatcher {
                 .position(|m| *m == upper)
                 .ok_or_else(|| format!("unknown method `{method}`"))?;
             predicates.methods |= 1 << bit;
-        }
-        for (name, value) in spec.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-            predicates.headers.push((name, ValueMatcher::parse(value)?));
-        }
-        for (name, value) in spec.query {
-            predicates
-                .query
-                .push(((*name).into(), ValueMatcher::parse(value)?));
         }
         Ok(RouteMatcher {
             priority: spec.priority,
@@ -388,7 +379,25 @@ impl<T> Router<T> {
 }
 
 impl Predicates {
-    fn hold<'r>(&self, req: &RouteRequest<'r>, query: &mut Option<QueryPairs<'r>>) -> bool {
+    /// Header and query conditions in the value syntax of `match` (`v`, `a|b`, `~regex`),
+    /// compiled once; route matching and canary rules share them.
+    pub fn compile(headers: &[(&str, &str)], query: &[(&str, &str)]) -> Result<Predicates, String> {
+        let mut predicates = Predicates::default();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            predicates.headers.push((name, ValueMatcher::parse(value)?));
+        }
+        for (name, value) in query {
+            predicates
+                .query
+                .push(((*name).into(), ValueMatcher::parse(value)?));
+        }
+        Ok(predicates)
+    }
+
+    /// Whether a request (method, headers, raw query) meets every condition. `query` caches
+    /// the decoded query between calls on the same request.
+    pub fn hold<'r>(&self, req: &RouteRequest<'r>, query: &mut Option<QueryPairs<'r>>) -> bool {
         if self.methods != 0 {
             let bit = crate::resource::METHODS
                 .iter()

@@ -3,7 +3,7 @@
 
 use super::{Picker, UpstreamTarget};
 use crate::resource::Route;
-use crate::router::ValueMatcher;
+use crate::router::{Predicates, RouteRequest, ValueMatcher};
 use gatehouse_plugins::Exchange;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 /// A canary rule: when every condition holds, the request goes to `target`.
 #[derive(Debug)]
 struct CanaryRule {
-    headers: Vec<(HeaderName, ValueMatcher)>,
-    query: Vec<(Box<str>, ValueMatcher)>,
+    /// Header and query conditions, as route matching has them.
+    predicates: Predicates,
     cookies: Vec<(Box<str>, ValueMatcher)>,
     target: Arc<UpstreamTarget>,
 }
@@ -71,29 +71,27 @@ impl UpstreamChoice {
         let mut canary = Vec::new();
         for (i, rule) in route.canary.iter().flatten().enumerate() {
             let m = &rule.matcher;
-            let mut compiled = CanaryRule {
-                headers: Vec::new(),
-                query: Vec::new(),
-                cookies: Vec::new(),
-                target: target(&format!("canary[{i}].upstream"), &rule.upstream)?,
-            };
-            for (name, value) in &m.headers {
-                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-                compiled
-                    .headers
-                    .push((name, ValueMatcher::parse(value.as_str())?));
-            }
-            for (name, value) in &m.query {
-                compiled
-                    .query
-                    .push((name.as_str().into(), ValueMatcher::parse(value.as_str())?));
-            }
+            let headers: Vec<_> = m
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let query: Vec<_> = m
+                .query
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let predicates = Predicates::compile(&headers, &query)
+                .map_err(|e| format!("canary[{i}].match: {e}"))?;
+            let mut cookies = Vec::with_capacity(m.cookies.len());
             for (name, value) in &m.cookies {
-                compiled
-                    .cookies
-                    .push((name.as_str().into(), ValueMatcher::parse(value.as_str())?));
+                cookies.push((name.as_str().into(), ValueMatcher::parse(value.as_str())?));
             }
-            canary.push(compiled);
+            canary.push(CanaryRule {
+                predicates,
+                cookies,
+                target: target(&format!("canary[{i}].upstream"), &rule.upstream)?,
+            });
         }
         let split = match (&route.weights, &route.upstream) {
             (Some(weights), _) => {
@@ -155,29 +153,18 @@ impl UpstreamChoice {
 
 impl CanaryRule {
     fn holds(&self, req: &RequestHeader) -> bool {
-        let headers_hold = self.headers.iter().all(|(name, matcher)| {
-            req.headers
-                .get_all(name)
+        let request = RouteRequest {
+            host: None,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+            query: req.uri.query(),
+        };
+        self.predicates.hold(&request, &mut None)
+            && self
+                .cookies
                 .iter()
-                .any(|v| v.to_str().is_ok_and(|v| matcher.matches(v)))
-        });
-        if !headers_hold {
-            return false;
-        }
-        if !self.query.is_empty() {
-            let query = req.uri.query().unwrap_or("");
-            let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
-            let holds = self
-                .query
-                .iter()
-                .all(|(name, m)| pairs.iter().any(|(k, v)| k == &**name && m.matches(v)));
-            if !holds {
-                return false;
-            }
-        }
-        self.cookies
-            .iter()
-            .all(|(name, m)| cookie(req, name).is_some_and(|v| m.matches(v)))
+                .all(|(name, m)| cookie(req, name).is_some_and(|v| m.matches(v)))
     }
 }
 

@@ -301,16 +301,19 @@ impl Gateway {
         req.send().await.unwrap().json().await.unwrap()
     }
 
-    /// The value of an unlabelled metric on `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
+    /// The Prometheus text on `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let resp = client()
             .get(self.admin_url("/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        resp.text().await.unwrap()
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
