@@ -12,7 +12,7 @@ pub struct Exchange {
     /// The client address: the socket peer, or the first untrusted hop of `X-Forwarded-For`.
     pub client_ip: IpAddr,
     /// The authenticated caller (`sub`), once an auth plugin has set it.
-    pub consumer: Option<String>,
+    pub consumer: Option<Arc<str>>,
     /// Headers a plugin wants on the final response whatever it is (rate-limit state, say).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -39,6 +39,9 @@ pub struct Reply {
     /// The human-readable `message` field.
     pub message: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Why, in a word from a small fixed set, when the answer is a refusal a metric counts
+    /// by reason (auth failures).
+    pub reason: Option<&'static str>,
 }
 
 impl Reply {
@@ -48,7 +51,13 @@ impl Reply {
             code,
             message: message.into(),
             headers: Vec::new(),
+            reason: None,
         }
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {

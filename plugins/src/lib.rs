@@ -9,6 +9,7 @@
 //! The access phase is synchronous by default and may hand back a future only when it must
 //! wait (an introspection call, say): a route whose plugins never wait pays for no boxing.
 
+pub mod auth;
 mod chain;
 mod exchange;
 pub mod headers;

@@ -103,7 +103,7 @@ impl RateLimit {
             LimitKey::ClientIp => Bucket::Ip(ex.client_ip),
             LimitKey::Route => Bucket::Route,
             LimitKey::Consumer => match &ex.consumer {
-                Some(c) => Bucket::Text(c.as_str().into()),
+                Some(c) => Bucket::Text((**c).into()),
                 None => Bucket::Ip(ex.client_ip),
             },
             LimitKey::Header(name) => match req.headers.get(name) {

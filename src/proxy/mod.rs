@@ -336,11 +336,16 @@ impl ProxyHttp for Gateway {
 
 /// Writes a gateway error and tells Pingora the request is answered.
 async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
+    let metrics = &crate::telemetry::metrics::METRICS;
     if reply.code == "rate_limited" {
-        let metrics = &crate::telemetry::metrics::METRICS;
         metrics
             .rate_limited
             .with_label_values(&[&*ctx.exchange.route_id])
+            .inc();
+    } else if let Some(reason) = reply.reason {
+        metrics
+            .auth_failures
+            .with_label_values(&[&*ctx.exchange.route_id, reason])
             .inc();
     }
     let answer = Answer::error(reply, &ctx.exchange.request_id);

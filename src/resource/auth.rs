@@ -1,7 +1,8 @@
 //! The `AuthPolicy` resource: how a route's callers prove who they are.
 
-use super::fields::{check_header_name, is_false, split_selector, Problems};
+use super::fields::{check_header_name, is_false, Problems};
 use crate::units::Span;
+use gatehouse_plugins::auth::{KeyMaterial, TokenSource, VerifyKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -89,20 +90,16 @@ pub const ALGORITHMS: [&str; 12] = [
 
 impl AuthPolicy {
     pub(super) fn check(&self, p: &mut Problems) {
+        let mut source_headers = Vec::new();
         for (i, source) in self.token_from.iter().enumerate() {
-            let field = format!("token_from[{i}]");
-            match split_selector(source) {
-                ("header", Some(name)) => {
-                    if let Err(e) = check_header_name(name) {
-                        p.add(field, e);
-                    }
-                }
-                ("query" | "cookie", Some(name)) if !name.is_empty() => {}
-                _ => p.add(
-                    field,
-                    format!("`{source}` is not one of header:NAME, query:NAME, cookie:NAME"),
-                ),
+            match TokenSource::parse(source) {
+                Ok(TokenSource::Header(name)) => source_headers.push(name),
+                Ok(_) => {}
+                Err(e) => p.add(format!("token_from[{i}]"), e),
             }
+        }
+        if self.token_from.is_empty() {
+            source_headers.push(http::header::AUTHORIZATION);
         }
         if self.jwt.is_none() && self.introspection.is_none() {
             p.add("jwt", "a policy needs `jwt`, `introspection`, or both");
@@ -123,21 +120,56 @@ impl AuthPolicy {
             if intro.client_id.is_empty() {
                 p.add("introspection.client_id", "must not be empty");
             }
+            if let Err(e) = check_secret_reference(&intro.client_secret) {
+                p.add("introspection.client_secret", e);
+            }
             if intro.timeout.0.is_zero() {
                 p.add("introspection.timeout", "must be more than 0s");
+            }
+        }
+        for (i, scope) in self.required_scopes.iter().enumerate() {
+            if scope.is_empty()
+                || scope.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+            {
+                p.add(
+                    format!("required_scopes[{i}]"),
+                    format!("`{scope}` is not a scope token (no spaces, quotes or backslashes)"),
+                );
             }
         }
         if let Some(forward) = &self.forward {
             for (header, claim) in &forward.headers {
                 let field = format!("forward.headers.{header}");
-                if let Err(e) = check_header_name(header) {
-                    p.add(&field, e);
+                match check_header_name(header) {
+                    Ok(name) if source_headers.contains(&name) => p.add(
+                        &field,
+                        "is where the token comes from (token_from); it cannot also carry a claim",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => p.add(&field, e),
                 }
                 if claim.is_empty() {
                     p.add(field, "must name a claim");
                 }
             }
         }
+    }
+}
+
+/// A secret may be written as `${NAME}` (or `${NAME:-default}`), resolved from the
+/// gateway's environment when the policy is compiled, so the secret itself never has to be
+/// stored in etcd or in route files.
+pub fn is_secret_reference(value: &str) -> bool {
+    value.contains("${")
+}
+
+fn check_secret_reference(value: &str) -> Result<(), String> {
+    if is_secret_reference(value) {
+        crate::bootstrap::interpolate(value, |_| Some(String::new()))
+            .map(|_| ())
+            .map_err(|e| e.to_string().trim_start_matches("line 1: ").to_string())
+    } else {
+        Ok(())
     }
 }
 
@@ -150,35 +182,35 @@ fn check_key(field: &str, key: &JwtKey, p: &mut Problems) {
         return;
     }
     let symmetric = key.alg.starts_with("HS");
-    match (symmetric, &key.secret, &key.public_key) {
+    let (part, material) = match (symmetric, &key.secret, &key.public_key) {
         (true, Some(secret), None) => {
-            if let Some(encoded) = secret.strip_prefix("base64:") {
-                if decode_base64(encoded).is_none() {
-                    p.add(
-                        format!("{field}.secret"),
-                        "the part after `base64:` is not base64",
-                    );
-                }
-            } else if secret.is_empty() {
-                p.add(format!("{field}.secret"), "must not be empty");
+            if let Err(e) = check_secret_reference(secret) {
+                p.add(format!("{field}.secret"), e);
+                return;
             }
-        }
-        (true, _, _) => p.add(
-            format!("{field}.secret"),
-            format!("{} needs a `secret` (and no `public_key`)", key.alg),
-        ),
-        (false, None, Some(pem)) => {
-            if !pem.trim_start().starts_with("-----BEGIN ") {
-                p.add(
-                    format!("{field}.public_key"),
-                    "must be a PEM block (-----BEGIN ...)",
-                );
+            if is_secret_reference(secret) {
+                return;
             }
+            ("secret", KeyMaterial::Secret(secret.clone()))
         }
-        (false, _, _) => p.add(
-            format!("{field}.public_key"),
-            format!("{} needs a `public_key` PEM (and no `secret`)", key.alg),
-        ),
+        (true, _, _) => {
+            p.add(
+                format!("{field}.secret"),
+                format!("{} needs a `secret` (and no `public_key`)", key.alg),
+            );
+            return;
+        }
+        (false, None, Some(pem)) => ("public_key", KeyMaterial::PublicKeyPem(pem.clone())),
+        (false, _, _) => {
+            p.add(
+                format!("{field}.public_key"),
+                format!("{} needs a `public_key` PEM (and no `secret`)", key.alg),
+            );
+            return;
+        }
+    };
+    if let Err(e) = VerifyKey::configured(key.kid.clone(), &key.alg, &material) {
+        p.add(format!("{field}.{part}"), e);
     }
 }
 
@@ -190,15 +222,4 @@ fn check_http_url(field: &str, url: &str, p: &mut Problems) {
     if !ok {
         p.add(field, format!("`{url}` is not an http:// or https:// URL"));
     }
-}
-
-/// Standard or URL-safe base64, padded or not.
-pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-    use base64::Engine;
-    let text = text.trim_end_matches('=');
-    STANDARD_NO_PAD
-        .decode(text)
-        .or_else(|_| URL_SAFE_NO_PAD.decode(text))
-        .ok()
 }

@@ -283,7 +283,6 @@ pub fn parse_value(
         Kind::Route => typed(value).and_then(|r: Route| {
             let mut p = Problems::default();
             r.check(&mut p);
-            support::check_route(&r, &mut p);
             p.into_result(Resource::Route(Arc::new(r)))
         }),
         Kind::Upstream => typed(value).and_then(|u: Upstream| {

@@ -1,20 +1,11 @@
 //! Parts of the resource schema this version reads and validates but cannot act on yet.
-//! Refusing them is safer than accepting a setting and silently ignoring it: a route whose
-//! auth policy were ignored would be open to everyone.
+//! Refusing them is safer than accepting a setting and silently ignoring it: an upstream
+//! whose health checks were ignored would keep sending traffic to dead nodes.
 
 use super::fields::Problems;
-use super::{Balancing, Route, Upstream};
+use super::{Balancing, Upstream};
 
 const LATER: &str = "is not supported by this version of gatehouse yet";
-
-pub(super) fn check_route(route: &Route, p: &mut Problems) {
-    let unsupported = [("auth", route.auth.is_some())];
-    for (field, used) in unsupported {
-        if used {
-            p.add(field, LATER);
-        }
-    }
-}
 
 pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
     let unsupported = [

@@ -1,14 +1,17 @@
 //! The configuration in force: one immutable [`Snapshot`], compiled from the catalog of
 //! resources and swapped atomically. A request loads it once and finishes on it.
 
+mod auth;
 mod route;
 
+pub use auth::compile_policy;
 pub use route::{Action, CompiledRoute, DirectReply, PathRewrite, RouteTimeouts};
 
-use crate::resource::{Catalog, Rejection};
+use crate::resource::{AuthPolicy, Catalog, Rejection};
 use crate::router::Router;
 use crate::upstream::UpstreamTarget;
 use arc_swap::ArcSwap;
+use gatehouse_plugins::auth::Authenticator;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +29,15 @@ pub struct Snapshot {
     pub router: Router<Arc<CompiledRoute>>,
     pub routes: HashMap<Arc<str>, Arc<CompiledRoute>>,
     pub upstreams: HashMap<String, Arc<UpstreamTarget>>,
+    /// Auth policies, compiled or refused; routes naming a refused one are refused too.
+    pub policies: HashMap<String, CompiledPolicy>,
+}
+
+/// An auth policy as compiled, kept with its spec so an unchanged policy keeps its
+/// authenticator (and its caches and JWKS) across reloads.
+pub struct CompiledPolicy {
+    pub spec: Arc<AuthPolicy>,
+    pub auth: Result<Arc<Authenticator>, String>,
 }
 
 impl Snapshot {
@@ -38,6 +50,7 @@ impl Snapshot {
             router: Router::default(),
             routes: HashMap::new(),
             upstreams: HashMap::new(),
+            policies: HashMap::new(),
         }
     }
 
@@ -61,6 +74,24 @@ impl Snapshot {
             upstreams.insert(id.clone(), target);
         }
 
+        let mut policies = HashMap::with_capacity(catalog.policies.len());
+        for (id, stored) in &catalog.policies {
+            let compiled = match previous.policies.get(id) {
+                Some(old) if Arc::ptr_eq(&old.spec, &stored.value) => CompiledPolicy {
+                    spec: old.spec.clone(),
+                    auth: old.auth.clone(),
+                },
+                _ => CompiledPolicy {
+                    spec: stored.value.clone(),
+                    auth: compile_policy(&stored.value),
+                },
+            };
+            if let Err(error) = &compiled.auth {
+                rejected.push(compile_rejection(&stored.origin, error.clone()));
+            }
+            policies.insert(id.clone(), compiled);
+        }
+
         let mut router = previous.router.clone();
         let mut routes = previous.routes.clone();
         let gone: Vec<Arc<str>> = previous
@@ -80,6 +111,14 @@ impl Snapshot {
                     && old
                         .upstreams()
                         .all(|u| upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now)))
+                    && match (&old.auth, &old.spec.auth) {
+                        (Some(auth), Some(id)) => policies
+                            .get(id)
+                            .and_then(|p| p.auth.as_ref().ok())
+                            .is_some_and(|now| Arc::ptr_eq(auth, now)),
+                        (None, None) => true,
+                        _ => false,
+                    }
             });
             if unchanged {
                 continue;
@@ -88,7 +127,12 @@ impl Snapshot {
             if let Some(old) = &old {
                 router.remove(id, &old.matcher);
             }
-            match CompiledRoute::compile(stored.value.clone(), &upstreams, old.as_deref()) {
+            match CompiledRoute::compile(
+                stored.value.clone(),
+                &upstreams,
+                &policies,
+                old.as_deref(),
+            ) {
                 Ok(route) => {
                     let route = Arc::new(route);
                     router.insert(route.id.clone(), &route.matcher, route.clone());
@@ -111,6 +155,7 @@ impl Snapshot {
             router,
             routes,
             upstreams,
+            policies,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! A route compiled for the request path.
 
+use super::CompiledPolicy;
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
+use gatehouse_plugins::auth::{Authenticate, Authenticator};
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
 use gatehouse_plugins::rate_limit::{LimitKey, RateLimit, RateLimitState};
 use gatehouse_plugins::template::Template;
@@ -84,6 +86,8 @@ pub struct CompiledRoute {
     /// The route's limiter state, shared with its rate-limit plugin; carried over to the
     /// next version of the route while `rate_limit` does not change.
     pub limiter: Option<Arc<RateLimitState>>,
+    /// The route's auth policy, shared with the other routes that name it.
+    pub auth: Option<Arc<Authenticator>>,
     pub timeouts: RouteTimeouts,
     pub retries: u32,
 }
@@ -94,6 +98,7 @@ impl CompiledRoute {
     pub fn compile(
         spec: Arc<Route>,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
+        policies: &HashMap<String, CompiledPolicy>,
         previous: Option<&CompiledRoute>,
     ) -> Result<CompiledRoute, String> {
         let action = match (&spec.direct_response, &spec.upstream) {
@@ -105,6 +110,17 @@ impl CompiledRoute {
             path: r.path.clone(),
         });
         let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+        let auth = match &spec.auth {
+            Some(id) => match policies.get(id).map(|p| &p.auth) {
+                Some(Ok(auth)) => Some(auth.clone()),
+                Some(Err(_)) => return Err(format!("auth: policy `{id}` was refused")),
+                None => return Err(format!("auth: no policy `{id}`")),
+            },
+            None => None,
+        };
+        if let Some(auth) = &auth {
+            plugins.push(Box::new(Authenticate { auth: auth.clone() }));
+        }
         let mut limiter = None;
         if let Some(limit) = &spec.rate_limit {
             let kept = previous
@@ -169,6 +185,7 @@ impl CompiledRoute {
             rewrite,
             plugins: PluginChain::new(plugins),
             limiter,
+            auth,
             timeouts: RouteTimeouts {
                 connect: t.connect.0,
                 read: t.read.0,

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub config_reloads: IntCounter,
     /// Requests refused by a route's rate limit, by route id.
     pub rate_limited: IntCounterVec,
+    /// Requests refused by a route's auth policy, by route id and reason (a fixed set:
+    /// missing_token, expired, bad_signature, insufficient_scope, ...).
+    pub auth_failures: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -41,11 +44,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route"],
     )
     .expect("valid metric");
+    let auth_failures = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_auth_failures_total",
+            "Requests refused by an auth policy",
+        ),
+        &["route", "reason"],
+    )
+    .expect("valid metric");
     for metric in [
         Box::new(config_revision.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(config_rejected.clone()),
         Box::new(config_reloads.clone()),
         Box::new(rate_limited.clone()),
+        Box::new(auth_failures.clone()),
     ] {
         registry.register(metric).expect("registered once");
     }
@@ -55,6 +67,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_rejected,
         config_reloads,
         rate_limited,
+        auth_failures,
     }
 });
 

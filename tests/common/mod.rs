@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod idp;
 pub mod traffic;
 pub mod upstream;
 
@@ -77,9 +78,16 @@ pub struct GatewayBuilder {
     etcd: Option<(String, String)>,
     etcd_user: Option<(String, String)>,
     etcd_ca: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
+    /// An environment variable for the gateway process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// A resource file under the gateway's `routes/`.
     pub fn file(mut self, name: &str, content: impl Into<String>) -> Self {
         self.files.push((name.to_string(), content.into()));
@@ -169,7 +177,11 @@ impl GatewayBuilder {
         );
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let child = spawn_gatehouse(dir.path(), &["run", "-c", config_path.to_str().unwrap()]);
+        let child = spawn_gatehouse_with_env(
+            dir.path(),
+            &["run", "-c", config_path.to_str().unwrap()],
+            &self.env,
+        );
         Gateway {
             child: Some(child),
             addr,
@@ -182,6 +194,10 @@ impl GatewayBuilder {
 
 /// Starts the binary with logs going to files in `dir`.
 pub fn spawn_gatehouse(dir: &Path, args: &[&str]) -> Child {
+    spawn_gatehouse_with_env(dir, args, &[])
+}
+
+pub fn spawn_gatehouse_with_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Child {
     let log = std::fs::File::create(dir.join("gatehouse.log")).unwrap();
     let out = std::fs::File::create(dir.join("gatehouse.out")).unwrap();
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -196,6 +212,7 @@ pub fn spawn_gatehouse(dir: &Path, args: &[&str]) -> Child {
     Command::new(bin())
         .args(&all)
         .env("GATEHOUSE_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(log))
         .spawn()
@@ -212,6 +229,7 @@ impl Gateway {
             etcd: None,
             etcd_user: None,
             etcd_ca: None,
+            env: Vec::new(),
         }
     }
 

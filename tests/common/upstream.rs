@@ -101,6 +101,75 @@ impl Drop for TestUpstream {
     }
 }
 
+/// One HTTP/1.1 request as read off the wire.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case; repeated headers joined with `, `.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next request on a connection; `None` when the client closed it.
+pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<Request>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).await?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers
+                .entry(k.trim().to_ascii_lowercase())
+                .and_modify(|e| {
+                    e.push_str(", ");
+                    e.push_str(v.trim());
+                })
+                .or_insert_with(|| v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).await?;
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await?;
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    }))
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     name: &str,
@@ -108,55 +177,13 @@ async fn serve(
     delay_ms: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).await?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers
-                    .entry(k.trim().to_ascii_lowercase())
-                    .and_modify(|e| {
-                        e.push_str(", ");
-                        e.push_str(v.trim());
-                    })
-                    .or_insert_with(|| v.trim().to_string());
-            }
-        }
-        let mut body = Vec::new();
-        if let Some(len) = headers
-            .get("content-length")
-            .and_then(|l| l.parse::<usize>().ok())
-        {
-            body.resize(len, 0);
-            reader.read_exact(&mut body).await?;
-        } else if headers
-            .get("transfer-encoding")
-            .is_some_and(|t| t.contains("chunked"))
-        {
-            loop {
-                let mut size = String::new();
-                reader.read_line(&mut size).await?;
-                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0; size + 2];
-                reader.read_exact(&mut chunk).await?;
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        }
+    while let Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    }) = read_request(&mut reader).await?
+    {
         hits.fetch_add(1, Ordering::SeqCst);
         let delay = delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
@@ -176,4 +203,5 @@ async fn serve(
         );
         reader.get_mut().write_all(response.as_bytes()).await?;
     }
+    Ok(())
 }

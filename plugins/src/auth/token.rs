@@ -1,0 +1,189 @@
+//! Where a route's callers put their token, and how to take it back out.
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+
+/// One place a token may be carried (`token_from`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// A request header. For `Authorization` the `Bearer` scheme is required (RFC 6750 §2.1);
+    /// for any other header a `Bearer ` prefix is accepted and dropped.
+    Header(HeaderName),
+    /// A query parameter (RFC 6750 §2.3).
+    Query(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+impl TokenSource {
+    /// Parses `header:NAME`, `query:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> Result<TokenSource, String> {
+        let invalid = || format!("`{text}` is not one of header:NAME, query:NAME, cookie:NAME");
+        let (kind, name) = text.split_once(':').ok_or_else(invalid)?;
+        if name.is_empty() {
+            return Err(invalid());
+        }
+        match kind {
+            "header" => HeaderName::from_bytes(name.as_bytes())
+                .map(TokenSource::Header)
+                .map_err(|_| format!("`{name}` is not a valid header name")),
+            "query" => Ok(TokenSource::Query(name.to_string())),
+            "cookie" => Ok(TokenSource::Cookie(name.to_string())),
+            _ => Err(invalid()),
+        }
+    }
+
+    /// The sources used when a policy names none: the `Authorization: Bearer` header.
+    pub fn defaults() -> Vec<TokenSource> {
+        vec![TokenSource::Header(AUTHORIZATION)]
+    }
+
+    /// The token this source finds in `req`, if any.
+    pub fn find<'r>(&self, req: &'r RequestHeader) -> Option<&'r str> {
+        let token = match self {
+            TokenSource::Header(name) => {
+                let value = req.headers.get(name)?.to_str().ok()?.trim();
+                match strip_bearer(value) {
+                    Some(token) => token,
+                    None if *name == AUTHORIZATION => return None,
+                    None => value,
+                }
+            }
+            TokenSource::Query(name) => query_param(req.uri.query()?, name)?,
+            TokenSource::Cookie(name) => req
+                .headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| cookie(v, name))?,
+        };
+        (!token.is_empty()).then_some(token)
+    }
+
+    /// Removes the credential this source carries, so the upstream never sees it
+    /// (`forward.strip_authorization`).
+    pub fn remove(&self, req: &mut RequestHeader) {
+        match self {
+            TokenSource::Header(name) => {
+                req.remove_header(name);
+            }
+            TokenSource::Query(name) => {
+                let Some(query) = req.uri.query() else { return };
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| pair.split('=').next() != Some(name.as_str()))
+                    .collect();
+                let mut uri = req.uri.path().to_string();
+                if !kept.is_empty() {
+                    uri.push('?');
+                    uri.push_str(&kept.join("&"));
+                }
+                if let Ok(uri) = uri.parse() {
+                    req.set_uri(uri);
+                }
+            }
+            TokenSource::Cookie(name) => {
+                let kept: Vec<String> = req
+                    .headers
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty() && c.split('=').next() != Some(name.as_str()))
+                    .map(String::from)
+                    .collect();
+                req.remove_header(&COOKIE);
+                if !kept.is_empty() {
+                    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+                        let _ = req.insert_header(COOKIE, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn strip_bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start())
+}
+
+/// A query parameter's raw value. Tokens (JWTs, opaque base64url) need no percent-decoding.
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then_some(value)
+    })
+}
+
+fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
+    header.split(';').find_map(|c| {
+        let (key, value) = c.trim().split_once('=')?;
+        (key == name).then(|| value.trim_matches('"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn authorization_needs_the_bearer_scheme() {
+        let source = TokenSource::defaults().remove(0);
+        let req = request("/", &[("authorization", "Bearer abc.def")]);
+        assert_eq!(source.find(&req), Some("abc.def"));
+        let req = request("/", &[("authorization", "bearer   xyz")]);
+        assert_eq!(source.find(&req), Some("xyz"));
+        let req = request("/", &[("authorization", "Basic dXNlcjpwdw==")]);
+        assert_eq!(source.find(&req), None);
+        let req = request("/", &[("authorization", "Bearer ")]);
+        assert_eq!(source.find(&req), None);
+    }
+
+    #[test]
+    fn other_headers_take_the_value_with_or_without_bearer() {
+        let source = TokenSource::parse("header:X-Token").unwrap();
+        assert_eq!(source.find(&request("/", &[("x-token", "t1")])), Some("t1"));
+        assert_eq!(
+            source.find(&request("/", &[("x-token", "Bearer t2")])),
+            Some("t2")
+        );
+    }
+
+    #[test]
+    fn query_and_cookie_sources_find_and_remove_their_token() {
+        let query = TokenSource::parse("query:access_token").unwrap();
+        let mut req = request("/p?a=1&access_token=tok&b=2", &[]);
+        assert_eq!(query.find(&req), Some("tok"));
+        query.remove(&mut req);
+        assert_eq!(req.uri.to_string(), "/p?a=1&b=2");
+
+        let jar = TokenSource::parse("cookie:access_token").unwrap();
+        let mut req = request(
+            "/",
+            &[("cookie", "theme=dark; access_token=c00kie; lang=en")],
+        );
+        assert_eq!(jar.find(&req), Some("c00kie"));
+        jar.remove(&mut req);
+        assert_eq!(req.headers.get("cookie").unwrap(), "theme=dark; lang=en");
+    }
+
+    #[test]
+    fn malformed_sources_are_named() {
+        assert!(TokenSource::parse("form:x").unwrap_err().contains("form:x"));
+        assert!(TokenSource::parse("query:").is_err());
+        assert!(TokenSource::parse("header:bad header").is_err());
+    }
+}

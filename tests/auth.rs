@@ -1,0 +1,566 @@
+//! Authentication through the real binary: tokens signed with keys generated for the test,
+//! a real JWKS endpoint and a real introspection endpoint.
+
+mod common;
+
+use common::idp::{claims, jwks, now, sign_hmac, Idp, SigningKey};
+use common::{client, eventually, Echo, Gateway, TestUpstream};
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const HS_SECRET: &[u8] = b"a shared secret of the test suite";
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A route on `/api` to `svc`, protected by policy `policy`.
+fn protected_route(id: &str, path: &str, policy: &str, extra: &str) -> String {
+    format!(
+        "kind: Route\nid: {id}\nmatch: {{ paths: [\"{path}\"] }}\nauth: {policy}\nupstream: svc\n{extra}"
+    )
+}
+
+async fn call(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn bearer(gw: &Gateway, path: &str, token: &str) -> reqwest::Response {
+    call(gw, path, &[("authorization", &format!("Bearer {token}"))]).await
+}
+
+/// Asserts a 401/403 in the shape of SPEC §4 and returns its challenge.
+async fn refused(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["request_id"].is_string());
+    challenge
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_algorithm_family_is_verified_locally_and_the_identity_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let signers: Vec<SigningKey> = [
+        (Algorithm::RS256, "rs256"),
+        (Algorithm::RS512, "rs512"),
+        (Algorithm::PS256, "ps256"),
+        (Algorithm::PS384, "ps384"),
+        (Algorithm::ES256, "es256"),
+        (Algorithm::ES384, "es384"),
+        (Algorithm::EdDSA, "ed"),
+    ]
+    .into_iter()
+    .map(|(alg, kid)| SigningKey::generate(dir.path(), alg, kid))
+    .collect();
+    let mut keys: Vec<String> = signers.iter().map(|k| k.yaml()).collect();
+    keys.push(format!(
+        "{{ kid: hs256, alg: HS256, secret: \"base64:{}\" }}",
+        b64(HS_SECRET)
+    ));
+    keys.push("{ kid: hs512, alg: HS512, secret: \"plain text secret\" }".into());
+    let policy = format!(
+        "kind: AuthPolicy\nid: users\njwt:\n  keys: [{}]\n  issuer: https://idp.test\n  audiences: [api]\nforward:\n  headers: {{ X-User-Id: sub, X-User-Scope: scope }}\n",
+        keys.join(", ")
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route(
+            "api",
+            "/api",
+            "users",
+            "request_headers: { set: { X-Consumer: \"${consumer}\" } }\n"
+        ),
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+
+    let good = |sub: &str| {
+        claims(
+            sub,
+            json!({"iss": "https://idp.test", "aud": "api", "scope": "users.read users.write"}),
+        )
+    };
+    let mut tokens: Vec<(String, String)> = signers
+        .iter()
+        .map(|k| (k.kid.clone(), k.sign(&good(&format!("user-{}", k.kid)))))
+        .collect();
+    tokens.push((
+        "hs256".into(),
+        sign_hmac(
+            Algorithm::HS256,
+            Some("hs256"),
+            HS_SECRET,
+            &good("user-hs256"),
+        ),
+    ));
+    tokens.push((
+        "hs512".into(),
+        sign_hmac(
+            Algorithm::HS512,
+            Some("hs512"),
+            b"plain text secret",
+            &good("user-hs512"),
+        ),
+    ));
+    for (kid, token) in &tokens {
+        // The client's own identity headers must never reach the upstream.
+        let resp = call(
+            &gw,
+            "/api",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-user-id", "admin"),
+                ("x-user-scope", "everything"),
+            ],
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{kid}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.headers["x-user-id"], format!("user-{kid}"), "{kid}");
+        assert_eq!(echo.headers["x-user-scope"], "users.read users.write");
+        assert_eq!(echo.headers["x-consumer"], format!("user-{kid}"));
+        assert!(
+            echo.headers.contains_key("authorization"),
+            "kept by default"
+        );
+    }
+    assert_eq!(up.hits(), tokens.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_are_refused_with_rfc6750_challenges_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = SigningKey::generate(dir.path(), Algorithm::RS256, "rsa");
+    let stranger = SigningKey::generate(dir.path(), Algorithm::RS256, "rsa");
+    let policy = format!(
+        "kind: AuthPolicy\nid: strict\njwt:\n  keys: [{}, {{ kid: hs, alg: HS256, secret: \"base64:{}\" }}]\n  issuer: https://idp.test\n  audiences: [api]\n  leeway: 5s\nrequired_scopes: [orders.read]\n",
+        rsa.yaml(),
+        b64(HS_SECRET)
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route("orders", "/orders", "strict", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let valid = json!({"iss": "https://idp.test", "aud": "api", "scope": "orders.read"});
+
+    // No token: a bare challenge.
+    let challenge = refused(call(&gw, "/orders", &[]).await, 401, "unauthorized").await;
+    assert_eq!(challenge, "Bearer realm=\"gatehouse\"");
+    let challenge = refused(
+        call(&gw, "/orders", &[("authorization", "Basic dXNlcjpwYXNz")]).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(challenge, "Bearer realm=\"gatehouse\"");
+
+    let merged = |extra: Value| {
+        let mut c = claims("alice", valid.clone());
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let none_token = {
+        use base64::Engine;
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            enc.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            enc.encode(merged(json!({})).to_string())
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", rsa.sign(&merged(json!({"exp": now() - 60})))),
+        (
+            "not_yet_valid",
+            rsa.sign(&merged(json!({"nbf": now() + 600}))),
+        ),
+        (
+            "wrong_issuer",
+            rsa.sign(&merged(json!({"iss": "https://evil.test"}))),
+        ),
+        ("wrong_audience", rsa.sign(&merged(json!({"aud": "other"})))),
+        (
+            "missing_claim",
+            rsa.sign(&claims("alice", json!({"aud": "api"}))),
+        ),
+        ("bad_signature", stranger.sign(&merged(json!({})))),
+        ("unsupported_alg", none_token),
+        // HS/RS confusion: an HS256 token made with the RSA public key as its secret,
+        // naming the RSA key.
+        (
+            "algorithm_mismatch",
+            sign_hmac(
+                Algorithm::HS256,
+                Some("rsa"),
+                rsa.public_pem.as_bytes(),
+                &merged(json!({})),
+            ),
+        ),
+        // The same without a kid: no HS key verifies it.
+        (
+            "bad_signature",
+            sign_hmac(
+                Algorithm::HS256,
+                None,
+                rsa.public_pem.as_bytes(),
+                &merged(json!({})),
+            ),
+        ),
+        ("unknown_key", {
+            let other = SigningKey::generate(dir.path(), Algorithm::ES256, "nobody");
+            other.sign(&merged(json!({})))
+        }),
+        ("malformed_token", "not-a-jwt".to_string()),
+    ];
+    for (reason, token) in &cases {
+        let challenge = refused(bearer(&gw, "/orders", token).await, 401, "unauthorized").await;
+        assert_eq!(
+            challenge, "Bearer realm=\"gatehouse\", error=\"invalid_token\"",
+            "{reason}"
+        );
+    }
+    // Within the leeway, an expired token still passes.
+    let resp = bearer(
+        &gw,
+        "/orders",
+        &rsa.sign(&merged(json!({"exp": now() - 2}))),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+
+    // Valid, but without the scope.
+    let token = rsa.sign(&merged(json!({"scope": "orders.write"})));
+    let challenge = refused(bearer(&gw, "/orders", &token).await, 403, "forbidden").await;
+    assert_eq!(
+        challenge,
+        "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"orders.read\""
+    );
+    assert_eq!(up.hits(), 1, "only the token within the leeway got through");
+
+    let metrics = gw.metrics_text().await;
+    for reason in [
+        "missing_token",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "missing_claim",
+        "unsupported_alg",
+        "algorithm_mismatch",
+        "unknown_key",
+        "malformed_token",
+        "insufficient_scope",
+    ] {
+        let line = format!("gatehouse_auth_failures_total{{reason=\"{reason}\",route=\"orders\"}}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(metrics
+        .contains("gatehouse_auth_failures_total{reason=\"bad_signature\",route=\"orders\"} 2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_keys_are_fetched_and_refetched_for_an_unknown_kid_at_most_every_10s() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SigningKey::generate(dir.path(), Algorithm::RS256, "2026-01");
+    let second = SigningKey::generate(dir.path(), Algorithm::ES256, "2026-02");
+    let idp = Idp::start("gatehouse", "unused").await;
+    idp.publish(jwks(&[&first]));
+    let policy = format!(
+        "kind: AuthPolicy\nid: published\njwt: {{ jwks_uri: \"{}\" }}\n",
+        idp.jwks_uri()
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route("api", "/api", "published", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+
+    let token = first.sign(&claims("alice", json!({})));
+    eventually(Duration::from_secs(5), "the JWKS key to verify", || async {
+        bearer(&gw, "/api", &token).await.status() == 200
+    })
+    .await;
+    let fetched = idp.jwks_calls();
+    assert!(fetched >= 1);
+
+    // The provider rotates in a new key. Within 10 s of the last fetch, unknown kids are
+    // refused without a refetch, however many arrive.
+    idp.publish(jwks(&[&first, &second]));
+    let rotated = second.sign(&claims("bob", json!({})));
+    for _ in 0..5 {
+        let resp = bearer(&gw, "/api", &rotated).await;
+        if resp.status() == 200 {
+            break; // the 10 s had already passed since the first fetch
+        }
+        refused(resp, 401, "unauthorized").await;
+    }
+    assert!(idp.jwks_calls() <= fetched + 1);
+    // After the 10 s, the unknown kid triggers one fetch and the token passes.
+    eventually(Duration::from_secs(15), "the rotated key", || async {
+        bearer(&gw, "/api", &rotated).await.status() == 200
+    })
+    .await;
+    assert_eq!(
+        idp.jwks_calls(),
+        fetched + 1,
+        "one refetch for the rotation"
+    );
+    // Both keys are in force; the cached verdicts cost no fetch.
+    for t in [&token, &rotated] {
+        assert_eq!(bearer(&gw, "/api", t).await.status(), 200);
+    }
+    assert_eq!(idp.jwks_calls(), fetched + 1);
+}
+
+fn introspection_policy(idp: &Idp, extra: &str) -> String {
+    format!(
+        "kind: AuthPolicy\nid: opaque\nintrospection:\n  endpoint: \"{}\"\n  client_id: gatehouse\n  client_secret: \"${{IDP_SECRET}}\"\n  cache_ttl: 60s\n  timeout: 1s\nforward:\n  headers: {{ X-User-Id: sub, X-Tenant: tenant }}\n{extra}",
+        idp.introspection_endpoint()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opaque_tokens_are_introspected_cached_and_shared_between_concurrent_requests() {
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    idp.set_token(
+        "opaque-alice",
+        json!({"active": true, "sub": "alice", "scope": "users.read", "tenant": "acme", "exp": now() + 600}),
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}---\n{}",
+        up.resource("svc"),
+        introspection_policy(&idp, "required_scopes: [users.read]\n"),
+        protected_route("api", "/api", "opaque", "")
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .env("IDP_SECRET", "s3cret")
+        .start()
+        .await;
+
+    for _ in 0..5 {
+        let resp = bearer(&gw, "/api", "opaque-alice").await;
+        assert_eq!(resp.status(), 200);
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.headers["x-user-id"], "alice");
+        assert_eq!(echo.headers["x-tenant"], "acme");
+    }
+    assert_eq!(idp.introspections(), 1, "later requests hit the cache");
+
+    // Inactive and unknown tokens are refused, and the refusal is cached briefly.
+    idp.set_token("opaque-revoked", json!({"active": false}));
+    for _ in 0..3 {
+        let challenge = refused(
+            bearer(&gw, "/api", "opaque-revoked").await,
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert!(challenge.contains("invalid_token"));
+    }
+    assert_eq!(idp.introspections(), 2);
+
+    // Active without the scope → 403.
+    idp.set_token(
+        "opaque-noscope",
+        json!({"active": true, "sub": "eve", "scope": "other"}),
+    );
+    refused(
+        bearer(&gw, "/api", "opaque-noscope").await,
+        403,
+        "forbidden",
+    )
+    .await;
+
+    // Twenty concurrent requests with one new token share one introspection call.
+    idp.set_token(
+        "opaque-burst",
+        json!({"active": true, "sub": "bob", "scope": "users.read"}),
+    );
+    idp.set_delay(Duration::from_millis(300));
+    let before = idp.introspections();
+    let calls = (0..20).map(|_| {
+        let url = gw.url("/api");
+        tokio::spawn(async move {
+            client()
+                .get(url)
+                .bearer_auth("opaque-burst")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(idp.introspections(), before + 1, "one call for the burst");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_or_misconfigured_introspection_answers_503() {
+    let idp = Idp::start("gatehouse", "right").await;
+    idp.set_token("opaque-1", json!({"active": true, "sub": "a"}));
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}---\n{}",
+        up.resource("svc"),
+        introspection_policy(&idp, ""),
+        protected_route("api", "/api", "opaque", "")
+    );
+    // The gateway authenticates with the wrong secret: the endpoint refuses it.
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .env("IDP_SECRET", "wrong")
+        .start()
+        .await;
+    let resp = bearer(&gw, "/api", "opaque-1").await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("www-authenticate").is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "auth_unavailable");
+
+    // Slower than the timeout, then down: 503 too, and never cached.
+    idp.set_delay(Duration::from_millis(1500));
+    assert_eq!(bearer(&gw, "/api", "opaque-2").await.status(), 503);
+    idp.stop();
+    assert_eq!(bearer(&gw, "/api", "opaque-3").await.status(), 503);
+    assert_eq!(up.hits(), 0);
+    let metrics = gw.metrics_text().await;
+    assert!(metrics.contains(
+        "gatehouse_auth_failures_total{reason=\"introspection_unavailable\",route=\"api\"} 3"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_with_an_unknown_key_goes_to_introspection() {
+    let dir = tempfile::tempdir().unwrap();
+    let known = SigningKey::generate(dir.path(), Algorithm::ES256, "known");
+    let foreign = SigningKey::generate(dir.path(), Algorithm::ES256, "foreign");
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    let foreign_token = foreign.sign(&claims("carol", json!({})));
+    idp.set_token(&foreign_token, json!({"active": true, "sub": "carol"}));
+    let policy = format!(
+        "{}jwt:\n  keys: [{}]\n",
+        introspection_policy(&idp, ""),
+        known.yaml()
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route("api", "/api", "opaque", "")
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .env("IDP_SECRET", "s3cret")
+        .start()
+        .await;
+    let resp = bearer(&gw, "/api", &known.sign(&claims("dave", json!({})))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(idp.introspections(), 0, "a known key is verified locally");
+    let resp = bearer(&gw, "/api", &foreign_token).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.headers["x-user-id"], "carol");
+    assert_eq!(idp.introspections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_from_query_or_cookie_are_stripped_when_asked_and_policies_reload() {
+    let up = TestUpstream::start("svc").await;
+    let policy = |secret: &[u8]| {
+        format!(
+            "kind: AuthPolicy\nid: web\ntoken_from: [header:Authorization, query:access_token, cookie:session]\njwt:\n  keys: [{{ alg: HS256, secret: \"base64:{}\" }}]\nforward:\n  headers: {{ X-User-Id: sub }}\n  strip_authorization: true\n",
+            b64(secret)
+        )
+    };
+    let routes = |secret: &[u8]| {
+        format!(
+            "{}---\n{}---\n{}",
+            up.resource("svc"),
+            policy(secret),
+            protected_route("web", "/web", "web", "")
+        )
+    };
+    let gw = Gateway::builder()
+        .file("r.yaml", routes(HS_SECRET))
+        .start()
+        .await;
+    let token = sign_hmac(
+        Algorithm::HS256,
+        None,
+        HS_SECRET,
+        &claims("erin", json!({})),
+    );
+
+    let resp = call(&gw, &format!("/web?a=1&access_token={token}&b=2"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.path, "/web?a=1&b=2");
+    assert_eq!(echo.headers["x-user-id"], "erin");
+
+    let cookie = format!("theme=dark; session={token}");
+    let resp = call(&gw, "/web", &[("cookie", &cookie)]).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.headers["cookie"], "theme=dark");
+
+    let resp = bearer(&gw, "/web", &token).await;
+    let echo: Echo = resp.json().await.unwrap();
+    assert!(!echo.headers.contains_key("authorization"));
+
+    // A rotated secret takes effect like any other change: old tokens stop working.
+    let rotated = b"the rotated secret";
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file("r.yaml", &routes(rotated));
+    gw.wait_revision_after(revision).await;
+    refused(bearer(&gw, "/web", &token).await, 401, "unauthorized").await;
+    let fresh = sign_hmac(Algorithm::HS256, None, rotated, &claims("erin", json!({})));
+    assert_eq!(bearer(&gw, "/web", &fresh).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_whose_secret_is_not_in_the_environment_is_refused_with_its_routes() {
+    let up = TestUpstream::start("svc").await;
+    let idp = Idp::start("gatehouse", "x").await;
+    let routes = format!(
+        "{}---\n{}---\n{}---\nkind: Route\nid: open\nmatch: {{ paths: [\"/open\"] }}\nupstream: svc\n",
+        up.resource("svc"),
+        introspection_policy(&idp, ""),
+        protected_route("api", "/api", "opaque", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let status = gw.status().await;
+    let rejected = status["rejected"].to_string();
+    assert!(rejected.contains("IDP_SECRET"), "{rejected}");
+    assert!(
+        rejected.contains("policy `opaque` was refused"),
+        "{rejected}"
+    );
+    // The protected route is not served unprotected; the rest keeps working.
+    assert_eq!(bearer(&gw, "/api", "anything").await.status(), 404);
+    assert_eq!(call(&gw, "/open", &[]).await.status(), 200);
+}
