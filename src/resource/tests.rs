@@ -156,6 +156,26 @@ fn auth_policy_schema_is_validated() {
 }
 
 #[test]
+fn auth_keys_secrets_and_forwarded_headers_are_checked_in_depth() {
+    let bad = "kind: AuthPolicy\nid: p\njwt:\n  keys:\n    - { alg: RS256, public_key: \"-----BEGIN PUBLIC KEY-----\\nnot a key\\n-----END PUBLIC KEY-----\" }\n    - { alg: HS256, secret: \"${UNCLOSED\" }\nrequired_scopes: [\"two words\"]\nforward: { headers: { Authorization: sub } }\n";
+    let errs = errors("p.yaml", bad);
+    for needle in [
+        "jwt.keys[0].public_key: is not an RSA public key PEM",
+        "jwt.keys[1].secret: unclosed ${",
+        "required_scopes[0]",
+        "forward.headers.Authorization: is where the token comes from",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "missing {needle} in {errs:?}"
+        );
+    }
+    // A reference to the gateway's environment is judged where the gateway runs.
+    let referenced = "kind: AuthPolicy\nid: p\njwt: { keys: [{ alg: HS256, secret: \"${JWT_SECRET}\" }] }\n";
+    assert!(errors("p.yaml", referenced).is_empty());
+}
+
+#[test]
 fn secrets_are_never_shown_back() {
     let text = "kind: AuthPolicy\nid: p\njwt: { keys: [{ alg: HS256, secret: topsecret }] }\n";
     let (catalog, _) = admit(&docs("p.yaml", text), &Catalog::default());

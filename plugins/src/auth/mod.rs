@@ -221,6 +221,12 @@ impl Authenticator {
         self.verdicts.len()
     }
 
+    /// Forgets every remembered verdict, so the next token is judged from scratch (benchmarks
+    /// measure the cold path with it).
+    pub fn forget_verdicts(&self) {
+        self.verdicts.clear();
+    }
+
     /// Judges a token: from the cache, locally, or by waiting on the JWKS or introspection.
     pub async fn authenticate(&self, token: &str) -> Outcome {
         match self.check_now(token) {
@@ -461,5 +467,122 @@ impl Plugin for Authenticate {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit test secret";
+
+    fn policy(rules: ClaimRules) -> Arc<Authenticator> {
+        let key = VerifyKey::configured(
+            Some("k1".into()),
+            "HS256",
+            &KeyMaterial::Secret(String::from_utf8(SECRET.to_vec()).unwrap()),
+        )
+        .unwrap();
+        Authenticator::new(AuthSettings {
+            token_from: vec![],
+            jwt: Some(JwtSettings {
+                keys: vec![key],
+                ..JwtSettings::default()
+            }),
+            introspection: None,
+            rules,
+            strip_credential: false,
+        })
+        .unwrap()
+    }
+
+    fn token(alg: Algorithm, kid: Option<&str>, claims: Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(String::from);
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn reason(outcome: Outcome) -> &'static str {
+        outcome.map(|_| "ok").unwrap_or_else(Failure::reason)
+    }
+
+    fn now_check(auth: &Authenticator, token: &str) -> Outcome {
+        match auth.check_now(token) {
+            Check::Done(outcome) => outcome,
+            _ => panic!("a policy with inline keys only decides at once"),
+        }
+    }
+
+    #[test]
+    fn shape_tells_jwts_from_opaque_tokens() {
+        assert!(matches!(shape("opaque-token"), Shape::Opaque));
+        assert!(matches!(shape("a.b.c"), Shape::Opaque));
+        let none = format!("{}.e30.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#));
+        assert!(matches!(shape(&none), Shape::UnsupportedAlg));
+        let es512 = format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES512"}"#));
+        assert!(matches!(shape(&es512), Shape::UnsupportedAlg));
+        let t = token(Algorithm::HS256, Some("k1"), json!({"sub": "a"}));
+        assert!(matches!(shape(&t), Shape::Jwt { alg: Algorithm::HS256, kid: Some(k) } if k == "k1"));
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_exp_and_failures_are_not() {
+        let auth = policy(ClaimRules::default());
+        let good = token(Algorithm::HS256, Some("k1"), json!({"sub": "ann", "exp": unix_now() + 60}));
+        let identity = now_check(&auth, &good).unwrap();
+        assert_eq!(identity.consumer.as_deref(), Some("ann"));
+        assert_eq!(auth.cached_verdicts(), 1);
+        // The second time it is the same identity, from the cache.
+        assert!(Arc::ptr_eq(&identity, &now_check(&auth, &good).unwrap()));
+
+        let expired = token(Algorithm::HS256, Some("k1"), json!({"sub": "ann", "exp": unix_now() - 60}));
+        assert_eq!(reason(now_check(&auth, &expired)), "expired");
+        assert_eq!(auth.cached_verdicts(), 1);
+    }
+
+    #[test]
+    fn the_key_decides_the_algorithm() {
+        let auth = policy(ClaimRules::default());
+        let claims = json!({"sub": "ann"});
+        // HS384 with the key's id: the key is HS256 only.
+        let t = token(Algorithm::HS384, Some("k1"), claims.clone());
+        assert_eq!(reason(now_check(&auth, &t)), "algorithm_mismatch");
+        // Without a kid, only keys of the token's algorithm are tried: none here.
+        let t = token(Algorithm::HS384, None, claims.clone());
+        assert_eq!(reason(now_check(&auth, &t)), "unknown_key");
+        let t = token(Algorithm::HS256, None, claims);
+        assert_eq!(reason(now_check(&auth, &t)), "ok");
+    }
+
+    #[test]
+    fn cache_entries_go_stale() {
+        let cache = VerdictCache::new(10);
+        cache.put("t", Err(Failure::InvalidToken("inactive_token")), 100);
+        assert!(cache.get("t", 100).is_some());
+        assert!(cache.get("t", 101).is_none());
+        assert!(cache.is_empty(), "a stale entry is dropped when found");
+    }
+
+    #[test]
+    fn refusals_carry_rfc6750_challenges() {
+        let auth = policy(ClaimRules {
+            required_scopes: vec!["a.read".into(), "b".into()],
+            forward: vec![],
+        });
+        let missing = auth.refusal(Failure::MissingToken);
+        assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(missing.headers[0].1, "Bearer realm=\"gatehouse\"");
+        let scope = auth.refusal(Failure::InsufficientScope);
+        assert_eq!(scope.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            scope.headers[0].1,
+            "Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"a.read b\""
+        );
+        let down = auth.refusal(Failure::Unavailable);
+        assert_eq!(down.code, "auth_unavailable");
+        assert!(down.headers.is_empty());
+        assert_eq!(down.reason, Some("introspection_unavailable"));
     }
 }
