@@ -101,7 +101,10 @@ fn bench_jwt(c: &mut Criterion) {
     let cases = [
         (
             "HS256",
-            format!("{{ kid: k, alg: HS256, secret: \"{}\" }}", std::str::from_utf8(secret).unwrap()),
+            format!(
+                "{{ kid: k, alg: HS256, secret: \"{}\" }}",
+                std::str::from_utf8(secret).unwrap()
+            ),
             EncodingKey::from_secret(secret),
             Algorithm::HS256,
         ),

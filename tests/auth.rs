@@ -83,7 +83,7 @@ async fn every_algorithm_family_is_verified_locally_and_the_identity_forwarded()
             "api",
             "/api",
             "users",
-            "request_headers: { set: { X-Consumer: \"${consumer}\" } }\n"
+            "request_headers: { set: { X-Consumer: \"${consumer}\" } }\nrate_limit: { rate: 1, per: 1m, burst: 1, key: consumer }\n"
         ),
     );
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
@@ -139,6 +139,10 @@ async fn every_algorithm_family_is_verified_locally_and_the_identity_forwarded()
         );
     }
     assert_eq!(up.hits(), tokens.len());
+    // The rate limit counts per consumer: each caller above had one request; a second one
+    // from the same caller is over its limit.
+    let resp = bearer(&gw, "/api", &tokens[0].1).await;
+    assert_eq!(resp.status(), 429);
 }
 
 #[tokio::test(flavor = "multi_thread")]

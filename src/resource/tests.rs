@@ -171,7 +171,8 @@ fn auth_keys_secrets_and_forwarded_headers_are_checked_in_depth() {
         );
     }
     // A reference to the gateway's environment is judged where the gateway runs.
-    let referenced = "kind: AuthPolicy\nid: p\njwt: { keys: [{ alg: HS256, secret: \"${JWT_SECRET}\" }] }\n";
+    let referenced =
+        "kind: AuthPolicy\nid: p\njwt: { keys: [{ alg: HS256, secret: \"${JWT_SECRET}\" }] }\n";
     assert!(errors("p.yaml", referenced).is_empty());
 }
 

@@ -524,20 +524,30 @@ mod tests {
         let es512 = format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES512"}"#));
         assert!(matches!(shape(&es512), Shape::UnsupportedAlg));
         let t = token(Algorithm::HS256, Some("k1"), json!({"sub": "a"}));
-        assert!(matches!(shape(&t), Shape::Jwt { alg: Algorithm::HS256, kid: Some(k) } if k == "k1"));
+        assert!(
+            matches!(shape(&t), Shape::Jwt { alg: Algorithm::HS256, kid: Some(k) } if k == "k1")
+        );
     }
 
     #[test]
     fn verified_tokens_are_cached_until_exp_and_failures_are_not() {
         let auth = policy(ClaimRules::default());
-        let good = token(Algorithm::HS256, Some("k1"), json!({"sub": "ann", "exp": unix_now() + 60}));
+        let good = token(
+            Algorithm::HS256,
+            Some("k1"),
+            json!({"sub": "ann", "exp": unix_now() + 60}),
+        );
         let identity = now_check(&auth, &good).unwrap();
         assert_eq!(identity.consumer.as_deref(), Some("ann"));
         assert_eq!(auth.cached_verdicts(), 1);
         // The second time it is the same identity, from the cache.
         assert!(Arc::ptr_eq(&identity, &now_check(&auth, &good).unwrap()));
 
-        let expired = token(Algorithm::HS256, Some("k1"), json!({"sub": "ann", "exp": unix_now() - 60}));
+        let expired = token(
+            Algorithm::HS256,
+            Some("k1"),
+            json!({"sub": "ann", "exp": unix_now() - 60}),
+        );
         assert_eq!(reason(now_check(&auth, &expired)), "expired");
         assert_eq!(auth.cached_verdicts(), 1);
     }
