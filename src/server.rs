@@ -8,6 +8,7 @@ use crate::provider::file::{FileProvider, FileSource, Overlay};
 use crate::provider::Ingest;
 use crate::proxy::{Gateway, InFlight, ProxySettings};
 use crate::snapshot::Live;
+use crate::telemetry::Telemetry;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
@@ -53,11 +54,6 @@ impl Launch {
 pub fn run(launch: Launch) -> anyhow::Result<()> {
     let config = launch.bootstrap;
     let shutdown_timeout = config.shutdown.timeout.0;
-    if !config.telemetry.otlp.endpoint.is_empty() {
-        tracing::warn!(
-            "telemetry.otlp.endpoint is set, but this version does not export traces yet"
-        );
-    }
     if config.registry.is_some() {
         tracing::warn!("registry is set, but this version does not discover upstreams yet");
     }
@@ -115,7 +111,8 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         max_header_size: config.http.max_header_size.0,
         keepalive_secs: config.http.keepalive_timeout.0.as_secs().max(1),
     };
-    let gateway = Gateway::new(live.clone(), settings, inflight.clone());
+    let telemetry = Arc::new(Telemetry::start(&config.telemetry)?);
+    let gateway = Gateway::new(live.clone(), settings, inflight.clone(), telemetry);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gatehouse");
     if let Some(logic) = proxy.app_logic_mut() {

@@ -196,11 +196,24 @@ pub struct RegistryEtcd {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Telemetry {
     pub otlp: Otlp,
     pub access_log: AccessLog,
+    /// A request without its own `X-Request-Id` gets its trace id as request id, so logs,
+    /// traces and the client's copy name a request alike. `false`: a random id instead.
+    pub trace_id_as_request_id: bool,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp: Otlp::default(),
+            access_log: AccessLog::default(),
+            trace_id_as_request_id: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

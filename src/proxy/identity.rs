@@ -26,28 +26,34 @@ pub fn request_id(headers: &HeaderMap) -> String {
 }
 
 pub fn identify(headers: &HeaderMap) -> RequestId {
+    match client_request_id(headers) {
+        Some(id) => RequestId {
+            id,
+            from_client: true,
+        },
+        None => RequestId {
+            id: new_request_id(),
+            from_client: false,
+        },
+    }
+}
+
+/// The client's own `X-Request-Id`, if it sent exactly one and it is sane.
+pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
     let mut given = headers.get_all(&REQUEST_ID_NAME).iter();
     // Exactly one value: a client sending several gets one of its own choosing from nobody.
-    if let (Some(given), None) = (given.next(), given.next()) {
-        let bytes = given.as_bytes();
-        let sane = !bytes.is_empty()
-            && bytes.len() <= 128
-            && bytes.iter().all(|b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
-            });
-        if sane {
-            return RequestId {
-                // All ASCII, checked above.
-                id: String::from_utf8_lossy(bytes).into_owned(),
-                from_client: true,
-            };
-        }
-    }
-    RequestId {
-        id: new_request_id(),
-        from_client: false,
-    }
+    let (Some(given), None) = (given.next(), given.next()) else {
+        return None;
+    };
+    let bytes = given.as_bytes();
+    let sane = !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
+        });
+    // All ASCII, checked above.
+    sane.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 pub fn new_request_id() -> String {

@@ -5,7 +5,9 @@ mod identity;
 mod inflight;
 mod reply;
 
-pub use identity::{client_ip, identify, new_request_id, request_id, REQUEST_ID};
+pub use identity::{
+    client_ip, client_request_id, identify, new_request_id, request_id, REQUEST_ID,
+};
 use identity::{FORWARDED_FOR, FORWARDED_FOR_NAME, FORWARDED_HOST, FORWARDED_PROTO};
 pub use inflight::{InFlight, InFlightGuard};
 pub use reply::error_body;
@@ -26,6 +28,15 @@ use reply::Answer;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
+use std::time::{Instant, SystemTime};
+
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::trace::{RequestTrace, SpanFacts};
+use crate::telemetry::Telemetry;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
@@ -43,17 +54,28 @@ pub struct Gateway {
     live: Arc<Live>,
     settings: ProxySettings,
     inflight: Arc<InFlight>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Gateway {
-    pub fn new(live: Arc<Live>, settings: ProxySettings, inflight: Arc<InFlight>) -> Gateway {
+    pub fn new(
+        live: Arc<Live>,
+        settings: ProxySettings,
+        inflight: Arc<InFlight>,
+        telemetry: Arc<Telemetry>,
+    ) -> Gateway {
         Gateway {
             live,
             settings,
             inflight,
+            telemetry,
         }
     }
 }
+
+/// The metrics of requests no route matched.
+static NO_ROUTE_METRICS: LazyLock<RouteMetrics> =
+    LazyLock::new(|| RouteMetrics::new(NO_ROUTE_ID.clone()));
 
 static NO_ROUTE_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
@@ -70,6 +92,13 @@ pub struct RequestCtx {
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
     pub last_node: Option<std::net::SocketAddr>,
+    /// When the request arrived: for its duration, its log line and its span.
+    pub arrived: Instant,
+    pub arrived_at: SystemTime,
+    /// The request's trace context, once its head was read.
+    pub trace: Option<RequestTrace>,
+    /// When the request was last sent upstream.
+    pub upstream_sent: Option<Instant>,
     _inflight: InFlightGuard,
 }
 
@@ -89,6 +118,10 @@ impl ProxyHttp for Gateway {
             id_from_client: false,
             failed_attempts: 0,
             last_node: None,
+            arrived: Instant::now(),
+            arrived_at: SystemTime::now(),
+            trace: None,
+            upstream_sent: None,
             _inflight: self.inflight.enter(),
         }
     }
@@ -96,9 +129,18 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_keepalive(Some(self.settings.keepalive_secs));
         let req = session.req_header();
-        let id = identify(&req.headers);
-        ctx.exchange.request_id = id.id;
-        ctx.id_from_client = id.from_client;
+        let trace = self.telemetry.tracer.start(&req.headers);
+        match client_request_id(&req.headers) {
+            Some(id) => {
+                ctx.exchange.request_id = id;
+                ctx.id_from_client = true;
+            }
+            None if self.telemetry.trace_id_as_request_id => {
+                ctx.exchange.request_id = trace.trace_id.to_string();
+            }
+            None => ctx.exchange.request_id = new_request_id(),
+        }
+        ctx.trace = Some(trace);
         ctx.exchange.client_ip = client_ip(
             peer_ip(session),
             &req.headers,
@@ -256,6 +298,12 @@ impl ProxyHttp for Gateway {
         if !ctx.id_from_client {
             upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
         }
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
+            if !trace.state.header().is_empty() {
+                upstream_request.insert_header(TRACESTATE, trace.state.header())?;
+            }
+        }
 
         let mut forwarded_for = String::with_capacity(64);
         let earlier = session.req_header().headers.get(&FORWARDED_FOR_NAME);
@@ -286,7 +334,74 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header(FORWARDED_HOST, host)?;
         }
         route.plugins.upstream_request(upstream_request, ex);
+        ctx.upstream_sent = Some(Instant::now());
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(sent), Some(upstream)) = (ctx.upstream_sent, &ctx.upstream) {
+            upstream.metrics.observe(sent.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Nothing written: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let elapsed = ctx.arrived.elapsed();
+        let route = ctx.route.as_deref();
+        route
+            .map_or(&*NO_ROUTE_METRICS, |r| &r.metrics)
+            .observe(status, elapsed.as_secs_f64());
+        let telemetry = &*self.telemetry;
+        if telemetry.access_log.is_none() && !telemetry.tracer.exports() {
+            return;
+        }
+        let req = session.req_header();
+        let node = ctx.upstream_sent.and(ctx.last_node);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id);
+        if let Some(log) = &telemetry.access_log {
+            log.log(Entry {
+                time: ctx.arrived_at,
+                request_id: ctx.exchange.request_id.clone(),
+                trace_id: trace_id.map(|t| t.to_string()).unwrap_or_default(),
+                client_ip: ctx.exchange.client_ip,
+                method: req.method.as_str().to_string(),
+                path: req
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+                route: ctx.exchange.route_id.clone(),
+                upstream: ctx.upstream.as_ref().map(|u| u.id.clone()),
+                node,
+                consumer: ctx.exchange.consumer.clone(),
+                status,
+                bytes: session.body_bytes_sent(),
+                duration: elapsed.as_secs_f64(),
+            });
+        }
+        if let Some(trace) = &ctx.trace {
+            telemetry.tracer.finish(
+                trace,
+                SpanFacts {
+                    start: ctx.arrived_at,
+                    end: ctx.arrived_at + elapsed,
+                    method: req.method.as_str(),
+                    path: req.uri.path(),
+                    pattern: route.and_then(|r| r.pattern.as_deref()),
+                    route: &ctx.exchange.route_id,
+                    status,
+                    node,
+                },
+            );
+        }
     }
 
     async fn response_filter(

@@ -3,6 +3,7 @@
 use super::CompiledPolicy;
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
+use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::{Authenticate, Authenticator};
@@ -90,6 +91,9 @@ pub struct CompiledRoute {
     pub auth: Option<Arc<Authenticator>>,
     pub timeouts: RouteTimeouts,
     pub retries: u32,
+    /// The path pattern reported as `http.route` in traces: the route's first path.
+    pub pattern: Option<String>,
+    pub metrics: RouteMetrics,
 }
 
 impl CompiledRoute {
@@ -178,8 +182,11 @@ impl CompiledRoute {
             query: &query,
         })
         .map_err(|e| format!("match: {e}"))?;
+        let id: Arc<str> = spec.id.as_str().into();
         Ok(CompiledRoute {
-            id: spec.id.as_str().into(),
+            metrics: RouteMetrics::new(id.clone()),
+            pattern: spec.matcher.paths.first().cloned(),
+            id,
             matcher,
             action,
             rewrite,

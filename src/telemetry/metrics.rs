@@ -1,7 +1,11 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use std::sync::LazyLock;
+use prometheus::Histogram;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// The gateway's metrics, registered once.
 pub struct Metrics {
@@ -17,7 +21,27 @@ pub struct Metrics {
     /// Requests refused by a route's auth policy, by route id and reason (a fixed set:
     /// missing_token, expired, bad_signature, insufficient_scope, ...).
     pub auth_failures: IntCounterVec,
+    /// Requests answered, by route id (empty when none matched) and status code.
+    pub requests: IntCounterVec,
+    /// From a request's arrival to its last byte, by route id.
+    pub request_duration: HistogramVec,
+    /// From sending a request upstream to receiving the response head, by upstream id.
+    pub upstream_duration: HistogramVec,
+    /// 1 while a node takes traffic, 0 while it is ejected, by upstream id and node address.
+    pub node_healthy: IntGaugeVec,
+    /// Spans sent to the OTLP endpoint.
+    pub spans_exported: IntCounter,
+    /// Spans lost: the export queue was full or the endpoint failed.
+    pub spans_dropped: IntCounter,
+    /// Access log lines lost because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
 }
+
+/// Latency buckets in seconds, from half a millisecond to a minute.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
@@ -52,12 +76,66 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route", "reason"],
     )
     .expect("valid metric");
+    let requests = IntCounterVec::new(
+        Opts::new("gatehouse_requests_total", "Requests answered"),
+        &["route", "status"],
+    )
+    .expect("valid metric");
+    let request_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "gatehouse_request_duration_seconds",
+            "Time from a request's arrival to its last byte",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["route"],
+    )
+    .expect("valid metric");
+    let upstream_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "gatehouse_upstream_duration_seconds",
+            "Time from sending a request upstream to receiving the response head",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["upstream"],
+    )
+    .expect("valid metric");
+    let node_healthy = IntGaugeVec::new(
+        Opts::new(
+            "gatehouse_upstream_node_healthy",
+            "1 while an upstream node takes traffic, 0 while it is ejected",
+        ),
+        &["upstream", "node"],
+    )
+    .expect("valid metric");
+    let spans_exported = IntCounter::new(
+        "gatehouse_trace_spans_exported_total",
+        "Spans sent to the OTLP endpoint",
+    )
+    .expect("valid metric");
+    let spans_dropped = IntCounter::new(
+        "gatehouse_trace_spans_dropped_total",
+        "Spans lost because the export queue was full or the endpoint failed",
+    )
+    .expect("valid metric");
+    let access_log_dropped = IntCounter::new(
+        "gatehouse_access_log_dropped_total",
+        "Access log lines lost because the writer could not keep up",
+    )
+    .expect("valid metric");
     for metric in [
         Box::new(config_revision.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(config_rejected.clone()),
         Box::new(config_reloads.clone()),
         Box::new(rate_limited.clone()),
         Box::new(auth_failures.clone()),
+        Box::new(requests.clone()),
+        Box::new(request_duration.clone()),
+        Box::new(upstream_duration.clone()),
+        Box::new(node_healthy.clone()),
+        Box::new(spans_exported.clone()),
+        Box::new(spans_dropped.clone()),
+        Box::new(access_log_dropped.clone()),
+        Box::new(prometheus::process_collector::ProcessCollector::for_self()),
     ] {
         registry.register(metric).expect("registered once");
     }
@@ -68,6 +146,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_reloads,
         rate_limited,
         auth_failures,
+        requests,
+        request_duration,
+        upstream_duration,
+        node_healthy,
+        spans_exported,
+        spans_dropped,
+        access_log_dropped,
     }
 });
 
@@ -77,5 +162,87 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Status codes whose counters a route resolves once and keeps; others are looked up by
+/// label each time (rare codes, so the lookup cost is rare too).
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 499, 500, 502, 503, 504,
+];
+
+/// A route's request metrics, resolved lazily and then kept, so recording a request costs
+/// no label hashing.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    duration: OnceLock<Histogram>,
+    statuses: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+}
+
+impl RouteMetrics {
+    pub fn new(route: Arc<str>) -> RouteMetrics {
+        RouteMetrics {
+            route,
+            duration: OnceLock::new(),
+            statuses: Default::default(),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let metrics = &*METRICS;
+        self.duration
+            .get_or_init(|| metrics.request_duration.with_label_values(&[&*self.route]))
+            .observe(seconds);
+        let counter = || {
+            metrics
+                .requests
+                .with_label_values(&[&*self.route, &status.to_string()])
+        };
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.statuses[i].get_or_init(counter).inc(),
+            None => counter().inc(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream's latency histogram, resolved once.
+pub struct UpstreamMetrics {
+    upstream: Arc<str>,
+    duration: OnceLock<Histogram>,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: Arc<str>) -> UpstreamMetrics {
+        UpstreamMetrics {
+            upstream,
+            duration: OnceLock::new(),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        self.duration
+            .get_or_init(|| {
+                METRICS
+                    .upstream_duration
+                    .with_label_values(&[&*self.upstream])
+            })
+            .observe(seconds);
+    }
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamMetrics")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@ pub use balance::{smooth_schedule, Picker};
 pub use choice::UpstreamChoice;
 
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
+use crate::telemetry::metrics::UpstreamMetrics;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ pub struct UpstreamTarget {
     pub spec: Arc<Upstream>,
     pub nodes: Box<[Node]>,
     pub tls: Option<UpstreamTls>,
+    pub metrics: UpstreamMetrics,
     picker: Picker,
 }
 
@@ -82,8 +84,10 @@ impl UpstreamTarget {
                 verify: tls.is_none_or(|t| t.verify),
             }
         });
+        let id: Arc<str> = spec.id.as_str().into();
         UpstreamTarget {
-            id: spec.id.as_str().into(),
+            metrics: UpstreamMetrics::new(id.clone()),
+            id,
             spec,
             nodes: nodes.into(),
             tls,

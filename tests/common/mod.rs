@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod idp;
+pub mod otlp;
 pub mod traffic;
 pub mod upstream;
 
