@@ -64,7 +64,7 @@ fn choose(c: &mut Criterion) {
             unreachable!()
         };
         group.bench_function(format!("{id}: choose upstream + pick node"), |b| {
-            b.iter(|| black_box(choice.choose(black_box(&req), &ex).pick()))
+            b.iter(|| black_box(choice.choose(black_box(&req), &ex).pick(&req, &ex, None)))
         });
     }
     group.finish();

@@ -168,7 +168,20 @@ impl ServeHttp for AdminApi {
         match path.as_str() {
             "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/metrics" => {
-                let body = crate::telemetry::metrics::METRICS.render();
+                let metrics = &crate::telemetry::metrics::METRICS;
+                // Node health is read when scraped: always current, and no series is left
+                // behind for a node that is gone.
+                metrics.node_healthy.reset();
+                let now = crate::upstream::now_ms();
+                for (id, upstream) in &self.live.load().upstreams {
+                    for node in upstream.nodes.iter() {
+                        metrics
+                            .node_healthy
+                            .with_label_values(&[id.as_str(), &node.addr.to_string()])
+                            .set(i64::from(node.health.is_up(now)));
+                    }
+                }
+                let body = metrics.render();
                 Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")

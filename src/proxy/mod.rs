@@ -14,7 +14,7 @@ pub use reply::error_body;
 
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{Action, CompiledRoute, Live};
-use crate::upstream::UpstreamTarget;
+use crate::upstream::{NodeLease, UpstreamTarget};
 use async_trait::async_trait;
 use gatehouse_plugins::{Exchange, Flow, Reply};
 use http::{header, HeaderValue, StatusCode};
@@ -91,7 +91,13 @@ pub struct RequestCtx {
     pub id_from_client: bool,
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
+    /// The node last chosen (its index in the upstream) and its address.
+    pub node: Option<usize>,
     pub last_node: Option<std::net::SocketAddr>,
+    /// Holds the node's in-flight count (for `least_conn`) while the request is on it.
+    lease: Option<NodeLease>,
+    /// The current attempt is being abandoned on purpose to retry a 502/503.
+    retrying_status: bool,
     /// When the request arrived: for its duration, its log line and its span.
     pub arrived: Instant,
     pub arrived_at: SystemTime,
@@ -117,7 +123,10 @@ impl ProxyHttp for Gateway {
             upstream: None,
             id_from_client: false,
             failed_attempts: 0,
+            node: None,
             last_node: None,
+            lease: None,
+            retrying_status: false,
             arrived: Instant::now(),
             arrived_at: SystemTime::now(),
             trace: None,
@@ -222,29 +231,25 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(upstream)) = (&ctx.route, &ctx.upstream) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream was chosen");
         };
         // On a retry, prefer a node other than the one that just failed.
-        let mut node = upstream.pick();
-        if let (Some(last), Some(_)) = (ctx.last_node, node) {
-            for _ in 1..upstream.nodes.len() {
-                match node {
-                    Some(n) if n.addr == last => node = upstream.pick(),
-                    _ => break,
-                }
-            }
-        }
-        let Some(node) = node else {
+        let picked = upstream.pick(session.req_header(), &ctx.exchange, ctx.node);
+        let Some(index) = picked else {
             return Error::e_explain(
                 NO_UPSTREAM,
-                format!("upstream `{}` has no node to send to", upstream.id),
+                format!("upstream `{}` has no healthy node", upstream.id),
             );
         };
+        let node = &upstream.nodes[index];
+        ctx.node = Some(index);
         ctx.last_node = Some(node.addr);
+        // Replaces (and so ends) the lease of a previous attempt.
+        ctx.lease = upstream.lease(index);
         let (tls, sni) = match &upstream.tls {
             Some(t) => (true, t.sni.clone()),
             None => (false, String::new()),
@@ -258,6 +263,9 @@ impl ProxyHttp for Gateway {
             peer.options.verify_cert = tls.verify;
             peer.options.verify_hostname = tls.verify;
         }
+        if let Some(idle) = upstream.idle_timeout {
+            peer.options.idle_timeout = Some(idle);
+        }
         Ok(Box::new(peer))
     }
 
@@ -268,6 +276,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
+            upstream.failed(node);
+        }
         ctx.failed_attempts += 1;
         let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
         // Nothing was sent yet, so trying another node is safe for any method.
@@ -340,14 +351,73 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(sent), Some(upstream)) = (ctx.upstream_sent, &ctx.upstream) {
+        let Some(upstream) = &ctx.upstream else {
+            return Ok(());
+        };
+        if let Some(sent) = ctx.upstream_sent {
             upstream.metrics.observe(sent.elapsed().as_secs_f64());
         }
+        let status = upstream_response.status.as_u16();
+        if matches!(status, 502..=504) {
+            if let Some(node) = ctx.node {
+                upstream.failed(node);
+            }
+            // A 502/503 is tried again on another node when that cannot repeat a side
+            // effect: an idempotent method, and no request body (nothing streamed yet).
+            let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
+            let req = session.req_header();
+            if status != 504
+                && ctx.failed_attempts < allowed
+                && req.method.is_idempotent()
+                && !has_body(req)
+            {
+                ctx.failed_attempts += 1;
+                ctx.retrying_status = true;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "upstream answered with a retryable status",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retrying_status) {
+            // Our own decision in upstream_response_filter, already counted.
+            return e;
+        }
+        if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
+            upstream.failed(node);
+        }
+        // Pingora's rule: only idempotent requests whose body can be replayed; a failure on
+        // a reused connection (closed by the upstream meanwhile) is worth one more try.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            ctx.failed_attempts += 1;
+            let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
+            e.set_retry(ctx.failed_attempts <= allowed);
+        }
+        e
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -447,6 +517,15 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Whether a request carries a body (so a retry would have to replay it).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Writes a gateway error and tells Pingora the request is answered.

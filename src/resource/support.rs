@@ -3,7 +3,7 @@
 //! whose health checks were ignored would keep sending traffic to dead nodes.
 
 use super::fields::Problems;
-use super::{Balancing, Upstream};
+use super::Upstream;
 
 const LATER: &str = "is not supported by this version of gatehouse yet";
 
@@ -11,15 +11,17 @@ pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
     let unsupported = [
         ("discovery", upstream.discovery.is_some()),
         (
-            "lb",
-            matches!(
-                upstream.lb,
-                Balancing::LeastConn | Balancing::ConsistentHash
-            ),
+            "health_check.active",
+            upstream
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.active.is_some()),
         ),
-        ("health_check", upstream.health_check.is_some()),
         ("circuit_breaker", upstream.circuit_breaker.is_some()),
-        ("pool", upstream.pool.is_some()),
+        (
+            "pool.max_idle",
+            upstream.pool.as_ref().is_some_and(|p| p.max_idle.is_some()),
+        ),
     ];
     for (field, used) in unsupported {
         if used {

@@ -28,6 +28,9 @@ pub struct TestUpstream {
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    status: Arc<AtomicU64>,
+    /// Every connection's task, so `kill` can cut them.
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -38,11 +41,15 @@ impl TestUpstream {
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (h, d, n, c) = (
+        let status = Arc::new(AtomicU64::new(200));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, d, n, c, st, cs) = (
             hits.clone(),
             delay_ms.clone(),
             name.to_string(),
             connections.clone(),
+            status.clone(),
+            conns.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -50,10 +57,11 @@ impl TestUpstream {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (h, d, n) = (h.clone(), d.clone(), n.clone());
-                tokio::spawn(async move {
-                    let _ = serve(stream, &n, &h, &d).await;
+                let (h, d, n, st) = (h.clone(), d.clone(), n.clone(), st.clone());
+                let conn = tokio::spawn(async move {
+                    let _ = serve(stream, &n, &h, &d, &st).await;
                 });
+                cs.lock().unwrap().push(conn.abort_handle());
             }
         });
         TestUpstream {
@@ -62,7 +70,22 @@ impl TestUpstream {
             hits,
             connections,
             delay_ms,
+            status,
+            conns,
             task,
+        }
+    }
+
+    /// Every later request is answered with this status (and the usual echo body).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(u64::from(status), Ordering::SeqCst);
+    }
+
+    /// Stops accepting and cuts every open connection: the node is dead.
+    pub fn kill(&self) {
+        self.task.abort();
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
         }
     }
 
@@ -175,6 +198,7 @@ async fn serve(
     name: &str,
     hits: &AtomicUsize,
     delay_ms: &AtomicU64,
+    status: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(Request {
@@ -197,8 +221,9 @@ async fn serve(
             "body": String::from_utf8_lossy(&body),
         })
         .to_string();
+        let status = status.load(Ordering::SeqCst);
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: test-upstream\r\nX-Upstream: {name}\r\n\r\n{echo}",
+            "HTTP/1.1 {status} Status\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: test-upstream\r\nX-Upstream: {name}\r\n\r\n{echo}",
             echo.len()
         );
         reader.get_mut().write_all(response.as_bytes()).await?;
