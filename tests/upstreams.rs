@@ -230,3 +230,42 @@ async fn consistent_hash_keeps_each_key_on_its_node_and_moves_few_when_one_joins
     // A quarter would be ideal; a modulo hash would move three quarters.
     assert!((10..=50).contains(&moved), "{moved} of 120 keys moved");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_circuit_opens_on_errors_then_a_probe_closes_it() {
+    let up = TestUpstream::start("svc").await;
+    up.set_status(500);
+    let routes = format!(
+        "{}---\n{}",
+        upstream(
+            "svc",
+            &[&up],
+            "circuit_breaker: { error_rate: 0.5, min_requests: 4, window: 10s, open_for: 1s }\n"
+        ),
+        route("api", "/api", "svc", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    for _ in 0..4 {
+        assert_eq!(upstream_of(&gw, "/api", &[]).await.0, 500);
+    }
+    // Open: refused here, the upstream is spared.
+    let resp = client().get(gw.url("/api")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "circuit_open");
+    assert_eq!(up.hits(), 4);
+
+    // After open_for, one probe goes through; it fails, so the circuit opens again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(upstream_of(&gw, "/api", &[]).await.0, 500);
+    assert_eq!(upstream_of(&gw, "/api", &[]).await.0, 503);
+    assert_eq!(up.hits(), 5);
+
+    // The upstream recovers: the next probe succeeds and closes the circuit.
+    up.set_status(200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(upstream_of(&gw, "/api", &[]).await.0, 200);
+    }
+    assert_eq!(up.hits(), 10);
+}

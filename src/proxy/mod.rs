@@ -14,7 +14,7 @@ pub use reply::error_body;
 
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{Action, CompiledRoute, Live};
-use crate::upstream::{NodeLease, UpstreamTarget};
+use crate::upstream::{now_ms, NodeLease, Pass, UpstreamTarget};
 use async_trait::async_trait;
 use gatehouse_plugins::{Exchange, Flow, Reply};
 use http::{header, HeaderValue, StatusCode};
@@ -40,6 +40,8 @@ const TRACESTATE: &str = "tracestate";
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
+/// The error type for "the upstream's circuit is open", mapped to 503 `circuit_open`.
+const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit_open");
 
 /// Per-listener-independent proxy settings from the bootstrap config.
 #[derive(Debug, Clone)]
@@ -98,6 +100,9 @@ pub struct RequestCtx {
     lease: Option<NodeLease>,
     /// The current attempt is being abandoned on purpose to retry a 502/503.
     retrying_status: bool,
+    /// How the current attempt passed the upstream's circuit breaker, until its outcome is
+    /// recorded.
+    pass: Option<Pass>,
     /// When the request arrived: for its duration, its log line and its span.
     pub arrived: Instant,
     pub arrived_at: SystemTime,
@@ -106,6 +111,17 @@ pub struct RequestCtx {
     /// When the request was last sent upstream.
     pub upstream_sent: Option<Instant>,
     _inflight: InFlightGuard,
+}
+
+impl RequestCtx {
+    /// Tells the upstream's circuit breaker how the current attempt ended.
+    fn outcome(&mut self, ok: bool) {
+        if let (Some(upstream), Some(pass)) = (&self.upstream, self.pass.take()) {
+            if let Some(breaker) = &upstream.breaker {
+                breaker.record(pass, ok, now_ms());
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -127,6 +143,7 @@ impl ProxyHttp for Gateway {
             last_node: None,
             lease: None,
             retrying_status: false,
+            pass: None,
             arrived: Instant::now(),
             arrived_at: SystemTime::now(),
             trace: None,
@@ -237,6 +254,17 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(upstream)) = (&ctx.route, &ctx.upstream) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream was chosen");
         };
+        if let Some(breaker) = &upstream.breaker {
+            match breaker.admit(now_ms()) {
+                Some(pass) => ctx.pass = Some(pass),
+                None => {
+                    return Error::e_explain(
+                        CIRCUIT_OPEN,
+                        format!("upstream `{}` has its circuit open", upstream.id),
+                    )
+                }
+            }
+        }
         // On a retry, prefer a node other than the one that just failed.
         let picked = upstream.pick(session.req_header(), &ctx.exchange, ctx.node);
         let Some(index) = picked else {
@@ -279,6 +307,7 @@ impl ProxyHttp for Gateway {
         if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
             upstream.failed(node);
         }
+        ctx.outcome(false);
         ctx.failed_attempts += 1;
         let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
         // Nothing was sent yet, so trying another node is safe for any method.
@@ -355,13 +384,14 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.outcome(status < 500);
         let Some(upstream) = &ctx.upstream else {
             return Ok(());
         };
         if let Some(sent) = ctx.upstream_sent {
             upstream.metrics.observe(sent.elapsed().as_secs_f64());
         }
-        let status = upstream_response.status.as_u16();
         if matches!(status, 502..=504) {
             if let Some(node) = ctx.node {
                 upstream.failed(node);
@@ -404,6 +434,7 @@ impl ProxyHttp for Gateway {
         if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
             upstream.failed(node);
         }
+        ctx.outcome(false);
         // Pingora's rule: only idempotent requests whose body can be replayed; a failure on
         // a reused connection (closed by the upstream meanwhile) is worth one more try.
         if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
@@ -562,6 +593,11 @@ fn classify(e: &Error) -> Option<Reply> {
             StatusCode::SERVICE_UNAVAILABLE,
             "no_upstream",
             "no upstream node is available",
+        ),
+        (t, _) if *t == CIRCUIT_OPEN => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "circuit_open",
+            "the upstream is failing; its circuit breaker is open",
         ),
         (
             ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,

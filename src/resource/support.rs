@@ -17,7 +17,6 @@ pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
                 .as_ref()
                 .is_some_and(|h| h.active.is_some()),
         ),
-        ("circuit_breaker", upstream.circuit_breaker.is_some()),
         (
             "pool.max_idle",
             upstream.pool.as_ref().is_some_and(|p| p.max_idle.is_some()),

@@ -1,10 +1,12 @@
 //! Upstreams as the proxy uses them: resolved nodes and a picker.
 
 mod balance;
+mod breaker;
 mod choice;
 mod health;
 
 pub use balance::{smooth_schedule, Picker};
+pub use breaker::{Breaker, BreakerPolicy, Pass};
 pub use choice::UpstreamChoice;
 pub use health::{now_ms, NodeHealth, PassivePolicy};
 
@@ -61,6 +63,8 @@ pub struct UpstreamTarget {
     pub passive: Option<PassivePolicy>,
     /// `pool.idle_timeout`, if set.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `circuit_breaker`, if set.
+    pub breaker: Option<Breaker>,
     balance: Balance,
 }
 
@@ -130,6 +134,14 @@ impl UpstreamTarget {
                 fail_timeout: p.fail_timeout.0,
             });
         let idle_timeout = spec.pool.as_ref().and_then(|p| p.idle_timeout).map(|t| t.0);
+        let breaker = spec.circuit_breaker.as_ref().map(|c| {
+            Breaker::new(BreakerPolicy {
+                error_rate: c.error_rate,
+                min_requests: c.min_requests,
+                window: c.window.0,
+                open_for: c.open_for.0,
+            })
+        });
         let tls = (spec.scheme == Scheme::Https).then(|| {
             let tls = spec.tls.as_ref();
             let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
@@ -154,6 +166,7 @@ impl UpstreamTarget {
             tls,
             passive,
             idle_timeout,
+            breaker,
             balance,
         }
     }
