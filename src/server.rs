@@ -139,7 +139,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     let live_for_cleanup = live.clone();
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApi::new(live, config.admin.api_key.clone(), writes),
+        AdminApi::new(live.clone(), config.admin.api_key.clone(), writes),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
@@ -150,6 +150,10 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         LimiterCleanup {
             live: live_for_cleanup,
         },
+    ));
+    server.add_service(background_service(
+        "health checks",
+        crate::upstream::Prober::new(live.clone())?,
     ));
     server.add_service(background_service(
         "drain",

@@ -269,3 +269,50 @@ async fn the_circuit_opens_on_errors_then_a_probe_closes_it() {
     }
     assert_eq!(up.hits(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_checks_take_a_failing_node_out_and_bring_it_back() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let routes = format!(
+        "{}---\n{}",
+        upstream(
+            "svc",
+            &[&a, &b],
+            "health_check: { active: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 } }\n"
+        ),
+        route("api", "/api", "svc", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let healthy = |node: &TestUpstream, value: u8| {
+        format!(
+            "gatehouse_upstream_node_healthy{{node=\"{}\",upstream=\"svc\"}} {value}",
+            node.addr
+        )
+    };
+    // Probes arrive by themselves.
+    eventually(Duration::from_secs(5), "probes", || async { a.hits() >= 2 }).await;
+
+    a.set_status(503);
+    eventually(Duration::from_secs(5), "a to be taken out", || async {
+        gw.metrics_text().await.contains(&healthy(&a, 0))
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(upstream_of(&gw, "/api", &[]).await, (200, "b".to_string()));
+    }
+
+    a.set_status(200);
+    eventually(Duration::from_secs(5), "a to come back", || async {
+        gw.metrics_text().await.contains(&healthy(&a, 1))
+    })
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(upstream_of(&gw, "/api", &[]).await.1);
+    }
+    assert!(
+        seen.iter().any(|n| n == "a") && seen.iter().any(|n| n == "b"),
+        "{seen:?}"
+    );
+}

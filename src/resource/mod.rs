@@ -17,7 +17,8 @@ pub use route::{
     Timeouts, WeightedUpstream, METHODS,
 };
 pub use upstream::{
-    split_host_port, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream, UpstreamTls,
+    split_host_port, ActiveCheck, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream,
+    UpstreamTls,
 };
 
 use fields::{check_id, Problems};

@@ -11,13 +11,6 @@ pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
     let unsupported = [
         ("discovery", upstream.discovery.is_some()),
         (
-            "health_check.active",
-            upstream
-                .health_check
-                .as_ref()
-                .is_some_and(|h| h.active.is_some()),
-        ),
-        (
             "pool.max_idle",
             upstream.pool.as_ref().is_some_and(|p| p.max_idle.is_some()),
         ),

@@ -39,6 +39,8 @@ pub struct NodeHealth {
     /// Consecutive probe results, for the active thresholds.
     probe_streak_ok: AtomicU32,
     probe_streak_failed: AtomicU32,
+    /// When the next probe is due (ms).
+    next_probe: AtomicU64,
 }
 
 impl Default for NodeHealth {
@@ -50,6 +52,7 @@ impl Default for NodeHealth {
             probed_up: AtomicBool::new(true),
             probe_streak_ok: AtomicU32::new(0),
             probe_streak_failed: AtomicU32::new(0),
+            next_probe: AtomicU64::new(0),
         }
     }
 }
@@ -77,6 +80,16 @@ impl NodeHealth {
             self.fails.store(0, Ordering::Relaxed);
             self.window_start.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a probe is due at `now`; if so, the next one is scheduled `interval` later.
+    pub fn probe_due(&self, now: u64, interval: u64) -> bool {
+        let next = self.next_probe.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_probe
+                .compare_exchange(next, now + interval, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Records one probe; returns the new verdict when it changed.

@@ -4,11 +4,13 @@ mod balance;
 mod breaker;
 mod choice;
 mod health;
+mod probe;
 
 pub use balance::{smooth_schedule, Picker};
 pub use breaker::{Breaker, BreakerPolicy, Pass};
 pub use choice::UpstreamChoice;
 pub use health::{now_ms, NodeHealth, PassivePolicy};
+pub use probe::Prober;
 
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
 use crate::telemetry::metrics::UpstreamMetrics;
