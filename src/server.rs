@@ -54,9 +54,6 @@ impl Launch {
 pub fn run(launch: Launch) -> anyhow::Result<()> {
     let config = launch.bootstrap;
     let shutdown_timeout = config.shutdown.timeout.0;
-    if config.registry.is_some() {
-        tracing::warn!("registry is set, but this version does not discover upstreams yet");
-    }
 
     let conf = ServerConf {
         threads: config.threads,
@@ -150,6 +147,13 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         LimiterCleanup {
             live: live_for_cleanup,
         },
+    ));
+    server.add_service(background_service(
+        "discovery",
+        crate::upstream::DiscoveryService::new(
+            live.clone(),
+            config.registry.as_ref().map(|r| r.etcd.clone()),
+        ),
     ));
     server.add_service(background_service(
         "health checks",

@@ -174,7 +174,7 @@ impl ServeHttp for AdminApi {
                 metrics.node_healthy.reset();
                 let now = crate::upstream::now_ms();
                 for (id, upstream) in &self.live.load().upstreams {
-                    for node in upstream.nodes.iter() {
+                    for node in upstream.members().nodes.iter() {
                         metrics
                             .node_healthy
                             .with_label_values(&[id.as_str(), &node.addr.to_string()])

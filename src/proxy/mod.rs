@@ -14,7 +14,7 @@ pub use reply::error_body;
 
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{Action, CompiledRoute, Live};
-use crate::upstream::{now_ms, NodeLease, Pass, UpstreamTarget};
+use crate::upstream::{now_ms, Node, NodeLease, Pass, UpstreamTarget};
 use async_trait::async_trait;
 use gatehouse_plugins::{Exchange, Flow, Reply};
 use http::{header, HeaderValue, StatusCode};
@@ -93,8 +93,8 @@ pub struct RequestCtx {
     pub id_from_client: bool,
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
-    /// The node last chosen (its index in the upstream) and its address.
-    pub node: Option<usize>,
+    /// The node last chosen, and its address.
+    pub node: Option<Arc<Node>>,
     pub last_node: Option<std::net::SocketAddr>,
     /// Holds the node's in-flight count (for `least_conn`) while the request is on it.
     lease: Option<NodeLease>,
@@ -266,23 +266,22 @@ impl ProxyHttp for Gateway {
             }
         }
         // On a retry, prefer a node other than the one that just failed.
-        let picked = upstream.pick(session.req_header(), &ctx.exchange, ctx.node);
-        let Some(index) = picked else {
+        let picked = upstream.pick(session.req_header(), &ctx.exchange, ctx.node.as_deref());
+        let Some(node) = picked else {
             return Error::e_explain(
                 NO_UPSTREAM,
                 format!("upstream `{}` has no healthy node", upstream.id),
             );
         };
-        let node = &upstream.nodes[index];
-        ctx.node = Some(index);
         ctx.last_node = Some(node.addr);
         // Replaces (and so ends) the lease of a previous attempt.
-        ctx.lease = upstream.lease(index);
+        ctx.lease = upstream.lease(&node);
         let (tls, sni) = match &upstream.tls {
             Some(t) => (true, t.sni.clone()),
             None => (false, String::new()),
         };
         let mut peer = HttpPeer::new(node.addr, tls, sni);
+        ctx.node = Some(node);
         let t = route.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
@@ -304,7 +303,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
+        if let (Some(upstream), Some(node)) = (&ctx.upstream, &ctx.node) {
             upstream.failed(node);
         }
         ctx.outcome(false);
@@ -393,7 +392,7 @@ impl ProxyHttp for Gateway {
             upstream.metrics.observe(sent.elapsed().as_secs_f64());
         }
         if matches!(status, 502..=504) {
-            if let Some(node) = ctx.node {
+            if let Some(node) = &ctx.node {
                 upstream.failed(node);
             }
             // A 502/503 is tried again on another node when that cannot repeat a side
@@ -431,16 +430,21 @@ impl ProxyHttp for Gateway {
             // Our own decision in upstream_response_filter, already counted.
             return e;
         }
-        if let (Some(upstream), Some(node)) = (&ctx.upstream, ctx.node) {
+        if let (Some(upstream), Some(node)) = (&ctx.upstream, &ctx.node) {
             upstream.failed(node);
         }
         ctx.outcome(false);
-        // Pingora's rule: only idempotent requests whose body can be replayed; a failure on
-        // a reused connection (closed by the upstream meanwhile) is worth one more try.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
+        let req = session.req_header();
+        if req.method.is_idempotent() && !has_body(req) && session.response_written().is_none() {
+            // Nothing reached the client and nothing can be repeated twice: another node
+            // may answer instead (a node that died mid-request, a timeout), as nginx's
+            // `proxy_next_upstream error timeout` does.
+            e.set_retry(true);
+        } else if !req.method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
             e.set_retry(false);
         } else {
+            // Pingora's rule: a failure on a reused connection (closed by the upstream
+            // meanwhile) is worth one more try.
             e.retry.decide_reuse(client_reused);
         }
         if e.retry() {

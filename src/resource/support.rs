@@ -8,13 +8,10 @@ use super::Upstream;
 const LATER: &str = "is not supported by this version of gatehouse yet";
 
 pub(super) fn check_upstream(upstream: &Upstream, p: &mut Problems) {
-    let unsupported = [
-        ("discovery", upstream.discovery.is_some()),
-        (
-            "pool.max_idle",
-            upstream.pool.as_ref().is_some_and(|p| p.max_idle.is_some()),
-        ),
-    ];
+    let unsupported = [(
+        "pool.max_idle",
+        upstream.pool.as_ref().is_some_and(|p| p.max_idle.is_some()),
+    )];
     for (field, used) in unsupported {
         if used {
             p.add(field, LATER);

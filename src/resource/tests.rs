@@ -187,13 +187,14 @@ fn secrets_are_never_shown_back() {
 
 #[test]
 fn features_of_later_versions_are_refused_not_ignored() {
-    let text = "kind: Upstream\nid: u\ndiscovery: { service: users }\nhealth_check: { passive: { max_fails: 3, fail_timeout: 10s }, active: { path: /h, interval: 1s, timeout: 1s, healthy: 1, unhealthy: 1 } }\n";
+    let text = "kind: Upstream\nid: u\ndiscovery: { service: users }\npool: { max_idle: 8, idle_timeout: 30s }\nhealth_check: { passive: { max_fails: 3, fail_timeout: 10s }, active: { path: /h, interval: 1s, timeout: 1s, healthy: 1, unhealthy: 1 } }\n";
     let errs = errors("a.yaml", text);
     assert!(
-        errs.iter().any(|e| e.contains("discovery: is not supported")),
+        errs.iter()
+            .any(|e| e.contains("pool.max_idle: is not supported")),
         "{errs:?}"
     );
-    assert_eq!(errs.len(), 1, "health checks are supported: {errs:?}");
+    assert_eq!(errs.len(), 1, "the rest is supported: {errs:?}");
 }
 
 #[test]

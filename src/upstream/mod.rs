@@ -3,22 +3,25 @@
 mod balance;
 mod breaker;
 mod choice;
+mod discovery;
 mod health;
 mod probe;
 
 pub use balance::{smooth_schedule, Picker};
 pub use breaker::{Breaker, BreakerPolicy, Pass};
 pub use choice::UpstreamChoice;
+pub use discovery::{Directory, DiscoveryService, Registration};
 pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use probe::Prober;
 
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
 use crate::telemetry::metrics::UpstreamMetrics;
+use arc_swap::ArcSwap;
 use gatehouse_plugins::Exchange;
 use pingora_http::RequestHeader;
 use pingora_ketama::{Bucket, Continuum};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// One instance requests can be sent to.
@@ -53,12 +56,11 @@ pub struct UpstreamTls {
 }
 
 /// An upstream compiled for the request path. Kept across reloads while its resource does
-/// not change, so balancing state carries over.
+/// not change, so balancing and health state carry over.
 #[derive(Debug)]
 pub struct UpstreamTarget {
     pub id: Arc<str>,
     pub spec: Arc<Upstream>,
-    pub nodes: Box<[Node]>,
     pub tls: Option<UpstreamTls>,
     pub metrics: UpstreamMetrics,
     /// `health_check.passive`, if set.
@@ -67,6 +69,18 @@ pub struct UpstreamTarget {
     pub idle_timeout: Option<std::time::Duration>,
     /// `circuit_breaker`, if set.
     pub breaker: Option<Breaker>,
+    /// The nodes in force: fixed for static `nodes`, replaced as discovery finds instances.
+    members: ArcSwap<Members>,
+    /// The registry generation these nodes were computed from (`u64::MAX`: never).
+    pub(crate) discovered: AtomicU64,
+    /// When the next DNS lookup is due (ms).
+    next_lookup: AtomicU64,
+}
+
+/// One set of nodes and how to choose among them.
+#[derive(Debug)]
+pub struct Members {
+    pub nodes: Box<[Arc<Node>]>,
     balance: Balance,
 }
 
@@ -90,27 +104,8 @@ impl std::fmt::Debug for Balance {
     }
 }
 
-impl UpstreamTarget {
-    /// Builds the target, resolving host names now rather than per request. A node whose
-    /// name does not resolve is left out (and logged); with no node left, requests get 503.
-    pub fn compile(spec: Arc<Upstream>) -> UpstreamTarget {
-        let mut nodes = Vec::with_capacity(spec.nodes.len());
-        for node in &spec.nodes {
-            let resolved = split_host_port(&node.addr)
-                .map_err(|e| e.to_string())
-                .and_then(|(host, port)| {
-                    (host, port)
-                        .to_socket_addrs()
-                        .map_err(|e| format!("cannot resolve `{}`: {e}", node.addr))
-                });
-            match resolved {
-                Ok(addrs) => {
-                    let label: Arc<str> = node.addr.as_str().into();
-                    nodes.extend(addrs.map(|addr| Node::new(addr, node.weight, label.clone())))
-                }
-                Err(e) => tracing::warn!(upstream = %spec.id, "node left out: {e}"),
-            }
-        }
+impl Members {
+    fn new(spec: &Upstream, nodes: Vec<Arc<Node>>) -> Members {
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
         let balance = match spec.lb {
             Balancing::Random => Balance::Picker(Picker::random(&weights)),
@@ -127,57 +122,16 @@ impl UpstreamTarget {
                 }
             }
         };
-        let passive = spec
-            .health_check
-            .as_ref()
-            .and_then(|h| h.passive.as_ref())
-            .map(|p| PassivePolicy {
-                max_fails: p.max_fails,
-                fail_timeout: p.fail_timeout.0,
-            });
-        let idle_timeout = spec.pool.as_ref().and_then(|p| p.idle_timeout).map(|t| t.0);
-        let breaker = spec.circuit_breaker.as_ref().map(|c| {
-            Breaker::new(BreakerPolicy {
-                error_rate: c.error_rate,
-                min_requests: c.min_requests,
-                window: c.window.0,
-                open_for: c.open_for.0,
-            })
-        });
-        let tls = (spec.scheme == Scheme::Https).then(|| {
-            let tls = spec.tls.as_ref();
-            let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
-                spec.nodes
-                    .first()
-                    .and_then(|n| split_host_port(&n.addr).ok())
-                    .filter(|(host, _)| host.parse::<std::net::IpAddr>().is_err())
-                    .map(|(host, _)| host.to_string())
-                    .unwrap_or_default()
-            });
-            UpstreamTls {
-                sni,
-                verify: tls.is_none_or(|t| t.verify),
-            }
-        });
-        let id: Arc<str> = spec.id.as_str().into();
-        UpstreamTarget {
-            metrics: UpstreamMetrics::new(id.clone()),
-            id,
-            spec,
+        Members {
             nodes: nodes.into(),
-            tls,
-            passive,
-            idle_timeout,
-            breaker,
             balance,
         }
     }
 
-    /// The index of the node for a request: a healthy one, other than `avoid` (the node
-    /// that just failed) when another healthy node exists. `None` when no node is healthy.
-    pub fn pick(&self, req: &RequestHeader, ex: &Exchange, avoid: Option<usize>) -> Option<usize> {
+    fn pick(&self, req: &RequestHeader, ex: &Exchange, avoid: Option<&Node>) -> Option<usize> {
         let now = now_ms();
-        let usable = |i: usize| Some(i) != avoid && self.nodes[i].health.is_up(now);
+        let avoided = |i: usize| avoid.is_some_and(|a| a.addr == self.nodes[i].addr);
+        let usable = |i: usize| !avoided(i) && self.nodes[i].health.is_up(now);
         let chosen = match &self.balance {
             Balance::Picker(picker) => (0..self.nodes.len())
                 .filter_map(|_| picker.pick())
@@ -192,9 +146,9 @@ impl UpstreamTarget {
             }
         };
         chosen
-            .or_else(|| self.any_healthy(&usable))
+            .or_else(|| self.any(&usable))
             // The node to avoid is still better than none, if it is healthy.
-            .or_else(|| avoid.filter(|&i| self.nodes[i].health.is_up(now)))
+            .or_else(|| self.any(&|i| avoided(i) && self.nodes[i].health.is_up(now)))
     }
 
     fn least_loaded(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
@@ -221,44 +175,198 @@ impl UpstreamTarget {
         best.map(|(i, _, _)| i)
     }
 
-    fn any_healthy(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    fn any(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.nodes.len();
         let start = fastrand::usize(..n.max(1));
         (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
     }
+}
 
-    /// Marks a request as in flight on node `index` until the lease is dropped (for
-    /// `least_conn`; other balancers need no count).
-    pub fn lease(self: &Arc<Self>, index: usize) -> Option<NodeLease> {
-        matches!(self.balance, Balance::LeastConn).then(|| {
-            self.nodes[index].inflight.fetch_add(1, Ordering::Relaxed);
-            NodeLease {
-                target: self.clone(),
-                index,
+/// A discovered instance: where it is and its weight.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instance {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl UpstreamTarget {
+    /// Builds the target, resolving host names now rather than per request. A node whose
+    /// name does not resolve is left out (and logged); with no node left, requests get 503.
+    /// A `discovery.dns` name is resolved now too; a registry service starts empty and is
+    /// filled by the registry watcher.
+    pub fn compile(spec: Arc<Upstream>) -> UpstreamTarget {
+        let mut nodes = Vec::with_capacity(spec.nodes.len());
+        for node in &spec.nodes {
+            let resolved = split_host_port(&node.addr)
+                .map_err(|e| e.to_string())
+                .and_then(|(host, port)| {
+                    (host, port)
+                        .to_socket_addrs()
+                        .map_err(|e| format!("cannot resolve `{}`: {e}", node.addr))
+                });
+            match resolved {
+                Ok(addrs) => {
+                    let label: Arc<str> = node.addr.as_str().into();
+                    nodes.extend(
+                        addrs.map(|addr| Arc::new(Node::new(addr, node.weight, label.clone()))),
+                    )
+                }
+                Err(e) => tracing::warn!(upstream = %spec.id, "node left out: {e}"),
             }
+        }
+        if let Some(dns) = spec.discovery.as_ref().and_then(|d| d.dns.as_ref()) {
+            match (dns.name.as_str(), dns.port).to_socket_addrs() {
+                Ok(addrs) => nodes.extend(
+                    addrs.map(|addr| Arc::new(Node::new(addr, 1, addr.to_string().into()))),
+                ),
+                Err(e) => {
+                    tracing::warn!(upstream = %spec.id, name = %dns.name, "DNS lookup failed: {e}")
+                }
+            }
+        }
+        let passive = spec
+            .health_check
+            .as_ref()
+            .and_then(|h| h.passive.as_ref())
+            .map(|p| PassivePolicy {
+                max_fails: p.max_fails,
+                fail_timeout: p.fail_timeout.0,
+            });
+        let idle_timeout = spec.pool.as_ref().and_then(|p| p.idle_timeout).map(|t| t.0);
+        let breaker = spec.circuit_breaker.as_ref().map(|c| {
+            Breaker::new(BreakerPolicy {
+                error_rate: c.error_rate,
+                min_requests: c.min_requests,
+                window: c.window.0,
+                open_for: c.open_for.0,
+            })
+        });
+        let tls = (spec.scheme == Scheme::Https).then(|| {
+            let tls = spec.tls.as_ref();
+            let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
+                let dns = spec.discovery.as_ref().and_then(|d| d.dns.as_ref());
+                spec.nodes
+                    .first()
+                    .and_then(|n| split_host_port(&n.addr).ok())
+                    .map(|(host, _)| host)
+                    .or(dns.map(|d| d.name.as_str()))
+                    .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+                    .map(str::to_string)
+                    .unwrap_or_default()
+            });
+            UpstreamTls {
+                sni,
+                verify: tls.is_none_or(|t| t.verify),
+            }
+        });
+        let id: Arc<str> = spec.id.as_str().into();
+        UpstreamTarget {
+            metrics: UpstreamMetrics::new(id.clone()),
+            id,
+            members: ArcSwap::from_pointee(Members::new(&spec, nodes)),
+            discovered: AtomicU64::new(u64::MAX),
+            next_lookup: AtomicU64::new(
+                now_ms()
+                    + spec
+                        .discovery
+                        .as_ref()
+                        .and_then(|d| d.dns.as_ref())
+                        .map_or(0, |d| d.refresh.0.as_millis() as u64),
+            ),
+            spec,
+            tls,
+            passive,
+            idle_timeout,
+            breaker,
+        }
+    }
+
+    /// Whether a DNS lookup is due at `now`; if so, the next one is scheduled.
+    pub(crate) fn lookup_due(&self, now: u64, refresh: u64) -> bool {
+        let next = self.next_lookup.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_lookup
+                .compare_exchange(next, now + refresh, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The nodes in force now.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// Replaces the nodes with `instances` (from discovery). Nodes that stay keep their
+    /// health and in-flight counts. Returns whether anything changed.
+    pub fn set_instances(&self, mut instances: Vec<Instance>) -> bool {
+        instances.sort();
+        instances.dedup();
+        let current = self.members.load();
+        let same = current.nodes.len() == instances.len()
+            && current
+                .nodes
+                .iter()
+                .zip(&instances)
+                .all(|(n, i)| n.addr == i.addr && n.weight == i.weight);
+        if same {
+            return false;
+        }
+        let nodes = instances
+            .into_iter()
+            .map(|i| {
+                current
+                    .nodes
+                    .iter()
+                    .find(|n| n.addr == i.addr && n.weight == i.weight)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Node::new(i.addr, i.weight, i.addr.to_string().into()))
+                    })
+            })
+            .collect();
+        self.members
+            .store(Arc::new(Members::new(&self.spec, nodes)));
+        true
+    }
+
+    /// The node for a request: a healthy one, other than `avoid` (the node that just
+    /// failed) when another healthy node exists. `None` when no node is healthy.
+    pub fn pick(
+        &self,
+        req: &RequestHeader,
+        ex: &Exchange,
+        avoid: Option<&Node>,
+    ) -> Option<Arc<Node>> {
+        let members = self.members.load();
+        members
+            .pick(req, ex, avoid)
+            .map(|i| members.nodes[i].clone())
+    }
+
+    /// Marks a request as in flight on `node` until the lease is dropped (for `least_conn`;
+    /// other balancers need no count).
+    pub fn lease(&self, node: &Arc<Node>) -> Option<NodeLease> {
+        (self.spec.lb == Balancing::LeastConn).then(|| {
+            node.inflight.fetch_add(1, Ordering::Relaxed);
+            NodeLease { node: node.clone() }
         })
     }
 
-    /// Counts a failed request to node `index` for passive health checks.
-    pub fn failed(&self, index: usize) {
-        if let Some(node) = self.nodes.get(index) {
-            node.health.failed(self.passive.as_ref(), now_ms());
-        }
+    /// Counts a failed request to `node` for passive health checks.
+    pub fn failed(&self, node: &Node) {
+        node.health.failed(self.passive.as_ref(), now_ms());
     }
 }
 
 /// A request in flight on a node; dropping it ends the count.
 #[derive(Debug)]
 pub struct NodeLease {
-    target: Arc<UpstreamTarget>,
-    index: usize,
+    node: Arc<Node>,
 }
 
 impl Drop for NodeLease {
     fn drop(&mut self) {
-        self.target.nodes[self.index]
-            .inflight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.node.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -43,7 +43,7 @@ impl Prober {
 
     fn probe_due(&self, upstream: &Arc<UpstreamTarget>, check: &ActiveCheck, now: u64) {
         let interval = check.interval.0.as_millis() as u64;
-        for (index, node) in upstream.nodes.iter().enumerate() {
+        for node in upstream.members().nodes.iter() {
             if !node.health.probe_due(now, interval) {
                 continue;
             }
@@ -56,13 +56,12 @@ impl Prober {
                 check.path
             );
             let request = client.get(url).timeout(check.timeout.0);
-            let (upstream, check) = (upstream.clone(), check.clone());
+            let (upstream, node, check) = (upstream.clone(), node.clone(), check.clone());
             tokio::spawn(async move {
                 let ok = match request.send().await {
                     Ok(resp) => resp.status().is_success() || resp.status().is_redirection(),
                     Err(_) => false,
                 };
-                let node = &upstream.nodes[index];
                 if let Some(up) = node.health.probed(ok, check.healthy, check.unhealthy) {
                     if up {
                         tracing::info!(upstream = %upstream.id, node = %node.addr, "node healthy again");

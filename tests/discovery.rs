@@ -1,0 +1,137 @@
+//! Upstream discovery through the real binary: instances registered in a real etcd the way
+//! go-kratos registers them (a lease, a JSON value), and DNS.
+
+mod common;
+
+use common::{client, eventually, Etcd, Gateway, TestUpstream};
+use std::time::Duration;
+
+fn registration(id: &str, version: &str, region: &str, up: &TestUpstream) -> String {
+    format!(
+        r#"{{"id":"{id}","name":"users","version":"{version}","metadata":{{"region":"{region}"}},"endpoints":["http://{}","grpc://127.0.0.1:1"]}}"#,
+        up.addr
+    )
+}
+
+/// `etcdctl lease grant`: the lease id, in the hex etcdctl prints.
+fn grant(etcd: &Etcd, ttl: u32) -> String {
+    let out = etcd.ctl(&["lease", "grant", &ttl.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted with TTL(..)")
+        .to_string()
+}
+
+fn put_with_lease(etcd: &Etcd, lease: &str, key: &str, value: &str) {
+    let lease = format!("--lease={lease}");
+    let out = etcd.ctl(&["put", &lease, key, value]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn served_by(gw: &Gateway, path: &str) -> (u16, String) {
+    let resp = client().get(gw.url(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let name = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registered_instances_take_traffic_until_their_lease_goes() {
+    let etcd = Etcd::start();
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let routes = "kind: Upstream\nid: users-all\ndiscovery: { service: users }\n---\nkind: Upstream\nid: users-v2\ndiscovery: { service: users, metadata: { version: v2, region: sh } }\n---\nkind: Route\nid: all\nmatch: { paths: [\"/all\"] }\nupstream: users-all\n---\nkind: Route\nid: v2\nmatch: { paths: [\"/v2\"] }\nupstream: users-v2\n";
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .config(&format!(
+            "registry: {{ etcd: {{ endpoints: [\"{}\"], prefix: /microservices }} }}",
+            etcd.url()
+        ))
+        .start()
+        .await;
+    // Nothing registered yet: no node.
+    assert_eq!(served_by(&gw, "/all").await.0, 503);
+
+    let lease1 = grant(&etcd, 30);
+    let lease2 = grant(&etcd, 30);
+    put_with_lease(
+        &etcd,
+        &lease1,
+        "/microservices/users/i-1",
+        &registration("i-1", "v1", "sh", &v1),
+    );
+    put_with_lease(
+        &etcd,
+        &lease2,
+        "/microservices/users/i-2",
+        &registration("i-2", "v2", "sh", &v2),
+    );
+    eventually(Duration::from_secs(5), "both instances in /all", || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..6 {
+            seen.insert(served_by(&gw, "/all").await.1);
+        }
+        seen.contains("v1") && seen.contains("v2")
+    })
+    .await;
+    // The metadata filter (version counts as metadata) keeps only v2.
+    for _ in 0..6 {
+        assert_eq!(served_by(&gw, "/v2").await, (200, "v2".to_string()));
+    }
+
+    // The v1 instance's lease is revoked (as when it stops keeping it alive): gone.
+    let out = etcd.ctl(&["lease", "revoke", &lease1]);
+    assert!(out.status.success());
+    eventually(Duration::from_secs(5), "v1 to leave", || async {
+        let mut all_v2 = true;
+        for _ in 0..6 {
+            all_v2 &= served_by(&gw, "/all").await.1 == "v2";
+        }
+        all_v2
+    })
+    .await;
+    let v1_hits = v1.hits();
+    for _ in 0..6 {
+        assert_eq!(served_by(&gw, "/all").await.1, "v2");
+    }
+    assert_eq!(
+        v1.hits(),
+        v1_hits,
+        "no more traffic to a deregistered instance"
+    );
+
+    // Deleted explicitly: no instance left → 503.
+    etcd.delete("/microservices/users/i-2");
+    eventually(Duration::from_secs(5), "no instance", || async {
+        served_by(&gw, "/all").await.0 == 503
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_discovery_resolves_localhost() {
+    let up = TestUpstream::start("local").await;
+    let routes = format!(
+        "kind: Upstream\nid: by-name\ndiscovery: {{ dns: {{ name: localhost, port: {}, refresh: 1s }} }}\n---\nkind: Route\nid: r\nmatch: {{ paths: [\"/dns\"] }}\nupstream: by-name\nretries: 1\n",
+        up.addr.port()
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    // localhost may resolve to ::1 as well, where nothing listens: the retry covers it.
+    for _ in 0..4 {
+        assert_eq!(served_by(&gw, "/dns").await, (200, "local".to_string()));
+    }
+}
