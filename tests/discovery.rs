@@ -135,3 +135,48 @@ async fn dns_discovery_resolves_localhost() {
         assert_eq!(served_by(&gw, "/dns").await, (200, "local".to_string()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_stay_while_the_registry_is_down_and_follow_it_once_back() {
+    let mut etcd = Etcd::start();
+    let first = TestUpstream::start("first").await;
+    let second = TestUpstream::start("second").await;
+    let routes = "kind: Upstream\nid: users\ndiscovery: { service: users }\n---\nkind: Route\nid: all\nmatch: { paths: [\"/all\"] }\nupstream: users\n";
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .config(&format!(
+            "registry: {{ etcd: {{ endpoints: [\"{}\"] }} }}",
+            etcd.url()
+        ))
+        .start()
+        .await;
+    etcd.put(
+        "/microservices/users/a",
+        &registration("a", "v1", "sh", &first),
+    );
+    eventually(Duration::from_secs(5), "the first instance", || async {
+        served_by(&gw, "/all").await == (200, "first".to_string())
+    })
+    .await;
+
+    etcd.kill9();
+    // The registry is gone; the instance known last keeps serving.
+    for _ in 0..5 {
+        assert_eq!(served_by(&gw, "/all").await, (200, "first".to_string()));
+    }
+    etcd.spawn();
+    etcd.delete("/microservices/users/a");
+    etcd.put(
+        "/microservices/users/b",
+        &registration("b", "v1", "sh", &second),
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the watcher to catch up",
+        || async { served_by(&gw, "/all").await == (200, "second".to_string()) },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(served_by(&gw, "/all").await.1, "second");
+    }
+}
