@@ -51,7 +51,10 @@ async fn a_node_killed_under_get_traffic_costs_no_failed_request() {
         ),
         route("api", "/api", "svc", "retries: 1\n")
     );
-    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let gw = Gateway::builder()
+        .file("r.yaml", routes.clone())
+        .start()
+        .await;
     let urls = (0..4).map(|_| gw.url("/api")).collect();
     let traffic = Traffic::start(urls, false);
     eventually(Duration::from_secs(5), "traffic on both nodes", || async {
@@ -77,6 +80,17 @@ async fn a_node_killed_under_get_traffic_costs_no_failed_request() {
     assert!(metrics.contains(&format!(
         "gatehouse_upstream_node_healthy{{node=\"{}\",upstream=\"svc\"}} 1",
         b.addr
+    )));
+
+    // A reload that leaves the upstream as it is keeps what health checks learned.
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    let more = format!("{routes}---\n{}", route("other", "/other", "svc", ""));
+    gw.write_file("r.yaml", &more);
+    gw.wait_revision_after(revision).await;
+    let metrics = gw.metrics_text().await;
+    assert!(metrics.contains(&format!(
+        "gatehouse_upstream_node_healthy{{node=\"{}\",upstream=\"svc\"}} 0",
+        a.addr
     )));
 }
 
