@@ -39,14 +39,4 @@ impl Telemetry {
             trace_id_as_request_id: config.trace_id_as_request_id,
         })
     }
-
-    /// Neither traces exported nor access logs: what tests and benchmarks of the bare
-    /// proxy path use.
-    pub fn quiet() -> Telemetry {
-        Telemetry {
-            tracer: Tracer::propagate_only(1.0),
-            access_log: None,
-            trace_id_as_request_id: true,
-        }
-    }
 }
