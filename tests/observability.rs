@@ -192,7 +192,20 @@ async fn metrics_count_requests_by_route_and_status_with_latency_histograms() {
             .status(),
         404
     );
-    let after = samples(&gw.metrics_text().await);
+    // A request is counted just after its answer is sent: wait for the last one.
+    let not_found = "gatehouse_requests_total{route=\"\",status=\"404\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let now = samples(&gw.metrics_text().await);
+        if sample(&now, not_found) > sample(&before, not_found) {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 404 was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
     assert_eq!(
@@ -293,7 +306,8 @@ async fn every_request_gets_one_json_access_log_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_that_cannot_be_exported_are_counted_and_requests_go_on() {
     let up = TestUpstream::start("svc").await;
-    let nowhere = common::free_addr();
+    // Port 1 on loopback: refused at once, and never a port another test's server got.
+    let nowhere = "127.0.0.1:1";
     let gw = Gateway::builder()
         .file("r.yaml", routes(&up))
         .config(&format!(
