@@ -1,44 +1,56 @@
 #!/usr/bin/env bash
-# Load comparison: CPU time per request of nginx, a bare Pingora proxy (as is, and doing
-# SPEC §4's per-request contract: timeouts, X-Request-Id, X-Forwarded-*), and gatehouse on
-# a plain route (no plugins), all proxying to the same nginx upstream with keep-alive.
-# gatehouse runs three times: quiet (no span export, no access log), `traced` (every
-# request's span exported over OTLP/HTTP to a local sink, sample ratio 1.0), and `logged`
-# (traced, plus the JSON access log written to a file).
+# Load comparison: CPU time per request of nginx, HAProxy, pingap (when installed), a bare
+# Pingora proxy (as is, and doing SPEC §4's per-request contract: timeouts, X-Request-Id,
+# X-Forwarded-*), and gatehouse in four cases, all proxying to the same nginx upstream
+# (`return 200 ok`) over keep-alive connections:
 #
-# Each proxy runs with one worker thread pinned to CPU 0; the upstream and wrk share CPU 1.
-# CPU per request = the proxy process's user+system time during the run / requests served,
-# so the figure does not depend on whether the proxy was saturated.
+#   gatehouse  (a) a plain route, access log off, no span export
+#   full       (b) an RS256 JWT from a pool of 1,000 pre-minted tokens, a rate limit that
+#                  never refuses, a 90/10 weighted split (both sides the same upstream
+#                  server), a header rewrite, metrics
+#   many       (c) the plain route among 10,000 routes
+#   traced     (a) with every request's span exported over OTLP/HTTP (sample ratio 1.0)
+#   logged     (d) traced, plus the JSON access log written to a file
 #
-# Needs: nginx (nginx-light), wrk, taskset; a release build (made here).
-# The machine's noise is larger than the differences measured, so the proxies are measured
-# in alternation for ROUNDS rounds and the median of each is reported.
+# Each proxy runs with one worker thread pinned to CPU 0; the upstream, the OTLP sink and
+# wrk share CPU 1. CPU per request = the proxy process's user+system time during the run /
+# requests served, so the figure does not depend on whether the proxy was saturated.
+# The machine's noise is larger than some differences measured, so the proxies are measured
+# in alternation for ROUNDS rounds and the median of each is reported. Only ratios taken in
+# one run compare.
 #
-# Usage: benches/load/compare.sh     (DURATION=10 CONNECTIONS=32 ROUNDS=5 by default)
+# Needs: nginx (nginx-light), wrk, taskset, python3; haproxy and pingap are optional (a
+# missing one is skipped with a note). Builds the release binaries it needs.
+#
+# Usage: benches/load/compare.sh     (DURATION=10 CONNECTIONS=50 ROUNDS=5 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-32}
+CONNECTIONS=${CONNECTIONS:-50}
 ROUNDS=${ROUNDS:-5}
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk util-linux)" >&2; exit 1; }
+for tool in nginx wrk taskset python3 openssl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk util-linux python3 openssl)" >&2; exit 1; }
 done
 
-cargo build --release --quiet --bin gatehouse --example bare_proxy
+cargo build --release --quiet --bin gatehouse --example bare_proxy --example mint_tokens
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_mib() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
-up=$(free_port); nginx_port=$(free_port); bare_port=$(free_port); contract_port=$(free_port); otlp=$(free_port)
-gatehouse_port=$(free_port); traced_port=$(free_port); logged_port=$(free_port)
+declare -A port pid path lua
+proxies=()
+add() { proxies+=("$1"); port[$1]=$2; pid[$1]=$3; path[$1]=$4; lua[$1]=${5:-}; }
 
-nginx_conf() { # $1 = body of the server block
+up=$(free_port); otlp=$(free_port)
+
+nginx_conf() { # $1 = servers, $2 = name
   cat <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx-$2.pid;
 events { worker_connections 4096; }
@@ -52,79 +64,177 @@ CONF
 }
 nginx_conf "server { listen 127.0.0.1:$up; keepalive_requests 100000; location / { return 200 'ok'; } }
   server { listen 127.0.0.1:$otlp; keepalive_requests 100000; client_max_body_size 64m; location / { return 200; } }" up > "$work/up.conf"
-nginx_conf "server { listen 127.0.0.1:$nginx_port; keepalive_requests 100000; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" proxy > "$work/proxy.conf"
-
 taskset -c 1 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
 wait_port "$up"
-taskset -c 0 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!); ngx_pid=$!
-taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$bare_port" "127.0.0.1:$up" 1 2>"$work/bare.log" & pids+=($!); bare_pid=$!
-taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$contract_port" "127.0.0.1:$up" 1 contract 2>"$work/contract.log" & pids+=($!); contract_pid=$!
+add direct "$up" 0 /bench
 
-mkdir -p "$work/routes"
-cat > "$work/routes/plain.yaml" <<YAML
-kind: Upstream
+p=$(free_port)
+nginx_conf "server { listen 127.0.0.1:$p; keepalive_requests 100000; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" proxy > "$work/proxy.conf"
+taskset -c 0 nginx -c "$work/proxy.conf" -p "$work" & pids+=($!); add nginx "$p" $! /bench
+
+if command -v haproxy >/dev/null; then
+  p=$(free_port)
+  cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$p
+  default_backend be
+backend be
+  server up 127.0.0.1:$up
+CFG
+  taskset -c 0 haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" & pids+=($!); add haproxy "$p" $! /bench
+else
+  echo "note: haproxy not installed (apt-get install haproxy): skipped" >&2
+fi
+
+if command -v pingap >/dev/null; then
+  p=$(free_port)
+  mkdir -p "$work/pingap"
+  cat > "$work/pingap/pingap.toml" <<TOML
+[basic]
+threads = 1
+[upstreams.up]
+addrs = ["127.0.0.1:$up"]
+[locations.all]
+upstream = "up"
+[servers.bench]
+addr = "127.0.0.1:$p"
+locations = ["all"]
+TOML
+  taskset -c 0 pingap -c "$work/pingap/pingap.toml" 2>"$work/pingap.log" & pids+=($!); add pingap "$p" $! /bench
+else
+  echo "note: pingap not installed (cargo install pingap --version 0.13.1 --locked): skipped" >&2
+fi
+
+p=$(free_port)
+taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 2>"$work/bare.log" & pids+=($!); add bare "$p" $! /bench
+p=$(free_port)
+taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract 2>"$work/contract.log" & pids+=($!); add contract "$p" $! /bench
+
+# gatehouse's resources for each case.
+mkdir -p "$work/plain" "$work/full" "$work/many"
+upstream_yaml="kind: Upstream
 id: backend
+nodes: [{ addr: \"127.0.0.1:$up\" }]"
+printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null
+openssl pkey -in "$work/jwt.pem" -pubout -out "$work/jwt.pub"
+target/release/examples/mint_tokens "$work/jwt.pem" bench 1000 "$work/tokens"
+pub=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/jwt.pub")
+cat > "$work/full/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Upstream
+id: backend-canary
 nodes: [{ addr: "127.0.0.1:$up" }]
 ---
+kind: AuthPolicy
+id: bench
+jwt: { keys: [{ kid: bench, alg: RS256, public_key: $pub }] }
+required_scopes: [bench]
+forward: { headers: { X-User-Id: sub } }
+---
 kind: Route
-id: plain
+id: full
 match: { paths: ["/**"] }
-upstream: backend
+auth: bench
+rate_limit: { rate: 1000000000, per: 1s, key: consumer }
+weights: [{ upstream: backend, weight: 90 }, { upstream: backend-canary, weight: 10 }]
+request_headers: { set: { X-Gateway: "gatehouse \${route_id}" }, remove: [X-Debug] }
 YAML
-start_gatehouse() { # name port telemetry
+cat > "$work/tokens.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+python3 - "$work/many/routes.yaml" "$upstream_yaml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write(sys.argv[2] + "\n")
+    for i in range(10000):
+        f.write(f'---\nkind: Route\nid: svc-{i}\nmatch: {{ paths: ["/svc-{i}/**"] }}\nupstream: backend\n')
+PY
+
+start_gatehouse() { # name routes-dir telemetry
+  local p; p=$(free_port)
   cat > "$work/$1.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:$2" }]
+listen: [{ addr: "127.0.0.1:$p" }]
 threads: 1
 admin: { listen: "127.0.0.1:$(free_port)" }
-provider: { file: { paths: ["$work/routes"], watch: false } }
+provider: { file: { paths: ["$2"], watch: false } }
 telemetry: $3
 YAML
   GATEHOUSE_LOG=warn taskset -c 0 target/release/gatehouse run -c "$work/$1.yaml" \
     --upgrade-sock "$work/$1.sock" --pid-file "$work/$1.pid" 2>"$work/$1.log" & pids+=($!)
+  started_port=$p; started_pid=$!
 }
-start_gatehouse gatehouse "$gatehouse_port" "{ access_log: { target: off } }"; gatehouse_pid=$!
-start_gatehouse traced "$traced_port" "{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: off } }"; traced_pid=$!
-start_gatehouse logged "$logged_port" "{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: \"$work/access.log\" } }"; logged_pid=$!
-wait_port "$nginx_port"; wait_port "$bare_port"; wait_port "$contract_port"
-wait_port "$gatehouse_port"; wait_port "$traced_port"; wait_port "$logged_port"
+quiet="{ access_log: { target: off } }"
+traced="{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: off } }"
+logged="{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: \"$work/access.log\" } }"
+start_gatehouse gatehouse "$work/plain" "$quiet"; add gatehouse "$started_port" "$started_pid" /bench
+start_gatehouse full "$work/full" "$quiet"; add full "$started_port" "$started_pid" /bench "$work/tokens.lua"
+start_gatehouse many "$work/many" "$quiet"; add many "$started_port" "$started_pid" /svc-5000/bench
+start_gatehouse traced "$work/plain" "$traced"; add traced "$started_port" "$started_pid" /bench
+start_gatehouse logged "$work/plain" "$logged"; add logged "$started_port" "$started_pid" /bench
+for name in "${proxies[@]}"; do wait_port "${port[$name]}"; done
 
-measure() { # name pid port round
-  local name=$1 pid=$2 port=$3 round=$4
-  local before after out="$work/$name.$round.wrk"
-  before=$(cpu_ticks "$pid")
-  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/bench" > "$out"
-  after=$(cpu_ticks "$pid")
+run_wrk() { # name seconds [extra wrk args]
+  local name=$1 seconds=$2; shift 2
+  local script=()
+  [ -n "${lua[$name]}" ] && script=(-s "${lua[$name]}")
+  taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --latency "${script[@]}" "$@" "http://127.0.0.1:${port[$name]}${path[$name]}"
+}
+measure() { # name round
+  local name=$1 round=$2 before=0 after=0 out="$work/$1.$2.wrk"
+  [ "${pid[$name]}" != 0 ] && before=$(cpu_ticks "${pid[$name]}")
+  run_wrk "$name" "$DURATION" > "$out"
+  [ "${pid[$name]}" != 0 ] && after=$(cpu_ticks "${pid[$name]}")
   grep -qE "Non-2xx|Socket errors" "$out" && { echo "$name: errors during the run:" >&2; cat "$out" >&2; exit 1; }
-  # one line per round: requests/s, p99, microseconds of proxy CPU per request
+  # one line per round: requests/s, p50, p99, microseconds of proxy CPU per request
   awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" '
-    /requests in/ { r = $1 } /Requests\/sec/ { rps = $2 } $1 == "99%" { p99 = $2 }
-    END { printf "%.0f %s %.3f\n", rps, p99, t / hz * 1e6 / r }' "$out" >> "$work/$name.rounds"
+    /requests in/ { r = $1 } /Requests\/sec/ { rps = $2 } $1 == "50%" { p50 = $2 } $1 == "99%" { p99 = $2 }
+    END { printf "%.0f %s %s %.3f\n", rps, p50, p99, t / hz * 1e6 / r }' "$out" >> "$work/$name.rounds"
 }
 
-proxies="nginx bare contract gatehouse traced logged"
-for name in $proxies; do # warm-up: connections, pools, caches
-  port_var="${name}_port"; taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:${!port_var}/bench" >/dev/null
-done
+for name in "${proxies[@]}"; do run_wrk "$name" 2 >/dev/null; done # warm-up: connections, pools, caches
 for round in $(seq 1 "$ROUNDS"); do
-  measure nginx "$ngx_pid" "$nginx_port" "$round"
-  measure bare "$bare_pid" "$bare_port" "$round"
-  measure contract "$contract_pid" "$contract_port" "$round"
-  measure gatehouse "$gatehouse_pid" "$gatehouse_port" "$round"
-  measure traced "$traced_pid" "$traced_port" "$round"
-  measure logged "$logged_pid" "$logged_port" "$round"
+  for name in "${proxies[@]}"; do measure "$name" "$round"; done
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-printf "%-10s %12s %12s %16s   (median of %d rounds of %ss, %d connections)\n" proxy "req/s" "p99" "CPU us/req" "$ROUNDS" "$DURATION" "$CONNECTIONS"
-for name in $proxies; do
+middle() { sort -V | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+printf "%-10s %10s %10s %10s %12s %10s   (median of %d rounds of %ss, %d connections)\n" \
+  proxy "req/s" "p50" "p99" "CPU us/req" "RSS MiB" "$ROUNDS" "$DURATION" "$CONNECTIONS"
+declare -A cpu
+for name in "${proxies[@]}"; do
   rps=$(awk '{print $1}' "$work/$name.rounds" | median)
-  p99=$(awk '{print $2}' "$work/$name.rounds" | sort -V | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  cpu=$(awk '{print $3}' "$work/$name.rounds" | median)
-  echo "$cpu" > "$work/$name.cpu"
-  printf "%-10s %12.0f %12s %16.2f   rounds: %s\n" "$name" "$rps" "$p99" "$cpu" "$(awk '{printf "%.2f ", $3}' "$work/$name.rounds")"
+  p50=$(awk '{print $2}' "$work/$name.rounds" | middle)
+  p99=$(awk '{print $3}' "$work/$name.rounds" | middle)
+  cpu[$name]=$(awk '{print $4}' "$work/$name.rounds" | median)
+  rss="-"; [ "${pid[$name]}" != 0 ] && rss=$(rss_mib "${pid[$name]}")
+  if [ "$name" = direct ]; then shown="-"; else shown=$(printf "%.2f" "${cpu[$name]}"); fi
+  printf "%-10s %10.0f %10s %10s %12s %10s   rounds: %s\n" "$name" "$rps" "$p50" "$p99" "$shown" "$rss" \
+    "$(awk '{printf "%.2f ", $4}' "$work/$name.rounds")"
 done
-awk -v n="$(cat "$work/nginx.cpu")" -v b="$(cat "$work/bare.cpu")" -v c="$(cat "$work/contract.cpu")" -v g="$(cat "$work/gatehouse.cpu")" \
-    -v t="$(cat "$work/traced.cpu")" -v l="$(cat "$work/logged.cpu")" \
-  'BEGIN { printf "\nCPU per request: bare Pingora / nginx %.2fx, gatehouse / nginx %.2fx\n", b/n, g/n
-           printf "gatehouse / bare Pingora %.3fx, gatehouse / bare Pingora with the same contract %.3fx\n", g/b, g/c
-           printf "traced / gatehouse %.3fx, traced + access log / gatehouse %.3fx\n", t/g, l/g }'
+ratio() { awk -v a="${cpu[$1]:-0}" -v b="${cpu[$2]:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.3fx", a / b; else printf "n/a" }'; }
+echo
+echo "CPU per request, same run:"
+echo "  (a) gatehouse / bare Pingora $(ratio gatehouse bare)   (target <= 1.05x)"
+echo "      gatehouse / bare Pingora with the same contract $(ratio gatehouse contract)"
+echo "      gatehouse / nginx $(ratio gatehouse nginx)   (target <= 1.5x); bare Pingora / nginx $(ratio bare nginx)"
+echo "      gatehouse / HAProxy $(ratio gatehouse haproxy); gatehouse / pingap $(ratio gatehouse pingap)   (target <= 0.9x)"
+echo "  (b) full / gatehouse $(ratio full gatehouse)   (target <= 1.25x)"
+echo "  (c) 10,000 routes / gatehouse $(ratio many gatehouse)   (target <= 1.05x)"
+echo "  (d) traced / gatehouse $(ratio traced gatehouse); traced + access log / gatehouse $(ratio logged gatehouse)   (target <= 1.2x)"
