@@ -10,36 +10,15 @@ use gatehouse_plugins::auth::{Authenticate, Authenticator};
 use gatehouse_plugins::{Access, Exchange, Flow, Plugin};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
-use std::process::Command;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/keys.rs"]
+mod keys;
+use keys::key_pair;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .expect("openssl runs")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
-/// A key pair made by openssl: (private PEM, public PEM).
-fn key_pair(dir: &std::path::Path, name: &str, options: &[&str]) -> (String, String) {
-    let mut args = vec!["genpkey"];
-    args.extend_from_slice(options);
-    args.extend_from_slice(&["-out", name]);
-    openssl(dir, &args);
-    let public = format!("{name}.pub");
-    openssl(dir, &["pkey", "-in", name, "-pubout", "-out", &public]);
-    (
-        std::fs::read_to_string(dir.join(name)).unwrap(),
-        std::fs::read_to_string(dir.join(public)).unwrap(),
-    )
-}
 
 fn policy(yaml: &str) -> Arc<Authenticator> {
     let docs = parse_file("bench.yaml".into(), yaml);

@@ -10,7 +10,9 @@ use gatehouse::snapshot::{Action, CompiledRoute, Snapshot};
 use gatehouse_plugins::Exchange;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora_http::RequestHeader;
-use std::process::Command;
+
+#[path = "support/keys.rs"]
+mod keys;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,16 +32,6 @@ mod futures_executor_lite {
             }
         }
     }
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .status()
-        .expect("openssl runs")
-        .success();
-    assert!(ok, "openssl {args:?}");
 }
 
 fn resources(public_pem: &str) -> String {
@@ -95,24 +87,11 @@ fn handle(route: &CompiledRoute, req: &mut RequestHeader) {
 
 fn chain(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    openssl(
+    let (private, public) = keys::key_pair(
         dir.path(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "k.pem",
-        ],
+        "k.pem",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
     );
-    openssl(
-        dir.path(),
-        &["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub"],
-    );
-    let private = std::fs::read(dir.path().join("k.pem")).unwrap();
-    let public = std::fs::read_to_string(dir.path().join("k.pub")).unwrap();
 
     let docs = parse_file("bench.yaml".into(), &resources(&public));
     let (catalog, rejected) = admit(&docs, &Catalog::default());
@@ -130,7 +109,7 @@ fn chain(c: &mut Criterion) {
     let token = jsonwebtoken::encode(
         &header,
         &serde_json::json!({"sub": "user-42", "scope": "users.read", "iss": "https://idp", "aud": "api", "exp": exp}),
-        &EncodingKey::from_rsa_pem(&private).unwrap(),
+        &EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
     )
     .unwrap();
     let mut template = RequestHeader::build("GET", b"/full/users/42", None).unwrap();

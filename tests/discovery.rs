@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{client, eventually, Etcd, Gateway, TestUpstream};
+use common::served_by;
+
+use common::{eventually, Etcd, Gateway, TestUpstream};
 use std::time::Duration;
 
 fn registration(id: &str, version: &str, region: &str, up: &TestUpstream) -> String {
@@ -38,17 +40,6 @@ fn put_with_lease(etcd: &Etcd, lease: &str, key: &str, value: &str) {
     );
 }
 
-async fn served_by(gw: &Gateway, path: &str) -> (u16, String) {
-    let resp = client().get(gw.url(path)).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let name = resp
-        .headers()
-        .get("x-upstream")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, name)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn registered_instances_take_traffic_until_their_lease_goes() {
     let etcd = Etcd::start();
@@ -64,7 +55,7 @@ async fn registered_instances_take_traffic_until_their_lease_goes() {
         .start()
         .await;
     // Nothing registered yet: no node.
-    assert_eq!(served_by(&gw, "/all").await.0, 503);
+    assert_eq!(served_by(&gw, "/all", &[]).await.0, 503);
 
     let lease1 = grant(&etcd, 30);
     let lease2 = grant(&etcd, 30);
@@ -83,14 +74,14 @@ async fn registered_instances_take_traffic_until_their_lease_goes() {
     eventually(Duration::from_secs(5), "both instances in /all", || async {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..6 {
-            seen.insert(served_by(&gw, "/all").await.1);
+            seen.insert(served_by(&gw, "/all", &[]).await.1);
         }
         seen.contains("v1") && seen.contains("v2")
     })
     .await;
     // The metadata filter (version counts as metadata) keeps only v2.
     for _ in 0..6 {
-        assert_eq!(served_by(&gw, "/v2").await, (200, "v2".to_string()));
+        assert_eq!(served_by(&gw, "/v2", &[]).await, (200, "v2".to_string()));
     }
 
     // The v1 instance's lease is revoked (as when it stops keeping it alive): gone.
@@ -99,14 +90,14 @@ async fn registered_instances_take_traffic_until_their_lease_goes() {
     eventually(Duration::from_secs(5), "v1 to leave", || async {
         let mut all_v2 = true;
         for _ in 0..6 {
-            all_v2 &= served_by(&gw, "/all").await.1 == "v2";
+            all_v2 &= served_by(&gw, "/all", &[]).await.1 == "v2";
         }
         all_v2
     })
     .await;
     let v1_hits = v1.hits();
     for _ in 0..6 {
-        assert_eq!(served_by(&gw, "/all").await.1, "v2");
+        assert_eq!(served_by(&gw, "/all", &[]).await.1, "v2");
     }
     assert_eq!(
         v1.hits(),
@@ -117,7 +108,7 @@ async fn registered_instances_take_traffic_until_their_lease_goes() {
     // Deleted explicitly: no instance left → 503.
     etcd.delete("/microservices/users/i-2");
     eventually(Duration::from_secs(5), "no instance", || async {
-        served_by(&gw, "/all").await.0 == 503
+        served_by(&gw, "/all", &[]).await.0 == 503
     })
     .await;
 }
@@ -132,7 +123,10 @@ async fn dns_discovery_resolves_localhost() {
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
     // localhost may resolve to ::1 as well, where nothing listens: the retry covers it.
     for _ in 0..4 {
-        assert_eq!(served_by(&gw, "/dns").await, (200, "local".to_string()));
+        assert_eq!(
+            served_by(&gw, "/dns", &[]).await,
+            (200, "local".to_string())
+        );
     }
 }
 
@@ -155,14 +149,17 @@ async fn nodes_stay_while_the_registry_is_down_and_follow_it_once_back() {
         &registration("a", "v1", "sh", &first),
     );
     eventually(Duration::from_secs(5), "the first instance", || async {
-        served_by(&gw, "/all").await == (200, "first".to_string())
+        served_by(&gw, "/all", &[]).await == (200, "first".to_string())
     })
     .await;
 
     etcd.kill9();
     // The registry is gone; the instance known last keeps serving.
     for _ in 0..5 {
-        assert_eq!(served_by(&gw, "/all").await, (200, "first".to_string()));
+        assert_eq!(
+            served_by(&gw, "/all", &[]).await,
+            (200, "first".to_string())
+        );
     }
     etcd.spawn();
     etcd.delete("/microservices/users/a");
@@ -173,10 +170,10 @@ async fn nodes_stay_while_the_registry_is_down_and_follow_it_once_back() {
     eventually(
         Duration::from_secs(15),
         "the watcher to catch up",
-        || async { served_by(&gw, "/all").await == (200, "second".to_string()) },
+        || async { served_by(&gw, "/all", &[]).await == (200, "second".to_string()) },
     )
     .await;
     for _ in 0..5 {
-        assert_eq!(served_by(&gw, "/all").await.1, "second");
+        assert_eq!(served_by(&gw, "/all", &[]).await.1, "second");
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{client, eventually, Gateway, TestUpstream, Traffic};
+use common::{client, eventually, served_by as upstream_of, Gateway, TestUpstream, Traffic};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -21,21 +21,6 @@ fn route(id: &str, path: &str, upstream: &str, extra: &str) -> String {
     format!(
         "kind: Route\nid: {id}\nmatch: {{ paths: [\"{path}\"] }}\nupstream: {upstream}\n{extra}"
     )
-}
-
-async fn upstream_of(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = client().get(gw.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let name = resp
-        .headers()
-        .get("x-upstream")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, name)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,6 +44,23 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GETs `path` with `headers`: the status, and which test upstream answered (its
+/// `X-Upstream`, empty when the gateway answered itself).
+pub async fn served_by(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = client().get(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let name = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, name)
+}
+
 /// Polls `check` every 20 ms until it holds, for at most `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
