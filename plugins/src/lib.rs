@@ -14,6 +14,7 @@ mod chain;
 mod exchange;
 pub mod headers;
 pub mod rate_limit;
+pub mod request;
 pub mod template;
 
 pub use chain::PluginChain;

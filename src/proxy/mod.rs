@@ -114,6 +114,14 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The current attempt failed on its node: passive health and the breaker hear of it.
+    fn attempt_failed(&mut self) {
+        if let (Some(upstream), Some(node)) = (&self.upstream, &self.node) {
+            upstream.failed(node);
+        }
+        self.outcome(false);
+    }
+
     /// Tells the upstream's circuit breaker how the current attempt ended.
     fn outcome(&mut self, ok: bool) {
         if let (Some(upstream), Some(pass)) = (&self.upstream, self.pass.take()) {
@@ -303,10 +311,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(upstream), Some(node)) = (&ctx.upstream, &ctx.node) {
-            upstream.failed(node);
-        }
-        ctx.outcome(false);
+        ctx.attempt_failed();
         ctx.failed_attempts += 1;
         let allowed = ctx.route.as_ref().map_or(0, |r| r.retries);
         // Nothing was sent yet, so trying another node is safe for any method.
@@ -430,10 +435,7 @@ impl ProxyHttp for Gateway {
             // Our own decision in upstream_response_filter, already counted.
             return e;
         }
-        if let (Some(upstream), Some(node)) = (&ctx.upstream, &ctx.node) {
-            upstream.failed(node);
-        }
-        ctx.outcome(false);
+        ctx.attempt_failed();
         let req = session.req_header();
         if req.method.is_idempotent() && !has_body(req) && session.response_written().is_none() {
             // Nothing reached the client and nothing can be repeated twice: another node

@@ -4,8 +4,9 @@
 use super::{Picker, UpstreamTarget};
 use crate::resource::Route;
 use crate::router::{Predicates, RouteRequest, ValueMatcher};
+use gatehouse_plugins::request::cookie;
 use gatehouse_plugins::Exchange;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use pingora_http::RequestHeader;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,19 +194,6 @@ impl StickyKey {
             }),
         }
     }
-}
-
-/// The value of cookie `name`, if the request sent it.
-fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v: &HeaderValue| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 /// Weighted rendezvous hashing: every member scores the key, `weight / -ln(u)` with `u`

@@ -17,6 +17,7 @@ pub use probe::Prober;
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
 use crate::telemetry::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;
+use gatehouse_plugins::request::{cookie, query_param};
 use gatehouse_plugins::Exchange;
 use pingora_http::RequestHeader;
 use pingora_ketama::{Bucket, Continuum};
@@ -137,13 +138,12 @@ impl Members {
                 .filter_map(|_| picker.pick())
                 .find(|&i| usable(i)),
             Balance::LeastConn => self.least_loaded(&usable),
-            Balance::Hash { ring, key } => {
-                let key = key.of(req, ex);
-                ring.node_iter(&key)
+            Balance::Hash { ring, key } => key.with(req, ex, |key| {
+                ring.node_iter(key)
                     .take(self.nodes.len() * 4)
                     .filter_map(|addr| self.nodes.iter().position(|n| n.addr == *addr))
                     .find(|&i| usable(i))
-            }
+            }),
         };
         chosen
             .or_else(|| self.any(&usable))
@@ -398,33 +398,31 @@ impl HashKey {
         }
     }
 
-    /// The bytes to hash; a request without the key hashes by its client address.
-    fn of(&self, req: &RequestHeader, ex: &Exchange) -> Vec<u8> {
+    /// Calls `f` with the bytes to hash; a request without the key hashes by its client
+    /// address (its text, formatted on the stack: no allocation per request).
+    fn with<R>(&self, req: &RequestHeader, ex: &Exchange, f: impl FnOnce(&[u8]) -> R) -> R {
         let found: Option<&[u8]> = match self {
             HashKey::ClientIp => None,
             HashKey::Consumer => ex.consumer.as_deref().map(str::as_bytes),
             HashKey::Path => Some(req.uri.path().as_bytes()),
             HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-            HashKey::Cookie(name) => req
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .find_map(|c| {
-                    let (k, v) = c.trim().split_once('=')?;
-                    (k == name).then_some(v.as_bytes())
-                }),
-            HashKey::Query(name) => req.uri.query().and_then(|q| {
-                q.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    (k == name).then_some(v.as_bytes())
-                })
-            }),
+            HashKey::Cookie(name) => cookie(req, name).map(str::as_bytes),
+            HashKey::Query(name) => req
+                .uri
+                .query()
+                .and_then(|q| query_param(q, name))
+                .map(str::as_bytes),
         };
         match found {
-            Some(bytes) => bytes.to_vec(),
-            None => ex.client_ip.to_string().into_bytes(),
+            Some(bytes) => f(bytes),
+            None => {
+                use std::io::Write;
+                let mut text = [0u8; 48];
+                let mut cursor = std::io::Cursor::new(&mut text[..]);
+                let _ = write!(cursor, "{}", ex.client_ip);
+                let len = cursor.position() as usize;
+                f(&text[..len])
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Where a route's callers put their token, and how to take it back out.
 
+use crate::request::{cookie, query_param};
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
@@ -51,12 +52,7 @@ impl TokenSource {
                 }
             }
             TokenSource::Query(name) => query_param(req.uri.query()?, name)?,
-            TokenSource::Cookie(name) => req
-                .headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(|v| cookie(v, name))?,
+            TokenSource::Cookie(name) => cookie(req, name)?.trim_matches('"'),
         };
         (!token.is_empty()).then_some(token)
     }
@@ -110,21 +106,6 @@ fn strip_bearer(value: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim_start())
-}
-
-/// A query parameter's raw value. Tokens (JWTs, opaque base64url) need no percent-decoding.
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then_some(value)
-    })
-}
-
-fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
-    header.split(';').find_map(|c| {
-        let (key, value) = c.trim().split_once('=')?;
-        (key == name).then(|| value.trim_matches('"'))
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,26 @@
+//! Reading parts of a request that several features key on (auth token sources, sticky
+//! splits, canary rules, consistent hashing), parsed one way everywhere.
+
+use http::header::COOKIE;
+use pingora_http::RequestHeader;
+
+/// The value of cookie `name`, as sent, from any of the request's `Cookie` headers.
+pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
+    req.headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// The raw (not percent-decoded) value of query parameter `name`.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then_some(value)
+    })
+}
