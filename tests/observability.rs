@@ -192,17 +192,21 @@ async fn metrics_count_requests_by_route_and_status_with_latency_histograms() {
             .status(),
         404
     );
-    // A request is counted just after its answer is sent: wait for the last one.
+    // A request is counted just after its answer is sent, each on its own connection's
+    // task: wait until all four are, in whatever order they finished.
     let not_found = "gatehouse_requests_total{route=\"\",status=\"404\"}";
+    let found = "gatehouse_requests_total{route=\"users\",status=\"200\"}";
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let after = loop {
         let now = samples(&gw.metrics_text().await);
-        if sample(&now, not_found) > sample(&before, not_found) {
+        if sample(&now, not_found) > sample(&before, not_found)
+            && sample(&now, found) >= sample(&before, found) + 3.0
+        {
             break now;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the 404 was never counted"
+            "the four requests were never all counted"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -238,3 +238,21 @@ echo "      gatehouse / HAProxy $(ratio gatehouse haproxy); gatehouse / pingap $
 echo "  (b) full / gatehouse $(ratio full gatehouse)   (target <= 1.25x)"
 echo "  (c) 10,000 routes / gatehouse $(ratio many gatehouse)   (target <= 1.05x)"
 echo "  (d) traced / gatehouse $(ratio traced gatehouse); traced + access log / gatehouse $(ratio logged gatehouse)   (target <= 1.2x)"
+
+# Latency at half of gatehouse's maximum throughput: every connection waits a fixed pause
+# after each answer (wrk's `delay`, whole milliseconds), which paces the load to about
+# CONNECTIONS / pause requests per second without saturating anything.
+half=$(awk -v r="$(awk '{print $1}' "$work/gatehouse.rounds" | median)" 'BEGIN { printf "%d", r / 2 }')
+pause=$(awk -v c="$CONNECTIONS" -v h="$half" 'BEGIN { p = c * 1000 / h; printf "%d", (p < 1) ? 1 : p + 0.5 }')
+echo 'delay = function() return tonumber(os.getenv("PACE_MS")) end' > "$work/paced.lua"
+echo
+echo "Latency at about half of gatehouse's maximum ($half req/s: $CONNECTIONS connections, ${pause} ms pause):"
+declare -A paced
+for name in direct nginx bare gatehouse; do
+  out=$(PACE_MS=$pause taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/paced.lua" \
+    "http://127.0.0.1:${port[$name]}${path[$name]}")
+  paced[$name]=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } print v }' <<<"$out")
+  printf "  %-10s %8.0f req/s   p50 %8s   p99 %8.3f ms\n" "$name" \
+    "$(awk '/Requests\/sec/ { print $2 }' <<<"$out")" "$(awk '$1 == "50%" { print $2 }' <<<"$out")" "${paced[$name]}"
+done
+echo "  P99 added by gatehouse over direct: $(awk -v g="${paced[gatehouse]}" -v d="${paced[direct]}" 'BEGIN { printf "%.3f ms", g - d }')   (target <= 1 ms)"

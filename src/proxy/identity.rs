@@ -53,19 +53,12 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
                 || matches!(b, b'.' | b'_' | b'~' | b':' | b'+' | b'/' | b'=' | b'-')
         });
     // All ASCII, checked above.
-    sane.then(|| String::from_utf8_lossy(bytes).into_owned())
+    sane.then(|| given.to_str().ok().map(str::to_owned))
+        .flatten()
 }
 
 pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for digit in id.iter_mut().rev() {
-        *digit = HEX[(bits & 0xf) as usize];
-        bits >>= 4;
-    }
-    // Hex digits only, so always valid UTF-8.
-    String::from_utf8_lossy(&id).into_owned()
+    crate::wire::hex_id(fastrand::u128(..))
 }
 
 /// The client address. The socket peer, unless the peer is a trusted proxy: then the

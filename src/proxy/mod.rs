@@ -25,7 +25,6 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use reply::Answer;
-use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
@@ -34,7 +33,10 @@ use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::RouteMetrics;
 use crate::telemetry::trace::{RequestTrace, SpanFacts};
 use crate::telemetry::Telemetry;
+use crate::wire::push_ip;
 
+/// Names as Pingora inserts them most cheaply (a `&'static str`: no allocation for the name
+/// on the case-preserving side).
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 
@@ -91,6 +93,8 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The client sent a sane `X-Request-Id`: it already travels upstream as it is.
     pub id_from_client: bool,
+    /// The request id as a header value, made once for the upstream request and the response.
+    request_id_value: Option<HeaderValue>,
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
     /// The node last chosen, and its address.
@@ -146,6 +150,7 @@ impl ProxyHttp for Gateway {
             route: None,
             upstream: None,
             id_from_client: false,
+            request_id_value: None,
             failed_attempts: 0,
             node: None,
             last_node: None,
@@ -170,10 +175,11 @@ impl ProxyHttp for Gateway {
                 ctx.id_from_client = true;
             }
             None if self.telemetry.trace_id_as_request_id => {
-                ctx.exchange.request_id = trace.trace_id.to_string();
+                ctx.exchange.request_id = trace.trace_id_hex();
             }
             None => ctx.exchange.request_id = new_request_id(),
         }
+        ctx.request_id_value = HeaderValue::from_str(&ctx.exchange.request_id).ok();
         ctx.trace = Some(trace);
         ctx.exchange.client_ip = client_ip(
             peer_ip(session),
@@ -181,7 +187,12 @@ impl ProxyHttp for Gateway {
             &self.settings.trusted_proxies,
         );
 
-        if head_size(req) > self.settings.max_header_size {
+        // HTTP/1 keeps the head as it came; HTTP/2 heads are counted from the parsed form.
+        let head = match session.as_downstream().as_http1() {
+            Some(h1) => h1.get_headers_raw_bytes().len(),
+            None => head_size(req),
+        };
+        if head > self.settings.max_header_size {
             let reply = Reply::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "bad_request",
@@ -199,12 +210,16 @@ impl ProxyHttp for Gateway {
         }
 
         let snapshot = self.live.load();
-        let host = req
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .map(normalize_host);
+        // Only routes bound to hosts need the host: most deployments have none.
+        let host = if snapshot.router.uses_hosts() {
+            req.headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .map(normalize_host)
+        } else {
+            None
+        };
         let found = snapshot.router.find(&RouteRequest {
             host: host.as_deref(),
             path,
@@ -340,7 +355,9 @@ impl ProxyHttp for Gateway {
         }
         let ex = &ctx.exchange;
         if !ctx.id_from_client {
-            upstream_request.insert_header(REQUEST_ID, ex.request_id.as_str())?;
+            if let Some(id) = &ctx.request_id_value {
+                upstream_request.insert_header(REQUEST_ID, id.clone())?;
+            }
         }
         if let Some(trace) = &ctx.trace {
             upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
@@ -349,16 +366,18 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let mut forwarded_for = String::with_capacity(64);
+        let mut forwarded_for = String::new();
         let earlier = session.req_header().headers.get(&FORWARDED_FOR_NAME);
         if let Some(earlier) = earlier.and_then(|v| v.to_str().ok()) {
+            forwarded_for.reserve(earlier.len() + 2 + 15);
             forwarded_for.push_str(earlier);
             forwarded_for.push_str(", ");
         }
-        let _ = write!(forwarded_for, "{}", peer_ip(session));
+        push_ip(&mut forwarded_for, peer_ip(session));
         upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header(FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
         let host = session
             .req_header()
             .headers
@@ -477,10 +496,11 @@ impl ProxyHttp for Gateway {
         if let Some(log) = &telemetry.access_log {
             log.log(Entry {
                 time: ctx.arrived_at,
-                request_id: ctx.exchange.request_id.clone(),
-                trace_id: trace_id.map(|t| t.to_string()).unwrap_or_default(),
+                // The last phase: what the entry needs is moved out rather than copied.
+                request_id: std::mem::take(&mut ctx.exchange.request_id),
+                trace_id,
                 client_ip: ctx.exchange.client_ip,
-                method: req.method.as_str().to_string(),
+                method: req.method.clone(),
                 path: req
                     .uri
                     .path_and_query()
@@ -502,7 +522,7 @@ impl ProxyHttp for Gateway {
                     end: ctx.arrived_at + elapsed,
                     method: req.method.as_str(),
                     path: req.uri.path(),
-                    pattern: route.and_then(|r| r.pattern.as_deref()),
+                    pattern: route.and_then(|r| r.pattern.as_ref()),
                     route: &ctx.exchange.route_id,
                     status,
                     node,
@@ -517,10 +537,14 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let ex = &ctx.exchange;
-        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+        let id = match ctx.request_id_value.take() {
+            Some(id) => Some(id),
+            None => HeaderValue::from_str(&ctx.exchange.request_id).ok(),
+        };
+        if let Some(id) = id {
             resp.insert_header(REQUEST_ID, id)?;
         }
+        let ex = &ctx.exchange;
         for (name, value) in &ex.response_headers {
             resp.insert_header(name.clone(), value.clone())?;
         }
@@ -648,7 +672,7 @@ fn peer_ip(session: &Session) -> IpAddr {
     }
 }
 
-/// The size of the request head as it came on the wire, near enough: request line and
+/// The size of a request head as HTTP/1 would carry it, near enough: request line and
 /// header lines with their separators. Counted, not rendered: no allocation.
 fn head_size(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.raw_path().len() + 12;
@@ -662,6 +686,10 @@ fn head_size(req: &RequestHeader) -> usize {
 fn check_path(path: &str) -> std::result::Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("the path must start with `/`");
+    }
+    // Most paths have neither a dot nor an escape: one scan settles them.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
     }
     if path.split('/').any(|seg| {
         seg == ".."

@@ -337,6 +337,11 @@ impl<T> Router<T> {
         self.len == 0
     }
 
+    /// Whether any route is bound to a host; when none is, lookups need no host.
+    pub fn uses_hosts(&self) -> bool {
+        !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty()
+    }
+
     /// The best route for the request, if any.
     pub fn find(&self, req: &RouteRequest<'_>) -> Option<&T> {
         let path = req.path.strip_prefix('/').unwrap_or(req.path);

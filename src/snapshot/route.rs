@@ -92,7 +92,7 @@ pub struct CompiledRoute {
     pub timeouts: RouteTimeouts,
     pub retries: u32,
     /// The path pattern reported as `http.route` in traces: the route's first path.
-    pub pattern: Option<String>,
+    pub pattern: Option<Arc<str>>,
     pub metrics: RouteMetrics,
 }
 
@@ -185,7 +185,7 @@ impl CompiledRoute {
         let id: Arc<str> = spec.id.as_str().into();
         Ok(CompiledRoute {
             metrics: RouteMetrics::new(id.clone()),
-            pattern: spec.matcher.paths.first().cloned(),
+            pattern: spec.matcher.paths.first().map(|p| Arc::from(p.as_str())),
             id,
             matcher,
             action,

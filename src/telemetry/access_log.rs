@@ -9,6 +9,9 @@
 //! slows traffic.
 
 use super::metrics::METRICS;
+use crate::wire::{push_ip, write_hex};
+use http::Method;
+use opentelemetry::trace::TraceId;
 use serde::Serialize;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -29,9 +32,12 @@ pub struct Entry {
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     pub request_id: String,
-    pub trace_id: String,
+    #[serde(serialize_with = "trace_hex")]
+    pub trace_id: Option<TraceId>,
+    #[serde(serialize_with = "ip")]
     pub client_ip: IpAddr,
-    pub method: String,
+    #[serde(serialize_with = "method")]
+    pub method: Method,
     /// Path and query as the client sent them.
     pub path: String,
     /// The matched route's id; empty when none matched.
@@ -40,7 +46,7 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Arc<str>>,
     /// The node the request was last sent to, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "node")]
     pub node: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer: Option<Arc<str>>,
@@ -53,6 +59,59 @@ pub struct Entry {
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+// The renderings below run once per line; the request path only moved the values in.
+
+fn trace_hex<S: serde::Serializer>(id: &Option<TraceId>, s: S) -> Result<S::Ok, S::Error> {
+    let mut hex = [0u8; 32];
+    let Some(id) = id else {
+        return s.serialize_str("");
+    };
+    write_hex(&mut hex, &id.to_bytes());
+    s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
+}
+
+fn ip<S: serde::Serializer>(ip: &IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    let mut text = String::with_capacity(15);
+    push_ip(&mut text, *ip);
+    s.serialize_str(&text)
+}
+
+fn method<S: serde::Serializer>(method: &Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(method.as_str())
+}
+
+fn node<S: serde::Serializer>(node: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(node) = node else {
+        return s.serialize_none();
+    };
+    let mut text = String::with_capacity(21);
+    if node.is_ipv6() {
+        text.push('[');
+        push_ip(&mut text, node.ip());
+        text.push(']');
+    } else {
+        push_ip(&mut text, node.ip());
+    }
+    text.push(':');
+    push_port(&mut text, node.port());
+    s.serialize_str(&text)
+}
+
+fn push_port(out: &mut String, port: u16) {
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// Where the lines go.
@@ -147,5 +206,43 @@ fn write_loop(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
                 tracing::warn!(%error, "access log write failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(node: &str, trace: Option<u128>) -> serde_json::Value {
+        let entry = Entry {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "r-1".into(),
+            trace_id: trace.map(TraceId::from),
+            client_ip: "10.1.22.7".parse().unwrap(),
+            method: Method::PATCH,
+            path: "/a?b=c".into(),
+            route: Arc::from("orders"),
+            upstream: None,
+            node: Some(node.parse().unwrap()),
+            consumer: None,
+            status: 204,
+            bytes: 0,
+            duration: 0.25,
+        };
+        serde_json::to_value(&entry).unwrap()
+    }
+
+    #[test]
+    fn fields_render_as_their_display_forms() {
+        let v = line("127.0.0.1:8080", Some(0xabc));
+        assert_eq!(v["trace_id"], format!("{:032x}", 0xabc));
+        assert_eq!(v["client_ip"], "10.1.22.7");
+        assert_eq!(v["method"], "PATCH");
+        assert_eq!(v["node"], "127.0.0.1:8080");
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert!(v.get("upstream").is_none());
+        let v = line("[::1]:9", None);
+        assert_eq!(v["node"], "[::1]:9");
+        assert_eq!(v["trace_id"], "");
     }
 }

@@ -13,12 +13,13 @@
 //! slows a request. The thread never waits on the queue, so a request never has to wake it.
 
 use super::metrics::METRICS;
-use http::HeaderMap;
+use crate::wire::{hex_id, push_ip, write_hex};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -27,6 +28,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 use std::borrow::Cow;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Spans waiting for export; beyond this they are dropped (and counted). With
@@ -38,6 +40,11 @@ pub const BATCH: usize = 512;
 pub const EXPORT_EVERY: Duration = Duration::from_millis(100);
 /// How long one export call may take.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The W3C header naming the caller's trace and span.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C header carrying vendors' trace state along.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace context of one request.
 #[derive(Debug, Clone)]
@@ -54,13 +61,19 @@ pub struct RequestTrace {
 
 impl RequestTrace {
     /// The `traceparent` for the upstream request: this trace, the gateway's span.
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { 1 } else { 0 }
-        )
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut value[3..35], &self.trace_id.to_bytes());
+        write_hex(&mut value[36..52], &self.span_id.to_bytes());
+        if self.sampled {
+            value[54] = b'1';
+        }
+        HeaderValue::from_bytes(&value).expect("hex digits and dashes make a header value")
+    }
+
+    /// The trace id in hex, as it appears in `traceparent`.
+    pub fn trace_id_hex(&self) -> String {
+        hex_id(u128::from_be_bytes(self.trace_id.to_bytes()))
     }
 }
 
@@ -71,8 +84,8 @@ pub struct SpanFacts<'a> {
     pub method: &'a str,
     pub path: &'a str,
     /// The route's path pattern (`http.route`), when a route matched.
-    pub pattern: Option<&'a str>,
-    pub route: &'a str,
+    pub pattern: Option<&'a Arc<str>>,
+    pub route: &'a Arc<str>,
     pub status: u16,
     pub node: Option<std::net::SocketAddr>,
 }
@@ -169,7 +182,7 @@ impl Tracer {
 
     /// The trace context of a request arriving with `headers`.
     pub fn start(&self, headers: &HeaderMap) -> RequestTrace {
-        let parent = if headers.contains_key("traceparent") {
+        let parent = if headers.contains_key(&TRACEPARENT) {
             let cx = TraceContextPropagator::new().extract(&Headers(headers));
             let span = cx.span();
             let parent = span.span_context();
@@ -214,27 +227,37 @@ impl Tracer {
         if !trace.sampled {
             return;
         }
-        let mut attributes = Vec::with_capacity(8);
-        attributes.push(KeyValue::new(
-            "http.request.method",
-            facts.method.to_string(),
-        ));
+        // Shared and static strings where there are some: a span is built per request.
+        let method: StringValue = match standard_method(facts.method) {
+            Some(method) => method.into(),
+            None => facts.method.to_string().into(),
+        };
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new("http.request.method", method.clone()));
         attributes.push(KeyValue::new("url.path", facts.path.to_string()));
         if let Some(pattern) = facts.pattern {
-            attributes.push(KeyValue::new("http.route", pattern.to_string()));
+            attributes.push(KeyValue::new("http.route", Arc::clone(pattern)));
         }
         attributes.push(KeyValue::new(
             "http.response.status_code",
             i64::from(facts.status),
         ));
-        attributes.push(KeyValue::new("gatehouse.route", facts.route.to_string()));
+        attributes.push(KeyValue::new("gatehouse.route", Arc::clone(facts.route)));
         if let Some(node) = facts.node {
-            attributes.push(KeyValue::new("server.address", node.ip().to_string()));
+            let mut address = String::with_capacity(15);
+            push_ip(&mut address, node.ip());
+            attributes.push(KeyValue::new("server.address", address));
             attributes.push(KeyValue::new("server.port", i64::from(node.port())));
         }
         let name = match facts.pattern {
-            Some(pattern) => format!("{} {pattern}", facts.method),
-            None => facts.method.to_string(),
+            Some(pattern) => {
+                let mut name = String::with_capacity(facts.method.len() + 1 + pattern.len());
+                name.push_str(facts.method);
+                name.push(' ');
+                name.push_str(pattern);
+                Cow::Owned(name)
+            }
+            None => Cow::Owned(method.as_str().to_owned()),
         };
         let span = SpanData {
             span_context: SpanContext::new(
@@ -247,7 +270,7 @@ impl Tracer {
             parent_span_id: trace.parent.unwrap_or(SpanId::INVALID),
             parent_span_is_remote: trace.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: Cow::Owned(name),
+            name,
             start_time: facts.start,
             end_time: facts.end,
             attributes,
@@ -267,6 +290,14 @@ impl Tracer {
             METRICS.spans_dropped.inc();
         }
     }
+}
+
+/// The methods of RFC 9110 as static strings, so a span names them without allocating.
+fn standard_method(method: &str) -> Option<&'static str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD.into_iter().find(|m| *m == method)
 }
 
 fn scope() -> InstrumentationScope {
@@ -349,7 +380,6 @@ impl opentelemetry_http::HttpClient for HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn an_incoming_traceparent_is_continued_with_a_new_span() {
@@ -367,8 +397,12 @@ mod tests {
         assert!(t.sampled, "a sampled parent is followed even at ratio 0");
         assert_eq!(t.state.header(), "vendor=abc");
         let forwarded = t.traceparent();
-        assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(forwarded.ends_with("-01"));
+        let forwarded = forwarded.to_str().unwrap();
+        assert_eq!(
+            forwarded,
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", t.span_id)
+        );
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
@@ -380,6 +414,6 @@ mod tests {
         assert_eq!(on.traceparent().len(), 55);
         let off = Tracer::propagate_only(0.0).start(&HeaderMap::new());
         assert!(!off.sampled);
-        assert!(off.traceparent().ends_with("-00"));
+        assert!(off.traceparent().to_str().unwrap().ends_with("-00"));
     }
 }

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Instructions per request, from callgrind: repeatable where wall-clock CPU time on a shared
+# machine is not (runs of the load comparison vary by ±20 %; these vary by well under 1 %).
+#
+# Each proxy runs under `valgrind --tool=callgrind` with one worker thread, in front of an
+# nginx upstream (`return 200 ok`). After a warm-up (connections, pools, caches), the
+# counters are zeroed, wrk sends a fixed stretch of keep-alive traffic, the counters are
+# dumped, and the user-space instructions executed in that window are divided by the
+# requests served. Kernel time (syscalls, TCP) is not counted: this measures what the
+# proxy's own code costs, which is what optimisations of that code change.
+#
+# Cases: bare (examples/bare_proxy.rs), contract (the same doing SPEC §4's per-request
+# headers and timeouts), gatehouse (a plain route), full (RS256 JWT + rate limit + weighted
+# split + header rewrite), many (a plain route among 10,000 routes), traced (every span
+# exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
+#
+# Needs: valgrind, nginx (nginx-light), wrk, python3, openssl.
+# Usage: benches/load/instructions.sh [case...]   (default: all; SECONDS_PER_CASE=4,
+#        PROFILE=release)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
+CONNECTIONS=${CONNECTIONS:-8}
+cases=("$@")
+[ ${#cases[@]} -eq 0 ] && cases=(bare contract gatehouse full many traced logged)
+for tool in valgrind callgrind_control nginx wrk python3 openssl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk python3 openssl)" >&2; exit 1; }
+done
+
+# PROFILE picks the cargo profile to measure (release by default).
+profile=${PROFILE:-release}
+cargo build --profile "$profile" --quiet --bin gatehouse --example bare_proxy --example mint_tokens
+bin=target/$profile
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+up=$(free_port); otlp=$(free_port)
+cat > "$work/up.conf" <<CONF
+daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$up; keepalive_requests 1000000; location / { return 200 'ok'; } }
+  server { listen 127.0.0.1:$otlp; keepalive_requests 1000000; client_max_body_size 64m; location / { return 200; } } }
+CONF
+nginx -c "$work/up.conf" -p "$work" & pids+=($!)
+wait_port "$up"
+
+# Resources for gatehouse's cases.
+mkdir -p "$work/plain" "$work/full" "$work/many"
+upstream_yaml="kind: Upstream
+id: backend
+nodes: [{ addr: \"127.0.0.1:$up\" }]"
+printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null
+openssl pkey -in "$work/jwt.pem" -pubout -out "$work/jwt.pub"
+$bin/examples/mint_tokens "$work/jwt.pem" bench 1000 "$work/tokens"
+pub=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/jwt.pub")
+cat > "$work/full/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Upstream
+id: backend-canary
+nodes: [{ addr: "127.0.0.1:$up" }]
+---
+kind: AuthPolicy
+id: bench
+jwt: { keys: [{ kid: bench, alg: RS256, public_key: $pub }] }
+required_scopes: [bench]
+forward: { headers: { X-User-Id: sub } }
+---
+kind: Route
+id: full
+match: { paths: ["/**"] }
+auth: bench
+rate_limit: { rate: 1000000000, per: 1s, key: consumer }
+weights: [{ upstream: backend, weight: 90 }, { upstream: backend-canary, weight: 10 }]
+request_headers: { set: { X-Gateway: "gatehouse \${route_id}" }, remove: [X-Debug] }
+YAML
+cat > "$work/tokens.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+python3 - "$work/many/routes.yaml" "$upstream_yaml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write(sys.argv[2] + "\n")
+    for i in range(10000):
+        f.write(f'---\nkind: Route\nid: svc-{i}\nmatch: {{ paths: ["/svc-{i}/**"] }}\nupstream: backend\n')
+PY
+
+grind() { # name port -- command...
+  local name=$1; shift
+  valgrind --tool=callgrind --callgrind-out-file="$work/$name.%p.out" --dump-instr=no \
+    --collect-systime=no "$@" 2>"$work/$name.log" &
+  pids+=($!)
+  started=$!
+}
+
+printf "%-10s %12s %14s %12s\n" case requests "instr/request" "idle instr"
+for name in "${cases[@]}"; do
+  p=$(free_port)
+  target="/bench"; script=()
+  case $name in
+    bare) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 ;;
+    contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
+    gatehouse|full|many|traced|logged)
+      routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
+      telemetry="{ access_log: { target: off } }"
+      [ "$name" = traced ] && telemetry="{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: off } }"
+      [ "$name" = logged ] && telemetry="{ otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 }, access_log: { target: \"$work/access.log\" } }"
+      [ "$name" = many ] && target="/svc-5000/bench"
+      [ "$name" = full ] && script=(-s "$work/tokens.lua")
+      cat > "$work/$name.yaml" <<YAML
+listen: [{ addr: "127.0.0.1:$p" }]
+threads: 1
+admin: { listen: "127.0.0.1:$(free_port)" }
+provider: { file: { paths: ["$work/$routes"], watch: false } }
+telemetry: $telemetry
+YAML
+      GATEHOUSE_LOG=warn grind "$name" $bin/gatehouse run -c "$work/$name.yaml" \
+        --upgrade-sock "$work/$name.sock" --pid-file "$work/$name.pid" ;;
+    *) echo "unknown case $name" >&2; exit 2 ;;
+  esac
+  wait_port "$p"
+  wrk -t1 -c"$CONNECTIONS" -d2s "${script[@]}" "http://127.0.0.1:$p$target" >/dev/null
+  # What the process does with no traffic (timers, background services) over the same
+  # time is measured first and subtracted, so a slower run (fewer requests) does not
+  # spread it over fewer requests.
+  callgrind_control --zero "$started" >/dev/null 2>&1
+  sleep "$SECONDS_PER_CASE"
+  callgrind_control --dump="$name-idle" "$started" >/dev/null 2>&1
+  callgrind_control --zero "$started" >/dev/null 2>&1
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_CASE}s" "${script[@]}" "http://127.0.0.1:$p$target")
+  callgrind_control --dump="$name" "$started" >/dev/null 2>&1
+  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "$name: errors during the run:" >&2; echo "$out" >&2; exit 1; fi
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  sleep 1
+  idle=$(grep -l "^desc: Trigger: dump $name-idle\$" "$work/$name".*.out.* | xargs awk '/^summary:/ { s += $2 } END { print s + 0 }')
+  busy=$(grep -l "^desc: Trigger: dump $name\$" "$work/$name".*.out.* | xargs awk '/^summary:/ { s += $2 } END { print s + 0 }')
+  kill "$started" 2>/dev/null || true
+  wait "$started" 2>/dev/null || true
+  printf "%-10s %12s %14.0f %12.0f\n" "$name" "$requests" \
+    "$(awk -v b="$busy" -v i="$idle" -v r="$requests" 'BEGIN { print (b - i) / r }')" "$idle"
+  [ -n "${KEEP:-}" ] && cp "$work/$name".*.out.* "$KEEP/" 2>/dev/null || true
+done
