@@ -239,14 +239,15 @@ echo "  (b) full / gatehouse $(ratio full gatehouse)   (target <= 1.25x)"
 echo "  (c) 10,000 routes / gatehouse $(ratio many gatehouse)   (target <= 1.05x)"
 echo "  (d) traced / gatehouse $(ratio traced gatehouse); traced + access log / gatehouse $(ratio logged gatehouse)   (target <= 1.2x)"
 
-# Latency at half of gatehouse's maximum throughput: every connection waits a fixed pause
-# after each answer (wrk's `delay`, whole milliseconds), which paces the load to about
-# CONNECTIONS / pause requests per second without saturating anything.
+# Latency at half of gatehouse's maximum throughput: every connection waits a pause after
+# each answer (wrk's `delay`, whole milliseconds, drawn uniformly around the mean so the
+# connections do not fire in lockstep bursts), which paces the load to about
+# CONNECTIONS / mean pause requests per second without saturating anything.
 half=$(awk -v r="$(awk '{print $1}' "$work/gatehouse.rounds" | median)" 'BEGIN { printf "%d", r / 2 }')
 pause=$(awk -v c="$CONNECTIONS" -v h="$half" 'BEGIN { p = c * 1000 / h; printf "%d", (p < 1) ? 1 : p + 0.5 }')
-echo 'delay = function() return tonumber(os.getenv("PACE_MS")) end' > "$work/paced.lua"
+echo 'local p = tonumber(os.getenv("PACE_MS")); delay = function() return math.random(1, 2 * p - 1) end' > "$work/paced.lua"
 echo
-echo "Latency at about half of gatehouse's maximum ($half req/s: $CONNECTIONS connections, ${pause} ms pause):"
+echo "Latency at about half of gatehouse's maximum ($half req/s: $CONNECTIONS connections, ${pause} ms mean pause):"
 declare -A paced
 for name in direct nginx bare gatehouse; do
   out=$(PACE_MS=$pause taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/paced.lua" \
