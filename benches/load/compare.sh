@@ -25,6 +25,7 @@
 # Usage: benches/load/compare.sh     (DURATION=10 CONNECTIONS=50 ROUNDS=5 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source benches/load/cases.sh
 
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -119,53 +120,8 @@ p=$(free_port)
 taskset -c 0 target/release/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract 2>"$work/contract.log" & pids+=($!); add contract "$p" $! /bench
 
 # gatehouse's resources for each case.
-mkdir -p "$work/plain" "$work/full" "$work/many"
-upstream_yaml="kind: Upstream
-id: backend
-nodes: [{ addr: \"127.0.0.1:$up\" }]"
-printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
-
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null
-openssl pkey -in "$work/jwt.pem" -pubout -out "$work/jwt.pub"
-target/release/examples/mint_tokens "$work/jwt.pem" bench 1000 "$work/tokens"
-pub=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/jwt.pub")
-cat > "$work/full/routes.yaml" <<YAML
-$upstream_yaml
----
-kind: Upstream
-id: backend-canary
-nodes: [{ addr: "127.0.0.1:$up" }]
----
-kind: AuthPolicy
-id: bench
-jwt: { keys: [{ kid: bench, alg: RS256, public_key: $pub }] }
-required_scopes: [bench]
-forward: { headers: { X-User-Id: sub } }
----
-kind: Route
-id: full
-match: { paths: ["/**"] }
-auth: bench
-rate_limit: { rate: 1000000000, per: 1s, key: consumer }
-weights: [{ upstream: backend, weight: 90 }, { upstream: backend-canary, weight: 10 }]
-request_headers: { set: { X-Gateway: "gatehouse \${route_id}" }, remove: [X-Debug] }
-YAML
-cat > "$work/tokens.lua" <<LUA
-local tokens = {}
-for line in io.lines("$work/tokens") do tokens[#tokens + 1] = line end
-local i = 0
-request = function()
-  i = i % #tokens + 1
-  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
-end
-LUA
-python3 - "$work/many/routes.yaml" "$upstream_yaml" <<'PY'
-import sys
-with open(sys.argv[1], "w") as f:
-    f.write(sys.argv[2] + "\n")
-    for i in range(10000):
-        f.write(f'---\nkind: Route\nid: svc-{i}\nmatch: {{ paths: ["/svc-{i}/**"] }}\nupstream: backend\n')
-PY
+bin=target/release
+write_gatehouse_cases
 
 start_gatehouse() { # name routes-dir telemetry
   local p; p=$(free_port)

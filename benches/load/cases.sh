@@ -1,0 +1,59 @@
+# gatehouse's resources for the load scripts' cases, written under $work for an upstream
+# on 127.0.0.1:$up, with the release binaries in $bin. Sourced by compare.sh and
+# instructions.sh, so both measure exactly the same routes.
+#
+#   $work/plain/      one route `/**` to one static node
+#   $work/full/       an RS256 JWT policy (required scope, a forwarded claim), a rate limit
+#                     that never refuses, a 90/10 split and a header rewrite
+#   $work/many/       10,000 routes `/svc-N/**`
+#   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
+
+write_gatehouse_cases() {
+  mkdir -p "$work/plain" "$work/full" "$work/many"
+  upstream_yaml="kind: Upstream
+id: backend
+nodes: [{ addr: \"127.0.0.1:$up\" }]"
+  printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
+
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null
+  openssl pkey -in "$work/jwt.pem" -pubout -out "$work/jwt.pub"
+  "$bin"/examples/mint_tokens "$work/jwt.pem" bench 1000 "$work/tokens"
+  pub=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read()))' "$work/jwt.pub")
+  cat > "$work/full/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Upstream
+id: backend-canary
+nodes: [{ addr: "127.0.0.1:$up" }]
+---
+kind: AuthPolicy
+id: bench
+jwt: { keys: [{ kid: bench, alg: RS256, public_key: $pub }] }
+required_scopes: [bench]
+forward: { headers: { X-User-Id: sub } }
+---
+kind: Route
+id: full
+match: { paths: ["/**"] }
+auth: bench
+rate_limit: { rate: 1000000000, per: 1s, key: consumer }
+weights: [{ upstream: backend, weight: 90 }, { upstream: backend-canary, weight: 10 }]
+request_headers: { set: { X-Gateway: "gatehouse \${route_id}" }, remove: [X-Debug] }
+YAML
+  cat > "$work/tokens.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+  python3 - "$work/many/routes.yaml" "$upstream_yaml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write(sys.argv[2] + "\n")
+    for i in range(10000):
+        f.write(f'---\nkind: Route\nid: svc-{i}\nmatch: {{ paths: ["/svc-{i}/**"] }}\nupstream: backend\n')
+PY
+}
