@@ -337,6 +337,21 @@ async fn jwks_keys_are_fetched_and_refetched_for_an_unknown_kid_at_most_every_10
     assert_eq!(idp.jwks_calls(), fetched + 1);
 }
 
+/// A gateway serving `/api` through `up`, protected by `policy` (whose id is `opaque`),
+/// with `IDP_SECRET` set to `secret`.
+async fn protected_gateway(up: &TestUpstream, policy: &str, secret: &str) -> Gateway {
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route("api", "/api", "opaque", "")
+    );
+    Gateway::builder()
+        .file("r.yaml", routes)
+        .env("IDP_SECRET", secret)
+        .start()
+        .await
+}
+
 fn introspection_policy(idp: &Idp, extra: &str) -> String {
     format!(
         "kind: AuthPolicy\nid: opaque\nintrospection:\n  endpoint: \"{}\"\n  client_id: gatehouse\n  client_secret: \"${{IDP_SECRET}}\"\n  cache_ttl: 60s\n  timeout: 1s\nforward:\n  headers: {{ X-User-Id: sub, X-Tenant: tenant }}\n{extra}",
@@ -352,17 +367,8 @@ async fn opaque_tokens_are_introspected_cached_and_shared_between_concurrent_req
         json!({"active": true, "sub": "alice", "scope": "users.read", "tenant": "acme", "exp": now() + 600}),
     );
     let up = TestUpstream::start("svc").await;
-    let routes = format!(
-        "{}---\n{}---\n{}",
-        up.resource("svc"),
-        introspection_policy(&idp, "required_scopes: [users.read]\n"),
-        protected_route("api", "/api", "opaque", "")
-    );
-    let gw = Gateway::builder()
-        .file("r.yaml", routes)
-        .env("IDP_SECRET", "s3cret")
-        .start()
-        .await;
+    let policy = introspection_policy(&idp, "required_scopes: [users.read]\n");
+    let gw = protected_gateway(&up, &policy, "s3cret").await;
 
     for _ in 0..5 {
         let resp = bearer(&gw, "/api", "opaque-alice").await;
@@ -428,18 +434,8 @@ async fn unreachable_or_misconfigured_introspection_answers_503() {
     let idp = Idp::start("gatehouse", "right").await;
     idp.set_token("opaque-1", json!({"active": true, "sub": "a"}));
     let up = TestUpstream::start("svc").await;
-    let routes = format!(
-        "{}---\n{}---\n{}",
-        up.resource("svc"),
-        introspection_policy(&idp, ""),
-        protected_route("api", "/api", "opaque", "")
-    );
     // The gateway authenticates with the wrong secret: the endpoint refuses it.
-    let gw = Gateway::builder()
-        .file("r.yaml", routes)
-        .env("IDP_SECRET", "wrong")
-        .start()
-        .await;
+    let gw = protected_gateway(&up, &introspection_policy(&idp, ""), "wrong").await;
     let resp = bearer(&gw, "/api", "opaque-1").await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().get("www-authenticate").is_none());
@@ -472,16 +468,7 @@ async fn a_jwt_with_an_unknown_key_goes_to_introspection() {
         known.yaml()
     );
     let up = TestUpstream::start("svc").await;
-    let routes = format!(
-        "{}---\n{policy}---\n{}",
-        up.resource("svc"),
-        protected_route("api", "/api", "opaque", "")
-    );
-    let gw = Gateway::builder()
-        .file("r.yaml", routes)
-        .env("IDP_SECRET", "s3cret")
-        .start()
-        .await;
+    let gw = protected_gateway(&up, &policy, "s3cret").await;
     let resp = bearer(&gw, "/api", &known.sign(&claims("dave", json!({})))).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(idp.introspections(), 0, "a known key is verified locally");
