@@ -315,3 +315,65 @@ async fn active_checks_take_a_failing_node_out_and_bring_it_back() {
         "{seen:?}"
     );
 }
+
+/// Sends `n` GETs at once and checks every one is answered 200.
+async fn burst(gw: &Gateway, path: &str, n: usize) {
+    let requests: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(client().get(gw.url(path)).send()))
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap().unwrap().status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_max_idle_bounds_the_connections_kept_to_each_node() {
+    let capped = TestUpstream::start("capped").await;
+    let uncapped = TestUpstream::start("uncapped").await;
+    capped.set_delay(Duration::from_millis(300));
+    uncapped.set_delay(Duration::from_millis(300));
+    let routes = [
+        upstream(
+            "capped",
+            &[&capped],
+            "pool: { max_idle: 2, idle_timeout: 30s }\n",
+        ),
+        upstream("uncapped", &[&uncapped], "pool: { idle_timeout: 30s }\n"),
+        route("c", "/c", "capped", ""),
+        route("u", "/u", "uncapped", ""),
+    ]
+    .join("---\n");
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+
+    burst(&gw, "/c", 8).await;
+    burst(&gw, "/u", 8).await;
+    eventually(Duration::from_secs(5), "two kept connections", || async {
+        capped.open_connections() == 2
+    })
+    .await;
+    assert_eq!(capped.connections(), 8);
+    assert_eq!(
+        uncapped.open_connections(),
+        8,
+        "without max_idle every connection stays pooled"
+    );
+
+    // The next burst reuses both kept connections and keeps no more.
+    let before = capped.connections();
+    burst(&gw, "/c", 8).await;
+    assert_eq!(capped.connections() - before, 6);
+    eventually(Duration::from_secs(5), "two kept connections", || async {
+        capped.open_connections() == 2
+    })
+    .await;
+
+    // One request at a time, the kept connections serve them all.
+    capped.set_delay(Duration::ZERO);
+    let before = capped.connections();
+    for _ in 0..5 {
+        let resp = client().get(gw.url("/c")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(capped.connections(), before);
+    assert_eq!(capped.open_connections(), 2);
+}

@@ -100,7 +100,8 @@ pub struct RequestCtx {
     /// The node last chosen, and its address.
     pub node: Option<Arc<Node>>,
     pub last_node: Option<std::net::SocketAddr>,
-    /// Holds the node's in-flight count (for `least_conn`) while the request is on it.
+    /// Holds the node's in-flight count (for `least_conn`) and kept connection (for
+    /// `pool.max_idle`) while the request is on it.
     lease: Option<NodeLease>,
     /// The current attempt is being abandoned on purpose to retry a 502/503.
     retrying_status: bool,
@@ -304,6 +305,7 @@ impl ProxyHttp for Gateway {
             None => (false, String::new()),
         };
         let mut peer = HttpPeer::new(node.addr, tls, sni);
+        peer.group_key = upstream.pool_key(ctx.lease.as_ref());
         ctx.node = Some(node);
         let t = route.timeouts;
         peer.options.connection_timeout = Some(t.connect);
@@ -352,6 +354,11 @@ impl ProxyHttp for Gateway {
                 Error::because(ErrorType::InternalError, "rewritten path is not a URI", e)
             })?;
             upstream_request.set_uri(uri);
+        }
+        if ctx.lease.as_ref().is_some_and(NodeLease::one_shot) {
+            // Over `pool.max_idle`: the upstream closes this connection after answering.
+            upstream_request
+                .insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
         }
         let ex = &ctx.exchange;
         if !ctx.id_from_client {

@@ -6,7 +6,6 @@ mod auth;
 mod catalog;
 mod fields;
 mod route;
-mod support;
 mod upstream;
 
 pub use auth::{AuthPolicy, Forward, Introspection, Jwt, JwtKey, ALGORITHMS};
@@ -289,7 +288,6 @@ pub fn parse_value(
         Kind::Upstream => typed(value).and_then(|u: Upstream| {
             let mut p = Problems::default();
             u.check(&mut p);
-            support::check_upstream(&u, &mut p);
             p.into_result(Resource::Upstream(Arc::new(u)))
         }),
         Kind::AuthPolicy => typed(value).and_then(|a: AuthPolicy| {

@@ -222,6 +222,11 @@ impl Upstream {
                 }
             }
         }
+        if let Some(idle) = self.pool.as_ref().and_then(|p| p.idle_timeout) {
+            if idle.0.is_zero() {
+                p.add("pool.idle_timeout", "must be more than 0s");
+            }
+        }
         if let Some(cb) = &self.circuit_breaker {
             if !(cb.error_rate > 0.0 && cb.error_rate <= 1.0) {
                 p.add("circuit_breaker.error_rate", "must be in (0, 1]");

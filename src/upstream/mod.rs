@@ -5,6 +5,7 @@ mod breaker;
 mod choice;
 mod discovery;
 mod health;
+mod keepalive;
 mod probe;
 
 pub use balance::{smooth_schedule, Picker};
@@ -12,6 +13,7 @@ pub use breaker::{Breaker, BreakerPolicy, Pass};
 pub use choice::UpstreamChoice;
 pub use discovery::{Directory, DiscoveryService, Registration};
 pub use health::{now_ms, NodeHealth, PassivePolicy};
+pub use keepalive::KeptConnections;
 pub use probe::Prober;
 
 use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
@@ -35,6 +37,10 @@ pub struct Node {
     pub health: NodeHealth,
     /// Requests in flight on this node (kept for `least_conn`).
     pub inflight: AtomicU32,
+    /// Connections kept open for reuse (counted for `pool.max_idle`); shared with the node
+    /// that replaces this one when only its weight changes, as those are the same
+    /// connections.
+    pub kept: Arc<KeptConnections>,
 }
 
 impl Node {
@@ -45,6 +51,15 @@ impl Node {
             label,
             health: NodeHealth::default(),
             inflight: AtomicU32::new(0),
+            kept: Arc::default(),
+        }
+    }
+
+    /// The same instance with another weight: its kept connections stay counted.
+    fn reweighted(&self, weight: u32) -> Node {
+        Node {
+            kept: self.kept.clone(),
+            ..Node::new(self.addr, weight, self.label.clone())
         }
     }
 }
@@ -68,6 +83,12 @@ pub struct UpstreamTarget {
     pub passive: Option<PassivePolicy>,
     /// `pool.idle_timeout`, if set.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `pool.max_idle`, if set.
+    pub max_idle: Option<u32>,
+    /// This target's connection pool in Pingora's (`HttpPeer::group_key`): even for kept
+    /// connections, odd for one-shot ones. Fresh for every compiled target, so connections
+    /// counted by an earlier version of the upstream are never mixed with this one's.
+    pool_key: u64,
     /// `circuit_breaker`, if set.
     pub breaker: Option<Breaker>,
     /// The nodes in force: fixed for static `nodes`, replaced as discovery finds instances.
@@ -233,6 +254,11 @@ impl UpstreamTarget {
                 fail_timeout: p.fail_timeout.0,
             });
         let idle_timeout = spec.pool.as_ref().and_then(|p| p.idle_timeout).map(|t| t.0);
+        let max_idle = spec
+            .pool
+            .as_ref()
+            .and_then(|p| p.max_idle)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let breaker = spec.circuit_breaker.as_ref().map(|c| {
             Breaker::new(BreakerPolicy {
                 error_rate: c.error_rate,
@@ -277,6 +303,8 @@ impl UpstreamTarget {
             tls,
             passive,
             idle_timeout,
+            max_idle,
+            pool_key: POOL_KEYS.fetch_add(2, Ordering::Relaxed),
             breaker,
         }
     }
@@ -314,14 +342,12 @@ impl UpstreamTarget {
         let nodes = instances
             .into_iter()
             .map(|i| {
-                current
-                    .nodes
-                    .iter()
-                    .find(|n| n.addr == i.addr && n.weight == i.weight)
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Node::new(i.addr, i.weight, i.addr.to_string().into()))
-                    })
+                let same_addr = current.nodes.iter().find(|n| n.addr == i.addr);
+                match same_addr {
+                    Some(n) if n.weight == i.weight => n.clone(),
+                    Some(n) => Arc::new(n.reweighted(i.weight)),
+                    None => Arc::new(Node::new(i.addr, i.weight, i.addr.to_string().into())),
+                }
             })
             .collect();
         self.members
@@ -343,13 +369,35 @@ impl UpstreamTarget {
             .map(|i| members.nodes[i].clone())
     }
 
-    /// Marks a request as in flight on `node` until the lease is dropped (for `least_conn`;
-    /// other balancers need no count).
+    /// Marks a request as on `node` until the lease is dropped: counted in flight for
+    /// `least_conn`, and holding one of the node's kept connections under `pool.max_idle`
+    /// (or told to use a one-shot connection). `None` when neither applies.
     pub fn lease(&self, node: &Arc<Node>) -> Option<NodeLease> {
-        (self.spec.lb == Balancing::LeastConn).then(|| {
+        let counted = self.spec.lb == Balancing::LeastConn;
+        if !counted && self.max_idle.is_none() {
+            return None;
+        }
+        if counted {
             node.inflight.fetch_add(1, Ordering::Relaxed);
-            NodeLease { node: node.clone() }
+        }
+        let connection = match self.max_idle {
+            None => Connection::Pooled,
+            Some(cap) if node.kept.take(cap) => Connection::Kept,
+            Some(_) => Connection::OneShot,
+        };
+        Some(NodeLease {
+            node: node.clone(),
+            counted,
+            connection,
         })
+    }
+
+    /// The pool key for Pingora (`HttpPeer::group_key`) of a request holding `lease`.
+    pub fn pool_key(&self, lease: Option<&NodeLease>) -> u64 {
+        match lease {
+            Some(l) if l.one_shot() => self.pool_key | 1,
+            _ => self.pool_key,
+        }
     }
 
     /// Counts a failed request to `node` for passive health checks.
@@ -358,15 +406,45 @@ impl UpstreamTarget {
     }
 }
 
-/// A request in flight on a node; dropping it ends the count.
+/// Where each compiled target's pool keys start; each takes two.
+static POOL_KEYS: AtomicU64 = AtomicU64::new(2);
+
+/// Which connection a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Any pooled connection (no `pool.max_idle`).
+    Pooled,
+    /// One of the node's kept connections, handed back when the request ends.
+    Kept,
+    /// A connection of its own, closed after the response: the kept ones are all taken.
+    OneShot,
+}
+
+/// A request on a node; dropping it ends its in-flight count and hands back its kept
+/// connection. Dropped with the request's context, after Pingora has put the connection
+/// back into its pool.
 #[derive(Debug)]
 pub struct NodeLease {
     node: Arc<Node>,
+    counted: bool,
+    connection: Connection,
+}
+
+impl NodeLease {
+    /// Whether the request must use a connection of its own and close it afterwards.
+    pub fn one_shot(&self) -> bool {
+        self.connection == Connection::OneShot
+    }
 }
 
 impl Drop for NodeLease {
     fn drop(&mut self) {
-        self.node.inflight.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.node.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.connection == Connection::Kept {
+            self.node.kept.hand_back();
+        }
     }
 }
 

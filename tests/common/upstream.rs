@@ -27,6 +27,7 @@ pub struct TestUpstream {
     pub name: String,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     status: Arc<AtomicU64>,
     /// Every connection's task, so `kill` can cut them.
@@ -40,16 +41,18 @@ impl TestUpstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let status = Arc::new(AtomicU64::new(200));
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (h, d, n, c, st, cs) = (
+        let (h, d, n, c, st, cs, o) = (
             hits.clone(),
             delay_ms.clone(),
             name.to_string(),
             connections.clone(),
             status.clone(),
             conns.clone(),
+            open.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -57,9 +60,11 @@ impl TestUpstream {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (h, d, n, st) = (h.clone(), d.clone(), n.clone(), st.clone());
+                o.fetch_add(1, Ordering::SeqCst);
+                let (h, d, n, st, o) = (h.clone(), d.clone(), n.clone(), st.clone(), o.clone());
                 let conn = tokio::spawn(async move {
                     let _ = serve(stream, &n, &h, &d, &st).await;
+                    o.fetch_sub(1, Ordering::SeqCst);
                 });
                 cs.lock().unwrap().push(conn.abort_handle());
             }
@@ -69,6 +74,7 @@ impl TestUpstream {
             name: name.to_string(),
             hits,
             connections,
+            open,
             delay_ms,
             status,
             conns,
@@ -96,6 +102,11 @@ impl TestUpstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (the client has not closed them).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Every later request waits this long before being answered.
