@@ -8,7 +8,8 @@ use std::net::IpAddr;
 pub fn hex_id(bits: u128) -> String {
     let mut id = [0u8; 32];
     write_hex(&mut id, &bits.to_be_bytes());
-    id.iter().map(|&digit| char::from(digit)).collect()
+    // Hex digits are ASCII, so this never falls back.
+    std::str::from_utf8(&id).unwrap_or_default().to_owned()
 }
 
 /// Writes `bytes` into `out` as lower-case hex, two digits a byte; `out` is twice as long.

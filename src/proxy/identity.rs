@@ -4,14 +4,17 @@ use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// Header names as written when the gateway inserts them (a `&'static str` costs Pingora no
-/// allocation), and as looked up (a `HeaderName` is hashed, never re-parsed).
+/// Header names the gateway writes and looks up, parsed once here: a `HeaderName` is hashed,
+/// never re-parsed (the `&str` forms are for Pingora's `insert_header` on the gateway's
+/// own replies).
 pub const REQUEST_ID: &str = "x-request-id";
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
 pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const FORWARDED_HOST: &str = "x-forwarded-host";
 pub const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
 pub const FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+pub const FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
+pub const FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static(FORWARDED_HOST);
 
 /// The request's id, and whether it is the client's own.
 pub struct RequestId {

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Thin on purpose: each phase calls the router, the
 //! route's compiled plugins and the upstream picker, in the order of SPEC §4.
 
+mod head;
 mod identity;
 mod inflight;
 mod reply;
@@ -8,7 +9,7 @@ mod reply;
 pub use identity::{
     client_ip, client_request_id, identify, new_request_id, request_id, REQUEST_ID,
 };
-use identity::{FORWARDED_FOR, FORWARDED_FOR_NAME, FORWARDED_HOST, FORWARDED_PROTO};
+use identity::{FORWARDED_FOR_NAME, FORWARDED_HOST_NAME, FORWARDED_PROTO_NAME, REQUEST_ID_NAME};
 pub use inflight::{InFlight, InFlightGuard};
 pub use reply::error_body;
 
@@ -31,14 +32,9 @@ use std::time::{Instant, SystemTime};
 
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::metrics::RouteMetrics;
-use crate::telemetry::trace::{RequestTrace, SpanFacts};
+use crate::telemetry::trace::{RequestTrace, SpanFacts, TRACEPARENT, TRACESTATE};
 use crate::telemetry::Telemetry;
 use crate::wire::push_ip;
-
-/// Names as Pingora inserts them most cheaply (a `&'static str`: no allocation for the name
-/// on the case-preserving side).
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
@@ -355,24 +351,7 @@ impl ProxyHttp for Gateway {
             })?;
             upstream_request.set_uri(uri);
         }
-        if ctx.lease.as_ref().is_some_and(NodeLease::one_shot) {
-            // Over `pool.max_idle`: the upstream closes this connection after answering.
-            upstream_request
-                .insert_header(header::CONNECTION, HeaderValue::from_static("close"))?;
-        }
         let ex = &ctx.exchange;
-        if !ctx.id_from_client {
-            if let Some(id) = &ctx.request_id_value {
-                upstream_request.insert_header(REQUEST_ID, id.clone())?;
-            }
-        }
-        if let Some(trace) = &ctx.trace {
-            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
-            if !trace.state.header().is_empty() {
-                upstream_request.insert_header(TRACESTATE, trace.state.header())?;
-            }
-        }
-
         let mut forwarded_for = String::new();
         let earlier = session.req_header().headers.get(&FORWARDED_FOR_NAME);
         if let Some(earlier) = earlier.and_then(|v| v.to_str().ok()) {
@@ -381,10 +360,15 @@ impl ProxyHttp for Gateway {
             forwarded_for.push_str(", ");
         }
         push_ip(&mut forwarded_for, peer_ip(session));
-        upstream_request.insert_header(FORWARDED_FOR, forwarded_for)?;
+        let forwarded_for = HeaderValue::try_from(forwarded_for).map_err(|e| {
+            Error::because(
+                ErrorType::InternalError,
+                "X-Forwarded-For is not a header value",
+                e,
+            )
+        })?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        upstream_request.insert_header(FORWARDED_PROTO, proto)?;
         let host = session
             .req_header()
             .headers
@@ -397,12 +381,41 @@ impl ProxyHttp for Gateway {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-        if let Some(host) = host {
-            if upstream_request.headers.get(header::HOST).is_none() {
-                upstream_request.insert_header(header::HOST, host.clone())?;
+        let one_shot = ctx.lease.as_ref().is_some_and(NodeLease::one_shot);
+        let request_id = ctx
+            .request_id_value
+            .as_ref()
+            .filter(|_| !ctx.id_from_client);
+        let trace = ctx.trace.as_ref();
+        head::edit_request(upstream_request, |h| {
+            // The map was sized for the client's headers: grow it once, not per insert.
+            h.try_reserve(6)?;
+            if one_shot {
+                // Over `pool.max_idle`: the upstream closes this connection after answering.
+                h.try_insert(header::CONNECTION, HeaderValue::from_static("close"))?;
             }
-            upstream_request.insert_header(FORWARDED_HOST, host)?;
-        }
+            if let Some(id) = request_id {
+                h.try_insert(REQUEST_ID_NAME, id.clone())?;
+            }
+            if let Some(trace) = trace {
+                h.try_insert(TRACEPARENT, trace.traceparent())?;
+                let state = trace.state.header();
+                if !state.is_empty() {
+                    if let Ok(state) = HeaderValue::try_from(state) {
+                        h.try_insert(TRACESTATE, state)?;
+                    }
+                }
+            }
+            h.try_insert(FORWARDED_FOR_NAME, forwarded_for)?;
+            h.try_insert(FORWARDED_PROTO_NAME, proto)?;
+            if let Some(host) = host {
+                if !h.contains_key(header::HOST) {
+                    h.try_insert(header::HOST, host.clone())?;
+                }
+                h.try_insert(FORWARDED_HOST_NAME, host)?;
+            }
+            Ok(())
+        })?;
         route.plugins.upstream_request(upstream_request, ex);
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
@@ -548,13 +561,17 @@ impl ProxyHttp for Gateway {
             Some(id) => Some(id),
             None => HeaderValue::from_str(&ctx.exchange.request_id).ok(),
         };
-        if let Some(id) = id {
-            resp.insert_header(REQUEST_ID, id)?;
-        }
         let ex = &ctx.exchange;
-        for (name, value) in &ex.response_headers {
-            resp.insert_header(name.clone(), value.clone())?;
-        }
+        head::edit_response(resp, |h| {
+            h.try_reserve(1 + ex.response_headers.len())?;
+            if let Some(id) = id {
+                h.try_insert(REQUEST_ID_NAME, id)?;
+            }
+            for (name, value) in &ex.response_headers {
+                h.try_insert(name.clone(), value.clone())?;
+            }
+            Ok(())
+        })?;
         if let Some(route) = &ctx.route {
             route.plugins.response(resp, ex);
         }
