@@ -5,11 +5,14 @@
 //! Usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract]
 //!
 //! With `contract`, it also does what SPEC §4 asks of every proxied request, the cheapest
-//! way Pingora allows: upstream timeouts, `X-Request-Id` both ways and `X-Forwarded-*`.
+//! way Pingora allows: upstream timeouts, `X-Request-Id` both ways and `X-Forwarded-*`,
+//! the headers put into the heads as plain `http` maps with names parsed once (as gatehouse
+//! does; Pingora's own `insert_header` costs about 2,000 instructions a header).
 //! The difference between the two modes is the price of that contract; the difference
 //! between `contract` and gatehouse is the price of gatehouse's own machinery.
 
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
@@ -17,6 +20,11 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -57,17 +65,25 @@ impl ProxyHttp for Bare {
     ) -> pingora::Result<()> {
         if self.contract {
             *id = format!("{:032x}", fastrand::u128(..));
-            req.insert_header("x-request-id", id.as_str())?;
             let peer = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
-            req.insert_header("x-forwarded-for", peer)?;
-            req.insert_header("x-forwarded-proto", "http")?;
-            if let Some(host) = session.req_header().headers.get("host").cloned() {
-                req.insert_header("x-forwarded-host", host)?;
+            let host = session.req_header().headers.get("host").cloned();
+            let id = HeaderValue::from_str(id).map_err(|_| bad_header())?;
+            let peer = HeaderValue::try_from(peer).map_err(|_| bad_header())?;
+            let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+            let mut parts: http::request::Parts = std::mem::replace(req, empty).into();
+            let h = &mut parts.headers;
+            h.reserve(4);
+            h.insert(REQUEST_ID, id);
+            h.insert(FORWARDED_FOR, peer);
+            h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+            if let Some(host) = host {
+                h.insert(FORWARDED_HOST, host);
             }
+            *req = RequestHeader::from(parts);
         }
         Ok(())
     }
@@ -79,10 +95,18 @@ impl ProxyHttp for Bare {
         id: &mut String,
     ) -> pingora::Result<()> {
         if self.contract {
-            resp.insert_header("x-request-id", id.as_str())?;
+            let id = HeaderValue::from_str(id).map_err(|_| bad_header())?;
+            let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+            let mut parts: http::response::Parts = std::mem::replace(resp, empty).into();
+            parts.headers.insert(REQUEST_ID, id);
+            *resp = ResponseHeader::from(parts);
         }
         Ok(())
     }
+}
+
+fn bad_header() -> Box<pingora::Error> {
+    pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader)
 }
 
 fn main() {
