@@ -1,4 +1,4 @@
-//! Route lookup and snapshot compilation at 10,000 routes.
+//! Route lookup at 10 and 10,000 routes, and snapshot compilation at 10,000.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::resource::{admit, parse_file, Catalog};
@@ -10,7 +10,7 @@ use http::{HeaderMap, Method};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// 10,000 routes: a mix of prefixes, parameters, hosts, methods and header predicates, all
+/// `n` routes: a mix of prefixes, parameters, hosts, methods and header predicates, all
 /// on 10 upstreams.
 fn resources(n: usize) -> String {
     let mut out = String::new();
@@ -42,37 +42,53 @@ fn compile(text: &str) -> Snapshot {
 }
 
 fn lookup(c: &mut Criterion) {
-    let snapshot = compile(&resources(10_000));
     let mut headers = HeaderMap::new();
     headers.insert("x-platform", "ios".parse().unwrap());
-    let cases: [(&str, Option<&str>, &str); 5] = [
-        ("prefix, host-less", None, "/svc9997/v1/users/42"),
-        ("param", None, "/items9997/42"),
-        (
-            "exact host",
-            Some("svc4000.example.com"),
-            "/svc4000/v1/orders",
-        ),
-        ("wildcard host", Some("api.eu.example.org"), "/svc4003/v1/x"),
-        ("miss", Some("nothing.example.net"), "/nothing/at/all"),
-    ];
-    let mut group = c.benchmark_group("router 10k routes");
-    for (name, host, path) in cases {
-        let req = RouteRequest {
-            host,
-            path,
-            method: &Method::GET,
-            headers: &headers,
-            query: None,
-        };
-        if name != "miss" {
-            assert!(snapshot.router.find(&req).is_some(), "{name} must match");
+    // Route `i` is host-less when i % 4 is 1 or 2, bound to an exact host when it is 0 and
+    // to a wildcard host when it is 3; the cases pick routes near the end of each table.
+    for (n, label, last) in [
+        (10, "router 10 routes", 9),
+        (10_000, "router 10k routes", 9997),
+    ] {
+        let snapshot = compile(&resources(n));
+        let exact = last - 5; // i % 4 == 0
+        let wildcard = last - 2; // i % 4 == 3
+        let (prefix, param) = (
+            format!("/svc{last}/v1/users/42"),
+            format!("/items{last}/42"),
+        );
+        let exact_host = format!("svc{exact}.example.com");
+        let (exact_path, wildcard_path) = (
+            format!("/svc{exact}/v1/orders"),
+            format!("/svc{wildcard}/v1/x"),
+        );
+        let cases: [(&str, Option<&str>, &str); 5] = [
+            ("prefix, host-less", None, &prefix),
+            ("param", None, &param),
+            ("exact host", Some(&exact_host), &exact_path),
+            ("wildcard host", Some("api.eu.example.org"), &wildcard_path),
+            ("miss", Some("nothing.example.net"), "/nothing/at/all"),
+        ];
+        let mut group = c.benchmark_group(label);
+        for (name, host, path) in cases {
+            let req = RouteRequest {
+                host,
+                path,
+                method: &Method::GET,
+                headers: &headers,
+                query: None,
+            };
+            assert_eq!(
+                snapshot.router.find(&req).is_some(),
+                name != "miss",
+                "{label}: {name}"
+            );
+            group.bench_function(name, |b| {
+                b.iter(|| black_box(snapshot.router.find(black_box(&req))))
+            });
         }
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(snapshot.router.find(black_box(&req))))
-        });
+        group.finish();
     }
-    group.finish();
 }
 
 fn rebuild(c: &mut Criterion) {
