@@ -93,9 +93,8 @@ pub struct RequestCtx {
     request_id_value: Option<HeaderValue>,
     /// Failed connection attempts so far, for `retries`.
     pub failed_attempts: u32,
-    /// The node last chosen, and its address.
+    /// The node last chosen.
     pub node: Option<Arc<Node>>,
-    pub last_node: Option<std::net::SocketAddr>,
     /// Holds the node's in-flight count (for `least_conn`) and kept connection (for
     /// `pool.max_idle`) while the request is on it.
     lease: Option<NodeLease>,
@@ -104,9 +103,10 @@ pub struct RequestCtx {
     /// How the current attempt passed the upstream's circuit breaker, until its outcome is
     /// recorded.
     pass: Option<Pass>,
-    /// When the request arrived: for its duration, its log line and its span.
+    /// When the request arrived: for its duration, its log line and its span (the wall
+    /// clock time is worked out from it at the end, and only when a log or span needs it:
+    /// the context is copied with Pingora's request future, so every byte counts).
     pub arrived: Instant,
-    pub arrived_at: SystemTime,
     /// The request's trace context, once its head was read.
     pub trace: Option<RequestTrace>,
     /// When the request was last sent upstream.
@@ -150,12 +150,10 @@ impl ProxyHttp for Gateway {
             request_id_value: None,
             failed_attempts: 0,
             node: None,
-            last_node: None,
             lease: None,
             retrying_status: false,
             pass: None,
             arrived: Instant::now(),
-            arrived_at: SystemTime::now(),
             trace: None,
             upstream_sent: None,
             _inflight: self.inflight.enter(),
@@ -293,7 +291,6 @@ impl ProxyHttp for Gateway {
                 format!("upstream `{}` has no healthy node", upstream.id),
             );
         };
-        ctx.last_node = Some(node.addr);
         // Replaces (and so ends) the lease of a previous attempt.
         ctx.lease = upstream.lease(&node);
         let (tls, sni) = match &upstream.tls {
@@ -511,11 +508,13 @@ impl ProxyHttp for Gateway {
             return;
         }
         let req = session.req_header();
-        let node = ctx.upstream_sent.and(ctx.last_node);
+        let node = ctx.upstream_sent.and(ctx.node.as_ref().map(|n| n.addr));
+        let now = SystemTime::now();
+        let arrived_at = now.checked_sub(elapsed).unwrap_or(now);
         let trace_id = ctx.trace.as_ref().map(|t| t.trace_id);
         if let Some(log) = &telemetry.access_log {
             log.log(Entry {
-                time: ctx.arrived_at,
+                time: arrived_at,
                 // The last phase: what the entry needs is moved out rather than copied.
                 request_id: std::mem::take(&mut ctx.exchange.request_id),
                 trace_id,
@@ -538,8 +537,8 @@ impl ProxyHttp for Gateway {
             telemetry.tracer.finish(
                 trace,
                 SpanFacts {
-                    start: ctx.arrived_at,
-                    end: ctx.arrived_at + elapsed,
+                    start: arrived_at,
+                    end: now,
                     method: req.method.as_str(),
                     path: req.uri.path(),
                     pattern: route.and_then(|r| r.pattern.as_ref()),
