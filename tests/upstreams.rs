@@ -23,18 +23,23 @@ fn route(id: &str, path: &str, upstream: &str, extra: &str) -> String {
     )
 }
 
+/// Upstream `svc` on `nodes`, and route `api` (`/api`) to it.
+fn svc_behind_api(nodes: &[&TestUpstream], upstream_extra: &str, route_extra: &str) -> String {
+    format!(
+        "{}---\n{}",
+        upstream("svc", nodes, upstream_extra),
+        route("api", "/api", "svc", route_extra)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_under_get_traffic_costs_no_failed_request() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let routes = format!(
-        "{}---\n{}",
-        upstream(
-            "svc",
-            &[&a, &b],
-            "health_check: { passive: { max_fails: 1, fail_timeout: 30s } }\n"
-        ),
-        route("api", "/api", "svc", "retries: 1\n")
+    let routes = svc_behind_api(
+        &[&a, &b],
+        "health_check: { passive: { max_fails: 1, fail_timeout: 30s } }\n",
+        "retries: 1\n",
     );
     let gw = Gateway::builder()
         .file("r.yaml", routes.clone())
@@ -83,14 +88,10 @@ async fn a_node_killed_under_get_traffic_costs_no_failed_request() {
 async fn with_every_node_down_the_answer_is_503_no_upstream() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let routes = format!(
-        "{}---\n{}",
-        upstream(
-            "svc",
-            &[&a, &b],
-            "health_check: { passive: { max_fails: 1, fail_timeout: 30s } }\n"
-        ),
-        route("api", "/api", "svc", "retries: 1\n")
+    let routes = svc_behind_api(
+        &[&a, &b],
+        "health_check: { passive: { max_fails: 1, fail_timeout: 30s } }\n",
+        "retries: 1\n",
     );
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
     a.kill();
@@ -234,14 +235,10 @@ async fn consistent_hash_keeps_each_key_on_its_node_and_moves_few_when_one_joins
 async fn the_circuit_opens_on_errors_then_a_probe_closes_it() {
     let up = TestUpstream::start("svc").await;
     up.set_status(500);
-    let routes = format!(
-        "{}---\n{}",
-        upstream(
-            "svc",
-            &[&up],
-            "circuit_breaker: { error_rate: 0.5, min_requests: 4, window: 10s, open_for: 1s }\n"
-        ),
-        route("api", "/api", "svc", "")
+    let routes = svc_behind_api(
+        &[&up],
+        "circuit_breaker: { error_rate: 0.5, min_requests: 4, window: 10s, open_for: 1s }\n",
+        "",
     );
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
     for _ in 0..4 {
@@ -273,15 +270,7 @@ async fn the_circuit_opens_on_errors_then_a_probe_closes_it() {
 async fn active_checks_take_a_failing_node_out_and_bring_it_back() {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
-    let routes = format!(
-        "{}---\n{}",
-        upstream(
-            "svc",
-            &[&a, &b],
-            "health_check: { active: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 } }\n"
-        ),
-        route("api", "/api", "svc", "")
-    );
+    let routes = svc_behind_api(&[&a, &b], "health_check: { active: { path: /healthz, interval: 100ms, timeout: 500ms, healthy: 2, unhealthy: 2 } }\n", "");
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
     let healthy = |node: &TestUpstream, value: u8| {
         format!(

@@ -84,12 +84,7 @@ impl NodeHealth {
 
     /// Whether a probe is due at `now`; if so, the next one is scheduled `interval` later.
     pub fn probe_due(&self, now: u64, interval: u64) -> bool {
-        let next = self.next_probe.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_probe
-                .compare_exchange(next, now + interval, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        claim_due(&self.next_probe, now, interval)
     }
 
     /// Records one probe; returns the new verdict when it changed.
@@ -109,6 +104,16 @@ impl NodeHealth {
         }
         None
     }
+}
+
+/// Whether the deadline in `next` (ms) has come at `now`; if so, moves it `every` later. Of
+/// several callers at the same moment only one gets `true`.
+pub(crate) fn claim_due(next: &AtomicU64, now: u64, every: u64) -> bool {
+    let due = next.load(Ordering::Relaxed);
+    now >= due
+        && next
+            .compare_exchange(due, now + every, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 #[cfg(test)]

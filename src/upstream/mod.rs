@@ -311,12 +311,7 @@ impl UpstreamTarget {
 
     /// Whether a DNS lookup is due at `now`; if so, the next one is scheduled.
     pub(crate) fn lookup_due(&self, now: u64, refresh: u64) -> bool {
-        let next = self.next_lookup.load(Ordering::Relaxed);
-        now >= next
-            && self
-                .next_lookup
-                .compare_exchange(next, now + refresh, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        health::claim_due(&self.next_lookup, now, refresh)
     }
 
     /// The nodes in force now.
