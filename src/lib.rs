@@ -8,6 +8,7 @@ pub mod admin;
 pub mod apply;
 pub mod bootstrap;
 pub mod demo;
+pub mod edge;
 pub mod provider;
 pub mod proxy;
 pub mod resource;

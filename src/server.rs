@@ -3,6 +3,7 @@
 
 use crate::admin::{AdminApi, Writes};
 use crate::bootstrap::Bootstrap;
+use crate::edge::{self, app::LAST_CALL, ClientDoor, ClientTable, Draining};
 use crate::provider::etcd::EtcdProvider;
 use crate::provider::file::{FileProvider, FileSource, Overlay};
 use crate::provider::Ingest;
@@ -77,6 +78,28 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let open_files = match edge::limits::raise_open_files() {
+        Ok(n) => n,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            u64::MAX
+        }
+    };
+    let max_clients = edge::limits::client_share(config.http.max_connections, open_files);
+    if max_clients < config.http.max_connections {
+        tracing::warn!(
+            open_files,
+            configured = config.http.max_connections,
+            allowed = max_clients,
+            "http.max_connections lowered to what the open-file limit can back"
+        );
+    }
+    let clients = Arc::new(ClientTable::new(
+        max_clients,
+        config.http.max_connections_per_ip,
+    ));
+    let draining = Arc::new(Draining::default());
+
     let live = Arc::new(Live::new());
     let ingest = Ingest::new(live.clone());
     let writes = match (&config.provider.file, &config.provider.etcd) {
@@ -107,16 +130,21 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         trusted_proxies: config.trusted_proxies.clone(),
         max_header_size: config.http.max_header_size.0,
         keepalive_secs: config.http.keepalive_timeout.0.as_secs().max(1),
+        path: config.http.path,
+        underscores: config.http.underscores_in_headers,
+        draining: draining.clone(),
     };
     let telemetry = Arc::new(Telemetry::start(&config.telemetry)?);
-    let gateway = Gateway::new(live.clone(), settings, inflight.clone(), telemetry);
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gatehouse");
-    if let Some(logic) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        logic.server_options = Some(options);
-    }
+    let gateway = Gateway::new(live.clone(), settings, inflight.clone(), telemetry.clone());
+    let mut logic = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    // HTTP/2 connections have no request head to time: an idle one is closed after the
+    // keep-alive timeout instead.
+    options.h2_idle_timeout = Some(config.http.keepalive_timeout.0);
+    logic.server_options = Some(options);
+    let door = ClientDoor::new(logic, clients, config.http.header_timeout.0);
+    let mut proxy = Service::new("gatehouse".to_string(), door);
     for listener in &config.listen {
         let addr = listener.addr.to_string();
         match &listener.tls {
@@ -164,6 +192,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         Drain {
             inflight,
             timeout: shutdown_timeout,
+            telemetry,
         },
     ));
     for service in launch.extra_services {
@@ -178,6 +207,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             grace: config.shutdown.grace.0,
+            draining,
         }),
     });
     std::process::exit(0)
@@ -187,6 +217,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
 /// still accept); SIGQUIT hands the listeners to a new process (`run --upgrade`).
 struct Signals {
     grace: Duration,
+    draining: Arc<Draining>,
 }
 
 #[async_trait]
@@ -201,10 +232,16 @@ impl ShutdownSignalWatch for Signals {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+        let upgrade = tokio::select! {
+            _ = term.recv() => false,
+            _ = int.recv() => false,
+            _ = quit.recv() => true,
+        };
+        // From now on every answer closes its connection: clients reconnect, to the new
+        // process on an upgrade, to another instance otherwise.
+        self.draining.start();
+        if upgrade {
+            return ShutdownSignal::GracefulUpgrade;
         }
         if !self.grace.is_zero() {
             tracing::info!(grace = ?self.grace, "shutdown requested; still accepting during the grace period");
@@ -245,6 +282,7 @@ impl BackgroundService for LimiterCleanup {
 struct Drain {
     inflight: Arc<InFlight>,
     timeout: Duration,
+    telemetry: Arc<Telemetry>,
 }
 
 #[async_trait]
@@ -256,8 +294,10 @@ impl BackgroundService for Drain {
             }
         }
         let started = Instant::now();
-        // Let requests whose heads were being read when listeners stopped get counted.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Kept-alive connections may bring one last request (answered with
+        // `Connection: close`) before the proxy closes the idle ones; then let requests whose
+        // heads were being read get counted.
+        tokio::time::sleep(LAST_CALL + Duration::from_millis(50)).await;
         while self.inflight.count() > 0 && started.elapsed() < self.timeout {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -273,6 +313,9 @@ impl BackgroundService for Drain {
                 "all requests finished; exiting"
             );
         }
+        // Every answer given gets its log line and span before the process ends.
+        let telemetry = self.telemetry.clone();
+        let _ = tokio::task::spawn_blocking(move || telemetry.flush(Duration::from_secs(2))).await;
         std::process::exit(0);
     }
 }

@@ -279,10 +279,11 @@ upstream: slow
     )
     .await;
 
-    // Dot segments, sent raw so no client normalizes them away.
+    // Dot segments are resolved (SPEC §8); one that climbs above the root is refused. Sent
+    // raw so no client normalizes it away.
     let raw = raw_request(
         gw.addr,
-        "GET /x/../dead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "GET /x/../../dead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("\"error\":\"bad_request\""), "{raw}");

@@ -6,6 +6,7 @@ mod interpolate;
 
 pub use interpolate::{interpolate, InterpolationError};
 
+use crate::edge::{PathPolicy, Underscores};
 use crate::units::{ByteSize, Span};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -76,6 +77,13 @@ pub struct HttpLimits {
     pub max_header_size: ByteSize,
     pub header_timeout: Span,
     pub keepalive_timeout: Span,
+    /// Open client connections across the process (SPEC §8).
+    pub max_connections: usize,
+    /// Open client connections from one client address; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    pub underscores_in_headers: Underscores,
+    /// How request paths are normalized before routing.
+    pub path: PathPolicy,
 }
 
 impl Default for HttpLimits {
@@ -84,6 +92,10 @@ impl Default for HttpLimits {
             max_header_size: ByteSize(32 * 1024),
             header_timeout: Span::secs(10),
             keepalive_timeout: Span::secs(60),
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            underscores_in_headers: Underscores::Drop,
+            path: PathPolicy::default(),
         }
     }
 }
@@ -339,6 +351,9 @@ impl Bootstrap {
         }
         if self.http.header_timeout.0.is_zero() {
             return Err(("http.header_timeout", "must be more than 0s".into()));
+        }
+        if self.http.max_connections == 0 {
+            return Err(("http.max_connections", "must be at least 1".into()));
         }
         match (&self.provider.file, &self.provider.etcd) {
             (Some(_), Some(_)) => {

@@ -13,6 +13,8 @@ use identity::{FORWARDED_FOR_NAME, FORWARDED_HOST_NAME, FORWARDED_PROTO_NAME, RE
 pub use inflight::{InFlight, InFlightGuard};
 pub use reply::error_body;
 
+use crate::edge::headers::{self as edge_headers, Underscores};
+use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{Action, CompiledRoute, Live};
 use crate::upstream::{now_ms, Node, NodeLease, Pass, UpstreamTarget};
@@ -26,6 +28,7 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use reply::Answer;
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
@@ -47,6 +50,10 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     pub max_header_size: usize,
     pub keepalive_secs: u64,
+    pub path: PathPolicy,
+    pub underscores: Underscores,
+    /// On once the process is stopping: every answer then closes its connection.
+    pub draining: Arc<Draining>,
 }
 
 /// The gateway's proxy logic.
@@ -58,6 +65,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Keeps the client's connection open for the next request unless the client or a
+    /// drain says otherwise.
+    fn keep_alive(&self, session: &mut Session) {
+        if self.settings.draining.is_on() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // Pingora worked out from the request whether the client keeps the connection.
+            session.set_keepalive(Some(self.settings.keepalive_secs));
+        }
+    }
+
     pub fn new(
         live: Arc<Live>,
         settings: ProxySettings,
@@ -161,7 +179,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        session.set_keepalive(Some(self.settings.keepalive_secs));
+        if let Some(stream) = session.as_downstream().stream().and_then(ClientStream::of) {
+            stream.head_read();
+        }
+        self.keep_alive(session);
         let req = session.req_header();
         let trace = self.telemetry.tracer.start(&req.headers);
         match client_request_id(&req.headers) {
@@ -198,11 +219,42 @@ impl ProxyHttp for Gateway {
             );
             return answer_error(session, &reply, ctx).await;
         }
-        let path = req.uri.path();
-        if let Err(problem) = check_path(path) {
-            let reply = Reply::new(StatusCode::BAD_REQUEST, "bad_request", problem);
-            return answer_error(session, &reply, ctx).await;
+        let survey =
+            match edge_headers::survey(&req.headers, req.version, self.settings.underscores) {
+                Ok(survey) => survey,
+                Err(problem) => return answer_bad_request(session, problem.to_string(), ctx).await,
+            };
+        let path = match self.settings.path.normalize(req.uri.path()) {
+            Ok(path) => path,
+            Err(problem) => return answer_bad_request(session, problem.to_string(), ctx).await,
+        };
+        // What routes match is what the upstream receives: a path that had to be normalized,
+        // or an absolute-form target, is replaced by its normal origin form.
+        let absolute = req.uri.authority().is_some() || !req.raw_path().starts_with(b"/");
+        if matches!(path, Cow::Owned(_)) || absolute {
+            let path = path.into_owned();
+            if let Err(problem) = to_origin_form(session.req_header_mut(), &path) {
+                return answer_bad_request(session, problem.to_string(), ctx).await;
+            }
         }
+        if survey.underscores || survey.hop_by_hop {
+            let req = session.req_header_mut();
+            let mut drop = Vec::new();
+            if survey.underscores {
+                drop = edge_headers::underscored(&req.headers);
+            }
+            if survey.hop_by_hop {
+                // All of them, `Connection` too (keep-alive was settled above): Pingora would
+                // otherwise strip what it names from the upstream request after the plugins
+                // have set the gateway's own headers.
+                drop.extend(edge_headers::hop_by_hop(&req.headers));
+            }
+            for name in drop {
+                req.remove_header(&name);
+            }
+        }
+        let req = session.req_header();
+        let path = req.uri.path();
 
         let snapshot = self.live.load();
         // Only routes bound to hosts need the host: most deployments have none.
@@ -210,7 +262,6 @@ impl ProxyHttp for Gateway {
             req.headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
                 .map(normalize_host)
         } else {
             None
@@ -366,18 +417,9 @@ impl ProxyHttp for Gateway {
         })?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        let host = session
-            .req_header()
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                session
-                    .req_header()
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        // The request's own authority: absolute-form and HTTP/2 targets were moved into
+        // `Host` when the head was read.
+        let host = session.req_header().headers.get(header::HOST).cloned();
         let one_shot = ctx.lease.as_ref().is_some_and(NodeLease::one_shot);
         let request_id = ctx
             .request_id_value
@@ -405,11 +447,18 @@ impl ProxyHttp for Gateway {
             }
             h.try_insert(FORWARDED_FOR_NAME, forwarded_for)?;
             h.try_insert(FORWARDED_PROTO_NAME, proto)?;
-            if let Some(host) = host {
-                if !h.contains_key(header::HOST) {
-                    h.try_insert(header::HOST, host.clone())?;
+            match host {
+                Some(host) => {
+                    if !h.contains_key(header::HOST) {
+                        h.try_insert(header::HOST, host.clone())?;
+                    }
+                    h.try_insert(FORWARDED_HOST_NAME, host)?;
                 }
-                h.try_insert(FORWARDED_HOST_NAME, host)?;
+                // An HTTP/1.0 request without Host: no authority to forward, and never the
+                // client's word for one.
+                None => {
+                    h.remove(FORWARDED_HOST_NAME);
+                }
             }
             Ok(())
         })?;
@@ -425,6 +474,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if let Err(problem) = check_upstream_status(status) {
+            // Counted as a failed attempt by `error_while_proxy`, like any invalid answer.
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, problem)
+                .map_err(|e| e.into_up());
+        }
+        if edge_headers::has_hop_by_hop(&upstream_response.headers) {
+            head::edit_response(upstream_response, |h| {
+                edge_headers::drop_hop_by_hop(h);
+                Ok(())
+            })?;
+        }
         ctx.outcome(status < 500);
         let Some(upstream) = &ctx.upstream else {
             return Ok(());
@@ -494,6 +554,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(stream) = session.as_downstream().stream().and_then(ClientStream::of) {
+            stream.answered();
+        }
         // Nothing written: the client went away first (nginx's 499).
         let status = session
             .response_written()
@@ -552,10 +615,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A request that began before the drain still closes its connection.
+        if self.settings.draining.is_on() {
+            session.set_keepalive(None);
+        }
         let id = match ctx.request_id_value.take() {
             Some(id) => Some(id),
             None => HeaderValue::from_str(&ctx.exchange.request_id).ok(),
@@ -610,6 +677,16 @@ fn has_body(req: &RequestHeader) -> bool {
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Answers 400 `bad_request` for a request head the gateway will not route.
+async fn answer_bad_request(
+    session: &mut Session,
+    message: String,
+    ctx: &RequestCtx,
+) -> Result<bool> {
+    let reply = Reply::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    answer_error(session, &reply, ctx).await
 }
 
 /// Writes a gateway error and tells Pingora the request is answered.
@@ -704,23 +781,49 @@ fn head_size(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// Paths the router could be fooled by are refused rather than guessed at: dot segments
-/// (`/api/../admin`) would reach a route other than the one the path seems to name.
-fn check_path(path: &str) -> std::result::Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("the path must start with `/`");
+/// Upstream answers a client must never see as they are (SPEC §8): an upgrade nobody asked
+/// for (no route accepts upgrades yet), and status codes HTTP does not have.
+fn check_upstream_status(status: u16) -> std::result::Result<(), &'static str> {
+    match status {
+        101 => Err("the upstream switched protocols without being asked to"),
+        100..=599 => Ok(()),
+        _ => Err("the upstream answered with a status outside 100-599"),
     }
-    // Most paths have neither a dot nor an escape: one scan settles them.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
-        return Ok(());
-    }
-    if path.split('/').any(|seg| {
-        seg == ".."
-            || seg == "."
-            || seg.eq_ignore_ascii_case("%2e%2e")
-            || seg.eq_ignore_ascii_case("%2e")
-    }) {
-        return Err("the path must not hold `.` or `..` segments");
+}
+
+/// Puts a normalized path (and the query as it came) in place of the request target, and
+/// moves an absolute-form or HTTP/2 authority into `Host` (RFC 9112 §3.2.2: it wins over
+/// any `Host` the client also sent).
+fn to_origin_form(req: &mut RequestHeader, path: &str) -> Result<()> {
+    // HTTP/2 carries the authority in the URI; an HTTP/1 absolute-form target keeps it in
+    // the raw target only.
+    let authority = match req.uri.authority() {
+        Some(a) => Some(HeaderValue::from_str(a.as_str())),
+        None => http::Uri::try_from(req.raw_path())
+            .ok()
+            .and_then(|uri| uri.authority().map(|a| HeaderValue::from_str(a.as_str()))),
+    };
+    let target = match req.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let uri = target.parse().map_err(|e| {
+        Error::because(
+            ErrorType::InvalidHTTPHeader,
+            "the normalized path is not a URI",
+            e,
+        )
+    })?;
+    req.set_uri(uri);
+    if let Some(authority) = authority {
+        let authority = authority.map_err(|e| {
+            Error::because(
+                ErrorType::InvalidHTTPHeader,
+                "the authority is not a header value",
+                e,
+            )
+        })?;
+        req.insert_header(header::HOST, authority)?;
     }
     Ok(())
 }
@@ -730,12 +833,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_segments_are_refused() {
-        assert!(check_path("/api/../admin").is_err());
-        assert!(check_path("/api/%2E%2E/admin").is_err());
-        assert!(check_path("/./x").is_err());
-        assert!(check_path("/api/v1..2/x").is_ok());
-        assert!(check_path("*").is_err());
+    fn upstream_statuses_outside_http_are_refused() {
+        assert!(check_upstream_status(101).is_err());
+        assert!(check_upstream_status(999).is_err());
+        assert!(check_upstream_status(600).is_err());
+        assert!(check_upstream_status(99).is_err());
+        assert!(check_upstream_status(100).is_ok());
+        assert!(check_upstream_status(599).is_ok());
+    }
+
+    #[test]
+    fn absolute_targets_become_origin_form_with_their_authority_as_host() {
+        let mut req =
+            RequestHeader::build("GET", b"http://api.example:8080/a//b?x=%2F", None).unwrap();
+        req.insert_header("Host", "evil.example").unwrap();
+        to_origin_form(&mut req, "/a/b").unwrap();
+        assert_eq!(req.uri.to_string(), "/a/b?x=%2F");
+        assert_eq!(req.headers.get(header::HOST).unwrap(), "api.example:8080");
     }
 
     #[test]

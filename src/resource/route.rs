@@ -53,6 +53,9 @@ pub struct RouteMatch {
     pub headers: BTreeMap<String, Text>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, Text>,
+    /// The path patterns match any case (SPEC §8); matching is case-sensitive otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_insensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

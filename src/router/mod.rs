@@ -54,6 +54,8 @@ pub struct RouteSpec<'a> {
     pub methods: &'a [String],
     pub headers: &'a [(&'a str, &'a str)],
     pub query: &'a [(&'a str, &'a str)],
+    /// `match.case_insensitive`: the path patterns match any case.
+    pub case_insensitive: bool,
 }
 
 /// A route's match spec, compiled once when the route changes (patterns parsed, regexes
@@ -61,6 +63,7 @@ pub struct RouteSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct RouteMatcher {
     priority: i32,
+    case_insensitive: bool,
     paths: Vec<PathPattern>,
     hosts: Vec<HostPattern>,
     predicates: Arc<Predicates>,
@@ -79,10 +82,15 @@ impl RouteMatcher {
         }
         Ok(RouteMatcher {
             priority: spec.priority,
+            case_insensitive: spec.case_insensitive,
             paths: spec
                 .paths
                 .iter()
-                .map(|p| PathPattern::parse(p))
+                .map(|p| match spec.case_insensitive {
+                    // Folded once here; requests are folded only when such routes exist.
+                    true => PathPattern::parse(&p.to_ascii_lowercase()),
+                    false => PathPattern::parse(p),
+                })
                 .collect::<Result<_, _>>()?,
             hosts: spec
                 .hosts
@@ -237,45 +245,39 @@ impl<T> Node<T> {
     }
 }
 
-/// An immutable-once-published router over values of type `T` (the gateway stores compiled
-/// routes). Cloning it is cheap; changing the clone leaves the original untouched.
-pub struct Router<T> {
+/// Path tries by host: routes bound to no host, to exact hosts, to `*.domain` suffixes.
+struct Trees<T> {
     any_host: Arc<Node<T>>,
     exact_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
     wildcard_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
-    len: usize,
 }
 
-impl<T> Default for Router<T> {
+impl<T> Default for Trees<T> {
     fn default() -> Self {
-        Router {
+        Trees {
             any_host: Arc::default(),
             exact_hosts: HashMap::default(),
             wildcard_hosts: HashMap::default(),
-            len: 0,
         }
     }
 }
 
-impl<T> Clone for Router<T> {
+impl<T> Clone for Trees<T> {
     fn clone(&self) -> Self {
-        Router {
+        Trees {
             any_host: self.any_host.clone(),
             exact_hosts: self.exact_hosts.clone(),
             wildcard_hosts: self.wildcard_hosts.clone(),
-            len: self.len,
         }
     }
 }
 
-impl<T> Router<T> {
-    /// Adds route `id` under its compiled matcher.
-    pub fn insert(&mut self, id: Arc<str>, matcher: &RouteMatcher, value: T) {
-        let entry = Arc::new(Entry {
-            id,
-            predicates: matcher.predicates.clone(),
-            value,
-        });
+impl<T> Trees<T> {
+    fn is_empty(&self) -> bool {
+        self.any_host.is_empty() && self.exact_hosts.is_empty() && self.wildcard_hosts.is_empty()
+    }
+
+    fn insert(&mut self, matcher: &RouteMatcher, entry: &Arc<Entry<T>>) {
         for path in &matcher.paths {
             let rank = |host: u16| Rank {
                 priority: matcher.priority,
@@ -305,11 +307,9 @@ impl<T> Router<T> {
                 Node::insert(tree, &path.segments, path.subtree, candidate);
             }
         }
-        self.len += 1;
     }
 
-    /// Removes route `id`, which was inserted under `matcher`.
-    pub fn remove(&mut self, id: &str, matcher: &RouteMatcher) {
+    fn remove(&mut self, id: &str, matcher: &RouteMatcher) {
         for path in &matcher.paths {
             if matcher.hosts.is_empty() {
                 Node::remove(&mut self.any_host, &path.segments, path.subtree, id);
@@ -326,7 +326,93 @@ impl<T> Router<T> {
                 }
             }
         }
+    }
+
+    fn collect<'n>(
+        &'n self,
+        host: Option<&str>,
+        segs: &[&str],
+        found: &mut SmallVec<[&'n Candidate<T>; 8]>,
+    ) {
+        if let Some(host) = host {
+            if let Some(tree) = self.exact_hosts.get(host) {
+                tree.collect(segs, found);
+            }
+            if !self.wildcard_hosts.is_empty() {
+                for (i, _) in host.match_indices('.') {
+                    if let Some(tree) = self.wildcard_hosts.get(&host[i..]) {
+                        tree.collect(segs, found);
+                    }
+                }
+            }
+        }
+        self.any_host.collect(segs, found);
+    }
+}
+
+/// Splits a path into the segments the tries are keyed by.
+fn segments(path: &str) -> SmallVec<[&str; 16]> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if path.is_empty() {
+        SmallVec::new()
+    } else {
+        path.split('/').collect()
+    }
+}
+
+/// An immutable-once-published router over values of type `T` (the gateway stores compiled
+/// routes). Cloning it is cheap; changing the clone leaves the original untouched.
+pub struct Router<T> {
+    /// Routes whose patterns match case-sensitively (SPEC §8: like nginx and Envoy).
+    exact: Trees<T>,
+    /// Routes with `match.case_insensitive`, keyed by lower-cased literals.
+    folded: Trees<T>,
+    len: usize,
+}
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router {
+            exact: Trees::default(),
+            folded: Trees::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Clone for Router<T> {
+    fn clone(&self) -> Self {
+        Router {
+            exact: self.exact.clone(),
+            folded: self.folded.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<T> Router<T> {
+    /// Adds route `id` under its compiled matcher.
+    pub fn insert(&mut self, id: Arc<str>, matcher: &RouteMatcher, value: T) {
+        let entry = Arc::new(Entry {
+            id,
+            predicates: matcher.predicates.clone(),
+            value,
+        });
+        self.trees(matcher).insert(matcher, &entry);
+        self.len += 1;
+    }
+
+    /// Removes route `id`, which was inserted under `matcher`.
+    pub fn remove(&mut self, id: &str, matcher: &RouteMatcher) {
+        self.trees(matcher).remove(id, matcher);
         self.len = self.len.saturating_sub(1);
+    }
+
+    fn trees(&mut self, matcher: &RouteMatcher) -> &mut Trees<T> {
+        match matcher.case_insensitive {
+            true => &mut self.folded,
+            false => &mut self.exact,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -339,32 +425,20 @@ impl<T> Router<T> {
 
     /// Whether any route is bound to a host; when none is, lookups need no host.
     pub fn uses_hosts(&self) -> bool {
-        !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty()
+        [&self.exact, &self.folded]
+            .iter()
+            .any(|t| !t.exact_hosts.is_empty() || !t.wildcard_hosts.is_empty())
     }
 
     /// The best route for the request, if any.
     pub fn find(&self, req: &RouteRequest<'_>) -> Option<&T> {
-        let path = req.path.strip_prefix('/').unwrap_or(req.path);
-        let segs: SmallVec<[&str; 16]> = if path.is_empty() {
-            SmallVec::new()
-        } else {
-            path.split('/').collect()
-        };
-
         let mut found: SmallVec<[&Candidate<T>; 8]> = SmallVec::new();
-        if let Some(host) = req.host {
-            if let Some(tree) = self.exact_hosts.get(host) {
-                tree.collect(&segs, &mut found);
-            }
-            if !self.wildcard_hosts.is_empty() {
-                for (i, _) in host.match_indices('.') {
-                    if let Some(tree) = self.wildcard_hosts.get(&host[i..]) {
-                        tree.collect(&segs, &mut found);
-                    }
-                }
-            }
+        self.exact
+            .collect(req.host, &segments(req.path), &mut found);
+        if !self.folded.is_empty() {
+            let lower = req.path.to_ascii_lowercase();
+            self.folded.collect(req.host, &segments(&lower), &mut found);
         }
-        self.any_host.collect(&segs, &mut found);
 
         if found.len() > 1 {
             found.sort_unstable_by(|a, b| {

@@ -7,12 +7,14 @@ struct R {
     methods: Vec<String>,
     headers: Vec<(&'static str, &'static str)>,
     query: Vec<(&'static str, &'static str)>,
+    case_insensitive: bool,
 }
 
 fn r(paths: &[&str]) -> R {
     R {
         priority: 0,
         paths: paths.iter().map(|s| s.to_string()).collect(),
+        case_insensitive: false,
         hosts: vec![],
         methods: vec![],
         headers: vec![],
@@ -37,6 +39,10 @@ impl R {
         self.query.push((name, value));
         self
     }
+    fn any_case(mut self) -> R {
+        self.case_insensitive = true;
+        self
+    }
     fn priority(mut self, p: i32) -> R {
         self.priority = p;
         self
@@ -53,6 +59,7 @@ fn router(routes: Vec<(&'static str, R)>) -> Router<&'static str> {
             methods: &r.methods,
             headers: &r.headers,
             query: &r.query,
+            case_insensitive: r.case_insensitive,
         })
         .unwrap();
         router.insert((*name).into(), &matcher, *name);
@@ -289,6 +296,7 @@ fn ten_thousand_routes_still_find_the_right_one() {
             methods: &[],
             headers: &[],
             query: &[],
+            case_insensitive: false,
         })
         .unwrap();
         router.insert(format!("r{i}").into(), &matcher, i);
@@ -333,6 +341,7 @@ fn removing_a_route_leaves_the_others_and_earlier_versions_untouched() {
             methods: &[],
             headers: &[],
             query: &[],
+            case_insensitive: false,
         })
         .unwrap();
         router.insert(id.into(), &matcher, id);
@@ -350,4 +359,32 @@ fn removing_a_route_leaves_the_others_and_earlier_versions_untouched() {
     );
     router.remove("c", &matchers[2]);
     assert_eq!(find(&router, get("/other")), None);
+}
+
+#[test]
+fn paths_match_case_sensitively_unless_a_route_says_otherwise() {
+    let rt = router(vec![
+        ("admin", r(&["/Admin/**"])),
+        ("docs", r(&["/Docs/{page}"]).any_case()),
+        ("fallback", r(&["/**"])),
+    ]);
+    assert_eq!(find(&rt, get("/Admin/x")), Some("admin"));
+    assert_eq!(find(&rt, get("/admin/x")), Some("fallback"));
+    assert_eq!(find(&rt, get("/ADMIN/x")), Some("fallback"));
+    assert_eq!(find(&rt, get("/docs/Intro")), Some("docs"));
+    assert_eq!(find(&rt, get("/DOCS/intro")), Some("docs"));
+    assert_eq!(find(&rt, get("/Docs/a/b")), Some("fallback"));
+    let mut rt = rt;
+    let matcher = RouteMatcher::compile(RouteSpec {
+        priority: 0,
+        paths: &["/Docs/{page}".to_string()],
+        hosts: &[],
+        methods: &[],
+        headers: &[],
+        query: &[],
+        case_insensitive: true,
+    })
+    .unwrap();
+    rt.remove("docs", &matcher);
+    assert_eq!(find(&rt, get("/docs/Intro")), Some("fallback"));
 }

@@ -180,6 +180,7 @@ impl CompiledRoute {
             methods: &m.methods,
             headers: &headers,
             query: &query,
+            case_insensitive: m.case_insensitive,
         })
         .map_err(|e| format!("match: {e}"))?;
         let id: Arc<str> = spec.id.as_str().into();

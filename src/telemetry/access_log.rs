@@ -14,6 +14,7 @@ use http::Method;
 use opentelemetry::trace::TraceId;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -150,6 +151,8 @@ pub struct AccessLog {
     /// Started by the first request: a thread started before the process daemonizes would
     /// not survive the fork.
     tx: OnceLock<Option<SyncSender<Entry>>>,
+    /// Passes the writer has made over the queue; [`AccessLog::flush`] waits on it.
+    passes: Arc<AtomicU64>,
 }
 
 impl AccessLog {
@@ -159,6 +162,7 @@ impl AccessLog {
         Ok(AccessLog {
             target,
             tx: OnceLock::new(),
+            passes: Arc::default(),
         })
     }
 
@@ -176,9 +180,10 @@ impl AccessLog {
     fn start(&self) -> Option<SyncSender<Entry>> {
         let started = self.target.writer().and_then(|out| {
             let (tx, rx) = sync_channel(QUEUE);
+            let passes = self.passes.clone();
             std::thread::Builder::new()
                 .name("gatehouse-access-log".into())
-                .spawn(move || write_loop(rx, out))?;
+                .spawn(move || write_loop(rx, out, &passes))?;
             Ok(tx)
         });
         match started {
@@ -188,6 +193,17 @@ impl AccessLog {
                 None
             }
         }
+    }
+}
+
+impl AccessLog {
+    /// Waits (at most `within`) until every entry queued before the call is written and
+    /// flushed: the process is about to exit, and a lost line is a lost record of a request.
+    pub fn flush(&self, within: std::time::Duration) {
+        if !matches!(self.tx.get(), Some(Some(_))) {
+            return;
+        }
+        super::wait_for_passes(&self.passes, within);
     }
 }
 
@@ -205,7 +221,7 @@ impl Target {
     }
 }
 
-fn write_loop(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
+fn write_loop(rx: Receiver<Entry>, out: Box<dyn Write + Send>, passes: &AtomicU64) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = Vec::with_capacity(512);
     loop {
@@ -232,6 +248,7 @@ fn write_loop(rx: Receiver<Entry>, out: Box<dyn Write + Send>) {
                 tracing::warn!(%error, "access log write failed");
             }
         }
+        passes.fetch_add(1, Ordering::Release);
     }
 }
 

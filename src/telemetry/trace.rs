@@ -27,6 +27,7 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -103,6 +104,8 @@ pub struct Tracer {
 struct Export {
     exporter: std::sync::Mutex<Option<opentelemetry_otlp::SpanExporter>>,
     tx: std::sync::OnceLock<Option<SyncSender<SpanData>>>,
+    /// Passes the export thread has made over an emptied queue; `flush` waits on it.
+    passes: Arc<AtomicU64>,
 }
 
 impl Export {
@@ -111,9 +114,10 @@ impl Export {
             .get_or_init(|| {
                 let exporter = self.exporter.lock().ok()?.take()?;
                 let (tx, rx) = sync_channel(QUEUE);
+                let passes = self.passes.clone();
                 let spawned = std::thread::Builder::new()
                     .name("gatehouse-otlp".into())
-                    .spawn(move || export_loop(rx, exporter));
+                    .spawn(move || export_loop(rx, exporter, &passes));
                 match spawned {
                     Ok(_) => Some(tx),
                     Err(error) => {
@@ -175,6 +179,7 @@ impl Tracer {
             export: Some(Export {
                 exporter: std::sync::Mutex::new(Some(exporter)),
                 tx: std::sync::OnceLock::new(),
+                passes: Arc::default(),
             }),
             scope: scope(),
         })
@@ -217,6 +222,15 @@ impl Tracer {
     }
 
     /// Whether finished requests are exported at all.
+    /// Exports every span queued so far, waiting at most `within`.
+    pub fn flush(&self, within: std::time::Duration) {
+        if let Some(export) = &self.export {
+            if matches!(export.tx.get(), Some(Some(_))) {
+                super::wait_for_passes(&export.passes, within);
+            }
+        }
+    }
+
     pub fn exports(&self) -> bool {
         self.export.is_some()
     }
@@ -308,7 +322,11 @@ fn scope() -> InstrumentationScope {
 
 /// The export thread: every [`EXPORT_EVERY`], what is queued, in batches of up to
 /// [`BATCH`] spans; ends when the tracer is dropped.
-fn export_loop(rx: Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExporter) {
+fn export_loop(
+    rx: Receiver<SpanData>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    passes: &AtomicU64,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -348,6 +366,9 @@ fn export_loop(rx: Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExporte
                     tracing::warn!(%error, spans = count, "trace export failed");
                 }
             }
+        }
+        if !full {
+            passes.fetch_add(1, Ordering::Release);
         }
         if !open {
             return;

@@ -1,0 +1,81 @@
+//! The door every client connection comes through: the connection table's caps, the head
+//! clock, and a drain that lets kept-alive connections bring one last request.
+//!
+//! It wraps the proxy as a Pingora `ServerApp` so the rest of the gateway never deals with
+//! raw connections; each connection is admitted (or closed at once), wrapped in a
+//! [`ClientStream`], and handed to the proxy.
+
+use super::clients::ClientTable;
+use super::stream::ClientStream;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set once the process is told to stop or hand over: from then on every answer closes
+/// its connection, and `/readyz` says 503.
+#[derive(Debug, Default)]
+pub struct Draining(AtomicBool);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How long, once listeners have stopped, a kept-alive connection may still bring one more
+/// request before it is closed. A client that had already sent its next request when the
+/// drain began gets an answer (with `Connection: close`) instead of a reset.
+pub const LAST_CALL: Duration = Duration::from_millis(500);
+
+/// The proxy behind the connection table and the head clock.
+pub struct ClientDoor<A> {
+    inner: Arc<A>,
+    table: Arc<ClientTable>,
+    header_timeout: Duration,
+}
+
+impl<A> ClientDoor<A> {
+    pub fn new(inner: A, table: Arc<ClientTable>, header_timeout: Duration) -> ClientDoor<A> {
+        ClientDoor {
+            inner: Arc::new(inner),
+            table,
+            header_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientDoor<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| match d.peer_addr() {
+                Some(SocketAddr::Inet(addr)) => Some(addr.ip()),
+                _ => None,
+            });
+        // Over a cap: dropping the stream closes the connection before a byte is read.
+        let _admitted = self.table.admit(ip)?;
+        let stream: Stream = Box::new(ClientStream::new(stream, self.header_timeout));
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // The proxy's cleanup closes every idle kept-alive connection at once; first give
+        // those whose next request is already on its way a moment to deliver it.
+        tokio::time::sleep(LAST_CALL).await;
+        self.inner.cleanup().await
+    }
+}

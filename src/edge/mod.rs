@@ -1,0 +1,22 @@
+//! Edge safety (SPEC §8): what a hostile client cannot do to the gateway or past it.
+//!
+//! - [`path`]: one normal form for every spelling of a path, before routing;
+//! - [`headers`]: framing, authority and hop-by-hop headers;
+//! - [`clients`], [`stream`], [`app`]: connection caps, the whole-head clock, the drain;
+//! - [`limits`]: the process's descriptor limit and what is kept in reserve.
+//!
+//! Everything here is pure or owns its own state; the proxy calls it and nothing in it knows
+//! a route or a snapshot.
+
+pub mod app;
+pub mod clients;
+pub mod headers;
+pub mod limits;
+pub mod path;
+pub mod stream;
+
+pub use app::{ClientDoor, Draining};
+pub use clients::ClientTable;
+pub use headers::Underscores;
+pub use path::PathPolicy;
+pub use stream::ClientStream;
