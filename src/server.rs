@@ -143,7 +143,12 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     // keep-alive timeout instead.
     options.h2_idle_timeout = Some(config.http.keepalive_timeout.0);
     logic.server_options = Some(options);
-    let door = ClientDoor::new(logic, clients, config.http.header_timeout.0);
+    let door = ClientDoor::new(
+        logic,
+        clients,
+        config.http.header_timeout.0,
+        draining.clone(),
+    );
     let mut proxy = Service::new("gatehouse".to_string(), door);
     for listener in &config.listen {
         let addr = listener.addr.to_string();
@@ -193,6 +198,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
             inflight,
             timeout: shutdown_timeout,
             telemetry,
+            draining: draining.clone(),
         },
     ));
     for service in launch.extra_services {
@@ -208,6 +214,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals {
             grace: config.shutdown.grace.0,
             draining,
+            listen: config.listen.iter().map(|l| l.addr).collect(),
         }),
     });
     std::process::exit(0)
@@ -218,6 +225,8 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
 struct Signals {
     grace: Duration,
     draining: Arc<Draining>,
+    /// The proxy's listening addresses, shut when a stop (not an upgrade) begins.
+    listen: Vec<std::net::SocketAddr>,
 }
 
 #[async_trait]
@@ -237,16 +246,23 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => false,
             _ = quit.recv() => true,
         };
-        // From now on every answer closes its connection: clients reconnect, to the new
-        // process on an upgrade, to another instance otherwise.
-        self.draining.start();
         if upgrade {
+            // From now on every answer closes its connection: clients reconnect, and the new
+            // process accepts on the same sockets.
+            self.draining.start();
             return ShutdownSignal::GracefulUpgrade;
         }
         if !self.grace.is_zero() {
+            // Still a full member: a load balancer takes the instance out meanwhile.
             tracing::info!(grace = ?self.grace, "shutdown requested; still accepting during the grace period");
             tokio::time::sleep(self.grace).await;
         }
+        // First make new connects fail (Pingora stops accepting now, but would leave the
+        // sockets open), then tell kept-alive clients to go: in that order, no client is sent
+        // to reconnect into a backlog that is never read.
+        let shut = edge::listeners::stop_listening(&self.listen);
+        self.draining.start();
+        tracing::info!(listeners = shut, "stopped accepting; draining");
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -283,6 +299,7 @@ struct Drain {
     inflight: Arc<InFlight>,
     timeout: Duration,
     telemetry: Arc<Telemetry>,
+    draining: Arc<Draining>,
 }
 
 #[async_trait]
@@ -295,9 +312,13 @@ impl BackgroundService for Drain {
         }
         let started = Instant::now();
         // Kept-alive connections may bring one last request (answered with
-        // `Connection: close`) before the proxy closes the idle ones; then let requests whose
-        // heads were being read get counted.
-        tokio::time::sleep(LAST_CALL + Duration::from_millis(50)).await;
+        // `Connection: close`) until the proxy closes the idle ones; from then on no request
+        // can begin. Then let requests whose heads were being read get counted.
+        tokio::time::sleep(LAST_CALL).await;
+        while !self.draining.doors_closed() && started.elapsed() < self.timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         while self.inflight.count() > 0 && started.elapsed() < self.timeout {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -570,3 +570,181 @@ async fn upstream_answers_outside_http_are_502_and_hop_headers_stop_at_the_gatew
         );
     }
 }
+
+/// Keep-alive clients that count what a graceful exit costs them: a request written on an
+/// open connection that gets no whole answer is a failure; a refused connect (the gateway is
+/// gone) is not, as no request was sent.
+struct KeepAliveLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl KeepAliveLoad {
+    fn start(addr: SocketAddr, connections: usize) -> KeepAliveLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || keep_alive_worker(addr, &stop))
+            })
+            .collect();
+        KeepAliveLoad { stop, workers }
+    }
+
+    /// (answered, failed)
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .fold((0, 0), |(a, f), (a2, f2)| (a + a2, f + f2))
+    }
+}
+
+fn keep_alive_worker(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool) -> (usize, usize) {
+    use std::io::BufRead;
+    let (mut answered, mut failed) = (0, 0);
+    'connect: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(stream) = TcpStream::connect(addr) else {
+            return (answered, failed);
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if writer
+                .write_all(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_err()
+            {
+                failed += 1;
+                continue 'connect;
+            }
+            let (mut length, mut close, mut status) = (0usize, false, 0u16);
+            let mut line = String::new();
+            let mut first = true;
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        failed += 1;
+                        continue 'connect;
+                    }
+                    Ok(_) => {}
+                }
+                let l = line.trim_end();
+                if first {
+                    status = status_of(l);
+                    first = false;
+                } else if l.is_empty() {
+                    break;
+                } else if let Some((k, v)) = l.split_once(':') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => length = v.trim().parse().unwrap_or(0),
+                        "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() || status != 200 {
+                failed += 1;
+                continue 'connect;
+            }
+            answered += 1;
+            if close {
+                continue 'connect;
+            }
+        }
+        return (answered, failed);
+    }
+    (answered, failed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_exit_under_keep_alive_load_fails_no_request_and_logs_every_answer() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let config = format!(
+        "telemetry: {{ access_log: {{ target: \"{}\" }} }}\nshutdown: {{ timeout: 10s }}",
+        log.path().display()
+    );
+    let (mut gw, _a, b) = admin_and_public(&config).await;
+    let load = KeepAliveLoad::start(gw.addr, 50);
+    common::eventually(Duration::from_secs(10), "traffic to flow", || async {
+        b.hits() > 200
+    })
+    .await;
+    common::signal(gw.pid(), "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate_after_exit(Duration::from_secs(20));
+        (status, gw)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "the gateway exits 0");
+    let (answered, failed) = load.stop();
+    assert!(answered > 200, "answered {answered}");
+    assert_eq!(
+        failed, 0,
+        "requests failed by the exit ({answered} answered)"
+    );
+    let lines = std::fs::read_to_string(log.path()).unwrap().lines().count();
+    assert_eq!(lines, answered, "every answer has its access-log line");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_under_keep_alive_load_fails_no_request() {
+    let (old, _a, b) = admin_and_public("").await;
+    let load = KeepAliveLoad::start(old.addr, 50);
+    common::eventually(Duration::from_secs(10), "traffic to flow", || async {
+        b.hits() > 200
+    })
+    .await;
+
+    // The new process waits for the old one's sockets; SIGQUIT makes the old one send them.
+    let config = old.dir.path().join("gatehouse.yaml");
+    let new_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = old.dir.path().join("upgrade.sock");
+    let mut new = std::process::Command::new(common::bin())
+        .args(["run", "-c", config.to_str().unwrap(), "--upgrade"])
+        .args(["--upgrade-sock", upgrade_sock.to_str().unwrap()])
+        .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
+        .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    // The new process is waiting on the upgrade socket once it exists.
+    common::eventually(
+        Duration::from_secs(10),
+        "the new process to wait for sockets",
+        || {
+            let sock = upgrade_sock.clone();
+            async move { sock.exists() }
+        },
+    )
+    .await;
+    common::signal(old.pid(), "QUIT");
+    let mut old = old;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = old.terminate_after_exit(Duration::from_secs(30));
+        (status, old)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "the old process exits 0");
+    let hits_at_exit = b.hits();
+    common::eventually(
+        Duration::from_secs(10),
+        "the new process to serve",
+        || async { b.hits() > hits_at_exit + 100 },
+    )
+    .await;
+    let (answered, failed) = load.stop();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(answered > 300, "answered {answered}");
+    assert_eq!(
+        failed, 0,
+        "requests failed across the upgrade ({answered} answered)"
+    );
+}

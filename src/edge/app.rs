@@ -16,18 +16,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Set once the process is told to stop or hand over: from then on every answer closes
-/// its connection, and `/readyz` says 503.
+/// The drain of a stopping process: set once it is told to stop or hand over (from then on
+/// every answer closes its connection, and `/readyz` says 503), then told when the proxy has
+/// closed its idle connections (from then on no new request can begin).
 #[derive(Debug, Default)]
-pub struct Draining(AtomicBool);
+pub struct Draining {
+    on: AtomicBool,
+    doors_closed: AtomicBool,
+}
 
 impl Draining {
     pub fn start(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.on.store(true, Ordering::Relaxed);
     }
 
     pub fn is_on(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Whether the proxy has stopped taking requests on kept-alive connections.
+    pub fn doors_closed(&self) -> bool {
+        self.doors_closed.load(Ordering::Acquire)
     }
 }
 
@@ -41,14 +50,21 @@ pub struct ClientDoor<A> {
     inner: Arc<A>,
     table: Arc<ClientTable>,
     header_timeout: Duration,
+    draining: Arc<Draining>,
 }
 
 impl<A> ClientDoor<A> {
-    pub fn new(inner: A, table: Arc<ClientTable>, header_timeout: Duration) -> ClientDoor<A> {
+    pub fn new(
+        inner: A,
+        table: Arc<ClientTable>,
+        header_timeout: Duration,
+        draining: Arc<Draining>,
+    ) -> ClientDoor<A> {
         ClientDoor {
             inner: Arc::new(inner),
             table,
             header_timeout,
+            draining,
         }
     }
 }
@@ -76,6 +92,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientDoor<A> {
         // The proxy's cleanup closes every idle kept-alive connection at once; first give
         // those whose next request is already on its way a moment to deliver it.
         tokio::time::sleep(LAST_CALL).await;
-        self.inner.cleanup().await
+        self.inner.cleanup().await;
+        self.draining.doors_closed.store(true, Ordering::Release);
     }
 }

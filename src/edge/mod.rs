@@ -3,7 +3,8 @@
 //! - [`path`]: one normal form for every spelling of a path, before routing;
 //! - [`headers`]: framing, authority and hop-by-hop headers;
 //! - [`clients`], [`stream`], [`app`]: connection caps, the whole-head clock, the drain;
-//! - [`limits`]: the process's descriptor limit and what is kept in reserve.
+//! - [`limits`]: the process's descriptor limit and what is kept in reserve;
+//! - [`listeners`]: listening sockets shut the moment a stopping process stops accepting.
 //!
 //! Everything here is pure or owns its own state; the proxy calls it and nothing in it knows
 //! a route or a snapshot.
@@ -12,6 +13,7 @@ pub mod app;
 pub mod clients;
 pub mod headers;
 pub mod limits;
+pub mod listeners;
 pub mod path;
 pub mod stream;
 
