@@ -1,7 +1,8 @@
 //! `gatehouse apply`: resource files validated against what etcd holds, then written in one
 //! transaction — all of them, or none.
 
-use crate::resource::{admit, parse_file_with_values, Catalog, Document, ObjectKey};
+use crate::provider::file::{read_text, FileSource};
+use crate::resource::{admit, parse_file_with_values, Catalog, Document, ObjectKey, Origin};
 use crate::store::{document_of, Contents};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -16,15 +17,20 @@ pub struct Plan {
     pub errors: Vec<String>,
 }
 
-/// Judges the files as the gateway will once they are in etcd: each file document together
+/// Judges the files (and the YAML files under folders) as the gateway will once they are in etcd: each file document together
 /// with everything already stored (which the files override), by the one admission function.
-pub fn plan(files: &[PathBuf], stored: &Contents, prefix: &str) -> Plan {
+pub fn plan(paths: &[PathBuf], stored: &Contents, prefix: &str) -> Plan {
     let mut file_docs: Vec<Document> = Vec::new();
     let mut writes = Vec::new();
     let mut errors = Vec::new();
-    for file in files {
+    // Folders are read as the file provider and `validate` read them.
+    let listing = FileSource::new(paths.to_vec()).files();
+    for (path, e) in &listing.unreadable {
+        errors.push(format!("{}: cannot read: {e}", path.display()));
+    }
+    for file in &listing.files {
         let source: Arc<str> = file.display().to_string().into();
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_text(file) {
             Ok(text) => text,
             Err(e) => {
                 errors.push(format!("{source}: cannot read: {e}"));
@@ -42,7 +48,7 @@ pub fn plan(files: &[PathBuf], stored: &Contents, prefix: &str) -> Plan {
         }
     }
 
-    let from_files: HashSet<String> = file_docs.iter().map(|d| d.origin.to_string()).collect();
+    let from_files: HashSet<Origin> = file_docs.iter().map(|d| d.origin.clone()).collect();
     let overridden: HashSet<ObjectKey> = file_docs.iter().filter_map(|d| d.key.clone()).collect();
     let mut all: Vec<Document> = stored
         .entries
@@ -52,7 +58,7 @@ pub fn plan(files: &[PathBuf], stored: &Contents, prefix: &str) -> Plan {
         .collect();
     all.extend(file_docs);
     let (_, rejections) = admit(&all, &Catalog::default());
-    for rejection in rejections.iter().filter(|r| from_files.contains(&r.key)) {
+    for rejection in rejections.iter().filter(|r| from_files.contains(&r.origin)) {
         errors.extend(rejection.lines());
     }
     Plan { writes, errors }

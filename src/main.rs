@@ -33,8 +33,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Validate resource files against what etcd holds, then write them all in one
-    /// transaction (nothing is written if anything is invalid).
+    /// Validate resource files or folders against what etcd holds, then write them all in
+    /// one transaction (nothing is written if anything is invalid).
     Apply {
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
@@ -156,7 +156,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Judges the files exactly as the file provider would, against an empty catalog: every
 /// reference must resolve within the files given.
 fn validate(paths: Vec<PathBuf>) -> ExitCode {
-    let (docs, _) = FileSource::new(paths).read();
+    let docs = FileSource::new(paths).read().docs;
     let (catalog, rejections) = admit(&docs, &Catalog::default());
     if rejections.is_empty() {
         println!(

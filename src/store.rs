@@ -100,6 +100,9 @@ pub struct Store {
 /// Everything under the prefix at one revision.
 pub struct Contents {
     pub revision: i64,
+    /// The cluster that answered: a different one means a different store, whatever its
+    /// revision says.
+    pub cluster_id: u64,
     /// Keys and values as stored.
     pub entries: Vec<(String, Vec<u8>)>,
 }
@@ -122,6 +125,7 @@ impl Store {
             )
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
+        let cluster_id = resp.header().map_or(0, |h| h.cluster_id());
         let entries = resp
             .kvs()
             .iter()
@@ -132,7 +136,11 @@ impl Store {
                 )
             })
             .collect();
-        Ok(Contents { revision, entries })
+        Ok(Contents {
+            revision,
+            cluster_id,
+            entries,
+        })
     }
 
     /// The stored value of one object.

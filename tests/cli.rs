@@ -39,12 +39,140 @@ fn validate_lists_every_error_and_exits_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
     for line in [
-        format!("{file}:1: match.paths[0]: "),
-        format!("{file}:1: match.methods[0]: "),
-        format!("{file}:2: extra: unknown field `extra`"),
+        format!("{file}:1 (Route r): match.paths[0]: "),
+        format!("{file}:1 (Route r): match.methods[0]: "),
+        format!("{file}:2 (Upstream u): extra: unknown field `extra`"),
     ] {
         assert!(stderr.contains(&line), "missing `{line}` in:\n{stderr}");
     }
+}
+
+/// Runs `gatehouse validate` with a bound on its time: a hang is a failure, not a stuck test.
+fn validate_within(paths: &[&std::path::Path], limit: Duration) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(bin())
+        .arg("validate")
+        .args(paths)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("validate did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(out).unwrap(),
+        stderr: std::fs::read(err).unwrap(),
+    }
+}
+
+#[test]
+fn validate_names_the_kind_and_id_of_a_rejected_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &mixed,
+        "kind: Upstream\nid: svc\nnodes: [{ addr: \"127.0.0.1:9\" }]\n---\nkind: Route\nid: ok\nmatch: { paths: [/ok] }\nupstream: svc\n---\nkind: Route\nid: users\nmatch: { paths: [users] }\nupstream: svc\n---\nid: nameless\n",
+    )
+    .unwrap();
+    let out = validate_within(&[&mixed], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = mixed.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:3 (Route users): match.paths[0]: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:4: kind: is required")),
+        "a document without a kind is named by its position: {stderr}"
+    );
+}
+
+#[test]
+fn validate_skips_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("up.yaml"),
+        "kind: Upstream\nid: svc\nnodes: [{ addr: \"127.0.0.1:9\" }]\n",
+    )
+    .unwrap();
+    let fifo = dir.path().join("x.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = validate_within(&[dir.path()], Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 upstreams"));
+    // Named directly, it is an error rather than a hang.
+    let out = validate_within(&[&fifo], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}
+
+#[test]
+fn validate_refuses_deep_nesting_quickly_naming_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("deep.yaml");
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    std::fs::write(
+        &deep,
+        format!("kind: Upstream\nid: svc\nnodes: []\n---\nkind: Route\nid: r\nx: {nested}\n"),
+    )
+    .unwrap();
+    let out = validate_within(&[&deep], Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:2: nests deeper than 64 levels",
+            deep.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_in_a_watched_folder_does_not_stop_reloads() {
+    let up = TestUpstream::start("svc").await;
+    let gw = Gateway::builder()
+        .file("up.yaml", up.resource("svc"))
+        .start()
+        .await;
+    let fifo = gw.route_file("x.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file(
+        "r.yaml",
+        "kind: Route\nid: r\nmatch: { paths: [/r] }\nupstream: svc\n",
+    );
+    let status = gw.wait_revision_after(revision).await;
+    assert_eq!(status["routes"], 1, "{status}");
+    assert_eq!(status["source"]["kind"], "file");
+    assert_eq!(status["source"]["connected"], true);
+    let resp = client().get(gw.url("/r")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[test]

@@ -140,19 +140,37 @@ async fn a_bad_value_is_rejected_alone_and_its_old_version_stays() {
     .await;
 }
 
+/// The compaction branch runs only when the gateway's watch has fallen behind a compacted
+/// revision. The gateway is paused (SIGSTOP) so it reads nothing: its watch stream fills,
+/// etcd parks the watcher as a slow consumer, and the changes made meanwhile are compacted
+/// away before it resumes. It must then read everything again and lose nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn compaction_during_a_watch_loses_nothing() {
     let etcd = Etcd::start();
     let up = TestUpstream::start("svc").await;
     etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
-    for i in 0..5 {
-        etcd.put(
-            &format!("/gatehouse/routes/r{i}"),
-            &route(&format!("/r{i}"), "svc"),
-        );
+
+    common::signal(gw.pid(), "STOP");
+    let mut puts: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("/gatehouse/routes/r{i}"),
+                route(&format!("/r{i}"), "svc"),
+            )
+        })
+        .collect();
+    // Far more events than the watch stream holds while nobody reads it.
+    for round in 0..10 {
+        puts.extend((0..200).map(|i| {
+            let padding = " ".repeat(2000 + round);
+            (
+                format!("/gatehouse/routes/r{i}"),
+                format!("{}{padding}", route(&format!("/r{i}"), "svc")),
+            )
+        }));
     }
-    wait_status(&gw, "/r4", 200).await;
+    etcd.put_many(&puts).await;
     let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
     assert!(
         out.status.success(),
@@ -160,8 +178,20 @@ async fn compaction_during_a_watch_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     etcd.put("/gatehouse/routes/after", &route("/after", "svc"));
+    common::signal(gw.pid(), "CONT");
+
     wait_status(&gw, "/after", 200).await;
-    for i in 0..5 {
+    assert!(
+        gw.logs().contains("was compacted"),
+        "the watch saw the compaction:\n{}",
+        gw.logs()
+    );
+    eventually(WAIT, "the revision in force to be etcd's", || async {
+        gw.status().await["revision"].as_u64().unwrap() == etcd.revision()
+    })
+    .await;
+    assert_eq!(gw.status().await["routes"], 201, "every route is in force");
+    for i in [0, 99, 199] {
         assert_eq!(status_of(&gw, &format!("/r{i}")).await, 200);
     }
 }
@@ -175,22 +205,145 @@ async fn etcd_killed_while_requests_flow_then_restarted() {
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
 
     let traffic = Traffic::start(vec![gw.url("/steady")], false);
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic.wait_flowing(20).await;
     etcd.kill9();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(WAIT, "the gateway to notice etcd is gone", || async {
+        gw.status().await["source"]["connected"] == false
+    })
+    .await;
+    let served = traffic.succeeded();
+    traffic.wait_flowing(served + 20).await;
     assert_eq!(
         status_of(&gw, "/steady").await,
         200,
         "the last snapshot keeps serving"
     );
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 0.0);
     etcd.spawn();
     etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
     wait_status(&gw, "/later", 200).await;
+    assert_eq!(gw.status().await["source"]["connected"], true);
 
     let (ok, failed) = traffic.stop().await;
     assert!(ok > 50);
     assert_eq!(failed, 0, "no request failed while etcd was down");
+}
+
+async fn source_of(gw: &Gateway) -> serde_json::Value {
+    gw.status().await["source"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_restarted_empty_is_not_trusted_until_a_resync() {
+    let mut etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .api_key("k")
+        .start()
+        .await;
+    let source = source_of(&gw).await;
+    assert_eq!(source["kind"], "etcd");
+    assert_eq!(source["connected"], true);
+    assert_eq!(source["error"], serde_json::Value::Null);
+    assert_eq!(source["from_cache"], false);
+    assert!(source["since"].is_string());
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 1.0);
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+
+    // Same ports, new data directory: an empty etcd at revision 1.
+    etcd.kill9();
+    etcd.wipe();
+    etcd.spawn();
+    eventually(WAIT, "the empty etcd to be refused", || async {
+        source_of(&gw).await["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revision went back"))
+    })
+    .await;
+    assert_eq!(
+        status_of(&gw, "/steady").await,
+        200,
+        "the snapshot in force stays"
+    );
+    assert_eq!(gw.status().await["revision"].as_u64().unwrap(), revision);
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 0.0);
+    assert_eq!(
+        gw.logs().matches("etcd not trusted").count(),
+        1,
+        "said once, not retried"
+    );
+
+    let resync = |key: Option<&str>| {
+        let mut req = client().post(gw.admin_url("/admin/resync"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        req.send()
+    };
+    assert_eq!(
+        resync(None).await.unwrap().status(),
+        401,
+        "the admin key is needed"
+    );
+    assert_eq!(status_of(&gw, "/steady").await, 200);
+    let resp = resync(Some("k")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["resynced"], true, "{body}");
+
+    // Accepted: the empty store is now the configuration.
+    assert_eq!(status_of(&gw, "/steady").await, 404);
+    let source = source_of(&gw).await;
+    assert_eq!(source["connected"], true);
+    assert_eq!(source["error"], serde_json::Value::Null);
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 1.0);
+    // And it is watched again.
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/fresh", &route("/fresh", "svc"));
+    wait_status(&gw, "/fresh", 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_etcd_is_reported_then_its_return_noticed() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 1.0);
+
+    etcd.pause();
+    // Keep-alive pings (every 5 s, answered within the 1 s timeout) notice the hang.
+    eventually(
+        Duration::from_secs(30),
+        "the hang to be reported",
+        || async { source_of(&gw).await["connected"] == false },
+    )
+    .await;
+    assert!(source_of(&gw).await["error"].is_string());
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 0.0);
+    assert_eq!(
+        status_of(&gw, "/steady").await,
+        200,
+        "the last snapshot serves"
+    );
+
+    etcd.resume();
+    eventually(
+        Duration::from_secs(30),
+        "etcd's return to be noticed",
+        || async {
+            let source = source_of(&gw).await;
+            source["connected"] == true && source["error"].is_null()
+        },
+    )
+    .await;
+    assert_eq!(gw.metric("gatehouse_config_source_up").await, 1.0);
+    etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
+    wait_status(&gw, "/later", 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,7 +397,7 @@ async fn apply_is_all_or_nothing_and_get_and_delete_work() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:1: upstream: unknown upstream `ghost`",
+            "{}:1 (Route r2): upstream: unknown upstream `ghost`",
             bad.display()
         )),
         "{stderr}"
@@ -304,6 +457,45 @@ async fn apply_is_all_or_nothing_and_get_and_delete_work() {
         gatehouse(&["get", "routes", "r2"], &etcd).status.code(),
         Some(1)
     );
+}
+
+/// `gatehouse apply -f routes/`, as the README shows it: a folder is read as `validate` and
+/// the file provider read it (its YAML files, recursively; anything else skipped).
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_takes_folders() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(routes.join("team")).unwrap();
+    std::fs::write(
+        routes.join("upstreams.yaml"),
+        "kind: Upstream\nid: svc\nnodes: [{ addr: \"127.0.0.1:9\" }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        routes.join("team/users.yml"),
+        "kind: Route\nid: users\nmatch: { paths: [/users] }\nupstream: svc\n",
+    )
+    .unwrap();
+    std::fs::write(routes.join("README.txt"), "not a resource").unwrap();
+
+    let out = gatehouse(&["apply", "-f", routes.to_str().unwrap()], &etcd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut keys = etcd.keys(PREFIX);
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["/gatehouse/routes/users", "/gatehouse/upstreams/svc"]
+    );
+
+    let missing = dir.path().join("nowhere");
+    let out = gatehouse(&["apply", "-f", missing.to_str().unwrap()], &etcd);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,7 +24,7 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
     let urls = (0..4).map(|w| gw.url(&format!("/steady/{w}"))).collect();
     let traffic = Traffic::start(urls, false);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    traffic.wait_flowing(20).await;
     let revision = gw.status().await["revision"].as_u64().unwrap();
     let edited = format!(
         "{}---\n{}",
@@ -48,7 +48,9 @@ async fn a_file_edited_while_traffic_flows_applies_without_a_failed_request() {
     gw.wait_revision_after(revision).await;
     let resp = client().get(gw.url("/steady/x")).send().await.unwrap();
     assert_eq!(resp.headers()["x-upstream"], "b");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Traffic keeps flowing after the swap, not only before it.
+    let served = traffic.succeeded();
+    traffic.wait_flowing(served + 20).await;
 
     let (ok, failed) = traffic.stop().await;
     assert!(ok > 50, "traffic flowed: {ok}");
@@ -112,7 +114,13 @@ async fn a_bad_file_or_document_is_rejected_alone() {
     let status = gw.wait_revision_after(revision).await;
     let rejected = status["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 1, "{status}");
-    assert!(rejected[0]["key"].as_str().unwrap().ends_with("two.yaml:2"));
+    assert!(
+        rejected[0]["key"]
+            .as_str()
+            .unwrap()
+            .ends_with("two.yaml:2 (Route two-b)"),
+        "the rejection names the object: {status}"
+    );
     assert!(
         rejected[0]["error"]
             .as_str()

@@ -1,6 +1,7 @@
 //! The admin listener: health, readiness, the configuration in force, and (etcd mode) writes.
 
 use crate::bootstrap::EtcdProvider as EtcdSettings;
+use crate::provider::source::SourceReport;
 use crate::proxy::{error_body, new_request_id};
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
@@ -109,6 +110,7 @@ impl AdminApi {
                     auth: usize,
                     rejected: &'a [crate::resource::Rejection],
                     loaded_at: String,
+                    source: SourceReport,
                 }
                 json(
                     StatusCode::OK,
@@ -119,6 +121,7 @@ impl AdminApi {
                         auth: snapshot.catalog.len(Kind::AuthPolicy),
                         rejected: &snapshot.rejected,
                         loaded_at: humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
+                        source: self.live.source().report(),
                     },
                 )
             }
@@ -206,6 +209,9 @@ impl ServeHttp for AdminApi {
                     if let Err(denied) = self.authorize(&method, authorization) {
                         return *denied;
                     }
+                    if rest == "resync" {
+                        return self.resync(&method).await;
+                    }
                     match (&method, &self.writes, write_target(rest)) {
                         (&Method::PUT, Writes::Etcd(_), Some(key)) => self.put(session, key).await,
                         (&Method::DELETE, Writes::Etcd(_), Some(key)) => self.delete(key).await,
@@ -256,10 +262,9 @@ impl AdminApi {
             .collect();
         docs.push(doc);
         let (_, rejections) = admit(&docs, &Catalog::default());
-        let own = origin.to_string();
         let errors: Vec<String> = rejections
             .iter()
-            .filter(|r| r.key == own)
+            .filter(|r| r.origin == origin)
             .flat_map(|r| r.errors.iter().map(|e| e.to_string()))
             .collect();
         if !errors.is_empty() {
@@ -321,6 +326,38 @@ impl AdminApi {
             *guard = Some(Store::open(&etcd.settings).await.map_err(unavailable)?);
         }
         Ok(guard)
+    }
+
+    /// Asks the provider to read its source again and accept what it holds, even an etcd it
+    /// stopped trusting; answers once that is in force (or after a bounded wait, with 202).
+    async fn resync(&self, method: &Method) -> Response<Vec<u8>> {
+        if method != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST /admin/resync",
+            );
+        }
+        let source = self.live.source();
+        let ticket = source.request_resync();
+        let deadline = std::time::Instant::now() + SETTLE;
+        while !source.resynced(ticket) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let done = source.resynced(ticket);
+        let status = if done {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        json(
+            status,
+            &serde_json::json!({
+                "resynced": done,
+                "revision": self.live.load().revision,
+                "source": source.report(),
+            }),
+        )
     }
 
     /// Answers a write once its revision is in force (or after a bounded wait).

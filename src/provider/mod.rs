@@ -2,14 +2,19 @@
 
 pub mod etcd;
 pub mod file;
+pub mod source;
 
 use crate::resource::{admit, Document};
 use crate::snapshot::{Live, Snapshot};
+use source::SourceHealth;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Turns what a source holds now into the snapshot in force: admission, compilation, one
-/// atomic swap. A provider owns one and is its only caller, so changes never interleave.
+/// atomic swap. A provider owns one and is its only caller, so changes never interleave (a
+/// clone only ever runs the provider's own change, off the async runtime, while the
+/// provider waits for it).
+#[derive(Clone)]
 pub struct Ingest {
     live: Arc<Live>,
 }
@@ -17,6 +22,16 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(live: Arc<Live>) -> Ingest {
         Ingest { live }
+    }
+
+    /// Where the provider reports how its source is doing.
+    pub fn source(&self) -> &SourceHealth {
+        self.live.source()
+    }
+
+    /// True once a snapshot from the source is in force.
+    pub fn has_snapshot(&self) -> bool {
+        self.live.is_ready()
     }
 
     /// Applies the full current content of the source. `revision` is the source's own

@@ -34,29 +34,48 @@ pub struct Catalog {
 /// A document, or a change, that was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejection {
-    /// The file position (`file:doc`) or etcd key.
+    /// Which document: the etcd key (which names the object), or the file position with the
+    /// object it meant to define when it got far enough to say, `file:doc (Kind id)`; a
+    /// position alone (`file:doc`) is a document without a readable kind and id.
     pub key: String,
     /// Every reason, joined with `; `.
     pub error: String,
     #[serde(skip)]
     pub errors: Vec<FieldError>,
+    /// Where the document came from, for callers that pick their own documents' rejections.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 impl Rejection {
-    pub fn from_parts(origin: &Origin, errors: Vec<FieldError>) -> Rejection {
+    /// `object` is the kind and id the document meant to define, when known.
+    pub fn from_parts(
+        origin: &Origin,
+        object: Option<&ObjectKey>,
+        errors: Vec<FieldError>,
+    ) -> Rejection {
         let error = errors
             .iter()
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join("; ");
+        let key = match (origin.doc, object) {
+            // A file position says where, not what: a file holds many documents.
+            (Some(doc), Some(object)) if doc > 0 => {
+                format!("{origin} ({} {})", object.kind, object.id)
+            }
+            _ => origin.to_string(),
+        };
         Rejection {
-            key: origin.to_string(),
+            key,
             error,
             errors,
+            origin: origin.clone(),
         }
     }
 
-    /// One line per problem: `file:doc: field: message`.
+    /// One line per problem: `file:doc (Kind id): field: message` (`file:doc: field:
+    /// message` when the document never said what it is).
     pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
         self.errors.iter().map(|e| format!("{}: {e}", self.key))
     }
@@ -292,7 +311,8 @@ pub fn admit<'d>(
                 if let Some(first) = next.origin_of(resource) {
                     let message = format!("{} is already defined at {first}", resource.key());
                     let errors = vec![FieldError::new("id", message)];
-                    rejections.push(Rejection::from_parts(&doc.origin, errors));
+                    let object = resource.key();
+                    rejections.push(Rejection::from_parts(&doc.origin, Some(&object), errors));
                     continue;
                 }
                 next.insert(resource.clone(), doc.origin.clone(), previous);
@@ -302,7 +322,11 @@ pub fn admit<'d>(
                     Some(key) => failed_keys.insert(key.clone()),
                     None => failed_sources.insert(doc.origin.source.clone()),
                 };
-                rejections.push(Rejection::from_parts(&doc.origin, errors.clone()));
+                rejections.push(Rejection::from_parts(
+                    &doc.origin,
+                    doc.key.as_ref(),
+                    errors.clone(),
+                ));
             }
         }
     }
@@ -363,6 +387,7 @@ pub fn admit<'d>(
         );
         rejections.push(Rejection::from_parts(
             &origin,
+            Some(&key),
             vec![FieldError::new("", message)],
         ));
     }
@@ -378,7 +403,15 @@ pub fn admit<'d>(
         .collect();
     for (id, missing) in unresolved {
         let stored = next.routes.remove(&id).expect("listed above");
-        rejections.push(Rejection::from_parts(&stored.origin, missing));
+        let object = ObjectKey {
+            kind: Kind::Route,
+            id: id.clone(),
+        };
+        rejections.push(Rejection::from_parts(
+            &stored.origin,
+            Some(&object),
+            missing,
+        ));
         if let Some(old) = previous.routes.get(&id) {
             if !Arc::ptr_eq(&old.value, &stored.value) && next.missing_refs(&old.value).is_empty() {
                 next.routes.insert(id, old.clone());

@@ -4,6 +4,7 @@
 
 mod auth;
 mod catalog;
+mod depth;
 mod fields;
 mod route;
 mod upstream;
@@ -162,6 +163,17 @@ pub fn parse_file_with_values(
 ) -> Vec<(Document, Option<serde_yaml::Value>)> {
     use serde::Deserialize;
     let mut docs = Vec::new();
+    if let Some(doc) = depth::too_deep(text, depth::MAX_DEPTH) {
+        // Refused before the parser spends seconds on it; the parser cannot skip one
+        // document of a stream, so the file is not read at all and what it held stays.
+        let doc = Document {
+            origin: Origin::file(source, doc),
+            key: None,
+            parsed: Err(vec![FieldError::new("", too_deep_message())]),
+        };
+        docs.push((doc, None));
+        return docs;
+    }
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin::file(source.clone(), i + 1);
         match serde_yaml::Value::deserialize(de) {
@@ -185,6 +197,14 @@ pub fn parse_file_with_values(
 /// Reads one resource stored under a key (an etcd value, an admin API body): YAML or JSON,
 /// whose kind and id come from the key.
 pub fn parse_stored(origin: Origin, key: ObjectKey, bytes: &[u8]) -> Document {
+    let text = String::from_utf8_lossy(bytes);
+    if depth::too_deep(&text, depth::MAX_DEPTH).is_some() {
+        return Document {
+            origin,
+            key: Some(key),
+            parsed: Err(vec![FieldError::new("", too_deep_message())]),
+        };
+    }
     match serde_yaml::from_slice::<serde_yaml::Value>(bytes) {
         Ok(value) => parse_value(origin, value, Some(key)),
         Err(e) => Document {
@@ -199,6 +219,13 @@ pub fn parse_stored(origin: Origin, key: ObjectKey, bytes: &[u8]) -> Document {
             )]),
         },
     }
+}
+
+fn too_deep_message() -> String {
+    format!(
+        "nests deeper than {} levels (the limit for a YAML document); refused before parsing",
+        depth::MAX_DEPTH
+    )
 }
 
 /// Reads one resource from an already-parsed YAML value. `expected` is the kind and id an

@@ -37,7 +37,7 @@ fn unknown_fields_are_errors_naming_file_document_and_field() {
     let errs = errors("routes/a.yaml", &text);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(
-        errs[0].starts_with("routes/a.yaml:2: match.hostz: unknown field `hostz`"),
+        errs[0].starts_with("routes/a.yaml:2 (Route r1): match.hostz: unknown field `hostz`"),
         "{}",
         errs[0]
     );
@@ -50,7 +50,7 @@ fn wrong_types_name_the_field() {
         "kind: Upstream\nid: u\nnodes: [{ addr: \"1.2.3.4:80\", weight: heavy }]\n",
     );
     assert!(
-        errs[0].starts_with("a.yaml:1: nodes[0].weight: invalid type"),
+        errs[0].starts_with("a.yaml:1 (Upstream u): nodes[0].weight: invalid type"),
         "{errs:?}"
     );
 }
@@ -88,7 +88,10 @@ fn references_must_resolve() {
         "a.yaml",
         "kind: Route\nid: r\nmatch: { paths: [/x] }\nupstream: missing\n",
     );
-    assert_eq!(errs, vec!["a.yaml:1: upstream: unknown upstream `missing`"]);
+    assert_eq!(
+        errs,
+        vec!["a.yaml:1 (Route r): upstream: unknown upstream `missing`"]
+    );
 }
 
 #[test]
@@ -269,7 +272,7 @@ fn deleting_an_upstream_still_in_use_keeps_it_and_says_so() {
         rejections[0].error.contains("still used by route r1"),
         "{rejections:?}"
     );
-    assert_eq!(rejections[0].key, "u.yaml:1");
+    assert_eq!(rejections[0].key, "u.yaml:1 (Upstream u1)");
 }
 
 #[test]
@@ -300,4 +303,78 @@ fn scalars_are_read_as_text_in_matches() {
         catalog.routes["r"].value.matcher.query["debug"].as_str(),
         "1"
     );
+}
+
+#[test]
+fn a_rejected_file_document_is_named_by_kind_and_id_when_it_says_them() {
+    let text = format!(
+        "{UPSTREAM}---\nkind: Route\nid: users\nmatch: {{ paths: [nope] }}\nupstream: u1\n---\nid: x\n---\nkind: AuthPolicy\nid: p\njwt: {{ keys: [] }}\nextra: 1\n"
+    );
+    let (_, rejections) = admit(&docs("r/mixed.yaml", &text), &Catalog::default());
+    let keys: Vec<&str> = rejections.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "r/mixed.yaml:2 (Route users)",
+            "r/mixed.yaml:3",
+            "r/mixed.yaml:4 (AuthPolicy p)"
+        ],
+        "a document that never said its kind is named by its position alone"
+    );
+    let line = rejections[0].lines().next().unwrap();
+    assert!(
+        line.starts_with("r/mixed.yaml:2 (Route users): match.paths[0]: "),
+        "{line}"
+    );
+    // etcd keys name the object already.
+    let stored = parse_stored(
+        Origin::key("/g/routes/users".into()),
+        ObjectKey {
+            kind: Kind::Route,
+            id: "users".into(),
+        },
+        b"{ not yaml",
+    );
+    let (_, rejections) = admit(&[stored], &Catalog::default());
+    assert_eq!(rejections[0].key, "/g/routes/users");
+}
+
+#[test]
+fn a_too_deeply_nested_file_is_refused_whole_and_keeps_what_it_held() {
+    let v1 =
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v1] }}\nupstream: u1\n");
+    let (before, _) = admit(&docs("a.yaml", &v1), &Catalog::default());
+    let deep = format!(
+        "{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/v2] }}\nupstream: u1\nx: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let (after, rejections) = admit(&docs("a.yaml", &deep), &before);
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    assert_eq!(
+        rejections[0].key, "a.yaml:2",
+        "the document that is too deep"
+    );
+    assert!(
+        rejections[0].error.contains("deeper than 64"),
+        "{rejections:?}"
+    );
+    assert_eq!(
+        after.routes["r1"].value.matcher.paths,
+        vec!["/v1".to_string()]
+    );
+    assert!(after.upstreams.contains_key("u1"));
+
+    let stored = parse_stored(
+        Origin::key("/g/routes/r1".into()),
+        ObjectKey {
+            kind: Kind::Route,
+            id: "r1".into(),
+        },
+        format!("{{\"a\": {}", "{\"a\": ".repeat(70)).as_bytes(),
+    );
+    assert!(stored.key.is_some(), "its old version stays");
+    assert!(stored.parsed.unwrap_err()[0]
+        .message
+        .contains("deeper than 64"));
 }

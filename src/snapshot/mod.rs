@@ -7,7 +7,8 @@ mod route;
 pub use auth::compile_policy;
 pub use route::{Action, CompiledRoute, DirectReply, PathRewrite, RouteTimeouts};
 
-use crate::resource::{AuthPolicy, Catalog, Rejection};
+use crate::provider::source::{SourceHealth, SourceKind};
+use crate::resource::{AuthPolicy, Catalog, Kind, Rejection};
 use crate::router::Router;
 use crate::upstream::UpstreamTarget;
 use arc_swap::ArcSwap;
@@ -87,7 +88,12 @@ impl Snapshot {
                 },
             };
             if let Err(error) = &compiled.auth {
-                rejected.push(compile_rejection(&stored.origin, error.clone()));
+                rejected.push(compile_rejection(
+                    &stored.origin,
+                    Kind::AuthPolicy,
+                    id,
+                    error.clone(),
+                ));
             }
             policies.insert(id.clone(), compiled);
         }
@@ -138,7 +144,9 @@ impl Snapshot {
                     router.insert(route.id.clone(), &route.matcher, route.clone());
                     routes.insert(route.id.clone(), route);
                 }
-                Err(error) => rejected.push(compile_rejection(&stored.origin, error)),
+                Err(error) => {
+                    rejected.push(compile_rejection(&stored.origin, Kind::Route, id, error))
+                }
             }
         }
         tracing::debug!(
@@ -160,14 +168,30 @@ impl Snapshot {
     }
 }
 
-fn compile_rejection(origin: &crate::resource::Origin, error: String) -> Rejection {
-    Rejection::from_parts(origin, vec![crate::resource::FieldError::new("", error)])
+fn compile_rejection(
+    origin: &crate::resource::Origin,
+    kind: Kind,
+    id: &str,
+    error: String,
+) -> Rejection {
+    let object = crate::resource::ObjectKey {
+        kind,
+        id: id.to_string(),
+    };
+    Rejection::from_parts(
+        origin,
+        Some(&object),
+        vec![crate::resource::FieldError::new("", error)],
+    )
 }
 
 /// The snapshot in force, shared by the proxy, the admin API and the providers.
 pub struct Live {
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// How the source of that snapshot is doing. Kept here because the provider and the
+    /// admin API share nothing else; the request path never reads it.
+    source: SourceHealth,
 }
 
 impl Live {
@@ -175,7 +199,13 @@ impl Live {
         Live {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             ready: AtomicBool::new(false),
+            // The provider says which kind it is when it is built.
+            source: SourceHealth::new(SourceKind::File),
         }
+    }
+
+    pub fn source(&self) -> &SourceHealth {
+        &self.source
     }
 
     /// The snapshot in force; the caller keeps it for as long as it needs a consistent view.

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub config_rejected: IntGauge,
     /// Configuration changes applied.
     pub config_reloads: IntCounter,
+    /// 1 while the provider is connected to its source and trusts it, else 0 (the snapshot
+    /// in force is then the last one the source gave; `/admin/status` says why).
+    pub config_source_up: IntGauge,
     /// Requests refused by a route's rate limit, by route id.
     pub rate_limited: IntCounterVec,
     /// Requests refused by a route's auth policy, by route id and reason (a fixed set:
@@ -58,6 +61,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let config_reloads = IntCounter::new(
         "gatehouse_config_reloads_total",
         "Configuration changes applied",
+    )
+    .expect("valid metric");
+    let config_source_up = IntGauge::new(
+        "gatehouse_config_source_up",
+        "1 while the configuration source is connected and trusted, else 0",
     )
     .expect("valid metric");
     let rate_limited = IntCounterVec::new(
@@ -126,6 +134,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(config_revision.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(config_rejected.clone()),
         Box::new(config_reloads.clone()),
+        Box::new(config_source_up.clone()),
         Box::new(rate_limited.clone()),
         Box::new(auth_failures.clone()),
         Box::new(requests.clone()),
@@ -144,6 +153,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_revision,
         config_rejected,
         config_reloads,
+        config_source_up,
         rate_limited,
         auth_failures,
         requests,

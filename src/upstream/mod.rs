@@ -210,26 +210,42 @@ pub struct Instance {
     pub weight: u32,
 }
 
+/// The addresses of a static node: an IP literal as it is, a name through the system
+/// resolver (blocking; see [`UpstreamTarget::compile`]).
+fn resolve(host: &str, port: u16, written: &str) -> Result<Vec<SocketAddr>, String> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| format!("cannot resolve `{written}`: {e}"))
+}
+
 impl UpstreamTarget {
     /// Builds the target, resolving host names now rather than per request. A node whose
     /// name does not resolve is left out (and logged); with no node left, requests get 503.
     /// A `discovery.dns` name is resolved now too; a registry service starts empty and is
     /// filled by the registry watcher.
+    ///
+    /// Name lookups block (the system resolver may take seconds): this runs where a
+    /// configuration change is applied, which the providers do on a blocking thread
+    /// (`spawn_blocking`), never on an async runtime's worker. Address literals are parsed
+    /// without a lookup.
     pub fn compile(spec: Arc<Upstream>) -> UpstreamTarget {
         let mut nodes = Vec::with_capacity(spec.nodes.len());
         for node in &spec.nodes {
             let resolved = split_host_port(&node.addr)
                 .map_err(|e| e.to_string())
-                .and_then(|(host, port)| {
-                    (host, port)
-                        .to_socket_addrs()
-                        .map_err(|e| format!("cannot resolve `{}`: {e}", node.addr))
-                });
+                .and_then(|(host, port)| resolve(host, port, &node.addr));
             match resolved {
                 Ok(addrs) => {
                     let label: Arc<str> = node.addr.as_str().into();
                     nodes.extend(
-                        addrs.map(|addr| Arc::new(Node::new(addr, node.weight, label.clone()))),
+                        addrs
+                            .into_iter()
+                            .map(|addr| Arc::new(Node::new(addr, node.weight, label.clone()))),
                     )
                 }
                 Err(e) => tracing::warn!(upstream = %spec.id, "node left out: {e}"),

@@ -91,6 +91,37 @@ impl Etcd {
         }
     }
 
+    /// Forgets everything: the next [`Etcd::spawn`] starts an empty etcd on the same ports
+    /// (as after losing its disk). Only while stopped.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop etcd first");
+        let _ = std::fs::remove_dir_all(self.dir.path().join("data"));
+    }
+
+    /// SIGSTOP: etcd hangs, connections stay open and nothing answers.
+    pub fn pause(&self) {
+        super::signal(self.child.as_ref().expect("running").id(), "STOP");
+    }
+
+    /// SIGCONT after [`Etcd::pause`].
+    pub fn resume(&self) {
+        super::signal(self.child.as_ref().expect("running").id(), "CONT");
+    }
+
+    /// Many puts, one revision each, over one connection (an etcdctl process per put would
+    /// take seconds).
+    pub async fn put_many(&self, entries: &[(String, String)]) {
+        let mut client = etcd_client::Client::connect([self.url()], None)
+            .await
+            .expect("etcd answers");
+        for (key, value) in entries {
+            client
+                .put(key.as_str(), value.as_str(), None)
+                .await
+                .expect("put");
+        }
+    }
+
     /// `kill -9`: no goodbye to clients.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -23,11 +23,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port free on loopback right now.
+/// A loopback port reserved for a server this test starts: no other test process is handed
+/// it in the meantime.
+///
+/// Binding port 0 and releasing it, as this once did, let the kernel hand the same port to
+/// another test's `bind(0)` before our server bound it (tests run in parallel processes).
+/// Instead, one connection is made to the port and closed from the listening side first,
+/// which leaves the port in TIME_WAIT for a minute: the kernel never picks a port in that
+/// state for `bind(0)`, while a server that binds it by number with SO_REUSEADDR (gatehouse,
+/// etcd, tokio and std listeners all set it) gets it at once.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    let client = std::net::TcpStream::connect(addr).expect("a connection to the reservation");
+    let (server, _) = listener.accept().expect("the reservation's connection");
+    drop(server); // the listening side closes first, so TIME_WAIT holds this port
+    let mut client = client;
+    let _ = std::io::Read::read(&mut client, &mut [0u8; 1]); // wait for that close
+    drop(client);
+    drop(listener);
+    addr
 }
 
 pub fn bin() -> &'static str {
@@ -148,14 +163,26 @@ impl GatewayBuilder {
         self
     }
 
+    /// Starts the process and waits until it is ready. Should a port it was given be taken
+    /// after all (by a process outside the tests), it starts again on fresh ports.
     pub async fn start(self) -> Gateway {
-        let mut gw = self.spawn();
-        gw.wait_ready().await;
-        gw
+        for _ in 0..3 {
+            let mut gw = self.launch();
+            match gw.ready_or_exit().await {
+                Ok(()) => return gw,
+                Err(logs) if logs.contains("Address already in use") => continue,
+                Err(logs) => panic!("gatehouse exited early:\n{logs}"),
+            }
+        }
+        panic!("gatehouse found its ports taken three times");
     }
 
     /// Starts the process without waiting for it to be ready.
     pub fn spawn(self) -> Gateway {
+        self.launch()
+    }
+
+    fn launch(&self) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes");
         std::fs::create_dir(&routes).unwrap();
@@ -205,7 +232,7 @@ impl GatewayBuilder {
             addr,
             admin,
             dir,
-            api_key: self.api_key,
+            api_key: self.api_key.clone(),
         }
     }
 }
@@ -268,18 +295,26 @@ impl Gateway {
     }
 
     pub async fn wait_ready(&mut self) {
+        if let Err(logs) = self.ready_or_exit().await {
+            panic!("gatehouse exited early:\n{logs}");
+        }
+    }
+
+    /// Waits until ready; `Err` with the logs if the process exited first.
+    async fn ready_or_exit(&mut self) -> Result<(), String> {
         let c = client();
         let url = self.admin_url("/readyz");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gatehouse exited early ({status}):\n{}", self.logs());
+                self.child = None;
+                return Err(format!("({status})\n{}", self.logs()));
             }
             if let Ok(resp) = c.get(&url).send().await {
                 if resp.status() == 200 {
                     // The proxy listener starts alongside the admin one; make sure it accepts.
                     if std::net::TcpStream::connect(self.addr).is_ok() {
-                        return;
+                        return Ok(());
                     }
                 }
             }

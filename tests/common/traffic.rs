@@ -44,6 +44,22 @@ impl Traffic {
         }
     }
 
+    /// Requests that succeeded so far.
+    pub fn succeeded(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until at least `n` requests succeeded, so a test changes things under
+    /// traffic that really flows rather than after a guessed sleep.
+    pub async fn wait_flowing(&self, n: usize) {
+        super::eventually(
+            std::time::Duration::from_secs(10),
+            "traffic to flow",
+            || async { self.succeeded() >= n },
+        )
+        .await;
+    }
+
     /// Stops the traffic; returns (succeeded, failed).
     pub async fn stop(self) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
