@@ -1,9 +1,9 @@
 //! Assembles the Pingora server: proxy listeners, admin listener, the provider, and the
 //! shutdown behaviour of SPEC §1.
 
-use crate::admin::{AdminApi, Writes};
+use crate::admin::{AdminApi, Readiness, Writes};
 use crate::bootstrap::Bootstrap;
-use crate::edge::{self, app::LAST_CALL, ClientDoor, ClientTable, Draining};
+use crate::edge::{self, app::LAST_CALL, ClientDoor, ClientTable, Draining, Listening};
 use crate::provider::etcd::EtcdProvider;
 use crate::provider::file::{FileProvider, FileSource, Overlay};
 use crate::provider::Ingest;
@@ -169,7 +169,15 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     let live_for_cleanup = live.clone();
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApi::new(live.clone(), config.admin.api_key.clone(), writes),
+        AdminApi::new(
+            live.clone(),
+            config.admin.api_key.clone(),
+            writes,
+            Arc::new(ProxyReadiness {
+                draining: draining.clone(),
+                listening: Listening::new(config.listen.iter().map(|l| l.addr).collect()),
+            }),
+        ),
     );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
@@ -220,6 +228,24 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
+/// Ready means the proxy takes traffic: every listener bound, and no stop asked for.
+struct ProxyReadiness {
+    draining: Arc<Draining>,
+    listening: Listening,
+}
+
+impl Readiness for ProxyReadiness {
+    fn blocker(&self) -> Option<&'static str> {
+        if self.draining.is_stopping() {
+            Some("draining")
+        } else if !self.listening.accepting() {
+            Some("starting")
+        } else {
+            None
+        }
+    }
+}
+
 /// SIGTERM and SIGINT both stop gracefully (after `shutdown.grace`, during which listeners
 /// still accept); SIGQUIT hands the listeners to a new process (`run --upgrade`).
 struct Signals {
@@ -246,6 +272,8 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => false,
             _ = quit.recv() => true,
         };
+        // Not ready from now on, so a load balancer stops sending new traffic.
+        self.draining.request_stop();
         if upgrade {
             // From now on every answer closes its connection: clients reconnect, and the new
             // process accepts on the same sockets.

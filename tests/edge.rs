@@ -748,3 +748,27 @@ async fn an_upgrade_under_keep_alive_load_fails_no_request() {
         "requests failed across the upgrade ({answered} answered)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_ends_as_soon_as_a_stop_is_asked_for_while_service_goes_on() {
+    let (gw, _a, _b) = admin_and_public("shutdown: { grace: 3s, timeout: 5s }").await;
+    let c = client();
+    let readyz = gw.admin_url("/readyz");
+    assert_eq!(c.get(&readyz).send().await.unwrap().status(), 200);
+    common::signal(gw.pid(), "TERM");
+    common::eventually(Duration::from_secs(5), "/readyz to say draining", || {
+        let (c, url) = (c.clone(), readyz.clone());
+        async move {
+            match c.get(url).send().await {
+                Ok(r) if r.status() == 503 => {
+                    r.json::<serde_json::Value>().await.unwrap()["status"] == "draining"
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    // The grace period: a load balancer takes the instance out while it still serves.
+    let resp = c.get(gw.url("/public")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -36,6 +36,22 @@ impl Writes {
     }
 }
 
+/// What, besides the first snapshot, readiness waits on; the server knows its listeners and
+/// its drain, the admin API only asks.
+pub trait Readiness: Send + Sync {
+    /// Why the gateway should get no new traffic now, if it should not.
+    fn blocker(&self) -> Option<&'static str>;
+}
+
+/// Ready as soon as a snapshot is in force (tools and tests that start no proxy).
+pub struct SnapshotOnly;
+
+impl Readiness for SnapshotOnly {
+    fn blocker(&self) -> Option<&'static str> {
+        None
+    }
+}
+
 /// The largest resource body the admin API reads.
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -46,14 +62,21 @@ pub struct AdminApi {
     live: Arc<Live>,
     api_key: String,
     writes: Writes,
+    readiness: Arc<dyn Readiness>,
 }
 
 impl AdminApi {
-    pub fn new(live: Arc<Live>, api_key: String, writes: Writes) -> AdminApi {
+    pub fn new(
+        live: Arc<Live>,
+        api_key: String,
+        writes: Writes,
+        readiness: Arc<dyn Readiness>,
+    ) -> AdminApi {
         AdminApi {
             live,
             api_key,
             writes,
+            readiness,
         }
     }
 
@@ -193,13 +216,16 @@ impl ServeHttp for AdminApi {
                     .expect("static parts are valid")
             }
             "/readyz" => {
-                if self.live.is_ready() {
-                    json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
-                } else {
-                    json(
+                let blocker = match self.live.is_ready() {
+                    true => self.readiness.blocker(),
+                    false => Some("loading"),
+                };
+                match blocker {
+                    None => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+                    Some(status) => json(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({ "status": "loading" }),
-                    )
+                        &serde_json::json!({ "status": status }),
+                    ),
                 }
             }
             _ => match path.strip_prefix("/admin/") {

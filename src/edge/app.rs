@@ -21,12 +21,24 @@ use std::time::Duration;
 /// closed its idle connections (from then on no new request can begin).
 #[derive(Debug, Default)]
 pub struct Draining {
+    /// A stop was asked for: no longer ready, though still serving (`shutdown.grace`).
+    stopping: AtomicBool,
     on: AtomicBool,
     doors_closed: AtomicBool,
 }
 
 impl Draining {
+    /// A stop or hand-over was asked for: readiness ends at once, service goes on.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     pub fn start(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.on.store(true, Ordering::Relaxed);
     }
 

@@ -20,5 +20,6 @@ pub mod stream;
 pub use app::{ClientDoor, Draining};
 pub use clients::ClientTable;
 pub use headers::Underscores;
+pub use listeners::Listening;
 pub use path::PathPolicy;
 pub use stream::ClientStream;
