@@ -177,3 +177,90 @@ async fn nodes_stay_while_the_registry_is_down_and_follow_it_once_back() {
         assert_eq!(served_by(&gw, "/all", &[]).await.1, "second");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_a_discovered_upstream_fails_no_request_and_keeps_its_state() {
+    let etcd = Etcd::start();
+    let v1 = TestUpstream::start("v1").await;
+    let v2 = TestUpstream::start("v2").await;
+    let upstream = |lb: &str, idle: &str| {
+        format!(
+            "kind: Upstream\nid: users\ndiscovery: {{ service: users }}\nlb: {lb}\npool: {{ idle_timeout: {idle} }}\ncircuit_breaker: {{ error_rate: 0.5, min_requests: 10, window: 10s, open_for: 30s }}\n---\nkind: Route\nid: all\nmatch: {{ paths: [\"/all\"] }}\nupstream: users\n"
+        )
+    };
+    let gw = Gateway::builder()
+        .file("r.yaml", upstream("round_robin", "60s"))
+        .config(&format!(
+            "registry: {{ etcd: {{ endpoints: [\"{}\"], prefix: /microservices }} }}",
+            etcd.url()
+        ))
+        .start()
+        .await;
+    let lease = grant(&etcd, 60);
+    put_with_lease(
+        &etcd,
+        &lease,
+        "/microservices/users/i-1",
+        &registration("i-1", "v1", "sh", &v1),
+    );
+    put_with_lease(
+        &etcd,
+        &lease,
+        "/microservices/users/i-2",
+        &registration("i-2", "v2", "sh", &v2),
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the instances to take traffic",
+        || async { served_by(&gw, "/all", &[]).await.0 == 200 },
+    )
+    .await;
+
+    let traffic = common::Traffic::start(vec![gw.url("/all"), gw.url("/all")], false);
+    traffic.wait_flowing(20).await;
+    let edits = [
+        ("random", "60s"),
+        ("least_conn", "30s"),
+        ("round_robin", "30s"),
+        ("consistent_hash", "10s"),
+        ("random", "20s"),
+        ("least_conn", "60s"),
+        ("round_robin", "45s"),
+        ("random", "45s"),
+        ("least_conn", "15s"),
+    ];
+    for (lb, idle) in edits {
+        let revision = gw.status().await["revision"].as_u64().unwrap();
+        gw.write_file("r.yaml", &upstream(lb, idle));
+        gw.wait_revision_after(revision).await;
+        let served = traffic.succeeded();
+        traffic.wait_flowing(served + 5).await;
+    }
+    let (ok, failed) = traffic.stop().await;
+    assert!(ok > 50, "ok {ok}");
+    assert_eq!(failed, 0, "requests failed while the upstream was edited");
+
+    // The breaker opened by failing nodes stays open across an edit of other settings.
+    v1.set_status(500);
+    v2.set_status(500);
+    eventually(Duration::from_secs(10), "the circuit to open", || async {
+        served_by(&gw, "/all", &[]).await.0 == 503
+    })
+    .await;
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file("r.yaml", &upstream("random", "5s"));
+    gw.wait_revision_after(revision).await;
+    let hits = v1.hits() + v2.hits();
+    for _ in 0..5 {
+        assert_eq!(
+            served_by(&gw, "/all", &[]).await.0,
+            503,
+            "the circuit closed on an edit"
+        );
+    }
+    assert_eq!(
+        v1.hits() + v2.hits(),
+        hits,
+        "a failing upstream got traffic after an edit"
+    );
+}

@@ -70,7 +70,10 @@ impl Snapshot {
         for (id, stored) in &catalog.upstreams {
             let target = match previous.upstreams.get(id) {
                 Some(old) if Arc::ptr_eq(&old.spec, &stored.value) => old.clone(),
-                _ => Arc::new(UpstreamTarget::compile(stored.value.clone())),
+                Some(old) => {
+                    Arc::new(UpstreamTarget::compile(stored.value.clone()).carry_over(old))
+                }
+                None => Arc::new(UpstreamTarget::compile(stored.value.clone())),
             };
             upstreams.insert(id.clone(), target);
         }

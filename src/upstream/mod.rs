@@ -89,8 +89,9 @@ pub struct UpstreamTarget {
     /// connections, odd for one-shot ones. Fresh for every compiled target, so connections
     /// counted by an earlier version of the upstream are never mixed with this one's.
     pool_key: u64,
-    /// `circuit_breaker`, if set.
-    pub breaker: Option<Breaker>,
+    /// `circuit_breaker`, if set; shared with the next version of the upstream while its
+    /// settings do not change.
+    pub breaker: Option<Arc<Breaker>>,
     /// The nodes in force: fixed for static `nodes`, replaced as discovery finds instances.
     members: ArcSwap<Members>,
     /// The registry generation these nodes were computed from (`u64::MAX`: never).
@@ -276,12 +277,12 @@ impl UpstreamTarget {
             .and_then(|p| p.max_idle)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let breaker = spec.circuit_breaker.as_ref().map(|c| {
-            Breaker::new(BreakerPolicy {
+            Arc::new(Breaker::new(BreakerPolicy {
                 error_rate: c.error_rate,
                 min_requests: c.min_requests,
                 window: c.window.0,
                 open_for: c.open_for.0,
-            })
+            }))
         });
         let tls = (spec.scheme == Scheme::Https).then(|| {
             let tls = spec.tls.as_ref();
@@ -323,6 +324,47 @@ impl UpstreamTarget {
             pool_key: POOL_KEYS.fetch_add(2, Ordering::Relaxed),
             breaker,
         }
+    }
+
+    /// Takes over what a changed upstream still shares with `previous`, its version in
+    /// force: an edit of `lb`, `pool` or health settings must not empty a registry-fed
+    /// upstream until discovery refills it (every request would get 503 meanwhile), nor
+    /// forget which nodes are failing or that the circuit is open.
+    ///
+    /// - nodes from the same registry query are taken as they are, with their generation;
+    /// - other nodes that stay (same address and weight) keep their state;
+    /// - the breaker is kept while `circuit_breaker` is unchanged.
+    pub fn carry_over(mut self, previous: &UpstreamTarget) -> UpstreamTarget {
+        let old = previous.members.load();
+        let same_query = self.spec.scheme == previous.spec.scheme
+            && self.spec.discovery == previous.spec.discovery
+            && self
+                .spec
+                .discovery
+                .as_ref()
+                .is_some_and(|d| d.service.is_some());
+        let nodes: Vec<Arc<Node>> = if same_query {
+            self.discovered = AtomicU64::new(previous.discovered.load(Ordering::Acquire));
+            old.nodes.to_vec()
+        } else {
+            self.members
+                .load()
+                .nodes
+                .iter()
+                .map(|node| {
+                    old.nodes
+                        .iter()
+                        .find(|o| o.addr == node.addr && o.weight == node.weight)
+                        .unwrap_or(node)
+                        .clone()
+                })
+                .collect()
+        };
+        self.members = ArcSwap::from_pointee(Members::new(&self.spec, nodes));
+        if self.spec.circuit_breaker == previous.spec.circuit_breaker {
+            self.breaker.clone_from(&previous.breaker);
+        }
+        self
     }
 
     /// Whether a DNS lookup is due at `now`; if so, the next one is scheduled.
