@@ -282,12 +282,11 @@ async fn a_request_head_must_arrive_whole_within_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_that_are_not_http_get_400_and_a_close_at_once() {
     let (gw, _a, b) = admin_and_public("http: { header_timeout: 30s }").await;
-    // At least 24 bytes each: on the plain listener Pingora first waits for as many, to
-    // tell an HTTP/2 preface (a shorter junk is cut by the head clock instead).
     for junk in [
-        &b"THIS IS NOT HTTP, NOR EVER WAS IT\r\n\r\n"[..],
-        b"GET\r\nHost: x\r\nAccept: */*\r\n\r\n",
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x01\x02\x03\x04\x05\x06\x07\x08\x09\x10\r\n\r\n",
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"THIS IS NOT HTTP, NOR EVER WAS IT\r\n\r\n",
     ] {
         let started = Instant::now();
         let answer = raw(gw.addr, junk);

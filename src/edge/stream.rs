@@ -47,6 +47,8 @@ pub struct ClientStream {
     /// the first wait of later ones.
     deadline: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read ahead while telling HTTP/2 from HTTP/1, served before the socket's.
+    rewound: Vec<u8>,
     /// Where the current head's request line has got to, while it is still being read.
     line: RequestLine,
     /// The client sent bytes that are not an HTTP/1 request line.
@@ -78,6 +80,7 @@ impl ClientStream {
             header_timeout,
             deadline: Some(Instant::now() + header_timeout),
             timer: None,
+            rewound: Vec::new(),
             line: RequestLine::default(),
             junk: false,
             answered_head: false,
@@ -110,6 +113,17 @@ impl ClientStream {
         }
     }
 
+    /// Reads what was read ahead first, then the socket.
+    fn read_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.rewound.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.rewound.len().min(buf.remaining());
+        buf.put_slice(&self.rewound[..n]);
+        self.rewound.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+
     fn timed_out(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
@@ -129,10 +143,10 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match this.phase.load(Ordering::Relaxed) {
-            PAST_HEAD => Pin::new(&mut this.inner).poll_read(cx, buf),
+            PAST_HEAD => this.read_inner(cx, buf),
             IDLE => {
                 let before = buf.filled().len();
-                let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+                let read = this.read_inner(cx, buf);
                 if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
                     // The first bytes of the next head: its clock starts at its first wait.
                     this.phase.store(HEAD, Ordering::Relaxed);
@@ -150,7 +164,7 @@ impl AsyncRead for ClientStream {
                     return Poll::Ready(Ok(()));
                 }
                 let before = buf.filled().len();
-                let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+                let read = this.read_inner(cx, buf);
                 if read.is_ready() {
                     if matches!(read, Poll::Ready(Ok(()))) {
                         this.inspect(&buf.filled()[before..]);
@@ -277,23 +291,44 @@ impl GetSocketDigest for ClientStream {
 
 #[async_trait]
 impl Peek for ClientStream {
-    /// Pingora peeks for the HTTP/2 preface before anything else: the peek is bounded by
-    /// the first head's deadline, and a connection that turns out to be HTTP/2 leaves the
-    /// head clock.
+    /// Pingora peeks for the HTTP/2 preface before anything else, and its own peek waits for
+    /// all 24 bytes of it: a client that sends `GET\r\n\r\n` would wait for its answer until
+    /// the head clock ran out. Here the peek stops as soon as the bytes cannot be the
+    /// preface (they are kept and read again, as Pingora's peek does), and is bounded by the
+    /// first head's deadline. A connection that turns out to be HTTP/2 leaves the head clock.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
         let deadline = self
             .deadline
             .unwrap_or_else(|| Instant::now() + self.header_timeout);
-        match tokio::time::timeout_at(deadline, self.inner.try_peek(buf)).await {
-            Ok(Ok(true)) => {
-                if buf == H2_PREFACE {
-                    self.phase.store(PAST_HEAD, Ordering::Relaxed);
+        let want = buf.len();
+        let read_ahead = async {
+            while self.rewound.len() < want {
+                let mut chunk = [0u8; 64];
+                let room = (want - self.rewound.len()).min(chunk.len());
+                let n = self.inner.read(&mut chunk[..room]).await?;
+                if n == 0 {
+                    break;
                 }
-                Ok(true)
+                self.rewound.extend_from_slice(&chunk[..n]);
+                if !H2_PREFACE.starts_with(&self.rewound) {
+                    break;
+                }
             }
-            Ok(other) => other,
-            Err(_) => Err(self.timed_out()),
+            Ok::<(), io::Error>(())
+        };
+        match tokio::time::timeout_at(deadline, read_ahead).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(self.timed_out()),
         }
+        let n = self.rewound.len().min(want);
+        buf[..n].copy_from_slice(&self.rewound[..n]);
+        buf[n..].fill(0);
+        if buf == H2_PREFACE {
+            self.phase.store(PAST_HEAD, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 }
 
@@ -406,6 +441,77 @@ mod tests {
         assert_eq!(line(&[b"\x16\x03\x01\x02\x00"]), None);
         assert_eq!(line(&[b"GET /x HTTP/2.0\r\n"]), None);
         assert_eq!(line(&[b"GET  /x HTTP/1.1\r\n"]), None);
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair(header_timeout: Duration) -> (tokio::io::DuplexStream, ClientStream) {
+        let (client, server) = tokio::io::duplex(1024);
+        (client, ClientStream::new(Box::new(server), header_timeout))
+    }
+
+    #[tokio::test]
+    async fn a_short_request_is_told_from_http2_without_waiting_for_24_bytes() {
+        let (mut client, mut stream) = pair(Duration::from_secs(30));
+        client.write_all(b"GET\r\n\r\n").await.unwrap();
+        let mut peeked = [0u8; 24];
+        let told = tokio::time::timeout(Duration::from_secs(5), stream.try_peek(&mut peeked));
+        assert!(told.await.expect("the peek waited").unwrap());
+        assert_ne!(&peeked[..], H2_PREFACE);
+        // What the peek read is read again, and seen for the junk it is.
+        let mut got = [0u8; 16];
+        let n = stream.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"GET\r\n\r\n");
+        assert!(stream.junk);
+        assert_eq!(
+            stream.read(&mut got).await.unwrap(),
+            0,
+            "junk ends the input"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_leaves_the_head_clock() {
+        let (mut client, mut stream) = pair(Duration::from_millis(50));
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut peeked = [0u8; 24];
+        assert!(stream.try_peek(&mut peeked).await.unwrap());
+        assert_eq!(&peeked[..], H2_PREFACE);
+        let mut got = [0u8; 24];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..], H2_PREFACE);
+        // Past the head clock: a quiet HTTP/2 connection is not cut by it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(b"frame").await.unwrap();
+        let n = stream.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"frame");
+    }
+
+    #[tokio::test]
+    async fn a_trickled_head_is_cut_when_its_time_is_up() {
+        let (mut client, mut stream) = pair(Duration::from_millis(100));
+        client.write_all(b"G").await.unwrap();
+        let mut got = [0u8; 16];
+        assert_eq!(stream.read(&mut got).await.unwrap(), 1);
+        let cut = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut got)).await;
+        let err = cut.expect("the head clock never fired").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_read_head_stops_the_clock_and_the_next_one_starts_it_at_its_first_byte() {
+        let (mut client, mut stream) = pair(Duration::from_millis(100));
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut got = [0u8; 64];
+        assert_eq!(stream.read(&mut got).await.unwrap(), 18);
+        stream.head_read();
+        stream.answered();
+        // Idle longer than the head clock: that wait is the keep-alive timeout's business.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(b"GET / HT").await.unwrap();
+        assert_eq!(stream.read(&mut got).await.unwrap(), 8);
+        let cut = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut got)).await;
+        assert_eq!(cut.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
