@@ -366,3 +366,75 @@ async fn pool_max_idle_bounds_the_connections_kept_to_each_node() {
     assert_eq!(capped.connections(), before);
     assert_eq!(capped.open_connections(), 2);
 }
+
+/// An upstream that answers the first request on each connection, then resets the
+/// connection as the second one arrives: a kept connection gone stale in the pool.
+async fn resetting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                for n in 0.. {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    if n == 1 {
+                        // Reset, not a clean close: what a restarted or idle-reaping
+                        // upstream does to a pooled connection.
+                        let stream = reader.into_inner();
+                        let _ = stream.set_zero_linger();
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_connection_reset_in_the_pool_is_tried_again_not_a_502() {
+    let (addr, served) = resetting_upstream().await;
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            format!(
+                "kind: Upstream\nid: svc\nnodes: [{{ addr: \"{addr}\" }}]\n---\n{}",
+                route("api", "/api", "svc", "")
+            ),
+        )
+        .start()
+        .await;
+    let c = client();
+    for i in 0..6 {
+        let resp = c.get(gw.url("/api")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 6);
+    // A request with a body is never sent twice: on the stale connection left in the pool
+    // it fails as it is.
+    let resp = c.post(gw.url("/api")).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 6);
+}

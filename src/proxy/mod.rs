@@ -118,6 +118,8 @@ pub struct RequestCtx {
     lease: Option<NodeLease>,
     /// The current attempt is being abandoned on purpose to retry a 502/503.
     retrying_status: bool,
+    /// A kept connection already turned out stale once for this request.
+    stale_retried: bool,
     /// How the current attempt passed the upstream's circuit breaker, until its outcome is
     /// recorded.
     pass: Option<Pass>,
@@ -170,6 +172,7 @@ impl ProxyHttp for Gateway {
             node: None,
             lease: None,
             retrying_status: false,
+            stale_retried: false,
             pass: None,
             arrived: Instant::now(),
             trace: None,
@@ -323,7 +326,9 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(upstream)) = (&ctx.route, &ctx.upstream) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream was chosen");
         };
-        if let Some(breaker) = &upstream.breaker {
+        // A retry after a stale kept connection still holds its pass: the upstream never
+        // saw that attempt.
+        if let (Some(breaker), None) = (&upstream.breaker, &ctx.pass) {
             match breaker.admit(now_ms()) {
                 Some(pass) => ctx.pass = Some(pass),
                 None => {
@@ -531,9 +536,27 @@ impl ProxyHttp for Gateway {
             // Our own decision in upstream_response_filter, already counted.
             return e;
         }
-        ctx.attempt_failed();
         let req = session.req_header();
-        if req.method.is_idempotent() && !has_body(req) && session.response_written().is_none() {
+        let replayable = req.method.is_idempotent() && !has_body(req);
+        if client_reused
+            && replayable
+            && !ctx.stale_retried
+            && session.response_written().is_none()
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+        {
+            // A kept connection the upstream closed while it sat in the pool (its reset
+            // meets the next request): that says nothing of the node. One more try on a
+            // fresh connection, counted neither against `retries` nor the node's health, as
+            // nginx and Envoy do.
+            ctx.stale_retried = true;
+            e.set_retry(true);
+            return e;
+        }
+        ctx.attempt_failed();
+        if replayable && session.response_written().is_none() {
             // Nothing reached the client and nothing can be repeated twice: another node
             // may answer instead (a node that died mid-request, a timeout), as nginx's
             // `proxy_next_upstream error timeout` does.
