@@ -358,7 +358,16 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
         .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new process listens on the upgrade socket once it is waiting for the sockets.
+    eventually(
+        Duration::from_secs(10),
+        "the new process to wait for sockets",
+        || {
+            let sock = upgrade_sock.clone();
+            async move { sock.exists() }
+        },
+    )
+    .await;
     signal(old.pid(), "QUIT");
 
     let mut old = old;
@@ -369,7 +378,8 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     .await
     .unwrap();
     assert!(old_status.0.success(), "the old process exits 0");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic goes on, served by the new process alone.
+    traffic.wait_flowing(traffic.succeeded() + 20).await;
     let (ok, failed) = traffic.stop().await;
 
     let addr = old_status.1.addr;
