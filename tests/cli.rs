@@ -2,9 +2,7 @@
 
 mod common;
 
-use common::{
-    bin, client, eventually, free_addr, signal, spawn_gatehouse, Gateway, TestUpstream, Traffic,
-};
+use common::{bin, client, eventually, free_addr, spawn_gatehouse, Gateway, TestUpstream, Traffic};
 use std::process::Command;
 use std::time::Duration;
 
@@ -342,33 +340,7 @@ async fn an_upgrade_hands_the_listeners_over_without_a_failed_request() {
     let traffic = Traffic::start(vec![old.url("/during-upgrade")], true);
 
     // The new process waits for the old one's sockets; SIGQUIT makes the old one send them.
-    let config = old.dir.path().join("gatehouse.yaml");
-    let new_dir = tempfile::tempdir().unwrap();
-    let upgrade_sock = old.dir.path().join("upgrade.sock");
-    let mut new = std::process::Command::new(bin())
-        .args([
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--upgrade",
-            "--upgrade-sock",
-            upgrade_sock.to_str().unwrap(),
-        ])
-        .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
-        .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    // The new process listens on the upgrade socket once it is waiting for the sockets.
-    eventually(
-        Duration::from_secs(10),
-        "the new process to wait for sockets",
-        || {
-            let sock = upgrade_sock.clone();
-            async move { sock.exists() }
-        },
-    )
-    .await;
-    signal(old.pid(), "QUIT");
+    let (mut new, _new_dir) = common::upgrade(&old).await;
 
     let mut old = old;
     let old_status = tokio::task::spawn_blocking(move || {

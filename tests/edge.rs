@@ -702,27 +702,7 @@ async fn an_upgrade_under_keep_alive_load_fails_no_request() {
     .await;
 
     // The new process waits for the old one's sockets; SIGQUIT makes the old one send them.
-    let config = old.dir.path().join("gatehouse.yaml");
-    let new_dir = tempfile::tempdir().unwrap();
-    let upgrade_sock = old.dir.path().join("upgrade.sock");
-    let mut new = std::process::Command::new(common::bin())
-        .args(["run", "-c", config.to_str().unwrap(), "--upgrade"])
-        .args(["--upgrade-sock", upgrade_sock.to_str().unwrap()])
-        .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
-        .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    // The new process is waiting on the upgrade socket once it exists.
-    common::eventually(
-        Duration::from_secs(10),
-        "the new process to wait for sockets",
-        || {
-            let sock = upgrade_sock.clone();
-            async move { sock.exists() }
-        },
-    )
-    .await;
-    common::signal(old.pid(), "QUIT");
+    let (mut new, _new_dir) = common::upgrade(&old).await;
     let mut old = old;
     let status = tokio::task::spawn_blocking(move || {
         let status = old.terminate_after_exit(Duration::from_secs(30));

@@ -446,6 +446,33 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// Starts a new gatehouse that takes over `old`'s listeners (`run --upgrade`), waits until it
+/// listens on the upgrade socket, then tells `old` to hand over (SIGQUIT). Returns the new
+/// process and the folder of its log.
+pub async fn upgrade(old: &Gateway) -> (Child, tempfile::TempDir) {
+    let config = old.dir.path().join("gatehouse.yaml");
+    let new_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = old.dir.path().join("upgrade.sock");
+    let new = Command::new(bin())
+        .args(["run", "-c", config.to_str().unwrap(), "--upgrade"])
+        .args(["--upgrade-sock", upgrade_sock.to_str().unwrap()])
+        .args(["--pid-file", new_dir.path().join("pid").to_str().unwrap()])
+        .stderr(std::fs::File::create(new_dir.path().join("log")).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new process to wait for sockets",
+        || {
+            let sock = upgrade_sock.clone();
+            async move { sock.exists() }
+        },
+    )
+    .await;
+    signal(old.pid(), "QUIT");
+    (new, new_dir)
+}
+
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
