@@ -751,3 +751,17 @@ async fn readiness_ends_as_soon_as_a_stop_is_asked_for_while_service_goes_on() {
     let resp = c.get(gw.url("/public")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_keeps_a_chain_only_from_a_trusted_proxy() {
+    let request = b"GET /public HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n";
+    let (gw, _a, _b) = admin_and_public("").await;
+    let echo = echo_of(&raw(gw.addr, request));
+    assert_eq!(echo.headers["x-forwarded-for"], "127.0.0.1");
+    let (trusting, _a, _b) = admin_and_public("trusted_proxies: [127.0.0.0/8]").await;
+    let echo = echo_of(&raw(trusting.addr, request));
+    assert_eq!(
+        echo.headers["x-forwarded-for"],
+        "203.0.113.9, 198.51.100.7, 127.0.0.1"
+    );
+}

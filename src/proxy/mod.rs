@@ -406,13 +406,18 @@ impl ProxyHttp for Gateway {
         }
         let ex = &ctx.exchange;
         let mut forwarded_for = String::new();
-        let earlier = session.req_header().headers.get(&FORWARDED_FOR_NAME);
-        if let Some(earlier) = earlier.and_then(|v| v.to_str().ok()) {
-            forwarded_for.reserve(earlier.len() + 2 + 15);
-            forwarded_for.push_str(earlier);
-            forwarded_for.push_str(", ");
+        let peer = peer_ip(session);
+        // The chain so far is kept only from a trusted proxy (SPEC §8: the gateway owns this
+        // header); from anyone else it starts at the socket peer, whatever the client wrote.
+        let trusted = &self.settings.trusted_proxies;
+        if !trusted.is_empty() && trusted.iter().any(|net| net.contains(&peer)) {
+            let earlier = session.req_header().headers.get_all(&FORWARDED_FOR_NAME);
+            for value in earlier.iter().filter_map(|v| v.to_str().ok()) {
+                forwarded_for.push_str(value);
+                forwarded_for.push_str(", ");
+            }
         }
-        push_ip(&mut forwarded_for, peer_ip(session));
+        push_ip(&mut forwarded_for, peer);
         let forwarded_for = HeaderValue::try_from(forwarded_for).map_err(|e| {
             Error::because(
                 ErrorType::InternalError,
