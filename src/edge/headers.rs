@@ -104,6 +104,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == header::PROXY_AUTHORIZATION
         || *name == header::PROXY_AUTHENTICATE
         || name.as_str() == "keep-alive"
+        // The settings of an `h2c` upgrade, which is never honoured.
+        || name.as_str() == "http2-settings"
         || name.as_str().starts_with("proxy-")
 }
 
@@ -237,6 +239,7 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ("accept", "*/*"),
         ]);
         assert!(
