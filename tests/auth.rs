@@ -5,9 +5,9 @@ mod common;
 
 use common::idp::{claims, jwks, now, sign_hmac, Idp, SigningKey};
 use common::{client, eventually, Echo, Gateway, TestUpstream};
-use jsonwebtoken::Algorithm;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const HS_SECRET: &[u8] = b"a shared secret of the test suite";
 
@@ -234,6 +234,25 @@ async fn bad_tokens_are_refused_with_rfc6750_challenges_and_counted() {
             other.sign(&merged(json!({})))
         }),
         ("malformed_token", "not-a-jwt".to_string()),
+        // `iss` is a string; a list holding the issuer is not the issuer.
+        (
+            "wrong_issuer",
+            rsa.sign(&merged(
+                json!({"iss": ["https://idp.test", "https://evil.test"]}),
+            )),
+        ),
+        // A critical header extension gatehouse does not implement, validly signed.
+        ("unsupported_crit", {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("hs".into());
+            header.crit = Some(vec!["exp".into()]);
+            jsonwebtoken::encode(
+                &header,
+                &merged(json!({})),
+                &EncodingKey::from_secret(HS_SECRET),
+            )
+            .unwrap()
+        }),
     ];
     for (reason, token) in &cases {
         let challenge = refused(bearer(&gw, "/orders", token).await, 401, "unauthorized").await;
@@ -269,6 +288,7 @@ async fn bad_tokens_are_refused_with_rfc6750_challenges_and_counted() {
         "wrong_audience",
         "missing_claim",
         "unsupported_alg",
+        "unsupported_crit",
         "algorithm_mismatch",
         "unknown_key",
         "malformed_token",
@@ -301,6 +321,8 @@ async fn jwks_keys_are_fetched_and_refetched_for_an_unknown_kid_at_most_every_10
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
 
     let token = first.sign(&claims("alice", json!({})));
+    // The key set is fetched after this moment (nothing fetches it before a request comes).
+    let first_try = std::time::Instant::now();
     eventually(Duration::from_secs(5), "the JWKS key to verify", || async {
         bearer(&gw, "/api", &token).await.status() == 200
     })
@@ -314,8 +336,8 @@ async fn jwks_keys_are_fetched_and_refetched_for_an_unknown_kid_at_most_every_10
     let rotated = second.sign(&claims("bob", json!({})));
     for _ in 0..5 {
         let resp = bearer(&gw, "/api", &rotated).await;
-        if resp.status() == 200 {
-            break; // the 10 s had already passed since the first fetch
+        if first_try.elapsed() >= Duration::from_secs(9) {
+            break; // a machine so slow that the 10 s may be over: nothing to tell
         }
         refused(resp, 401, "unauthorized").await;
     }
@@ -554,4 +576,249 @@ async fn a_policy_whose_secret_is_not_in_the_environment_is_refused_with_its_rou
     // The protected route is not served unprotected; the rest keeps working.
     assert_eq!(bearer(&gw, "/api", "anything").await.status(), 404);
     assert_eq!(call(&gw, "/open", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_without_an_identity_run_before_auth_and_consumer_limits_after() {
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    idp.set_token(
+        "opaque-alice",
+        json!({"active": true, "sub": "alice", "exp": now() + 600}),
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}---\n{}---\n{}",
+        up.resource("svc"),
+        introspection_policy(&idp, ""),
+        protected_route(
+            "by-ip",
+            "/by-ip",
+            "opaque",
+            "rate_limit: { rate: 5, per: 1m, key: client_ip }\n"
+        ),
+        protected_route(
+            "by-consumer",
+            "/by-consumer",
+            "opaque",
+            "rate_limit: { rate: 1, per: 1m, key: consumer }\n"
+        ),
+    );
+    let gw = Gateway::builder()
+        .file("r.yaml", routes)
+        .env("IDP_SECRET", "s3cret")
+        .start()
+        .await;
+
+    // 200 made-up tokens from one client: the limit refuses all but 5 before any of them
+    // costs an introspection call.
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let status = bearer(&gw, "/by-ip", &format!("made-up-{i}"))
+            .await
+            .status();
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&401), Some(&5), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&195), "{statuses:?}");
+    assert_eq!(idp.introspections(), 5);
+
+    // Keyed by the consumer, the limit needs the identity: bad tokens are judged (and refused)
+    // first, and never use up a caller's budget.
+    assert_eq!(
+        bearer(&gw, "/by-consumer", "opaque-alice").await.status(),
+        200
+    );
+    for i in 0..3 {
+        let resp = bearer(&gw, "/by-consumer", &format!("other-{i}")).await;
+        refused(resp, 401, "unauthorized").await;
+    }
+    assert_eq!(
+        bearer(&gw, "/by-consumer", "opaque-alice").await.status(),
+        429
+    );
+    assert_eq!(idp.introspections(), 5 + 1 + 3);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_calls_in_flight_are_bounded_by_max_concurrency() {
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    idp.set_delay(Duration::from_millis(300));
+    let up = TestUpstream::start("svc").await;
+    let policy = introspection_policy(&idp, "")
+        .replace("  timeout: 1s\n", "  timeout: 1s\n  max_concurrency: 8\n");
+    let gw = protected_gateway(&up, &policy, "s3cret").await;
+
+    let url = gw.url("/api");
+    let requests = (0..300).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let resp = client()
+                .get(url)
+                .bearer_auth(format!("random-{i}"))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (
+                status,
+                body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    });
+    let mut busy = 0;
+    for request in requests.collect::<Vec<_>>() {
+        match request.await.unwrap() {
+            (401, _) => {}
+            (503, error) => {
+                assert_eq!(error, "auth_unavailable");
+                busy += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        idp.max_in_flight() <= 8,
+        "{} calls in flight at once",
+        idp.max_in_flight()
+    );
+    assert!(busy > 0, "300 at once cannot all fit in 8 slots");
+    assert_eq!(idp.introspections() + busy, 300);
+    let metrics = gw.metrics_text().await;
+    let line = format!(
+        "gatehouse_auth_failures_total{{reason=\"introspection_busy\",route=\"api\"}} {busy}"
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+}
+
+/// Sleeps until the wall clock is early in a second (its first 300 ms), so that what
+/// follows starts at a known offset within the second.
+async fn early_in_a_second() {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if millis < 300 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the clock does not move");
+        tokio::time::sleep(Duration::from_millis(u64::from(1005 - millis))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_revoked_at_the_identity_provider_is_refused_once_cache_ttl_has_passed() {
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    idp.set_token(
+        "opaque-dora",
+        json!({"active": true, "sub": "dora", "exp": now() + 600}),
+    );
+    let up = TestUpstream::start("svc").await;
+    let policy = introspection_policy(&idp, "").replace("cache_ttl: 60s", "cache_ttl: 1s");
+    let gw = protected_gateway(&up, &policy, "s3cret").await;
+
+    // Early in a second, so a cache that counts whole seconds would keep the verdict past
+    // the 1.1 s waited below: the answer is remembered from before `answered`, so at
+    // `answered + 1.1 s` it is more than 1 s old, wherever the second boundaries fall.
+    early_in_a_second().await;
+    assert_eq!(bearer(&gw, "/api", "opaque-dora").await.status(), 200);
+    let answered = Instant::now();
+    assert_eq!(idp.introspections(), 1);
+    idp.set_token("opaque-dora", json!({"active": false}));
+    tokio::time::sleep_until((answered + Duration::from_millis(1100)).into()).await;
+    let resp = bearer(&gw, "/api", "opaque-dora").await;
+    refused(resp, 401, "unauthorized").await;
+    assert_eq!(
+        idp.introspections(),
+        2,
+        "asked again once the verdict was 1 s old"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_tokens_are_remembered_for_negative_ttl_by_digest() {
+    let idp = Idp::start("gatehouse", "s3cret").await;
+    let up = TestUpstream::start("svc").await;
+    let policy = introspection_policy(&idp, "")
+        .replace("  timeout: 1s\n", "  timeout: 1s\n  negative_ttl: 1h\n");
+    let gw = protected_gateway(&up, &policy, "s3cret").await;
+
+    // Large refused tokens: each costs one call, then is answered from memory, which holds
+    // a digest of it, not the token.
+    let rss = || async { gw.metric("process_resident_memory_bytes").await };
+    let tokens: Vec<String> = (0..1000)
+        .map(|i| format!("{i:06}{}", "x".repeat(28 * 1024)))
+        .collect();
+    let client = client();
+    let before = rss().await;
+    for token in &tokens {
+        let resp = client
+            .get(gw.url("/api"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(idp.introspections(), 1000);
+    for token in tokens.iter().take(50) {
+        let resp = client
+            .get(gw.url("/api"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(idp.introspections(), 1000, "remembered: no second call");
+    let grown = rss().await - before;
+    // Kept whole, the refusals alone would hold 28 MB.
+    assert!(
+        grown < 16.0 * 1024.0 * 1024.0,
+        "resident memory grew by {:.1} MB",
+        grown / 1024.0 / 1024.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_file_mode_the_jwks_is_kept_fresh_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let published = SigningKey::generate(dir.path(), Algorithm::ES256, "published");
+    let idp = Idp::start("gatehouse", "unused").await;
+    idp.publish(jwks(&[&published]));
+    // An inline key verifies every token of this test: only the background refresh has a
+    // reason to fetch the JWKS.
+    let policy = format!(
+        "kind: AuthPolicy\nid: both\njwt:\n  keys: [{{ kid: hs, alg: HS256, secret: \"base64:{}\" }}]\n  jwks_uri: \"{}\"\n",
+        b64(HS_SECRET),
+        idp.jwks_uri()
+    );
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{policy}---\n{}",
+        up.resource("svc"),
+        protected_route("api", "/api", "both", "")
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let token = sign_hmac(
+        Algorithm::HS256,
+        Some("hs"),
+        HS_SECRET,
+        &claims("erin", json!({})),
+    );
+    assert_eq!(bearer(&gw, "/api", &token).await.status(), 200);
+    eventually(
+        Duration::from_secs(5),
+        "a background JWKS fetch",
+        || async { idp.jwks_calls() >= 1 },
+    )
+    .await;
+    // The published key was fetched without any token asking for it.
+    let calls = idp.jwks_calls();
+    let token = published.sign(&claims("frank", json!({})));
+    assert_eq!(bearer(&gw, "/api", &token).await.status(), 200);
+    assert_eq!(idp.jwks_calls(), calls);
 }

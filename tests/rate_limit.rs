@@ -195,3 +195,93 @@ async fn limiter_state_survives_a_reload_that_keeps_the_limit() {
     gw.wait_revision_after(revision).await;
     assert_eq!(get(&gw, "/limited", &[]).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_keys_are_kept_as_digests() {
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}",
+        up.resource("svc"),
+        limited_route(
+            "by-key",
+            "/by-key",
+            "{ rate: 1, per: 1h, key: \"header:X-Key\" }"
+        ),
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let rss = || async { gw.metric("process_resident_memory_bytes").await };
+    let key = |i: usize| format!("{i:06}{}", "k".repeat(28 * 1024));
+
+    // A long key is limited like any other.
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Key", &key(0))]).await.status(),
+        200
+    );
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Key", &key(0))]).await.status(),
+        429
+    );
+    assert_eq!(
+        get(&gw, "/by-key", &[("X-Key", &key(1))]).await.status(),
+        200
+    );
+
+    // 1,000 more, each held for the hour: kept whole they would pin 28 MB.
+    let before = rss().await;
+    let c = client();
+    for i in 2..1002 {
+        let resp = c
+            .get(gw.url("/by-key"))
+            .header("X-Key", key(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let grown = rss().await - before;
+    assert!(
+        grown < 16.0 * 1024.0 * 1024.0,
+        "resident memory grew by {:.1} MB",
+        grown / 1024.0 / 1024.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limiter_keeps_at_most_max_keys() {
+    let up = TestUpstream::start("svc").await;
+    let routes = format!(
+        "{}---\n{}",
+        up.resource("svc"),
+        limited_route(
+            "by-key",
+            "/by-key",
+            "{ rate: 1, per: 1h, key: \"header:X-Key\", max_keys: 50 }"
+        ),
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+    let c = client();
+    let send = |key: String| {
+        let req = c.get(gw.url("/by-key")).header("X-Key", key);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // `busy` is in steady use.
+    assert_eq!(send("busy".into()).await, 200);
+    assert_eq!(send("busy".into()).await, 429);
+    // 1,000 other keys, each seen once: the limiter keeps 50 keys, so most of these go
+    // again (kept, each would be refused for the hour), but not the key in use.
+    for i in 0..1000 {
+        assert_eq!(send(format!("other-{i}")).await, 200);
+    }
+    assert_eq!(
+        send("busy".into()).await,
+        429,
+        "a busy key keeps its bucket"
+    );
+    let mut forgotten = 0;
+    for i in 500..600 {
+        if send(format!("other-{i}")).await == 200 {
+            forgotten += 1;
+        }
+    }
+    assert!(forgotten >= 90, "only {forgotten} of 100 keys were let go");
+}

@@ -2,15 +2,17 @@
 //!
 //! A plugin is built once per route when configuration is compiled, never per request. Each
 //! request then walks the route's [`PluginChain`] through the phases of the gateway's request
-//! order (SPEC §4): *access* (auth, rate limit) before an upstream is chosen, *upstream
-//! request* (rewrites and headers) just before proxying, *response* before the answer goes to
-//! the client. Plugins that do not care about a phase simply keep the default no-op.
+//! order (SPEC §4): *access* (rate limits that need no identity, auth, rate limits keyed by
+//! the consumer) before an upstream is chosen, *upstream request* (rewrites and headers) just
+//! before proxying, *response* before the answer goes to the client. Plugins that do not care
+//! about a phase simply keep the default no-op.
 //!
 //! The access phase is synchronous by default and may hand back a future only when it must
 //! wait (an introspection call, say): a route whose plugins never wait pays for no boxing.
 
 pub mod auth;
 mod chain;
+mod digest;
 mod exchange;
 pub mod headers;
 pub mod rate_limit;
@@ -28,9 +30,14 @@ use std::pin::Pin;
 /// order never depends on how a route happens to list its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
+    /// How often anyone may call: rate limits keyed by what the request itself carries (the
+    /// client address, a header, the route). They run before authentication (SPEC §4), so a
+    /// flood of bad tokens is limited before it costs a signature check or an introspection
+    /// call.
+    Throttle = 50,
     /// Who is calling: token verification, introspection.
     Authenticate = 100,
-    /// How often they may call: rate limiting (needs the consumer from authentication).
+    /// How often one caller may call: rate limits keyed by the consumer authentication found.
     Limit = 200,
     /// What the upstream and the client see: header and path rewrites.
     Transform = 300,

@@ -1,16 +1,33 @@
 //! The rate-limit plugin: GCRA (the `governor` crate) per key, with `RateLimit-*` headers.
+//!
+//! What a limiter remembers is bounded whatever clients send: a key longer than
+//! [`MAX_KEY_BYTES`] is kept as a keyed 128-bit digest, and each limiter keeps at most
+//! `max_keys` keys in a bounded cache (S3-FIFO: when it is full, keys seen once go before
+//! keys in steady use, so a flood of made-up keys cannot push a busy client's bucket out and
+//! hand it a fresh one).
 
+use crate::digest::Digester;
 use crate::{Access, Exchange, Flow, Plugin, Reply, Stage};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_http::RequestHeader;
+use quick_cache::sync::Cache;
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The longest key kept as sent; longer ones are kept as a digest (SPEC §8).
+pub const MAX_KEY_BYTES: usize = 256;
+/// Keys one limiter keeps when its route does not say (`rate_limit.max_keys`).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 /// What requests are counted together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +45,83 @@ pub enum LimitKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Bucket {
     Ip(IpAddr),
-    Text(Box<str>),
+    /// A key of at most [`MAX_KEY_BYTES`], as sent.
+    Text(Box<[u8]>),
+    /// A longer key, by its digest.
+    Digest(u128),
     Route,
 }
 
-type Limiter =
-    RateLimiter<Bucket, DefaultKeyedStateStore<Bucket>, DefaultClock, StateInformationMiddleware>;
+impl Bucket {
+    fn text(key: &[u8], digester: &Digester) -> Bucket {
+        if key.len() <= MAX_KEY_BYTES {
+            Bucket::Text(key.into())
+        } else {
+            Bucket::Digest(digester.digest(key))
+        }
+    }
+}
+
+/// One key's GCRA state: its theoretical arrival time, in the limiter's nanoseconds; 0 for a
+/// key not counted yet.
+#[derive(Default)]
+struct Arrival(AtomicU64);
+
+/// A limiter's keys, in a cache bounded by entry count.
+struct Buckets {
+    states: Cache<Bucket, Arc<Arrival>>,
+}
+
+impl StateStore for Buckets {
+    type Key = Bucket;
+
+    fn measure_and_replace<T, F, E>(&self, key: &Bucket, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let arrival = match self
+            .states
+            .get_or_insert_with(key, || Ok::<_, Infallible>(Arc::default()))
+        {
+            Ok(arrival) => arrival,
+            Err(never) => match never {},
+        };
+        // As governor's own in-memory state: retry the decision until no other request
+        // changed the state under it.
+        let state = &arrival.0;
+        let mut prev = state.load(Ordering::Acquire);
+        loop {
+            let (result, next) = f((prev != 0).then(|| Nanos::from(prev)))?;
+            match state.compare_exchange_weak(
+                prev,
+                next.into(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(result),
+                Err(changed) => prev = changed,
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<Bucket> for Buckets {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = u64::from(drop_below);
+        self.states
+            .retain(|_, arrival| arrival.0.load(Ordering::Relaxed) > drop_below);
+    }
+
+    fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+}
+
+type Limiter = RateLimiter<Bucket, Buckets, DefaultClock, StateInformationMiddleware>;
 
 /// A route's limiter state: kept across reloads while its `rate_limit` does not change.
 pub struct RateLimitState {
@@ -41,6 +129,9 @@ pub struct RateLimitState {
     burst: u32,
     /// Time for one token to come back.
     interval: Duration,
+    max_keys: usize,
+    /// Turns keys longer than [`MAX_KEY_BYTES`] into digests.
+    digester: Digester,
 }
 
 impl std::fmt::Debug for RateLimitState {
@@ -49,28 +140,38 @@ impl std::fmt::Debug for RateLimitState {
             .field("burst", &self.burst)
             .field("interval", &self.interval)
             .field("keys", &self.limiter.len())
+            .field("max_keys", &self.max_keys)
             .finish()
     }
 }
 
 impl RateLimitState {
     /// `rate` requests per `per`, with a bucket of `burst` (a full bucket admits `burst` at
-    /// once; it refills at `rate` per `per`).
-    pub fn new(rate: u32, per: Duration, burst: u32) -> Option<RateLimitState> {
+    /// once; it refills at `rate` per `per`), for at most `max_keys` keys at a time.
+    pub fn new(rate: u32, per: Duration, burst: u32, max_keys: usize) -> Option<RateLimitState> {
         let interval = per / rate.max(1);
         let quota = Quota::with_period(interval)?.allow_burst(NonZeroU32::new(burst)?);
+        if max_keys == 0 {
+            return None;
+        }
+        let buckets = Buckets {
+            // Entries are allocated as keys arrive, not up front.
+            states: Cache::new(max_keys),
+        };
         Some(RateLimitState {
-            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: Limiter::new(quota, buckets, DefaultClock::default()),
             burst,
             interval,
+            max_keys,
+            digester: Digester::new(),
         })
     }
 
-    /// Forgets keys whose buckets are full again (idle ones), keeping memory bounded however
-    /// many distinct keys come and go. Called periodically, off the request path.
+    /// Forgets keys whose buckets are full again (idle ones), so memory follows the clients
+    /// active recently, well below `max_keys` most of the time. Called periodically, off the
+    /// request path.
     pub fn cleanup(&self) {
         self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
     }
 
     /// Keys currently tracked.
@@ -80,6 +181,11 @@ impl RateLimitState {
 
     pub fn is_empty(&self) -> bool {
         self.limiter.is_empty()
+    }
+
+    /// The most keys this limiter keeps.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 }
 
@@ -99,15 +205,16 @@ fn seconds_up(d: Duration) -> u64 {
 
 impl RateLimit {
     fn bucket(&self, req: &RequestHeader, ex: &Exchange) -> Bucket {
+        let digester = &self.state.digester;
         match &self.key {
             LimitKey::ClientIp => Bucket::Ip(ex.client_ip),
             LimitKey::Route => Bucket::Route,
             LimitKey::Consumer => match &ex.consumer {
-                Some(c) => Bucket::Text((**c).into()),
+                Some(c) => Bucket::text(c.as_bytes(), digester),
                 None => Bucket::Ip(ex.client_ip),
             },
             LimitKey::Header(name) => match req.headers.get(name) {
-                Some(v) => Bucket::Text(String::from_utf8_lossy(v.as_bytes()).into()),
+                Some(v) => Bucket::text(v.as_bytes(), digester),
                 None => Bucket::Ip(ex.client_ip),
             },
         }
@@ -119,8 +226,14 @@ impl Plugin for RateLimit {
         "rate-limit"
     }
 
+    /// A limit keyed by the consumer waits for authentication; every other key is known
+    /// from the request alone, so it runs first and a flood is refused before it costs a
+    /// signature check or an introspection call.
     fn stage(&self) -> Stage {
-        Stage::Limit
+        match self.key {
+            LimitKey::Consumer => Stage::Limit,
+            LimitKey::ClientIp | LimitKey::Route | LimitKey::Header(_) => Stage::Throttle,
+        }
     }
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
@@ -165,9 +278,16 @@ mod tests {
         Exchange::new("r".into(), "id".into(), ip.parse().unwrap())
     }
 
-    fn check(plugin: &RateLimit, ex: &mut Exchange) -> Result<(), Reply> {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        let flow = match plugin.access(&mut req, &mut *ex) {
+    fn limiter(rate: u32, per: Duration, burst: u32, max_keys: usize) -> Arc<RateLimitState> {
+        Arc::new(RateLimitState::new(rate, per, burst, max_keys).unwrap())
+    }
+
+    fn check_request(
+        plugin: &RateLimit,
+        req: &mut RequestHeader,
+        ex: &mut Exchange,
+    ) -> Result<(), Reply> {
+        let flow = match plugin.access(req, &mut *ex) {
             Access::Now(flow) => flow,
             Access::Wait(_) => panic!("the limiter never waits"),
         };
@@ -177,10 +297,22 @@ mod tests {
         }
     }
 
+    fn check(plugin: &RateLimit, ex: &mut Exchange) -> Result<(), Reply> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        check_request(plugin, &mut req, ex)
+    }
+
+    fn keyed(value: &[u8]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-key", HeaderValue::from_bytes(value).unwrap())
+            .unwrap();
+        req
+    }
+
     #[test]
     fn a_full_bucket_admits_burst_then_refuses_with_headers() {
         let plugin = RateLimit {
-            state: Arc::new(RateLimitState::new(1, Duration::from_secs(60), 3).unwrap()),
+            state: limiter(1, Duration::from_secs(60), 3, DEFAULT_MAX_KEYS),
             key: LimitKey::ClientIp,
         };
         let mut e = ex("10.0.0.1");
@@ -210,7 +342,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_forgotten() {
-        let state = Arc::new(RateLimitState::new(1000, Duration::from_secs(1), 1).unwrap());
+        let state = limiter(1000, Duration::from_secs(1), 1, DEFAULT_MAX_KEYS);
         let plugin = RateLimit {
             state: state.clone(),
             key: LimitKey::ClientIp,
@@ -222,5 +354,74 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         state.cleanup();
         assert_eq!(state.len(), 0, "buckets full again are dropped");
+    }
+
+    #[test]
+    fn only_consumer_limits_wait_for_authentication() {
+        let state = limiter(1, Duration::from_secs(1), 1, 10);
+        let stage = |key| {
+            RateLimit {
+                state: state.clone(),
+                key,
+            }
+            .stage()
+        };
+        for key in [
+            LimitKey::ClientIp,
+            LimitKey::Route,
+            LimitKey::Header(HeaderName::from_static("x-key")),
+        ] {
+            assert!(stage(key.clone()) < Stage::Authenticate, "{key:?}");
+        }
+        assert!(stage(LimitKey::Consumer) > Stage::Authenticate);
+    }
+
+    #[test]
+    fn a_limiter_keeps_at_most_max_keys_and_a_busy_key_survives_a_flood() {
+        // One request an hour: a key that is forgotten would be admitted again at once.
+        let state = limiter(1, Duration::from_secs(3600), 1, 1000);
+        let plugin = RateLimit {
+            state: state.clone(),
+            key: LimitKey::ClientIp,
+        };
+        let mut busy = ex("192.0.2.1");
+        check(&plugin, &mut busy).unwrap();
+        for i in 0..50_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let _ = check(&plugin, &mut ex(&ip.to_string()));
+            if i % 100 == 0 {
+                assert!(
+                    check(&plugin, &mut busy).is_err(),
+                    "the busy client kept its empty bucket after {i} other keys"
+                );
+            }
+            assert!(state.len() <= 1000, "{} keys", state.len());
+        }
+        assert!(state.len() > 500, "the cache is used: {} keys", state.len());
+    }
+
+    #[test]
+    fn long_keys_are_kept_as_digests_and_still_limited() {
+        let state = limiter(1, Duration::from_secs(3600), 1, 100);
+        let plugin = RateLimit {
+            state: state.clone(),
+            key: LimitKey::Header(HeaderName::from_static("x-key")),
+        };
+        let e = ex("10.0.0.1");
+        let short = vec![b'a'; MAX_KEY_BYTES];
+        assert!(matches!(plugin.bucket(&keyed(&short), &e), Bucket::Text(t) if *t == *short));
+        let long = vec![b'b'; 30 * 1024];
+        let bucket = plugin.bucket(&keyed(&long), &e);
+        assert!(matches!(bucket, Bucket::Digest(_)), "{bucket:?}");
+        assert!(std::mem::size_of_val(&bucket) <= 32);
+
+        // The same long key shares one bucket; another long key has its own.
+        let mut e = ex("10.0.0.1");
+        check_request(&plugin, &mut keyed(&long), &mut e).unwrap();
+        assert!(check_request(&plugin, &mut keyed(&long), &mut e).is_err());
+        let mut other = long.clone();
+        *other.last_mut().unwrap() = b'c';
+        check_request(&plugin, &mut keyed(&other), &mut e).unwrap();
+        assert_eq!(state.len(), 2);
     }
 }

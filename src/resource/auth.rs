@@ -62,10 +62,24 @@ pub struct Introspection {
     pub cache_ttl: Span,
     #[serde(default = "default_introspection_timeout")]
     pub timeout: Span,
+    /// How long a refused token is remembered (by a digest of it); `0s` remembers none.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Span,
+    /// Introspection calls in flight at most; past it a request is answered 503 at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
 }
 
 fn default_cache_ttl() -> Span {
     Span::secs(60)
+}
+
+fn default_negative_ttl() -> Span {
+    Span(gatehouse_plugins::auth::NEGATIVE_TTL)
+}
+
+fn default_max_concurrency() -> u32 {
+    gatehouse_plugins::auth::MAX_CONCURRENCY as u32
 }
 
 fn default_introspection_timeout() -> Span {
@@ -125,6 +139,9 @@ impl AuthPolicy {
             }
             if intro.timeout.0.is_zero() {
                 p.add("introspection.timeout", "must be more than 0s");
+            }
+            if intro.max_concurrency == 0 {
+                p.add("introspection.max_concurrency", "must be at least 1");
             }
         }
         for (i, scope) in self.required_scopes.iter().enumerate() {

@@ -85,10 +85,17 @@ pub struct RateLimit {
     pub burst: Option<u32>,
     #[serde(default = "default_limit_key")]
     pub key: String,
+    /// Keys the limiter keeps at most; past it the stalest go (SPEC §8).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u32,
 }
 
 fn default_limit_key() -> String {
     "client_ip".into()
+}
+
+fn default_max_keys() -> u32 {
+    gatehouse_plugins::rate_limit::DEFAULT_MAX_KEYS as u32
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +247,9 @@ impl Route {
             }
             if limit.burst == Some(0) {
                 p.add("rate_limit.burst", "must be at least 1");
+            }
+            if limit.max_keys == 0 {
+                p.add("rate_limit.max_keys", "must be at least 1");
             }
             match split_selector(&limit.key) {
                 ("client_ip" | "consumer" | "route", None) => {}

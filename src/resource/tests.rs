@@ -378,3 +378,50 @@ fn a_too_deeply_nested_file_is_refused_whole_and_keeps_what_it_held() {
         .message
         .contains("deeper than 64"));
 }
+
+#[test]
+fn rate_limit_max_keys_defaults_and_is_checked() {
+    let route = |limit: &str| {
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: u1\nrate_limit: {limit}\n")
+    };
+    let (catalog, rejections) = admit(
+        &docs("a.yaml", &route("{ rate: 5, per: 1m }")),
+        &Catalog::default(),
+    );
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let limit = catalog.routes["r1"].value.rate_limit.clone().unwrap();
+    assert_eq!(limit.max_keys, 100_000);
+    assert!(errors("a.yaml", &route("{ rate: 5, per: 1m, max_keys: 10 }")).is_empty());
+    let errs = errors("a.yaml", &route("{ rate: 5, per: 1m, max_keys: 0 }"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("rate_limit.max_keys: must be at least 1")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn introspection_bounds_default_and_are_checked() {
+    let policy = |extra: &str| {
+        format!("kind: AuthPolicy\nid: p\nintrospection: {{ endpoint: \"http://idp/introspect\", client_id: gw, client_secret: s{extra} }}\n")
+    };
+    let (catalog, rejections) = admit(&docs("p.yaml", &policy("")), &Catalog::default());
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let intro = catalog.policies["p"].value.introspection.clone().unwrap();
+    assert_eq!(intro.max_concurrency, 64);
+    assert_eq!(intro.negative_ttl.0, std::time::Duration::from_secs(5));
+    let custom = policy(", max_concurrency: 8, negative_ttl: 0s");
+    assert!(errors("p.yaml", &custom).is_empty());
+    let errs = errors("p.yaml", &policy(", max_concurrency: 0"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("introspection.max_concurrency: must be at least 1")),
+        "{errs:?}"
+    );
+    let errs = errors("p.yaml", &policy(", negative_ttl: soon"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("introspection.negative_ttl")),
+        "{errs:?}"
+    );
+}

@@ -30,6 +30,7 @@ pub fn compile_policy(policy: &AuthPolicy) -> Result<Arc<Authenticator>, String>
             issuer: jwt.issuer.clone(),
             audiences: jwt.audiences.clone(),
             leeway: jwt.leeway.map_or(Duration::ZERO, |l| l.0),
+            jwks_refresh: None,
         }),
         None => None,
     };
@@ -41,6 +42,8 @@ pub fn compile_policy(policy: &AuthPolicy) -> Result<Arc<Authenticator>, String>
                 .map_err(|e| format!("introspection.client_secret: {e}"))?,
             cache_ttl: intro.cache_ttl.0,
             timeout: intro.timeout.0,
+            negative_ttl: intro.negative_ttl.0,
+            max_concurrency: intro.max_concurrency as usize,
         }),
         None => None,
     };

@@ -133,8 +133,13 @@ impl CompiledRoute {
             let state = match kept {
                 Some(state) => state,
                 None => Arc::new(
-                    RateLimitState::new(limit.rate, limit.per.0, limit.burst.unwrap_or(limit.rate))
-                        .ok_or("rate_limit: rate, per and burst must be positive")?,
+                    RateLimitState::new(
+                        limit.rate,
+                        limit.per.0,
+                        limit.burst.unwrap_or(limit.rate),
+                        limit.max_keys as usize,
+                    )
+                    .ok_or("rate_limit: rate, per, burst and max_keys must be positive")?,
                 ),
             };
             let key = match limit.key.split_once(':') {

@@ -143,6 +143,9 @@ struct State {
     basic: String,
     jwks_calls: AtomicUsize,
     introspections: AtomicUsize,
+    /// Introspection requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     delay_ms: AtomicU64,
 }
 
@@ -166,6 +169,8 @@ impl Idp {
             basic: format!("Basic {basic}"),
             jwks_calls: AtomicUsize::new(0),
             introspections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
         });
         let shared = state.clone();
@@ -209,6 +214,11 @@ impl Idp {
         self.state.introspections.load(Ordering::SeqCst)
     }
 
+    /// The most introspection requests the provider was answering at one time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Every later answer waits this long.
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -231,9 +241,17 @@ impl Drop for Idp {
 async fn serve(stream: tokio::net::TcpStream, state: &State) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader).await? {
+        let introspecting = request.path == "/introspect";
+        if introspecting {
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
         let delay = state.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if introspecting {
+            state.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         let (status, body) = match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/jwks") => {

@@ -1,10 +1,17 @@
 //! A JWKS endpoint's keys, kept fresh in the background and refetched when a token names a
 //! key not seen yet (key rotation), at most once per [`MIN_REFETCH`] so a stream of tokens
 //! with made-up `kid`s cannot hammer the identity provider.
+//!
+//! The background refresh needs a Tokio runtime, and a policy may be compiled where there is
+//! none (a file-mode gateway compiles its first snapshot before it starts serving) or on one
+//! that later stops. So the refresh also starts from the request path: every request of a
+//! JWKS policy makes one atomic load to see that the refresh runs, and the first one that
+//! finds it stopped starts it on the runtime serving it.
 
 use super::cache::VerdictCache;
 use super::keys::KeyRing;
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,10 +33,19 @@ pub struct Jwks {
     fetching: tokio::sync::Mutex<()>,
     /// Verdicts to forget when a key disappears.
     verdicts: Arc<VerdictCache>,
+    /// Time between two background fetches.
+    refresh: Duration,
+    /// Whether the background refresh task is alive.
+    refreshing: AtomicBool,
 }
 
 impl Jwks {
-    pub fn new(uri: String, http: reqwest::Client, verdicts: Arc<VerdictCache>) -> Arc<Jwks> {
+    pub fn new(
+        uri: String,
+        http: reqwest::Client,
+        verdicts: Arc<VerdictCache>,
+        refresh: Duration,
+    ) -> Arc<Jwks> {
         Arc::new(Jwks {
             uri,
             http,
@@ -37,23 +53,44 @@ impl Jwks {
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             verdicts,
+            refresh,
+            refreshing: AtomicBool::new(false),
         })
     }
 
-    /// Starts the background refresh on the current Tokio runtime, if there is one; it ends
-    /// when the policy is dropped. Without a runtime the keys are fetched by the first
-    /// request that needs them.
+    /// Makes sure the background refresh runs; the request path calls this, and pays one
+    /// atomic load once it does.
+    #[inline]
+    pub fn keep_refreshing(self: &Arc<Self>) {
+        if !self.refreshing.load(Ordering::Acquire) {
+            self.start();
+        }
+    }
+
+    /// Whether the background refresh task is alive.
+    pub fn is_refreshing(&self) -> bool {
+        self.refreshing.load(Ordering::Acquire)
+    }
+
+    /// Starts the background refresh on the current Tokio runtime, unless it runs already or
+    /// there is no runtime here. It fetches at once, then every `refresh`; it ends when the
+    /// policy is dropped, and if its runtime stops first, the next request starts it again.
     pub fn start(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let weak: Weak<Jwks> = Arc::downgrade(self);
         runtime.spawn(async move {
+            let _stopped = Stopped(weak.clone());
             loop {
                 let Some(jwks) = weak.upgrade() else { return };
                 jwks.fetch().await;
+                let refresh = jwks.refresh;
                 drop(jwks);
-                tokio::time::sleep(REFRESH_EVERY).await;
+                tokio::time::sleep(refresh).await;
             }
         });
     }
@@ -67,6 +104,12 @@ impl Jwks {
     pub fn may_refetch(&self) -> bool {
         let last = *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
         last.is_none_or(|t| t.elapsed() >= MIN_REFETCH)
+    }
+
+    /// Whether a fetch is under way now (the background refresh's first one, say): a token
+    /// with an unknown key waits for it rather than being refused before the keys arrive.
+    pub fn is_fetching(&self) -> bool {
+        self.fetching.try_lock().is_err()
     }
 
     /// Refetches for an unknown key unless a fetch ran within [`MIN_REFETCH`]; waits for a
@@ -116,5 +159,17 @@ impl Jwks {
         }
         let body = response.bytes().await.map_err(|e| e.to_string())?;
         KeyRing::from_jwks(&body)
+    }
+}
+
+/// Marks the refresh stopped when its task ends, however it ends (the policy dropped, the
+/// runtime shut down).
+struct Stopped(Weak<Jwks>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(jwks) = self.0.upgrade() {
+            jwks.refreshing.store(false, Ordering::Release);
+        }
     }
 }

@@ -8,8 +8,13 @@
 //! 1. a remembered verdict, if still fresh;
 //! 2. shaped like a JWT, with a key the policy holds for its `kid`/`alg` → verified here;
 //! 3. a JWT whose key is unknown → the JWKS is refetched (rate-limited), then tried again;
-//! 4. still unknown, or an opaque token → introspection, if the policy has it;
+//! 4. still unknown, or an opaque token → a remembered refusal, else introspection, if the
+//!    policy has it;
 //! 5. otherwise → 401.
+//!
+//! A JWT header that marks an extension critical (`crit`) is refused: gatehouse implements
+//! none, and RFC 7515 §4.1.11 forbids accepting a token whose critical extensions are not
+//! understood.
 
 mod cache;
 mod identity;
@@ -18,9 +23,9 @@ mod jwks;
 mod keys;
 mod token;
 
-pub use cache::{unix_now, Outcome, VerdictCache};
+pub use cache::{unix_millis, unix_now, Outcome, VerdictCache};
 pub use identity::{ClaimRules, Identity};
-pub use introspect::{IntrospectionSettings, Introspector, NEGATIVE_TTL};
+pub use introspect::{IntrospectionSettings, Introspector, MAX_CONCURRENCY, NEGATIVE_TTL};
 pub use jwks::{Jwks, MIN_REFETCH, REFRESH_EVERY};
 pub use keys::{decode_base64, KeyMaterial, KeyRing, VerifyKey};
 pub use token::TokenSource;
@@ -28,7 +33,7 @@ pub use token::TokenSource;
 use crate::{Access, Exchange, Flow, Plugin, Reply, Stage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use http::header::WWW_AUTHENTICATE;
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -41,8 +46,11 @@ use std::time::Duration;
 
 /// How many verdicts one policy remembers.
 pub const CACHE_ENTRIES: usize = 10_000;
-/// How long a verified JWT without `exp` is remembered before it is verified again.
+/// How long (seconds) a verified JWT without `exp` is remembered before it is verified again.
 pub const NO_EXP_TTL: u64 = 300;
+/// JWT header extensions gatehouse implements, which a token may therefore mark critical
+/// (`crit`, RFC 7515 §4.1.11): none yet.
+const CRITICAL_EXTENSIONS: [&str; 0] = [];
 
 /// Why a request is not let through. The `&'static str` reasons are the `reason` label of
 /// `gatehouse_auth_failures_total`: a small fixed set.
@@ -56,6 +64,9 @@ pub enum Failure {
     InsufficientScope,
     /// Introspection could not be reached (503 `auth_unavailable`).
     Unavailable,
+    /// The policy's introspection calls are all in flight (`max_concurrency`): refused at
+    /// once rather than queued (503 `auth_unavailable`).
+    Overloaded,
 }
 
 impl Failure {
@@ -65,6 +76,7 @@ impl Failure {
             Failure::InvalidToken(reason) => reason,
             Failure::InsufficientScope => "insufficient_scope",
             Failure::Unavailable => "introspection_unavailable",
+            Failure::Overloaded => "introspection_busy",
         }
     }
 }
@@ -77,6 +89,9 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     pub audiences: Vec<String>,
     pub leeway: Duration,
+    /// How often the JWKS is refetched anyway; `None`: every [`REFRESH_EVERY`]. Not a policy
+    /// field: tests shorten it to see a withdrawn key go.
+    pub jwks_refresh: Option<Duration>,
 }
 
 /// A policy as the gateway resolved it (secrets in place, keys parsed).
@@ -134,8 +149,10 @@ enum Shape {
         alg: Algorithm,
         kid: Option<String>,
     },
-    /// A JWT header naming `none` or an algorithm gatehouse does not verify.
-    UnsupportedAlg,
+    /// A JWT header gatehouse refuses before any key is looked up, for this reason: one
+    /// naming `none` or an algorithm gatehouse does not verify, or marking critical an
+    /// extension gatehouse does not implement.
+    Refused(&'static str),
     Opaque,
 }
 
@@ -170,9 +187,10 @@ impl Authenticator {
             validation.set_required_spec_claims(&required);
             LocalJwt {
                 inline: KeyRing { keys: jwt.keys },
-                jwks: jwt
-                    .jwks_uri
-                    .map(|uri| Jwks::new(uri, http.clone(), verdicts.clone())),
+                jwks: jwt.jwks_uri.map(|uri| {
+                    let refresh = jwt.jwks_refresh.unwrap_or(REFRESH_EVERY);
+                    Jwks::new(uri, http.clone(), verdicts.clone(), refresh)
+                }),
                 validation,
                 leeway: jwt.leeway.as_secs(),
             }
@@ -221,6 +239,11 @@ impl Authenticator {
         self.verdicts.len()
     }
 
+    /// The policy's published keys, when it has a `jwks_uri`.
+    fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwt.as_ref().and_then(|j| j.jwks.as_ref())
+    }
+
     /// Forgets every remembered verdict, so the next token is judged from scratch (benchmarks
     /// measure the cold path with it).
     pub fn forget_verdicts(&self) {
@@ -236,27 +259,31 @@ impl Authenticator {
     }
 
     fn check_now(&self, token: &str) -> Check {
-        let now = unix_now();
+        let now = unix_millis();
         if let Some(outcome) = self.verdicts.get(token, now) {
             return Check::Done(outcome);
         }
         match shape(token) {
-            Shape::UnsupportedAlg => Check::Done(Err(Failure::InvalidToken("unsupported_alg"))),
-            Shape::Opaque => self.not_local("malformed_token"),
+            Shape::Refused(reason) => Check::Done(Err(Failure::InvalidToken(reason))),
+            Shape::Opaque => self.not_local(token, "malformed_token", now),
             Shape::Jwt { alg, kid } => match self.verify_local(token, alg, kid.as_deref(), now) {
                 Some(outcome) => Check::Done(outcome),
-                None => match self.jwt.as_ref().and_then(|j| j.jwks.as_ref()) {
-                    Some(jwks) if jwks.may_refetch() => Check::FetchKeys,
-                    _ => self.not_local("unknown_key"),
+                None => match self.jwks() {
+                    Some(jwks) if jwks.may_refetch() || jwks.is_fetching() => Check::FetchKeys,
+                    _ => self.not_local(token, "unknown_key", now),
                 },
             },
         }
     }
 
-    /// A token no local key can judge: introspection, or refused for `reason`.
-    fn not_local(&self, reason: &'static str) -> Check {
-        match self.introspector {
-            Some(_) => Check::Introspect,
+    /// A token no local key can judge: a refusal remembered from introspection,
+    /// introspection, or refused for `reason`.
+    fn not_local(&self, token: &str, reason: &'static str, now: u64) -> Check {
+        match &self.introspector {
+            Some(introspector) => match introspector.remembered_refusal(token, now) {
+                Some(failure) => Check::Done(Err(failure)),
+                None => Check::Introspect,
+            },
             None => Check::Done(Err(Failure::InvalidToken(reason))),
         }
     }
@@ -264,17 +291,18 @@ impl Authenticator {
     async fn check_later(&self, token: &str, pending: Check) -> Outcome {
         let pending = match pending {
             Check::FetchKeys => {
-                if let Some(jwks) = self.jwt.as_ref().and_then(|j| j.jwks.as_ref()) {
+                if let Some(jwks) = self.jwks() {
                     jwks.refetch().await;
                 }
+                let now = unix_millis();
                 match shape(token) {
                     Shape::Jwt { alg, kid } => {
-                        match self.verify_local(token, alg, kid.as_deref(), unix_now()) {
+                        match self.verify_local(token, alg, kid.as_deref(), now) {
                             Some(outcome) => return outcome,
-                            None => self.not_local("unknown_key"),
+                            None => self.not_local(token, "unknown_key", now),
                         }
                     }
-                    _ => self.not_local("malformed_token"),
+                    _ => self.not_local(token, "malformed_token", now),
                 }
             }
             other => other,
@@ -286,7 +314,8 @@ impl Authenticator {
         }
     }
 
-    /// Verifies a JWT with the keys held now; `None` when no key fits it.
+    /// Verifies a JWT with the keys held now (`now` in Unix milliseconds); `None` when no key
+    /// fits it.
     fn verify_local(
         &self,
         token: &str,
@@ -315,10 +344,16 @@ impl Authenticator {
         for key in keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => {
+                    // RFC 7519 §4.1.1: a string. The JWT library also takes a list, and
+                    // accepts it when any entry is the issuer.
+                    if data.claims.get("iss").is_some_and(|iss| !iss.is_string()) {
+                        return Some(Err(Failure::InvalidToken("wrong_issuer")));
+                    }
                     let identity = Arc::new(Identity::from_claims(&data.claims, &self.rules));
+                    // Never beyond `exp` (+ leeway), to the millisecond.
                     let until = match data.claims.get("exp").and_then(Value::as_u64) {
-                        Some(exp) => exp.saturating_add(jwt.leeway),
-                        None => now + NO_EXP_TTL,
+                        Some(exp) => exp.saturating_add(jwt.leeway).saturating_mul(1000),
+                        None => now.saturating_add(NO_EXP_TTL * 1000),
                     };
                     self.verdicts.put(token, Ok(identity.clone()), until);
                     return Some(Ok(identity));
@@ -386,17 +421,25 @@ impl Authenticator {
                 "auth_unavailable",
                 "the token could not be checked: introspection is unavailable",
             ),
+            Failure::Overloaded => Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                "the token could not be checked: too many token checks are under way",
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("1")),
         };
         reply.with_reason(failure.reason())
     }
 }
 
-/// Reads a token's JWT header, if it has one. Only `alg` and `kid` matter here.
+/// Reads a token's JWT header, if it has one. Only `alg`, `kid` and `crit` matter here.
 fn shape(token: &str) -> Shape {
     #[derive(serde::Deserialize)]
     struct Head {
         alg: String,
         kid: Option<String>,
+        #[serde(default)]
+        crit: Option<Value>,
     }
     let mut parts = token.split('.');
     let (Some(head), Some(_), Some(_), None) =
@@ -410,9 +453,22 @@ fn shape(token: &str) -> Shape {
     let Ok(head) = serde_json::from_slice::<Head>(&bytes) else {
         return Shape::Opaque;
     };
+    if let Some(crit) = head.crit {
+        // A list of names, none empty, each one implemented; anything else is refused.
+        let understood = crit.as_array().is_some_and(|names| {
+            !names.is_empty()
+                && names.iter().all(|name| {
+                    name.as_str()
+                        .is_some_and(|name| CRITICAL_EXTENSIONS.contains(&name))
+                })
+        });
+        if !understood {
+            return Shape::Refused("unsupported_crit");
+        }
+    }
     match Algorithm::from_str(&head.alg) {
         Ok(alg) => Shape::Jwt { alg, kid: head.kid },
-        Err(_) => Shape::UnsupportedAlg,
+        Err(_) => Shape::Refused("unsupported_alg"),
     }
 }
 
@@ -445,6 +501,9 @@ impl Plugin for Authenticate {
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         let auth = &*self.auth;
+        if let Some(jwks) = auth.jwks() {
+            jwks.keep_refreshing();
+        }
         // Whatever happens next, the client's own copies of identity headers never pass.
         for header in auth.forwarded_headers() {
             req.remove_header(header);
@@ -520,9 +579,9 @@ mod tests {
         assert!(matches!(shape("opaque-token"), Shape::Opaque));
         assert!(matches!(shape("a.b.c"), Shape::Opaque));
         let none = format!("{}.e30.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#));
-        assert!(matches!(shape(&none), Shape::UnsupportedAlg));
+        assert!(matches!(shape(&none), Shape::Refused("unsupported_alg")));
         let es512 = format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(r#"{"alg":"ES512"}"#));
-        assert!(matches!(shape(&es512), Shape::UnsupportedAlg));
+        assert!(matches!(shape(&es512), Shape::Refused("unsupported_alg")));
         let t = token(Algorithm::HS256, Some("k1"), json!({"sub": "a"}));
         assert!(
             matches!(shape(&t), Shape::Jwt { alg: Algorithm::HS256, kid: Some(k) } if k == "k1")
@@ -567,12 +626,66 @@ mod tests {
     }
 
     #[test]
-    fn cache_entries_go_stale() {
-        let cache = VerdictCache::new(10);
-        cache.put("t", Err(Failure::InvalidToken("inactive_token")), 100);
-        assert!(cache.get("t", 100).is_some());
-        assert!(cache.get("t", 101).is_none());
-        assert!(cache.is_empty(), "a stale entry is dropped when found");
+    fn a_critical_header_extension_is_refused() {
+        let auth = policy(ClaimRules::default());
+        let claims = json!({"sub": "ann"});
+        for crit in [
+            json!(["exp"]),
+            json!(["b64"]),
+            json!([]),
+            json!("b64"),
+            json!([1]),
+        ] {
+            let head = URL_SAFE_NO_PAD
+                .encode(json!({"alg": "HS256", "kid": "k1", "crit": crit}).to_string());
+            let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let signing_input = format!("{head}.{body}");
+            let signature = jsonwebtoken::crypto::sign(
+                signing_input.as_bytes(),
+                &EncodingKey::from_secret(SECRET),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            let t = format!("{signing_input}.{signature}");
+            assert_eq!(reason(now_check(&auth, &t)), "unsupported_crit", "{crit}");
+        }
+        // The same token without `crit` passes.
+        let t = token(Algorithm::HS256, Some("k1"), claims);
+        assert_eq!(reason(now_check(&auth, &t)), "ok");
+    }
+
+    #[test]
+    fn iss_must_be_a_string() {
+        let key = VerifyKey::configured(
+            Some("k1".into()),
+            "HS256",
+            &KeyMaterial::Secret(String::from_utf8(SECRET.to_vec()).unwrap()),
+        )
+        .unwrap();
+        let with_issuer = Authenticator::new(AuthSettings {
+            token_from: vec![],
+            jwt: Some(JwtSettings {
+                keys: vec![key],
+                issuer: Some("https://idp".into()),
+                ..JwtSettings::default()
+            }),
+            introspection: None,
+            rules: ClaimRules::default(),
+            strip_credential: false,
+        })
+        .unwrap();
+        let listed = json!({"sub": "ann", "iss": ["https://idp", "https://evil"]});
+        let t = token(Algorithm::HS256, Some("k1"), listed.clone());
+        assert_eq!(reason(now_check(&with_issuer, &t)), "wrong_issuer");
+        // Without an issuer to check, a list is refused all the same.
+        let t = token(Algorithm::HS256, Some("k1"), listed);
+        assert_eq!(
+            reason(now_check(&policy(ClaimRules::default()), &t)),
+            "wrong_issuer"
+        );
+        let single = json!({"sub": "ann", "iss": "https://idp"});
+        let t = token(Algorithm::HS256, Some("k1"), single);
+        assert_eq!(reason(now_check(&with_issuer, &t)), "ok");
     }
 
     #[test]
@@ -594,5 +707,127 @@ mod tests {
         assert_eq!(down.code, "auth_unavailable");
         assert!(down.headers.is_empty());
         assert_eq!(down.reason, Some("introspection_unavailable"));
+        let busy = auth.refusal(Failure::Overloaded);
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.code, "auth_unavailable");
+        assert_eq!(busy.reason, Some("introspection_busy"));
+    }
+
+    /// An Ed25519 key made here: its `kid`, a JWK of its public half, and its private half
+    /// for signing.
+    fn ed25519_key(kid: &str) -> (Value, EncodingKey) {
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+        let pair = Ed25519KeyPair::generate().unwrap();
+        let jwk = json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+        });
+        let pkcs8 = pair.to_pkcs8().unwrap();
+        (jwk, EncodingKey::from_ed_der(pkcs8.as_ref()))
+    }
+
+    /// A JWKS endpoint on loopback answering whatever `published` holds at the time; its URL.
+    async fn serve_jwks(published: Arc<std::sync::Mutex<String>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = published.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/jwks")
+    }
+
+    async fn run(plugin: &Authenticate, token: &str) -> Flow {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("authorization", format!("Bearer {token}"))
+            .unwrap();
+        let mut ex = Exchange::new("r".into(), "id".into(), [127, 0, 0, 1].into());
+        let flow = match plugin.access(&mut req, &mut ex) {
+            Access::Now(flow) => flow,
+            Access::Wait(pending) => pending.await,
+        };
+        flow
+    }
+
+    /// A file-mode gateway compiles its first policies before any runtime exists: the
+    /// refresh must start from the request path, or a withdrawn key stays trusted until an
+    /// unknown `kid` happens to cause a fetch.
+    #[test]
+    fn a_withdrawn_jwks_key_stops_being_trusted_though_the_policy_was_built_without_a_runtime() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (jwk, signing) = ed25519_key("k1");
+        let published = Arc::new(std::sync::Mutex::new(json!({ "keys": [jwk] }).to_string()));
+        let uri = runtime.block_on(serve_jwks(published.clone()));
+        let auth = Authenticator::new(AuthSettings {
+            token_from: vec![],
+            jwt: Some(JwtSettings {
+                jwks_uri: Some(uri),
+                jwks_refresh: Some(Duration::from_millis(100)),
+                ..JwtSettings::default()
+            }),
+            introspection: None,
+            rules: ClaimRules::default(),
+            strip_credential: false,
+        })
+        .unwrap();
+        assert!(!auth.jwks().unwrap().is_refreshing(), "no runtime, no task");
+        let plugin = Authenticate { auth: auth.clone() };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".into());
+        let claims = json!({"sub": "ann", "exp": unix_now() + 600});
+        let token = jsonwebtoken::encode(&header, &claims, &signing).unwrap();
+        runtime.block_on(async {
+            assert!(matches!(run(&plugin, &token).await, Flow::Continue));
+            assert!(
+                auth.jwks().unwrap().is_refreshing(),
+                "the first request started the refresh"
+            );
+            *published.lock().unwrap() = r#"{"keys":[]}"#.to_string();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Flow::Respond(reply) = run(&plugin, &token).await {
+                    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+                    assert_eq!(reply.reason, Some("unknown_key"));
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the withdrawn key is still trusted after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        // A runtime that stops takes the task with it; the next runtime's request restarts it.
+        drop(runtime);
+        assert!(!auth.jwks().unwrap().is_refreshing());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let _ = run(&plugin, &token).await;
+            assert!(auth.jwks().unwrap().is_refreshing());
+        });
     }
 }
