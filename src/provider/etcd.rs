@@ -16,7 +16,7 @@ use crate::bootstrap::EtcdProvider as EtcdSettings;
 use crate::resource::Document;
 use crate::store::{document_of, Store, StoreError};
 use async_trait::async_trait;
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, WatchOptions, WatchResponse};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::BTreeMap;
@@ -204,57 +204,39 @@ impl EtcdProvider {
                 Ok(stream) => stream,
                 Err(e) => return Ended::Failed(e.into()),
             };
-            loop {
+            'watch: loop {
                 let message = tokio::select! {
                     _ = shutdown.changed() => return Ended::Shutdown,
                     ticket = health.resync_requested() => return Ended::Resync(ticket),
                     m = stream.message() => m,
                 };
-                let response = match message {
-                    Ok(Some(response)) => response,
-                    Ok(None) => {
-                        return Ended::Failed(StoreError::Invalid("the watch stream ended".into()))
+                let mut revision = None;
+                let mut changed = false;
+                let mut next = Some(message);
+                // A burst of changes is applied as one snapshot: responses already waiting
+                // are folded in before compiling (up to a bound, so a flood still shows
+                // progress), rather than compiling the whole configuration once per write.
+                let mut folded = 0;
+                while let Some(message) = next.take() {
+                    match fold(message, &prefix, &mut mirror, memory.trust.as_ref()) {
+                        Folded::Changes(at) => {
+                            changed = true;
+                            revision = at.or(revision);
+                        }
+                        Folded::Nothing => {}
+                        Folded::ReadAgain => break 'watch,
+                        Folded::End(ended) => return ended,
                     }
-                    Err(e) => return Ended::Failed(e.into()),
-                };
-                if let (Some(header), Some(trust)) = (response.header(), memory.trust) {
-                    if header.cluster_id() != trust.cluster_id {
-                        return Ended::Untrusted(Distrust::ClusterChanged {
-                            was: trust.cluster_id,
-                            now: header.cluster_id(),
-                        });
+                    folded += 1;
+                    if folded < MAX_FOLDED {
+                        next = tokio::time::timeout(Duration::ZERO, stream.message())
+                            .await
+                            .ok();
                     }
                 }
-                if response.compact_revision() > 0 {
-                    tracing::warn!(
-                        compacted = response.compact_revision(),
-                        "etcd: the watched revision was compacted; reading everything again"
-                    );
-                    break;
-                }
-                if response.canceled() {
-                    tracing::warn!(
-                        reason = response.cancel_reason(),
-                        "etcd: watch canceled; reading everything again"
-                    );
-                    break;
-                }
-                if response.events().is_empty() {
+                if !changed {
                     continue;
                 }
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    match event.event_type() {
-                        EventType::Put => {
-                            mirror.insert(key.clone(), document_of(&prefix, &key, kv.value()));
-                        }
-                        EventType::Delete => {
-                            mirror.remove(&key);
-                        }
-                    }
-                }
-                let revision = response.header().map(|h| h.revision());
                 mirror = match self.apply(mirror, revision.map(|r| r as u64)).await {
                     Ok(mirror) => mirror,
                     Err(e) => return Ended::Failed(e),
@@ -265,6 +247,77 @@ impl EtcdProvider {
             }
         }
     }
+}
+
+/// The most watch responses folded into one snapshot.
+const MAX_FOLDED: usize = 1024;
+
+/// What one watch response did to the mirror of etcd's keys.
+enum Folded {
+    /// Keys changed; the revision the response was sent at.
+    Changes(Option<i64>),
+    /// Nothing to apply (a progress notification).
+    Nothing,
+    /// The watch cannot go on (compacted, canceled): read everything again.
+    ReadAgain,
+    /// The session ends.
+    End(Ended),
+}
+
+/// Folds one watch response into `mirror`.
+fn fold(
+    message: Result<Option<WatchResponse>, etcd_client::Error>,
+    prefix: &str,
+    mirror: &mut BTreeMap<String, Document>,
+    trust: Option<&Trust>,
+) -> Folded {
+    let response = match message {
+        Ok(Some(response)) => response,
+        Ok(None) => {
+            return Folded::End(Ended::Failed(StoreError::Invalid(
+                "the watch stream ended".into(),
+            )))
+        }
+        Err(e) => return Folded::End(Ended::Failed(e.into())),
+    };
+    if let (Some(header), Some(trust)) = (response.header(), trust) {
+        if header.cluster_id() != trust.cluster_id {
+            return Folded::End(Ended::Untrusted(Distrust::ClusterChanged {
+                was: trust.cluster_id,
+                now: header.cluster_id(),
+            }));
+        }
+    }
+    if response.compact_revision() > 0 {
+        tracing::warn!(
+            compacted = response.compact_revision(),
+            "etcd: the watched revision was compacted; reading everything again"
+        );
+        return Folded::ReadAgain;
+    }
+    if response.canceled() {
+        tracing::warn!(
+            reason = response.cancel_reason(),
+            "etcd: watch canceled; reading everything again"
+        );
+        return Folded::ReadAgain;
+    }
+    if response.events().is_empty() {
+        return Folded::Nothing;
+    }
+    for event in response.events() {
+        let Some(kv) = event.kv() else { continue };
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        match event.event_type() {
+            EventType::Put => {
+                mirror.insert(key.clone(), document_of(prefix, &key, kv.value()));
+            }
+            EventType::Delete => {
+                mirror.remove(&key);
+            }
+        }
+    }
+    Folded::Changes(response.header().map(|h| h.revision()))
 }
 
 #[async_trait]
