@@ -356,11 +356,14 @@ async fn pool_max_idle_bounds_the_connections_kept_to_each_node() {
     })
     .await;
 
-    // One request at a time, the kept connections serve them all.
+    // One request at a time, the kept connections serve them all. One client connection:
+    // on a fresh one per request, the next request could arrive before the previous one's
+    // upstream connection is back in the pool.
     capped.set_delay(Duration::ZERO);
     let before = capped.connections();
+    let c = client();
     for _ in 0..5 {
-        let resp = client().get(gw.url("/c")).send().await.unwrap();
+        let resp = c.get(gw.url("/c")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(capped.connections(), before);
