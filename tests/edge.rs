@@ -765,3 +765,53 @@ async fn forwarded_for_keeps_a_chain_only_from_a_trusted_proxy() {
         "203.0.113.9, 198.51.100.7, 127.0.0.1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_take_away_framing_authority_or_the_gateways_headers() {
+    let (gw, _a, b) = admin_and_public("").await;
+    // The body is the body, and the bytes after it are not a second request.
+    let answer = raw(
+        gw.addr,
+        b"POST /public HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 34\r\n\r\nGET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let echo = echo_of(&answer);
+    assert_eq!(echo.body, "GET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(b.hits(), 1, "one request: {answer}");
+    // Host and the request id stay.
+    let answer = raw(
+        gw.addr,
+        b"GET /public HTTP/1.1\r\nHost: good.example\r\nX-Request-Id: abc\r\nConnection: close, host, x-request-id\r\n\r\n",
+    );
+    let echo = echo_of(&answer);
+    assert_eq!(echo.headers["host"], "good.example");
+    assert_eq!(echo.headers["x-forwarded-host"], "good.example");
+    assert_eq!(echo.headers["x-request-id"], "abc");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_headers_are_the_gateways_on_every_route() {
+    use base64::Engine;
+    let up = TestUpstream::start("svc").await;
+    let policy = format!(
+        "kind: AuthPolicy\nid: p\njwt:\n  keys: [{{ alg: HS256, secret: \"base64:{}\" }}]\nforward:\n  headers: {{ X-User-Id: sub }}\n",
+        base64::engine::general_purpose::STANDARD.encode(b"a secret of no importance here")
+    );
+    let routes = "kind: Route\nid: private\nmatch: { paths: [\"/private\"] }\nauth: p\nupstream: svc\n---\nkind: Route\nid: open\nmatch: { paths: [\"/**\"] }\nupstream: svc\n";
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            format!("{}---\n{policy}---\n{routes}", up.resource("svc")),
+        )
+        .start()
+        .await;
+    let answer = raw(
+        gw.addr,
+        b"GET /open HTTP/1.1\r\nHost: x\r\nX-User-Id: admin\r\nConnection: close\r\n\r\n",
+    );
+    let echo = echo_of(&answer);
+    assert!(
+        !echo.headers.contains_key("x-user-id"),
+        "a client's identity header reached the upstream: {:?}",
+        echo.headers
+    );
+}

@@ -68,6 +68,9 @@ pub fn survey(
             }
         } else if *name == header::AUTHORIZATION {
             authorizations += 1;
+        } else if *name == header::CONNECTION {
+            // `Connection: keep-alive` or `close` (what browsers send) names nothing to drop.
+            found.hop_by_hop |= !only_connection_options(value.as_bytes());
         } else if is_hop_by_hop(name) {
             found.hop_by_hop = true;
         } else if name.as_str().as_bytes().contains(&b'_') {
@@ -129,7 +132,7 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| *name != header::CONNECTION)
+        .filter(|name| !never_nominated(name))
         .collect();
     names.extend(
         headers
@@ -139,6 +142,33 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
     );
     names.push(header::CONNECTION);
     names
+}
+
+/// Headers a `Connection` header can never take away: framing and authority (dropping them
+/// would change where one request ends and the next begins, or which host it is for), and
+/// the headers the gateway sets itself (they are replaced, not removed).
+fn never_nominated(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::CONTENT_LENGTH
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::HOST
+        || matches!(
+            name.as_str(),
+            "x-request-id"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "traceparent"
+                | "tracestate"
+        )
+}
+
+/// Whether a `Connection` value holds only `keep-alive` and `close`.
+fn only_connection_options(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').all(|token| {
+        let token = token.trim_ascii();
+        token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// Drops the hop-by-hop headers of a head, `Connection` among them.
@@ -228,6 +258,22 @@ mod tests {
     }
 
     #[test]
+    fn connection_never_takes_framing_authority_or_owned_headers() {
+        let mut h = head(&[
+            ("host", "a"),
+            ("content-length", "5"),
+            (
+                "connection",
+                "content-length, transfer-encoding, host, x-request-id, x-forwarded-for, traceparent",
+            ),
+            ("x-request-id", "abc"),
+        ]);
+        drop_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["host", "content-length", "x-request-id"]);
+    }
+
+    #[test]
     fn hop_by_hop_headers_go_and_owned_ones_stay_for_the_gateway() {
         let mut h = head(&[
             ("host", "a"),
@@ -247,6 +293,10 @@ mod tests {
                 .unwrap()
                 .hop_by_hop
         );
+        let options = check(&[("host", "a"), ("connection", "Keep-Alive")]);
+        assert!(!options.unwrap().hop_by_hop);
+        let named = check(&[("host", "a"), ("connection", "close, x-a")]);
+        assert!(named.unwrap().hop_by_hop);
         assert!(has_hop_by_hop(&h));
         drop_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();

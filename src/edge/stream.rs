@@ -34,6 +34,8 @@ const HEAD: u8 = 0;
 const PAST_HEAD: u8 = 1;
 /// Between requests on a kept-alive connection: the next byte starts a new head.
 const IDLE: u8 = 2;
+/// HTTP/2 chosen by ALPN: its preface must arrive within the head clock, like a head.
+const PREFACE: u8 = 3;
 
 /// The first bytes of an HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,6 +51,8 @@ pub struct ClientStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes read ahead while telling HTTP/2 from HTTP/1, served before the socket's.
     rewound: Vec<u8>,
+    /// Bytes of an ALPN HTTP/2 connection's preface read so far.
+    preface_read: usize,
     /// Where the current head's request line has got to, while it is still being read.
     line: RequestLine,
     /// The client sent bytes that are not an HTTP/1 request line.
@@ -69,9 +73,9 @@ impl std::fmt::Debug for ClientStream {
 impl ClientStream {
     /// Wraps a connection just accepted: its first head is due `header_timeout` from now.
     pub fn new(inner: Stream, header_timeout: Duration) -> ClientStream {
-        // HTTP/2 negotiated by ALPN has no HTTP/1 head to time.
+        // HTTP/2 negotiated by ALPN has no HTTP/1 head, but its preface is timed like one.
         let phase = match inner.selected_alpn_proto() {
-            Some(ALPN::H2) => PAST_HEAD,
+            Some(ALPN::H2) => PREFACE,
             _ => HEAD,
         };
         ClientStream {
@@ -81,6 +85,7 @@ impl ClientStream {
             deadline: Some(Instant::now() + header_timeout),
             timer: None,
             rewound: Vec::new(),
+            preface_read: 0,
             line: RequestLine::default(),
             junk: false,
             answered_head: false,
@@ -167,7 +172,15 @@ impl AsyncRead for ClientStream {
                 let read = this.read_inner(cx, buf);
                 if read.is_ready() {
                     if matches!(read, Poll::Ready(Ok(()))) {
-                        this.inspect(&buf.filled()[before..]);
+                        let fresh = buf.filled().len() - before;
+                        if this.phase.load(Ordering::Relaxed) == PREFACE {
+                            this.preface_read += fresh;
+                            if this.preface_read >= H2_PREFACE.len() {
+                                this.phase.store(PAST_HEAD, Ordering::Relaxed);
+                            }
+                        } else {
+                            this.inspect(&buf.filled()[before..]);
+                        }
                     }
                     return read;
                 }
@@ -485,6 +498,29 @@ mod tests {
         client.write_all(b"frame").await.unwrap();
         let n = stream.read(&mut got).await.unwrap();
         assert_eq!(&got[..n], b"frame");
+    }
+
+    #[tokio::test]
+    async fn an_alpn_http2_connection_must_send_its_preface_in_time() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stream = ClientStream::new(Box::new(server), Duration::from_millis(100));
+        stream.phase.store(PREFACE, Ordering::Relaxed);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let mut got = [0u8; 64];
+        assert_eq!(stream.read(&mut got).await.unwrap(), 10);
+        let cut = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut got)).await;
+        assert_eq!(cut.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
+
+        // A whole preface leaves the clock, and its bytes are never taken for junk.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut stream = ClientStream::new(Box::new(server), Duration::from_millis(50));
+        stream.phase.store(PREFACE, Ordering::Relaxed);
+        client.write_all(H2_PREFACE).await.unwrap();
+        stream.read_exact(&mut got[..24]).await.unwrap();
+        assert!(!stream.junk);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.write_all(b"frame").await.unwrap();
+        assert_eq!(stream.read(&mut got).await.unwrap(), 5);
     }
 
     #[tokio::test]

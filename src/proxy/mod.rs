@@ -256,10 +256,19 @@ impl ProxyHttp for Gateway {
                 req.remove_header(&name);
             }
         }
+        let snapshot = self.live.load();
+        if !snapshot.identity_headers.is_empty() {
+            // Identity headers are the gateway's on every route, not only where a policy
+            // sets them: an upstream shared with a protected route must not trust them.
+            let req = session.req_header_mut();
+            for name in snapshot.identity_headers.iter() {
+                if req.headers.contains_key(name) {
+                    req.remove_header(name);
+                }
+            }
+        }
         let req = session.req_header();
         let path = req.uri.path();
-
-        let snapshot = self.live.load();
         // Only routes bound to hosts need the host: most deployments have none.
         let host = if snapshot.router.uses_hosts() {
             req.headers
@@ -292,6 +301,10 @@ impl ProxyHttp for Gateway {
                 .plugins
                 .access(session.req_header_mut(), &mut ctx.exchange)
                 .await;
+            // The plugins may have waited (an introspection call) while a drain began.
+            if self.settings.draining.is_on() {
+                session.set_keepalive(None);
+            }
             if let Flow::Respond(reply) = flow {
                 ctx.route = Some(route);
                 return answer_error(session, &reply, ctx).await;
@@ -582,6 +595,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // The connection now waits for its next head. A body left unread by an answer cannot
+        // be taken for one: Pingora closes a connection answered before its body was read.
         if let Some(stream) = session.as_downstream().stream().and_then(ClientStream::of) {
             stream.answered();
         }

@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamTarget>>,
     /// Auth policies, compiled or refused; routes naming a refused one are refused too.
     pub policies: HashMap<String, CompiledPolicy>,
+    /// Every header an auth policy's `forward.headers` sets: gateway-owned on every route
+    /// (SPEC §8), so a client's copy is dropped even where no policy sets it.
+    pub identity_headers: Arc<[http::HeaderName]>,
 }
 
 /// An auth policy as compiled, kept with its spec so an unchanged policy keeps its
@@ -52,6 +55,7 @@ impl Snapshot {
             routes: HashMap::new(),
             upstreams: HashMap::new(),
             policies: HashMap::new(),
+            identity_headers: Arc::new([]),
         }
     }
 
@@ -158,6 +162,13 @@ impl Snapshot {
             elapsed_us = started.elapsed().as_micros() as u64,
             "snapshot compiled"
         );
+        let mut identity_headers: Vec<http::HeaderName> = policies
+            .values()
+            .filter_map(|p| p.auth.as_ref().ok())
+            .flat_map(|auth| auth.forwarded_headers().cloned())
+            .collect();
+        identity_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity_headers.dedup();
         Snapshot {
             revision,
             loaded_at: SystemTime::now(),
@@ -167,6 +178,7 @@ impl Snapshot {
             routes,
             upstreams,
             policies,
+            identity_headers: identity_headers.into(),
         }
     }
 }
