@@ -64,11 +64,16 @@ pub fn new_request_id() -> String {
     crate::wire::hex_id(fastrand::u128(..))
 }
 
+/// Whether `peer` is one of `trusted_proxies`, whose `X-Forwarded-For` is believed.
+pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    !trusted.is_empty() && trusted.iter().any(|net| net.contains(&peer))
+}
+
 /// The client address. The socket peer, unless the peer is a trusted proxy: then the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Entries a client
 /// wrote further left cannot be told from forgeries, so they are never believed.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    if trusted.is_empty() || !trusted.iter().any(|net| net.contains(&peer)) {
+    if !is_trusted(peer, trusted) {
         return peer;
     }
     let mut client = peer;

@@ -65,6 +65,45 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// SPEC §8 on a request head, before routing: refuses what no route should see (a
+    /// missing Host, framing lists, a path that cannot be normalized) and puts the rest in
+    /// the one form routes match and the upstream receives: the normal path in origin form,
+    /// without hop-by-hop or underscored headers.
+    fn settle_head(&self, session: &mut Session) -> std::result::Result<(), String> {
+        let req = session.req_header();
+        let survey = edge_headers::survey(&req.headers, req.version, self.settings.underscores)
+            .map_err(|e| e.to_string())?;
+        let path = self
+            .settings
+            .path
+            .normalize(req.uri.path())
+            .map_err(|e| e.to_string())?;
+        // A path that had to be normalized, or an absolute-form target, is replaced by its
+        // normal origin form.
+        let absolute = req.uri.authority().is_some() || !req.raw_path().starts_with(b"/");
+        if matches!(path, Cow::Owned(_)) || absolute {
+            let path = path.into_owned();
+            to_origin_form(session.req_header_mut(), &path).map_err(|e| e.to_string())?;
+        }
+        if survey.underscores || survey.hop_by_hop {
+            let req = session.req_header_mut();
+            let mut drop = Vec::new();
+            if survey.underscores {
+                drop = edge_headers::underscored(&req.headers);
+            }
+            if survey.hop_by_hop {
+                // All of them, `Connection` too (keep-alive was settled before): Pingora
+                // would otherwise strip what it names from the upstream request after the
+                // plugins have set the gateway's own headers.
+                drop.extend(edge_headers::hop_by_hop(&req.headers));
+            }
+            for name in drop {
+                req.remove_header(&name);
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the client's connection open for the next request unless the client or a
     /// drain says otherwise.
     fn keep_alive(&self, session: &mut Session) {
@@ -222,39 +261,8 @@ impl ProxyHttp for Gateway {
             );
             return answer_error(session, &reply, ctx).await;
         }
-        let survey =
-            match edge_headers::survey(&req.headers, req.version, self.settings.underscores) {
-                Ok(survey) => survey,
-                Err(problem) => return answer_bad_request(session, problem.to_string(), ctx).await,
-            };
-        let path = match self.settings.path.normalize(req.uri.path()) {
-            Ok(path) => path,
-            Err(problem) => return answer_bad_request(session, problem.to_string(), ctx).await,
-        };
-        // What routes match is what the upstream receives: a path that had to be normalized,
-        // or an absolute-form target, is replaced by its normal origin form.
-        let absolute = req.uri.authority().is_some() || !req.raw_path().starts_with(b"/");
-        if matches!(path, Cow::Owned(_)) || absolute {
-            let path = path.into_owned();
-            if let Err(problem) = to_origin_form(session.req_header_mut(), &path) {
-                return answer_bad_request(session, problem.to_string(), ctx).await;
-            }
-        }
-        if survey.underscores || survey.hop_by_hop {
-            let req = session.req_header_mut();
-            let mut drop = Vec::new();
-            if survey.underscores {
-                drop = edge_headers::underscored(&req.headers);
-            }
-            if survey.hop_by_hop {
-                // All of them, `Connection` too (keep-alive was settled above): Pingora would
-                // otherwise strip what it names from the upstream request after the plugins
-                // have set the gateway's own headers.
-                drop.extend(edge_headers::hop_by_hop(&req.headers));
-            }
-            for name in drop {
-                req.remove_header(&name);
-            }
+        if let Err(problem) = self.settle_head(session) {
+            return answer_bad_request(session, problem, ctx).await;
         }
         let snapshot = self.live.load();
         if !snapshot.identity_headers.is_empty() {
@@ -422,8 +430,7 @@ impl ProxyHttp for Gateway {
         let peer = peer_ip(session);
         // The chain so far is kept only from a trusted proxy (SPEC §8: the gateway owns this
         // header); from anyone else it starts at the socket peer, whatever the client wrote.
-        let trusted = &self.settings.trusted_proxies;
-        if !trusted.is_empty() && trusted.iter().any(|net| net.contains(&peer)) {
+        if identity::is_trusted(peer, &self.settings.trusted_proxies) {
             let earlier = session.req_header().headers.get_all(&FORWARDED_FOR_NAME);
             for value in earlier.iter().filter_map(|v| v.to_str().ok()) {
                 forwarded_for.push_str(value);
