@@ -412,23 +412,29 @@ async fn heads_a_client_must_not_shape_are_refused() {
     assert_eq!(b.hits(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_upstream_sees_the_gateways_word_on_hop_headers_host_and_identity() {
+/// Route `private` (`/private`, HS256 policy `p` forwarding `sub` as `X-User-Id`) and route
+/// `open` (everything else), both to `up`.
+async fn private_and_open(up: &TestUpstream, secret: &[u8]) -> Gateway {
     use base64::Engine;
-    let up = TestUpstream::start("svc").await;
-    let secret = b"an edge test secret of some length";
     let policy = format!(
         "kind: AuthPolicy\nid: p\njwt:\n  keys: [{{ alg: HS256, secret: \"base64:{}\" }}]\nforward:\n  headers: {{ X-User-Id: sub }}\n",
         base64::engine::general_purpose::STANDARD.encode(secret)
     );
     let routes = "kind: Route\nid: private\nmatch: { paths: [\"/private\"] }\nauth: p\nupstream: svc\n---\nkind: Route\nid: open\nmatch: { paths: [\"/**\"] }\nupstream: svc\n";
-    let gw = Gateway::builder()
+    Gateway::builder()
         .file(
             "r.yaml",
             format!("{}---\n{policy}---\n{routes}", up.resource("svc")),
         )
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_sees_the_gateways_word_on_hop_headers_host_and_identity() {
+    let up = TestUpstream::start("svc").await;
+    let secret = b"an edge test secret of some length";
+    let gw = private_and_open(&up, secret).await;
     let token = common::idp::sign_hmac(
         jsonwebtoken::Algorithm::HS256,
         None,
@@ -790,20 +796,8 @@ async fn connection_cannot_take_away_framing_authority_or_the_gateways_headers()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_headers_are_the_gateways_on_every_route() {
-    use base64::Engine;
     let up = TestUpstream::start("svc").await;
-    let policy = format!(
-        "kind: AuthPolicy\nid: p\njwt:\n  keys: [{{ alg: HS256, secret: \"base64:{}\" }}]\nforward:\n  headers: {{ X-User-Id: sub }}\n",
-        base64::engine::general_purpose::STANDARD.encode(b"a secret of no importance here")
-    );
-    let routes = "kind: Route\nid: private\nmatch: { paths: [\"/private\"] }\nauth: p\nupstream: svc\n---\nkind: Route\nid: open\nmatch: { paths: [\"/**\"] }\nupstream: svc\n";
-    let gw = Gateway::builder()
-        .file(
-            "r.yaml",
-            format!("{}---\n{policy}---\n{routes}", up.resource("svc")),
-        )
-        .start()
-        .await;
+    let gw = private_and_open(&up, b"a secret of no importance here").await;
     let answer = raw(
         gw.addr,
         b"GET /open HTTP/1.1\r\nHost: x\r\nX-User-Id: admin\r\nConnection: close\r\n\r\n",
