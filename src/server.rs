@@ -3,17 +3,18 @@
 
 use crate::admin::{AdminApi, Readiness, Writes};
 use crate::bootstrap::Bootstrap;
-use crate::edge::{self, app::LAST_CALL, ClientDoor, ClientTable, Draining, Listening};
+use crate::edge::{
+    self, app::LAST_CALL, ClientDoor, ClientTable, Draining, Listening, TlsListeners,
+};
 use crate::provider::etcd::EtcdProvider;
 use crate::provider::file::{FileProvider, FileSource, Overlay};
 use crate::provider::Ingest;
 use crate::proxy::{Gateway, InFlight, ProxySettings};
 use crate::snapshot::Live;
 use crate::telemetry::Telemetry;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -136,6 +137,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     };
     let telemetry = Arc::new(Telemetry::start(&config.telemetry)?);
     let gateway = Gateway::new(live.clone(), settings, inflight.clone(), telemetry.clone());
+    let head_sweeper = gateway.head_sweeper();
     let mut logic = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
@@ -143,26 +145,24 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     // keep-alive timeout instead.
     options.h2_idle_timeout = Some(config.http.keepalive_timeout.0);
     logic.server_options = Some(options);
+    // Every listener is plain TCP to Pingora: the door runs TLS handshakes itself, under
+    // the caps and the head clock (SPEC §8).
+    let mut tls = TlsListeners::default();
+    for listener in &config.listen {
+        if let Some(files) = &listener.tls {
+            tls.add(listener.addr, &files.cert, &files.key)?;
+        }
+    }
     let door = ClientDoor::new(
         logic,
         clients,
         config.http.header_timeout.0,
         draining.clone(),
+        tls,
     );
     let mut proxy = Service::new("gatehouse".to_string(), door);
     for listener in &config.listen {
-        let addr = listener.addr.to_string();
-        match &listener.tls {
-            None => proxy.add_tcp(&addr),
-            Some(tls) => {
-                let cert = tls.cert.to_str().context("listen.tls.cert: not UTF-8")?;
-                let key = tls.key.to_str().context("listen.tls.key: not UTF-8")?;
-                let mut settings = TlsSettings::intermediate(cert, key)
-                    .map_err(|e| anyhow::anyhow!("listen.tls ({addr}): {e}"))?;
-                settings.enable_h2();
-                proxy.add_tls_with_settings(&addr, None, settings);
-            }
-        }
+        proxy.add_tcp(&listener.addr.to_string());
     }
     server.add_service(proxy);
 
@@ -200,6 +200,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         "health checks",
         crate::upstream::Prober::new(live.clone())?,
     ));
+    server.add_service(background_service("upstream head clock", head_sweeper));
     server.add_service(background_service(
         "drain",
         Drain {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, Echo, Gateway, TestUpstream};
+use common::{client, closed_within, Echo, Gateway, TestUpstream};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -204,23 +204,6 @@ direct_response: { status: 200, body: "exact" }
     }
     assert_eq!(c.get(gw.url("/Exact")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(gw.url("/exact")).send().await.unwrap().status(), 404);
-}
-
-/// Waits (at most `limit`) for the gateway to close `s`; true when it did.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -808,4 +791,104 @@ async fn identity_headers_are_the_gateways_on_every_route() {
         "a client's identity header reached the upstream: {:?}",
         echo.headers
     );
+}
+
+/// A raw upstream that reads a request (head and `Content-Length` body), then answers
+/// `answer` one byte every `pace`.
+async fn trickling_upstream(answer: &'static [u8], pace: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                let body_len = loop {
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        break end + 4 + len;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                };
+                while seen.len() < body_len {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for byte in answer {
+                    if s.write_all(&[*byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pace).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_trickling_its_head_is_cut_at_the_read_timeout() {
+    // 60 bytes at one per 250 ms: 15 s for the whole head, never 1 s without a byte.
+    let slow = trickling_upstream(
+        b"HTTP/1.1 200 OK\r\nX-Pad: 0123456789012345678\r\nContent-Length: 2\r\n\r\nok",
+        Duration::from_millis(250),
+    )
+    .await;
+    // The same answer at once, after a request body that takes longer than the timeout.
+    let prompt = trickling_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Duration::ZERO,
+    )
+    .await;
+    let routes = format!(
+        "kind: Upstream\nid: slow\nnodes: [{{ addr: \"{slow}\" }}]\n---\n\
+         kind: Upstream\nid: prompt\nnodes: [{{ addr: \"{prompt}\" }}]\n---\n\
+         kind: Route\nid: slow\nmatch: {{ paths: [\"/slow\"] }}\nretries: 0\n\
+         timeouts: {{ connect: 1s, read: 1s, write: 5s }}\nupstream: slow\n---\n\
+         kind: Route\nid: prompt\nmatch: {{ paths: [\"/prompt\"] }}\nretries: 0\n\
+         timeouts: {{ connect: 1s, read: 1s, write: 5s }}\nupstream: prompt\n"
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+
+    let started = Instant::now();
+    let answer = raw(
+        gw.addr,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let took = started.elapsed();
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    assert!(
+        answer.contains("\"error\":\"upstream_timeout\""),
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the head clock is 1 s, the head took {took:?}"
+    );
+
+    // A body sent over 2 s keeps the clock from starting: the upstream owes nothing yet.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    for byte in b"hello" {
+        std::thread::sleep(Duration::from_millis(400));
+        s.write_all(&[*byte]).unwrap();
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
 }

@@ -114,3 +114,54 @@ direct_response: {{ status: 200, body: "inner" }}
     assert!(out.ends_with(" 502"), "{out}");
     assert!(out.contains("upstream_error"), "{out}");
 }
+
+/// A TLS connection is a client connection from its first byte (SPEC §8): the handshake runs
+/// on the head clock, and a connection still shaking hands counts against the caps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
+    use common::closed_within;
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let tls_addr = free_addr();
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
+        )
+        .config("http: { header_timeout: 2s, max_connections_per_ip: 3 }")
+        .tls_listener(tls_addr, &cert, &key)
+        .start()
+        .await;
+    let https = |path: &str| {
+        curl(&[
+            &format!("https://localhost:{}{path}", tls_addr.port()),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", tls_addr.port()),
+        ])
+    };
+    assert!(https("/hi").ends_with(" 200"));
+
+    // Silence, then half a ClientHello: each is closed when the head clock runs out, not
+    // after a minute of handshake.
+    let mut silent = TcpStream::connect(tls_addr).unwrap();
+    let mut half_hello = TcpStream::connect(tls_addr).unwrap();
+    half_hello.write_all(b"\x16\x03\x01\x02\x00\x01").unwrap();
+    let mut third = TcpStream::connect(tls_addr).unwrap();
+    // Three unfinished handshakes hold this address's three connections.
+    let refused = https("/hi");
+    assert!(refused.ends_with(" 000"), "over the per-IP cap: {refused}");
+    for s in [&mut silent, &mut half_hello, &mut third] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "handshake not cut"
+        );
+    }
+    common::eventually(Duration::from_secs(5), "the cap frees up", || async {
+        https("/hi").ends_with(" 200")
+    })
+    .await;
+}

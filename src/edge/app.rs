@@ -1,5 +1,5 @@
-//! The door every client connection comes through: the connection table's caps, the head
-//! clock, and a drain that lets kept-alive connections bring one last request.
+//! The door every client connection comes through: the connection table's caps, the TLS
+//! handshake, the head clock, and a drain that lets kept-alive connections bring one last request.
 //!
 //! It wraps the proxy as a Pingora `ServerApp` so the rest of the gateway never deals with
 //! raw connections; each connection is admitted (or closed at once), wrapped in a
@@ -7,6 +7,7 @@
 
 use super::clients::ClientTable;
 use super::stream::ClientStream;
+use super::tls::TlsListeners;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -15,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The drain of a stopping process: set once it is told to stop or hand over (from then on
 /// every answer closes its connection, and `/readyz` says 503), then told when the proxy has
@@ -63,6 +65,7 @@ pub struct ClientDoor<A> {
     table: Arc<ClientTable>,
     header_timeout: Duration,
     draining: Arc<Draining>,
+    tls: TlsListeners,
 }
 
 impl<A> ClientDoor<A> {
@@ -71,12 +74,14 @@ impl<A> ClientDoor<A> {
         table: Arc<ClientTable>,
         header_timeout: Duration,
         draining: Arc<Draining>,
+        tls: TlsListeners,
     ) -> ClientDoor<A> {
         ClientDoor {
             inner: Arc::new(inner),
             table,
             header_timeout,
             draining,
+            tls,
         }
     }
 }
@@ -96,7 +101,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientDoor<A> {
             });
         // Over a cap: dropping the stream closes the connection before a byte is read.
         let _admitted = self.table.admit(ip)?;
-        let stream: Stream = Box::new(ClientStream::new(stream, self.header_timeout));
+        let accepted = Instant::now();
+        let deadline = accepted + self.header_timeout;
+        // A TLS handshake is part of the first head's clock; one that fails or runs out
+        // closes the connection.
+        let stream = if self.tls.is_empty() {
+            stream
+        } else {
+            tokio::time::timeout_at(deadline, self.tls.accept(stream))
+                .await
+                .ok()??
+        };
+        let stream: Stream = Box::new(ClientStream::due(stream, self.header_timeout, deadline));
         self.inner.process_new(stream, shutdown).await
     }
 

@@ -3,6 +3,7 @@
 //! - [`path`]: one normal form for every spelling of a path, before routing;
 //! - [`headers`]: framing, authority and hop-by-hop headers;
 //! - [`clients`], [`stream`], [`app`]: connection caps, the whole-head clock, the drain;
+//! - [`tls`]: TLS listeners, whose handshakes the door times and counts;
 //! - [`limits`]: the process's descriptor limit and what is kept in reserve;
 //! - [`listeners`]: listening sockets shut the moment a stopping process stops accepting.
 //!
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod listeners;
 pub mod path;
 pub mod stream;
+pub mod tls;
 
 pub use app::{ClientDoor, Draining};
 pub use clients::ClientTable;
@@ -23,3 +25,4 @@ pub use headers::Underscores;
 pub use listeners::Listening;
 pub use path::PathPolicy;
 pub use stream::ClientStream;
+pub use tls::TlsListeners;

@@ -73,6 +73,12 @@ impl std::fmt::Debug for ClientStream {
 impl ClientStream {
     /// Wraps a connection just accepted: its first head is due `header_timeout` from now.
     pub fn new(inner: Stream, header_timeout: Duration) -> ClientStream {
+        ClientStream::due(inner, header_timeout, Instant::now() + header_timeout)
+    }
+
+    /// Wraps a connection whose first head is due by `deadline` (a TLS connection has spent
+    /// part of its clock on the handshake).
+    pub fn due(inner: Stream, header_timeout: Duration, deadline: Instant) -> ClientStream {
         // HTTP/2 negotiated by ALPN has no HTTP/1 head, but its preface is timed like one.
         let phase = match inner.selected_alpn_proto() {
             Some(ALPN::H2) => PREFACE,
@@ -82,7 +88,7 @@ impl ClientStream {
             inner,
             phase: AtomicU8::new(phase),
             header_timeout,
-            deadline: Some(Instant::now() + header_timeout),
+            deadline: Some(deadline),
             timer: None,
             rewound: Vec::new(),
             preface_read: 0,

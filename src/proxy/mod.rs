@@ -2,6 +2,7 @@
 //! route's compiled plugins and the upstream picker, in the order of SPEC §4.
 
 mod head;
+mod head_watch;
 mod identity;
 mod inflight;
 mod reply;
@@ -10,6 +11,8 @@ pub use identity::{
     client_ip, client_request_id, identify, new_request_id, request_id, REQUEST_ID,
 };
 use identity::{FORWARDED_FOR_NAME, FORWARDED_HOST_NAME, FORWARDED_PROTO_NAME, REQUEST_ID_NAME};
+pub use head_watch::Sweeper as HeadSweeper;
+use head_watch::{HeadWatch, Ticket};
 pub use inflight::{InFlight, InFlightGuard};
 pub use reply::error_body;
 
@@ -24,6 +27,7 @@ use http::{header, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::Digest;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -62,6 +66,8 @@ pub struct Gateway {
     settings: ProxySettings,
     inflight: Arc<InFlight>,
     telemetry: Arc<Telemetry>,
+    /// The clocks of upstream response heads (SPEC §8: `timeouts.read` bounds the head).
+    heads: Arc<HeadWatch>,
 }
 
 impl Gateway {
@@ -126,7 +132,18 @@ impl Gateway {
             settings,
             inflight,
             telemetry,
+            heads: Arc::new(HeadWatch::new()),
         }
+    }
+
+    /// The service that cuts upstream response heads past their route's `timeouts.read`.
+    pub fn head_sweeper(&self) -> HeadSweeper {
+        HeadSweeper(self.heads.clone())
+    }
+
+    /// Ends the head clock of the current attempt; says whether it had run out.
+    fn head_arrived(&self, ctx: &mut RequestCtx) -> bool {
+        ctx.head_clock.take().is_some_and(|t| self.heads.disarm(t))
     }
 }
 
@@ -170,6 +187,8 @@ pub struct RequestCtx {
     pub trace: Option<RequestTrace>,
     /// When the request was last sent upstream.
     pub upstream_sent: Option<Instant>,
+    /// The clock of the upstream response head being awaited.
+    head_clock: Option<Ticket>,
     _inflight: InFlightGuard,
 }
 
@@ -216,6 +235,7 @@ impl ProxyHttp for Gateway {
             arrived: Instant::now(),
             trace: None,
             upstream_sent: None,
+            head_clock: None,
             _inflight: self.inflight.enter(),
         }
     }
@@ -406,6 +426,50 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.head_arrived(ctx);
+        // HTTP/2 times each response head as a whole already, and its connection is shared.
+        if peer.options.alpn.get_max_http_version() != 1 {
+            return Ok(());
+        }
+        let socket = digest.and_then(|d| d.socket_digest.as_deref());
+        let inet = |a: Option<&PeerAddr>| a.and_then(PeerAddr::as_inet).copied();
+        if let (Some(local), Some(peer), Some(route)) = (
+            socket.and_then(|s| inet(s.local_addr())),
+            socket.and_then(|s| inet(s.peer_addr())),
+            &ctx.route,
+        ) {
+            let deadline = Instant::now() + route.timeouts.read;
+            let conn = head_watch::Connection { fd, local, peer };
+            ctx.head_clock = Some(self.heads.arm(conn, deadline));
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The upstream owes no answer before it has the whole body: the head clock starts
+        // again with each piece sent.
+        if let (Some(ticket), Some(route), Some(_)) = (&ctx.head_clock, &ctx.route, body) {
+            self.heads
+                .extend(ticket, Instant::now() + route.timeouts.read);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -503,6 +567,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.head_arrived(ctx);
         let status = upstream_response.status.as_u16();
         if let Err(problem) = check_upstream_status(status) {
             // Counted as a failed attempt by `error_while_proxy`, like any invalid answer.
@@ -557,6 +622,15 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if self.head_arrived(ctx) {
+            // The head clock ran out and cut the connection: a timeout, not a broken peer.
+            e = Error::because(
+                ErrorType::ReadTimedout,
+                "the response head took longer than timeouts.read",
+                e,
+            )
+            .into_up();
+        }
         if std::mem::take(&mut ctx.retrying_status) {
             // Our own decision in upstream_response_filter, already counted.
             return e;
@@ -602,6 +676,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.head_arrived(ctx);
         // The connection now waits for its next head. A body left unread by an answer cannot
         // be taken for one: Pingora closes a connection answered before its body was read.
         if let Some(stream) = session.as_downstream().stream().and_then(ClientStream::of) {

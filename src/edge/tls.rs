@@ -1,0 +1,99 @@
+//! TLS on client connections, inside the door (SPEC §8): a TLS listener is a plain TCP
+//! listener whose connections the door admits first and then hands through the handshake.
+//!
+//! Why not Pingora's own TLS listener: it runs the handshake (allowing a minute) before the
+//! application sees the connection, so a client that opens TLS connections and never
+//! finishes a handshake would hold them outside every cap and past `header_timeout`. Here
+//! the handshake counts against `max_connections` and the per-IP cap from the first byte,
+//! and shares the head clock that starts at accept.
+
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+use pingora::tls::ssl::{select_next_proto, AlpnError, SslAcceptor, SslFiletype, SslMethod};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// ALPN in wire format, HTTP/2 preferred: a client offering both speaks HTTP/2.
+const H2_THEN_H1: &[u8] = b"\x02h2\x08http/1.1";
+
+/// Why a TLS listener cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("listen.tls ({addr}): {what}: {source}")]
+    Setup {
+        addr: SocketAddr,
+        what: &'static str,
+        source: pingora::tls::error::ErrorStack,
+    },
+}
+
+/// The TLS settings of each TLS listener, by the address it listens on.
+#[derive(Default, Clone)]
+pub struct TlsListeners {
+    listeners: Vec<(SocketAddr, Arc<SslAcceptor>)>,
+}
+
+impl TlsListeners {
+    /// Loads a listener's certificate chain and key, with Mozilla's intermediate settings
+    /// and HTTP/2 offered by ALPN.
+    pub fn add(&mut self, addr: SocketAddr, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let fail = |what| move |source| TlsError::Setup { addr, what, source };
+        let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+            .map_err(fail("cannot set up TLS"))?;
+        builder
+            .set_private_key_file(key, SslFiletype::PEM)
+            .map_err(fail("cannot read the key (`key`)"))?;
+        builder
+            .set_certificate_chain_file(cert)
+            .map_err(fail("cannot read the certificate chain (`cert`)"))?;
+        builder
+            .check_private_key()
+            .map_err(fail("the key does not match the certificate"))?;
+        builder.set_alpn_select_callback(|_, offered| {
+            select_next_proto(H2_THEN_H1, offered).ok_or(AlpnError::NOACK)
+        });
+        self.listeners.push((addr, Arc::new(builder.build())));
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    /// The TLS settings for a connection accepted on `local`, if it came to a TLS listener:
+    /// a listener on that very address, or on the unspecified address and that port.
+    fn for_local(&self, local: SocketAddr) -> Option<&SslAcceptor> {
+        let exact = self.listeners.iter().find(|(addr, _)| *addr == local);
+        let wildcard = || {
+            self.listeners
+                .iter()
+                .find(|(addr, _)| addr.ip().is_unspecified() && addr.port() == local.port())
+        };
+        exact.or_else(wildcard).map(|(_, acceptor)| &**acceptor)
+    }
+
+    /// The connection as the proxy should read it: decrypted if it came to a TLS listener.
+    /// `None` when its handshake failed (the connection is then closed).
+    pub async fn accept(&self, stream: Stream) -> Option<Stream> {
+        if self.listeners.is_empty() {
+            return Some(stream);
+        }
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(PeerAddr::as_inet).copied());
+        let Some(acceptor) = local.and_then(|l| self.for_local(l)) else {
+            return Some(stream);
+        };
+        // Listeners hand the door Pingora's own TCP stream; the handshake wants it by type.
+        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        match pingora::protocols::tls::server::handshake(acceptor, *tcp).await {
+            Ok(tls) => Some(Box::new(tls)),
+            Err(e) => {
+                tracing::debug!(error = %e, "client TLS handshake failed");
+                None
+            }
+        }
+    }
+}

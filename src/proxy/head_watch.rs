@@ -1,0 +1,294 @@
+//! The upstream response-head clock: SPEC §8 says `timeouts.read` bounds the whole response
+//! head, not each read. Pingora times each read of an upstream head on its own, so an
+//! upstream that trickles one byte every half second is never cut. This table keeps the
+//! deadline of every head being awaited over HTTP/1; a sweeper shuts down the socket of any
+//! that is overdue, which ends the pending read at once, and the request then fails as a
+//! read timeout would (504, or a retry on another node).
+//!
+//! Why a table and a sweeper rather than a timer per request: arming costs two uncontended
+//! shard locks and no allocation, where a task per request would cost a spawn and a wakeup.
+//! Why the socket's addresses are kept: the sweeper acts on a raw descriptor, which Pingora
+//! may already have closed (and the kernel handed to a new socket) when a request ends
+//! between two sweeps; it only shuts down a descriptor whose local and peer addresses are
+//! still those of the watched connection.
+
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use slab::Slab;
+use std::net::SocketAddr;
+use std::os::unix::io::RawFd;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Shards of the table, so requests on different connections rarely meet on a lock.
+const SHARDS: usize = 16;
+
+/// How often overdue heads are looked for: a head is cut at most this late.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// A watched head whose request never came back to disarm it (its task was dropped) is
+/// forgotten this long after its deadline.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// The deadlines of upstream response heads in flight.
+pub struct HeadWatch {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: Slab<Entry>,
+    /// Tells a ticket from a later one that reuses its slot.
+    next_generation: u32,
+}
+
+struct Entry {
+    generation: u32,
+    deadline: Instant,
+    fd: RawFd,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// The sweeper shut the connection down: the request failed on the head clock.
+    fired: bool,
+}
+
+/// One armed head, held by the request until its head arrives or the attempt fails.
+#[derive(Debug)]
+pub struct Ticket {
+    shard: u8,
+    slot: u32,
+    generation: u32,
+}
+
+/// The connection a head is awaited on.
+pub struct Connection {
+    pub fd: RawFd,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Default for HeadWatch {
+    fn default() -> Self {
+        HeadWatch::new()
+    }
+}
+
+impl HeadWatch {
+    pub fn new() -> HeadWatch {
+        HeadWatch {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    /// Starts the clock of a head awaited on `conn`, due by `deadline`.
+    pub fn arm(&self, conn: Connection, deadline: Instant) -> Ticket {
+        let shard = conn.fd.unsigned_abs() as usize % SHARDS;
+        let mut guard = lock(&self.shards[shard]);
+        let generation = guard.next_generation;
+        guard.next_generation = generation.wrapping_add(1);
+        let slot = guard.entries.insert(Entry {
+            generation,
+            deadline,
+            fd: conn.fd,
+            local: conn.local,
+            peer: conn.peer,
+            fired: false,
+        });
+        Ticket {
+            shard: shard as u8,
+            slot: slot as u32,
+            generation,
+        }
+    }
+
+    /// Moves a head's deadline: the request body is still being sent, and the upstream
+    /// owes no answer before it has all of it.
+    pub fn extend(&self, ticket: &Ticket, deadline: Instant) {
+        let mut guard = lock(&self.shards[ticket.shard as usize]);
+        if let Some(entry) = guard.entries.get_mut(ticket.slot as usize) {
+            if entry.generation == ticket.generation && !entry.fired {
+                entry.deadline = deadline;
+            }
+        }
+    }
+
+    /// Stops the clock; says whether it had run out (and so ended the connection).
+    pub fn disarm(&self, ticket: Ticket) -> bool {
+        let mut guard = lock(&self.shards[ticket.shard as usize]);
+        let slot = ticket.slot as usize;
+        match guard.entries.get(slot) {
+            Some(entry) if entry.generation == ticket.generation => {
+                guard.entries.remove(slot).fired
+            }
+            _ => false,
+        }
+    }
+
+    /// Shuts down the connection of every head overdue at `now`; returns how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut fired = 0;
+        for shard in self.shards.iter() {
+            let mut guard = lock(shard);
+            guard.entries.retain(|_, entry| {
+                if entry.fired || entry.deadline > now {
+                    // A fired head waits for its request to read the verdict, unless the
+                    // request is long gone.
+                    return !entry.fired || now < entry.deadline + FORGET_AFTER;
+                }
+                if !still_connected(entry) {
+                    // The request ended between two sweeps and its socket is closed (or
+                    // its descriptor now belongs to another socket): nothing to cut.
+                    return false;
+                }
+                // The pending read sees the end of the stream and the attempt fails.
+                let _ = nix::sys::socket::shutdown(entry.fd, nix::sys::socket::Shutdown::Both);
+                entry.fired = true;
+                fired += 1;
+                true
+            });
+        }
+        fired
+    }
+
+    /// How many heads are being watched (for tests and the status page).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sweeps the table every [`SWEEP_EVERY`] for as long as the process runs: through a
+/// drain too, since the requests still in flight then are owed the same clock.
+pub struct Sweeper(pub std::sync::Arc<HeadWatch>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Sweeper {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let cut = self.0.sweep(Instant::now());
+            if cut > 0 {
+                tracing::debug!(cut, "upstream response heads past timeouts.read");
+            }
+        }
+    }
+}
+
+/// A shard's entries stay consistent whatever panicked while holding it: each change is a
+/// single slab operation.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the descriptor still names the watched connection.
+fn still_connected(entry: &Entry) -> bool {
+    let inet = |a: Option<PeerAddr>| a.and_then(|a| a.as_inet().copied());
+    inet(PeerAddr::from_raw_fd(entry.fd, false)) == Some(entry.local)
+        && inet(PeerAddr::from_raw_fd(entry.fd, true)) == Some(entry.peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::io::AsRawFd;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn watched(stream: &TcpStream) -> Connection {
+        Connection {
+            fd: stream.as_raw_fd(),
+            local: stream.local_addr().unwrap(),
+            peer: stream.peer_addr().unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_overdue_head_ends_its_connection_and_says_so() {
+        let watch = HeadWatch::new();
+        let (mut client, _server) = pair();
+        let now = Instant::now();
+        let ticket = watch.arm(watched(&client), now + Duration::from_secs(1));
+        assert_eq!(watch.sweep(now), 0, "not due yet");
+        assert_eq!(watch.sweep(now + Duration::from_secs(2)), 1);
+        // The pending read ends: the stream is shut down.
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        assert!(watch.disarm(ticket), "the request learns its head ran out");
+        assert!(watch.is_empty());
+    }
+
+    #[test]
+    fn a_head_that_arrived_in_time_leaves_the_connection_alone() {
+        let watch = HeadWatch::new();
+        let (mut client, mut server) = pair();
+        let now = Instant::now();
+        let ticket = watch.arm(watched(&client), now + Duration::from_secs(1));
+        assert!(!watch.disarm(ticket));
+        assert_eq!(watch.sweep(now + Duration::from_secs(2)), 0);
+        server.write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn extending_a_deadline_postpones_the_cut() {
+        let watch = HeadWatch::new();
+        let (client, _server) = pair();
+        let now = Instant::now();
+        let ticket = watch.arm(watched(&client), now + Duration::from_secs(1));
+        watch.extend(&ticket, now + Duration::from_secs(5));
+        assert_eq!(watch.sweep(now + Duration::from_secs(2)), 0);
+        assert_eq!(watch.sweep(now + Duration::from_secs(6)), 1);
+    }
+
+    #[test]
+    fn a_descriptor_now_naming_another_socket_is_never_cut() {
+        let watch = HeadWatch::new();
+        let (client, _server) = pair();
+        let (other, _other_server) = pair();
+        let now = Instant::now();
+        // As if the watched connection closed and its descriptor went to `other`.
+        let stale = Connection {
+            fd: other.as_raw_fd(),
+            local: client.local_addr().unwrap(),
+            peer: client.peer_addr().unwrap(),
+        };
+        let ticket = watch.arm(stale, now);
+        assert_eq!(watch.sweep(now + Duration::from_secs(1)), 0);
+        assert!(watch.is_empty(), "the stale entry is forgotten");
+        assert!(!watch.disarm(ticket));
+        other.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        let still_open =
+            matches!((&other).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(still_open, "the other socket was not shut down");
+    }
+
+    #[test]
+    fn a_ticket_for_a_reused_slot_disarms_nothing_else() {
+        let watch = HeadWatch::new();
+        let (client, _server) = pair();
+        let now = Instant::now();
+        let first = watch.arm(watched(&client), now + Duration::from_secs(1));
+        let first_copy = Ticket {
+            shard: first.shard,
+            slot: first.slot,
+            generation: first.generation,
+        };
+        watch.disarm(first);
+        let _second = watch.arm(watched(&client), now + Duration::from_secs(1));
+        watch.disarm(first_copy);
+        assert_eq!(watch.len(), 1, "the later head is still watched");
+    }
+}
