@@ -4,7 +4,7 @@
 mod common;
 
 use common::{client, closed_within, Echo, Gateway, TestUpstream};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 

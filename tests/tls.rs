@@ -127,7 +127,7 @@ async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(certs.path());
     let tls_addr = free_addr();
-    let gw = Gateway::builder()
+    let _gw = Gateway::builder()
         .file(
             "r.yaml",
             "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",

@@ -1,17 +1,23 @@
 //! Answers the gateway writes itself: its JSON errors (SPEC §4) and direct responses.
 
 use bytes::Bytes;
+use super::ctx::RequestCtx;
 use gatehouse_plugins::{Exchange, PluginChain, Reply};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 /// The body of a gateway error: `{"error": CODE, "message": TEXT, "request_id": ID}`.
 pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     let body = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
     Bytes::from(body.to_string())
 }
+
+/// The error type for "no node to send to", mapped to 503 `no_upstream`.
+pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
+/// The error type for "the upstream's circuit is open", mapped to 503 `circuit_open`.
+pub const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit_open");
 
 /// Everything a gateway-made answer carries.
 pub struct Answer<'a> {
@@ -65,4 +71,106 @@ pub async fn send(
         session.write_response_body(Some(answer.body), true).await?;
     }
     Ok(())
+}
+
+/// Writes a gateway error and tells Pingora the request is answered.
+pub async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
+    let metrics = &crate::telemetry::metrics::METRICS;
+    if reply.code == "rate_limited" {
+        metrics
+            .rate_limited
+            .with_label_values(&[&*ctx.exchange.route_id])
+            .inc();
+    } else if let Some(reason) = reply.reason {
+        metrics
+            .auth_failures
+            .with_label_values(&[&*ctx.exchange.route_id, reason])
+            .inc();
+    }
+    let answer = Answer::error(reply, &ctx.exchange.request_id);
+    send(
+        session,
+        answer,
+        &ctx.exchange,
+        ctx.route.as_ref().map(|r| &r.plugins),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The gateway error for a proxying failure; `None` when the client is gone.
+pub fn classify(e: &Error) -> Option<Reply> {
+    use ErrorType::*;
+    let reply = |status, code, message: &str| Some(Reply::new(status, code, message));
+    match (e.etype(), e.esource()) {
+        (t, _) if *t == NO_UPSTREAM => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_upstream",
+            "no upstream node is available",
+        ),
+        (t, _) if *t == CIRCUIT_OPEN => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "circuit_open",
+            "the upstream is failing; its circuit breaker is open",
+        ),
+        (
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        ),
+        (_, ErrorSource::Upstream) => reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream connection failed or its response was invalid",
+        ),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
+        (ReadTimedout, ErrorSource::Downstream) => None,
+        (HTTPStatus(code), _) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
+            Some(Reply::new(
+                status,
+                "bad_request",
+                "the request could not be processed",
+            ))
+        }
+        (_, ErrorSource::Downstream) => reply(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request is malformed",
+        ),
+        _ => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the gateway failed to handle the request",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_spec_codes() {
+        let up = Error::new_up;
+        let code = |e: &Error| classify(e).map(|r| (r.status.as_u16(), r.code));
+        assert_eq!(
+            code(&up(ErrorType::ConnectRefused)),
+            Some((502, "upstream_error"))
+        );
+        assert_eq!(
+            code(&up(ErrorType::ReadTimedout)),
+            Some((504, "upstream_timeout"))
+        );
+        assert_eq!(
+            code(&up(ErrorType::ConnectTimedout)),
+            Some((504, "upstream_timeout"))
+        );
+        assert_eq!(code(&Error::new(NO_UPSTREAM)), Some((503, "no_upstream")));
+        assert_eq!(code(&Error::new(CIRCUIT_OPEN)), Some((503, "circuit_open")));
+        assert_eq!(code(&Error::new_down(ErrorType::ConnectionClosed)), None);
+    }
 }

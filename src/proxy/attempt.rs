@@ -1,0 +1,505 @@
+//! One request's attempts at its upstream: the rules of SPEC §3 `retries` in one place.
+//!
+//! Each attempt is admitted through the upstream's circuit breaker, leases a node (another
+//! one than the node that just failed, when there is one), and reports how it ended; the
+//! outcome feeds passive health and the breaker, and decides whether the request is tried
+//! again. The proxy phases only translate Pingora's events into these calls, so the rules
+//! can be read, and tested, without a socket. A retry budget (SPEC §11) belongs here too.
+
+use crate::snapshot::RouteTimeouts;
+use crate::upstream::{now_ms, Node, NodeLease, Pass, UpstreamTarget};
+use gatehouse_plugins::Exchange;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+/// No attempt started yet: a peer that cannot be reached.
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+/// The attempts of one request at the upstream chosen for it (chosen once: retries go to
+/// other nodes of the same upstream).
+#[derive(Debug)]
+pub struct Attempts {
+    upstream: Arc<UpstreamTarget>,
+    /// Extra attempts the route allows (`retries`).
+    allowed: u32,
+    /// Failed attempts counted against `allowed`.
+    failed: u32,
+    /// The node of the current (or last) attempt.
+    node: Option<Arc<Node>>,
+    /// Holds the node's in-flight count (for `least_conn`) and kept connection (for
+    /// `pool.max_idle`) while the request is on it.
+    lease: Option<NodeLease>,
+    /// How the current attempt passed the breaker, until its outcome is recorded.
+    pass: Option<Pass>,
+    /// The current attempt is being abandoned on purpose, to retry a 502/503.
+    retrying_status: bool,
+    /// A kept connection already turned out stale once for this request.
+    stale_retried: bool,
+}
+
+/// Why no attempt could start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The upstream's circuit is open: 503 `circuit_open`.
+    CircuitOpen,
+    /// No node is healthy: 503 `no_upstream`.
+    NoNode,
+}
+
+/// Whether a request can be sent again without repeating a side effect twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    pub idempotent: bool,
+    pub has_body: bool,
+}
+
+impl Replay {
+    pub fn of(req: &RequestHeader) -> Replay {
+        Replay {
+            idempotent: req.method.is_idempotent(),
+            has_body: has_body(req),
+        }
+    }
+
+    /// An idempotent method and no body (nothing streamed that would have to be replayed).
+    pub fn safe(self) -> bool {
+        self.idempotent && !self.has_body
+    }
+}
+
+/// How an attempt that reached the upstream failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
+    pub replay: Replay,
+    /// The attempt ran on a pooled connection.
+    pub reused: bool,
+    /// The connection was closed or reset under the attempt (not a timeout, not a bad
+    /// answer): on a pooled connection, the mark of one the upstream closed while idle.
+    pub connection_lost: bool,
+    /// Part of an answer already went to the client.
+    pub client_answered: bool,
+    /// The request body went past what Pingora keeps for a replay.
+    pub body_truncated: bool,
+    /// Whether Pingora itself would retry this error on this connection.
+    pub engine_would_retry: bool,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Try again, on another node when there is one.
+    Again,
+    /// Try again on a fresh connection: the pooled one was stale, which says nothing of the
+    /// node, so this try is not counted against `retries` nor the node's health.
+    Fresh,
+    /// The failure is the gateway's own abandoning of a 502/503, already decided.
+    AsDecided,
+    /// Give up: the failure goes to the client.
+    No,
+}
+
+impl Attempts {
+    pub fn new(upstream: Arc<UpstreamTarget>, allowed: u32) -> Attempts {
+        Attempts {
+            upstream,
+            allowed,
+            failed: 0,
+            node: None,
+            lease: None,
+            pass: None,
+            retrying_status: false,
+            stale_retried: false,
+        }
+    }
+
+    pub fn upstream(&self) -> &Arc<UpstreamTarget> {
+        &self.upstream
+    }
+
+    /// The node of the current (or last) attempt.
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
+    }
+
+    pub fn lease(&self) -> Option<&NodeLease> {
+        self.lease.as_ref()
+    }
+
+    /// Starts an attempt: through the breaker, onto a healthy node (another one than the
+    /// last when another exists), leased for as long as the attempt lasts.
+    pub fn start(&mut self, req: &RequestHeader, ex: &Exchange) -> Result<&Arc<Node>, Refused> {
+        // A retry after a stale kept connection still holds its pass: the upstream never
+        // saw that attempt.
+        if let (Some(breaker), None) = (&self.upstream.breaker, &self.pass) {
+            self.pass = Some(breaker.admit(now_ms()).ok_or(Refused::CircuitOpen)?);
+        }
+        let node = self
+            .upstream
+            .pick(req, ex, self.node.as_deref())
+            .ok_or(Refused::NoNode)?;
+        // Replaces (and so ends) the lease of a previous attempt.
+        self.lease = self.upstream.lease(&node);
+        Ok(self.node.insert(node))
+    }
+
+    /// Where the current attempt goes, as Pingora's peer: the node, the upstream's TLS and
+    /// pool, the route's timeouts.
+    pub fn peer(&self, timeouts: &RouteTimeouts) -> HttpPeer {
+        let upstream = &*self.upstream;
+        let addr = self.node.as_ref().map_or(UNSPECIFIED, |n| n.addr);
+        let mut peer = match &upstream.tls {
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
+        peer.group_key = upstream.pool_key(self.lease.as_ref());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(timeouts.read);
+        peer.options.write_timeout = Some(timeouts.write);
+        if let Some(idle) = upstream.idle_timeout {
+            peer.options.idle_timeout = Some(idle);
+        }
+        peer
+    }
+
+    /// Connecting failed: nothing was sent, so another node may be tried for any method.
+    pub fn connect_failed(&mut self) -> bool {
+        self.node_failed();
+        self.count_retry()
+    }
+
+    /// The upstream answered `req` with `status`. Returns whether to abandon this answer
+    /// and try another node: a 502 or 503, while retries remain, for a request that is safe
+    /// to send again (a 504 is not sent again: the node may still be working on it).
+    pub fn answered(&mut self, status: u16, req: &RequestHeader) -> bool {
+        self.record(status < 500);
+        if !matches!(status, 502..=504) {
+            return false;
+        }
+        if let Some(node) = &self.node {
+            self.upstream.failed(node);
+        }
+        if status != 504 && self.failed < self.allowed && Replay::of(req).safe() {
+            self.failed += 1;
+            self.retrying_status = true;
+            return true;
+        }
+        false
+    }
+
+    /// The attempt failed after it was sent.
+    pub fn failed(&mut self, f: Failure) -> Retry {
+        if std::mem::take(&mut self.retrying_status) {
+            return Retry::AsDecided;
+        }
+        if f.reused
+            && f.connection_lost
+            && f.replay.safe()
+            && !self.stale_retried
+            && !f.client_answered
+        {
+            // A kept connection the upstream closed while it sat in the pool (its reset
+            // meets the next request), as nginx and Envoy retry it.
+            self.stale_retried = true;
+            return Retry::Fresh;
+        }
+        self.node_failed();
+        let worth_it = if f.replay.safe() && !f.client_answered {
+            // Nothing reached the client and nothing is sent twice that could change state
+            // twice: another node may answer instead (a node that died mid-request, a
+            // timeout), as nginx's `proxy_next_upstream error timeout` does.
+            true
+        } else if !f.replay.idempotent || f.body_truncated {
+            false
+        } else {
+            f.engine_would_retry
+        };
+        if worth_it && self.count_retry() {
+            Retry::Again
+        } else {
+            Retry::No
+        }
+    }
+
+    /// Counts a failed attempt; whether another one is allowed.
+    fn count_retry(&mut self) -> bool {
+        self.failed += 1;
+        self.failed <= self.allowed
+    }
+
+    /// The current attempt failed on its node: passive health and the breaker hear of it.
+    fn node_failed(&mut self) {
+        if let Some(node) = &self.node {
+            self.upstream.failed(node);
+        }
+        self.record(false);
+    }
+
+    /// Tells the breaker how the current attempt ended.
+    fn record(&mut self, ok: bool) {
+        if let (Some(breaker), Some(pass)) = (&self.upstream.breaker, self.pass.take()) {
+            breaker.record(pass, ok, now_ms());
+        }
+    }
+}
+
+/// Whether a request carries a body (so a retry would have to replay it).
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn upstream(yaml: &str) -> Arc<UpstreamTarget> {
+        let spec: crate::resource::Upstream = serde_yaml::from_str(yaml).unwrap();
+        Arc::new(UpstreamTarget::compile(Arc::new(spec)))
+    }
+
+    fn two_nodes() -> Arc<UpstreamTarget> {
+        upstream("id: u\nnodes: [{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\" }]\n")
+    }
+
+    fn get() -> RequestHeader {
+        RequestHeader::build("GET", b"/", None).unwrap()
+    }
+
+    fn exchange() -> Exchange {
+        Exchange::new(
+            Arc::from("r"),
+            String::new(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        )
+    }
+
+    const GET: Replay = Replay {
+        idempotent: true,
+        has_body: false,
+    };
+    const POST: Replay = Replay {
+        idempotent: false,
+        has_body: true,
+    };
+    const PUT_WITH_BODY: Replay = Replay {
+        idempotent: true,
+        has_body: true,
+    };
+
+    /// A request with the method and body of `replay`.
+    fn req(replay: Replay) -> RequestHeader {
+        let method = if replay.idempotent { "PUT" } else { "POST" };
+        let mut req = RequestHeader::build(method, b"/", None).unwrap();
+        if replay.has_body {
+            req.insert_header("Content-Length", "2").unwrap();
+        }
+        req
+    }
+
+    fn failure(replay: Replay) -> Failure {
+        Failure {
+            replay,
+            reused: false,
+            connection_lost: false,
+            client_answered: false,
+            body_truncated: false,
+            engine_would_retry: false,
+        }
+    }
+
+    fn started(a: &mut Attempts) -> std::net::SocketAddr {
+        a.start(&get(), &exchange()).unwrap().addr
+    }
+
+    #[test]
+    fn a_failed_connect_is_retried_for_any_method_up_to_the_allowance() {
+        let mut a = Attempts::new(two_nodes(), 2);
+        started(&mut a);
+        assert!(a.connect_failed());
+        assert!(a.connect_failed());
+        assert!(!a.connect_failed(), "two retries allowed, a third is not");
+        let mut none = Attempts::new(two_nodes(), 0);
+        started(&mut none);
+        assert!(!none.connect_failed(), "retries: 0 means one attempt");
+    }
+
+    #[test]
+    fn a_retry_goes_to_another_node() {
+        let mut a = Attempts::new(two_nodes(), 3);
+        for _ in 0..3 {
+            let first = started(&mut a);
+            a.connect_failed();
+            assert_ne!(started(&mut a), first);
+            a.connect_failed();
+        }
+    }
+
+    #[test]
+    fn bad_gateway_and_unavailable_are_retried_only_when_safe() {
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert!(a.answered(502, &req(GET)));
+        assert_eq!(a.failed(failure(GET)), Retry::AsDecided);
+        started(&mut a);
+        assert!(!a.answered(503, &req(GET)), "the one retry is used");
+
+        for replay in [POST, PUT_WITH_BODY] {
+            let mut a = Attempts::new(two_nodes(), 1);
+            started(&mut a);
+            assert!(
+                !a.answered(503, &req(replay)),
+                "{replay:?} is never sent twice"
+            );
+        }
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert!(!a.answered(504, &req(GET)), "a 504 may still be worked on");
+        assert!(!a.answered(200, &req(GET)));
+    }
+
+    #[test]
+    fn a_failure_after_sending_is_retried_when_nothing_is_repeated_or_answered() {
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert_eq!(a.failed(failure(GET)), Retry::Again);
+        started(&mut a);
+        assert_eq!(a.failed(failure(GET)), Retry::No, "allowance spent");
+
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert_eq!(a.failed(failure(POST)), Retry::No);
+
+        // Part of the answer reached the client: only the engine's own rule (a reused
+        // connection) can send it again, and only for an idempotent request.
+        let mut answered = failure(GET);
+        answered.client_answered = true;
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert_eq!(a.failed(answered), Retry::No);
+        answered.engine_would_retry = true;
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert_eq!(a.failed(answered), Retry::Again);
+        let mut truncated = answered;
+        truncated.replay = PUT_WITH_BODY;
+        truncated.body_truncated = true;
+        let mut a = Attempts::new(two_nodes(), 1);
+        started(&mut a);
+        assert_eq!(a.failed(truncated), Retry::No);
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_tried_once_more_without_counting() {
+        let up = upstream(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\n\
+             health_check: { passive: { max_fails: 1, fail_timeout: 10s } }\n",
+        );
+        let mut a = Attempts::new(up.clone(), 0);
+        started(&mut a);
+        let mut stale = failure(GET);
+        stale.reused = true;
+        stale.connection_lost = true;
+        assert_eq!(a.failed(stale), Retry::Fresh);
+        // The node stays healthy (one failure would have taken it out).
+        started(&mut a);
+        assert_eq!(a.failed(stale), Retry::No, "only once, and retries: 0");
+        assert!(
+            a.start(&get(), &exchange()).is_err(),
+            "the real failure counted against the node"
+        );
+
+        let mut with_body = stale;
+        with_body.replay = PUT_WITH_BODY;
+        let mut a = Attempts::new(two_nodes(), 0);
+        started(&mut a);
+        assert_eq!(a.failed(with_body), Retry::No, "a body is never replayed");
+    }
+
+    #[test]
+    fn the_breaker_admits_each_attempt_and_hears_each_outcome() {
+        let up = upstream(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\" }]\n\
+             circuit_breaker: { error_rate: 0.5, min_requests: 2, window: 10s, open_for: 60s }\n",
+        );
+        let mut a = Attempts::new(up.clone(), 5);
+        started(&mut a);
+        assert!(a.connect_failed());
+        started(&mut a);
+        assert!(a.connect_failed());
+        assert_eq!(
+            a.start(&get(), &exchange()).unwrap_err(),
+            Refused::CircuitOpen,
+            "two failures of two requests open the circuit"
+        );
+        let mut other = Attempts::new(up, 0);
+        assert_eq!(
+            other.start(&get(), &exchange()).unwrap_err(),
+            Refused::CircuitOpen
+        );
+    }
+
+    #[test]
+    fn a_stale_retry_keeps_its_pass_through_the_breaker() {
+        // With the circuit half-open, the probe's pass is the only one: a fresh try after a
+        // stale connection must not need a second.
+        let up = upstream(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\n\
+             circuit_breaker: { error_rate: 0.5, min_requests: 1, window: 10s, open_for: 1ms }\n",
+        );
+        let mut opener = Attempts::new(up.clone(), 0);
+        started(&mut opener);
+        opener.connect_failed();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut probe = Attempts::new(up.clone(), 0);
+        started(&mut probe);
+        let mut stale = failure(GET);
+        stale.reused = true;
+        stale.connection_lost = true;
+        assert_eq!(probe.failed(stale), Retry::Fresh);
+        assert!(probe.start(&get(), &exchange()).is_ok(), "still the probe");
+        let mut other = Attempts::new(up, 0);
+        assert_eq!(
+            other.start(&get(), &exchange()).unwrap_err(),
+            Refused::CircuitOpen,
+            "one probe at a time"
+        );
+    }
+
+    #[test]
+    fn no_healthy_node_refuses_the_attempt() {
+        let up = upstream(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\n\
+             health_check: { passive: { max_fails: 1, fail_timeout: 10s } }\n",
+        );
+        let mut a = Attempts::new(up, 1);
+        started(&mut a);
+        assert!(a.connect_failed());
+        assert_eq!(a.start(&get(), &exchange()).unwrap_err(), Refused::NoNode);
+    }
+
+    #[test]
+    fn a_body_is_told_by_its_framing_headers() {
+        let mut req = get();
+        assert!(!has_body(&req));
+        req.insert_header("Content-Length", "0").unwrap();
+        assert!(!has_body(&req));
+        req.insert_header("Content-Length", "3").unwrap();
+        assert!(has_body(&req));
+        let mut chunked = get();
+        chunked
+            .insert_header("Transfer-Encoding", "chunked")
+            .unwrap();
+        assert!(has_body(&chunked));
+    }
+}

@@ -1,0 +1,57 @@
+//! What a matched route does with a request: its access plugins (auth, limits) may answer
+//! for it, a direct response answers it, or an upstream is chosen for it.
+
+use super::attempt::Attempts;
+use super::ctx::RequestCtx;
+use super::reply::{self, answer_error, Answer};
+use super::Gateway;
+use crate::snapshot::{Action, CompiledRoute};
+use gatehouse_plugins::Flow;
+use http::StatusCode;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::sync::Arc;
+
+impl Gateway {
+    /// Runs the route on the request; `true` once the request is answered here.
+    pub(super) async fn enter_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Arc<CompiledRoute>,
+    ) -> Result<bool> {
+        ctx.exchange.route_id = route.id.clone();
+        let route = &*ctx.route.insert(route);
+        if !route.plugins.is_empty() {
+            let flow = route
+                .plugins
+                .access(session.req_header_mut(), &mut ctx.exchange)
+                .await;
+            // The plugins may have waited (an introspection call) while a drain began.
+            if self.settings.draining.is_on() {
+                session.set_keepalive(None);
+            }
+            if let Flow::Respond(reply) = flow {
+                return answer_error(session, &reply, ctx).await;
+            }
+        }
+        match &route.action {
+            Action::Proxy(choice) => {
+                // Chosen once: retries go to other nodes of the same upstream.
+                let upstream = choice.choose(session.req_header(), &ctx.exchange).clone();
+                ctx.attempts = Some(Attempts::new(upstream, route.retries));
+                Ok(false)
+            }
+            Action::Respond(direct) => {
+                let answer = Answer {
+                    status: StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK),
+                    headers: &direct.headers,
+                    content_type: None,
+                    body: direct.body.clone(),
+                };
+                reply::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                Ok(true)
+            }
+        }
+    }
+}
