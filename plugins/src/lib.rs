@@ -17,10 +17,12 @@ mod exchange;
 pub mod headers;
 pub mod rate_limit;
 pub mod request;
+pub mod selector;
 pub mod template;
 
 pub use chain::PluginChain;
 pub use exchange::{Exchange, Reply};
+pub use selector::Selector;
 
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::future::Future;

@@ -7,6 +7,7 @@
 //! hand it a fresh one).
 
 use crate::digest::Digester;
+use crate::selector::{Forms, Selected, Selector, SelectorKind};
 use crate::{Access, Exchange, Flow, Plugin, Reply, Stage};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -29,18 +30,19 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// Keys one limiter keeps when its route does not say (`rate_limit.max_keys`).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// What requests are counted together.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LimitKey {
-    /// The client address (the socket peer, or per `trusted_proxies`).
-    ClientIp,
-    /// The authenticated caller; requests without one are counted by client address.
-    Consumer,
-    /// Every request of the route together.
-    Route,
-    /// A header's value; requests without it are counted by client address.
-    Header(HeaderName),
-}
+/// What requests are counted together: a request selector (`rate_limit.key`), of the
+/// forms [`KEY_FORMS`]. A request without the key's value is counted by client address
+/// ([`Selector::select_or_client_ip`]), so leaving a header out never escapes the limit.
+pub type LimitKey = Selector;
+
+/// The selectors `rate_limit.key` takes (SPEC §3): the ones that name a caller, or the
+/// whole route.
+pub const KEY_FORMS: Forms = Forms(&[
+    SelectorKind::ClientIp,
+    SelectorKind::Consumer,
+    SelectorKind::Route,
+    SelectorKind::Header,
+]);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Bucket {
@@ -205,18 +207,11 @@ fn seconds_up(d: Duration) -> u64 {
 
 impl RateLimit {
     fn bucket(&self, req: &RequestHeader, ex: &Exchange) -> Bucket {
-        let digester = &self.state.digester;
-        match &self.key {
-            LimitKey::ClientIp => Bucket::Ip(ex.client_ip),
-            LimitKey::Route => Bucket::Route,
-            LimitKey::Consumer => match &ex.consumer {
-                Some(c) => Bucket::text(c.as_bytes(), digester),
-                None => Bucket::Ip(ex.client_ip),
-            },
-            LimitKey::Header(name) => match req.headers.get(name) {
-                Some(v) => Bucket::text(v.as_bytes(), digester),
-                None => Bucket::Ip(ex.client_ip),
-            },
+        match self.key.select_or_client_ip(req, ex) {
+            Selected::ClientIp(ip) => Bucket::Ip(ip),
+            // The limiter is the route's own: one bucket is the whole route.
+            Selected::Route(_) => Bucket::Route,
+            Selected::Text(key) => Bucket::text(key, &self.state.digester),
         }
     }
 }
@@ -230,9 +225,10 @@ impl Plugin for RateLimit {
     /// from the request alone, so it runs first and a flood is refused before it costs a
     /// signature check or an introspection call.
     fn stage(&self) -> Stage {
-        match self.key {
-            LimitKey::Consumer => Stage::Limit,
-            LimitKey::ClientIp | LimitKey::Route | LimitKey::Header(_) => Stage::Throttle,
+        if self.key.needs_identity() {
+            Stage::Limit
+        } else {
+            Stage::Throttle
         }
     }
 
@@ -423,5 +419,54 @@ mod tests {
         *other.last_mut().unwrap() = b'c';
         check_request(&plugin, &mut keyed(&other), &mut e).unwrap();
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn requests_without_the_key_are_counted_by_client_address() {
+        let plugin = RateLimit {
+            state: limiter(1, Duration::from_secs(3600), 1, 100),
+            key: LimitKey::Header(HeaderName::from_static("x-key")),
+        };
+        let e = ex("10.0.0.1");
+        let bare = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(plugin.bucket(&bare, &e), Bucket::Ip(e.client_ip));
+        // An empty value is no key either: it never makes one bucket for everybody.
+        assert_eq!(plugin.bucket(&keyed(b""), &e), Bucket::Ip(e.client_ip));
+        assert_eq!(
+            plugin.bucket(&keyed(b"k1"), &e),
+            Bucket::Text(b"k1".as_slice().into())
+        );
+
+        let consumer = RateLimit {
+            state: limiter(1, Duration::from_secs(3600), 1, 100),
+            key: LimitKey::Consumer,
+        };
+        let mut e = ex("10.0.0.2");
+        assert_eq!(consumer.bucket(&bare, &e), Bucket::Ip(e.client_ip));
+        e.consumer = Some("alice".into());
+        assert_eq!(
+            consumer.bucket(&bare, &e),
+            Bucket::Text(b"alice".as_slice().into())
+        );
+
+        let route = RateLimit {
+            state: limiter(1, Duration::from_secs(3600), 1, 100),
+            key: LimitKey::Route,
+        };
+        assert_eq!(route.bucket(&bare, &e), Bucket::Route);
+    }
+
+    #[test]
+    fn key_forms_are_the_ones_the_spec_lists() {
+        assert_eq!(
+            KEY_FORMS.to_string(),
+            "client_ip, consumer, route, header:NAME"
+        );
+        for text in ["client_ip", "consumer", "route", "header:X-Key"] {
+            assert!(Selector::parse_as(text, KEY_FORMS).is_ok(), "{text}");
+        }
+        for text in ["path", "cookie:a", "query:a"] {
+            assert!(Selector::parse_as(text, KEY_FORMS).is_err(), "{text}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Small shared pieces of resource parsing and checking.
 
+use gatehouse_plugins::selector::{Forms, Selector, SelectorError};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -114,11 +115,59 @@ pub fn check_header_name(name: &str) -> Result<http::HeaderName, String> {
         .map_err(|_| format!("`{name}` is not a valid header name"))
 }
 
-/// A `header:NAME`, `cookie:NAME`, `query:NAME`-style selector, split into its two parts.
-pub fn split_selector(text: &str) -> (&str, Option<&str>) {
-    match text.split_once(':') {
-        Some((kind, name)) => (kind, Some(name)),
-        None => (text, None),
+/// A request selector as a resource writes it (`header:X-User-Id`, `client_ip`).
+///
+/// The text is kept as written, so the resource reads back (admin API, `gatehouse get`) and
+/// compares (admission keeps an unchanged object's `Arc`) exactly as it was given. It is
+/// parsed once, when the document is read; the field checks and compilation both use that
+/// one parse ([`SelectorText::selector`]), so no two places can read the text differently.
+/// A text that does not parse is kept with its error and reported by the field check, next
+/// to the resource's other problems.
+#[derive(Debug, Clone)]
+pub struct SelectorText {
+    text: String,
+    parsed: Result<Selector, SelectorError>,
+}
+
+impl SelectorText {
+    pub fn new(text: impl Into<String>) -> SelectorText {
+        let text = text.into();
+        let parsed = Selector::parse(&text);
+        SelectorText { text, parsed }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The selector, judged as the value of a setting that takes `forms`.
+    pub fn selector(&self, forms: Forms) -> Result<&Selector, SelectorError> {
+        forms.judge(&self.text, &self.parsed)
+    }
+}
+
+impl From<&str> for SelectorText {
+    fn from(text: &str) -> SelectorText {
+        SelectorText::new(text)
+    }
+}
+
+/// Two selectors are the same setting when they are written the same way.
+impl PartialEq for SelectorText {
+    fn eq(&self, other: &SelectorText) -> bool {
+        self.text == other.text
+    }
+}
+
+impl<'de> Deserialize<'de> for SelectorText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SelectorText::new)
+    }
+}
+
+impl Serialize for SelectorText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 

@@ -11,14 +11,14 @@ mod upstream;
 
 pub use auth::{AuthPolicy, Forward, Introspection, Jwt, JwtKey, ALGORITHMS};
 pub use catalog::{admit, Catalog, Rejection, Stored};
-pub use fields::{FieldError, Text};
+pub use fields::{FieldError, SelectorText, Text};
 pub use route::{
     CanaryMatch, CanaryRule, DirectResponse, HeaderRules, RateLimit, Rewrite, Route, RouteMatch,
-    Timeouts, WeightedUpstream, METHODS,
+    Timeouts, WeightedUpstream, METHODS, STICKY_FORMS,
 };
 pub use upstream::{
     split_host_port, ActiveCheck, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream,
-    UpstreamTls,
+    UpstreamTls, HASH_KEY_FORMS,
 };
 
 use fields::{check_id, Problems};

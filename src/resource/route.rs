@@ -1,8 +1,10 @@
 //! The `Route` resource: which requests it takes and where they go.
 
-use super::fields::{check_header_name, is_zero, split_selector, Problems, Text};
+use super::fields::{check_header_name, is_zero, Problems, SelectorText, Text};
 use crate::router::{HostPattern, PathPattern, ValueMatcher};
 use crate::units::Span;
+use gatehouse_plugins::rate_limit::KEY_FORMS;
+use gatehouse_plugins::selector::{Forms, SelectorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -30,7 +32,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<Vec<WeightedUpstream>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sticky: Option<String>,
+    pub sticky: Option<SelectorText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Vec<CanaryRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,14 +86,14 @@ pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     #[serde(default = "default_limit_key")]
-    pub key: String,
+    pub key: SelectorText,
     /// Keys the limiter keeps at most; past it the stalest go (SPEC §8).
     #[serde(default = "default_max_keys")]
     pub max_keys: u32,
 }
 
-fn default_limit_key() -> String {
-    "client_ip".into()
+fn default_limit_key() -> SelectorText {
+    SelectorText::new("client_ip")
 }
 
 fn default_max_keys() -> u32 {
@@ -190,6 +192,15 @@ pub const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
 ];
 
+/// The selectors `sticky` takes (SPEC §3): the ones that name a user. `route` or `path`
+/// would send everybody, or everybody on one page, to one side.
+pub const STICKY_FORMS: Forms = Forms(&[
+    SelectorKind::Consumer,
+    SelectorKind::ClientIp,
+    SelectorKind::Header,
+    SelectorKind::Cookie,
+]);
+
 /// The most extra attempts a route may ask for: beyond this, retries amplify outages.
 pub const MAX_RETRIES: u32 = 10;
 
@@ -251,20 +262,8 @@ impl Route {
             if limit.max_keys == 0 {
                 p.add("rate_limit.max_keys", "must be at least 1");
             }
-            match split_selector(&limit.key) {
-                ("client_ip" | "consumer" | "route", None) => {}
-                ("header", Some(name)) => {
-                    if let Err(e) = check_header_name(name) {
-                        p.add("rate_limit.key", e);
-                    }
-                }
-                _ => p.add(
-                    "rate_limit.key",
-                    format!(
-                        "`{}` is not one of client_ip, consumer, route, header:NAME",
-                        limit.key
-                    ),
-                ),
+            if let Err(e) = limit.key.selector(KEY_FORMS) {
+                p.add("rate_limit.key", e.to_string());
             }
         }
         if let Some(t) = &self.timeouts {
@@ -341,21 +340,8 @@ impl Route {
             if self.weights.is_none() {
                 p.add("sticky", "only applies to a `weights` split");
             }
-            match split_selector(sticky) {
-                ("consumer" | "client_ip", None) => {}
-                ("header", Some(name)) | ("cookie", Some(name)) if !name.is_empty() => {
-                    if sticky.starts_with("header:") {
-                        if let Err(e) = check_header_name(name) {
-                            p.add("sticky", e);
-                        }
-                    }
-                }
-                _ => p.add(
-                    "sticky",
-                    format!(
-                        "`{sticky}` is not one of consumer, client_ip, header:NAME, cookie:NAME"
-                    ),
-                ),
+            if let Err(e) = sticky.selector(STICKY_FORMS) {
+                p.add("sticky", e.to_string());
             }
         }
         if let Some(rules) = &self.canary {

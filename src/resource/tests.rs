@@ -425,3 +425,102 @@ fn introspection_bounds_default_and_are_checked() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn selectors_are_judged_by_the_forms_each_setting_takes() {
+    let route = |extra: &str| {
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\n{extra}")
+    };
+    let split = |sticky: &str| {
+        route(&format!(
+            "weights: [{{ upstream: u1, weight: 1 }}]\nsticky: \"{sticky}\"\n"
+        ))
+    };
+    let limit = |key: &str| {
+        route(&format!(
+            "upstream: u1\nrate_limit: {{ rate: 1, per: 1s, key: \"{key}\" }}\n"
+        ))
+    };
+    let hashed = |key: &str| {
+        format!("kind: Upstream\nid: u\nnodes: [{{ addr: \"127.0.0.1:1\" }}]\nlb: consistent_hash\nhash_key: \"{key}\"\n")
+    };
+    for ok in ["client_ip", "consumer", "route", "header:X-Key"] {
+        assert!(errors("a.yaml", &limit(ok)).is_empty(), "{ok}");
+    }
+    for ok in ["consumer", "client_ip", "header:X-User-Id", "cookie:uid"] {
+        assert!(errors("a.yaml", &split(ok)).is_empty(), "{ok}");
+    }
+    for ok in [
+        "client_ip",
+        "consumer",
+        "path",
+        "header:X-User-Id",
+        "cookie:uid",
+        "query:uid",
+    ] {
+        assert!(errors("a.yaml", &hashed(ok)).is_empty(), "{ok}");
+    }
+    let cases = [
+        (
+            limit("cookie:uid"),
+            "rate_limit.key: `cookie:uid` is not one of client_ip, consumer, route, header:NAME",
+        ),
+        (
+            limit("header:"),
+            "rate_limit.key: `header:` needs a name: header:NAME",
+        ),
+        (
+            limit("header:bad key"),
+            "rate_limit.key: `bad key` is not a valid header name",
+        ),
+        (
+            split("route"),
+            "sticky: `route` is not one of consumer, client_ip, header:NAME, cookie:NAME",
+        ),
+        (split("cookie:"), "sticky: `cookie:` needs a name: cookie:NAME"),
+        (
+            hashed("route"),
+            "hash_key: `route` is not one of client_ip, consumer, path, header:NAME, cookie:NAME, query:NAME",
+        ),
+        (
+            hashed("body:x"),
+            "hash_key: `body:x` is not one of client_ip, consumer, path, header:NAME, cookie:NAME, query:NAME",
+        ),
+    ];
+    for (text, expected) in cases {
+        let errs = errors("a.yaml", &text);
+        assert!(
+            errs.iter().any(|e| e.ends_with(expected)),
+            "{expected}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_selector_reads_back_as_written() {
+    let text = format!(
+        "{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nweights: [{{ upstream: u1, weight: 1 }}]\nsticky: header:X-User-Id\n"
+    );
+    let (catalog, rejections) = admit(&docs("a.yaml", &text), &Catalog::default());
+    assert!(rejections.is_empty(), "{rejections:?}");
+    let route = &catalog.routes["r1"].value;
+    let sticky = route.sticky.as_ref().unwrap();
+    assert_eq!(sticky.as_str(), "header:X-User-Id");
+    assert_eq!(
+        sticky.selector(STICKY_FORMS),
+        Ok(&gatehouse_plugins::Selector::Header(
+            http::HeaderName::from_static("x-user-id")
+        ))
+    );
+    let json = serde_json::to_value(&**route).unwrap();
+    assert_eq!(json["sticky"], "header:X-User-Id");
+    // The default key is the client address.
+    let limited: RateLimit = serde_yaml::from_str("{ rate: 1, per: 1s }").unwrap();
+    assert_eq!(limited.key.as_str(), "client_ip");
+    assert_eq!(
+        limited
+            .key
+            .selector(gatehouse_plugins::rate_limit::KEY_FORMS),
+        Ok(&gatehouse_plugins::Selector::ClientIp)
+    );
+}

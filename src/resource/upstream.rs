@@ -1,7 +1,8 @@
 //! The `Upstream` resource: a named set of nodes and how to pick one.
 
-use super::fields::{check_header_name, split_selector, Problems, Text};
+use super::fields::{Problems, SelectorText, Text};
 use crate::units::Span;
+use gatehouse_plugins::selector::{Forms, SelectorKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ pub struct Upstream {
     #[serde(default)]
     pub lb: Balancing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_key: Option<String>,
+    pub hash_key: Option<SelectorText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,6 +29,17 @@ pub struct Upstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Pool>,
 }
+
+/// The selectors `hash_key` takes: anything a request carries except the route, which
+/// would send every request to one node.
+pub const HASH_KEY_FORMS: Forms = Forms(&[
+    SelectorKind::ClientIp,
+    SelectorKind::Consumer,
+    SelectorKind::Path,
+    SelectorKind::Header,
+    SelectorKind::Cookie,
+    SelectorKind::Query,
+]);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,20 +193,11 @@ impl Upstream {
             (Balancing::ConsistentHash, None) => {
                 p.add("hash_key", "is required with `lb: consistent_hash`")
             }
-            (Balancing::ConsistentHash, Some(key)) => match split_selector(key) {
-                ("client_ip" | "consumer" | "path", None) => {}
-                ("header" | "cookie" | "query", Some(name)) if !name.is_empty() => {
-                    if key.starts_with("header:") {
-                        if let Err(e) = check_header_name(name) {
-                            p.add("hash_key", e);
-                        }
-                    }
+            (Balancing::ConsistentHash, Some(key)) => {
+                if let Err(e) = key.selector(HASH_KEY_FORMS) {
+                    p.add("hash_key", e.to_string());
                 }
-                _ => p.add(
-                    "hash_key",
-                    format!("`{key}` is not one of client_ip, consumer, path, header:NAME, cookie:NAME, query:NAME"),
-                ),
-            },
+            }
             (_, Some(_)) => p.add("hash_key", "only applies with `lb: consistent_hash`"),
             _ => {}
         }

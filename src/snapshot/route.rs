@@ -8,7 +8,7 @@ use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::{Authenticate, Authenticator};
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
-use gatehouse_plugins::rate_limit::{LimitKey, RateLimit, RateLimitState};
+use gatehouse_plugins::rate_limit::{RateLimit, RateLimitState, KEY_FORMS};
 use gatehouse_plugins::template::Template;
 use gatehouse_plugins::{Plugin, PluginChain};
 use http::{HeaderName, HeaderValue};
@@ -142,17 +142,11 @@ impl CompiledRoute {
                     .ok_or("rate_limit: rate, per, burst and max_keys must be positive")?,
                 ),
             };
-            let key = match limit.key.split_once(':') {
-                Some(("header", name)) => LimitKey::Header(
-                    HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|e| format!("rate_limit.key: {e}"))?,
-                ),
-                _ => match limit.key.as_str() {
-                    "consumer" => LimitKey::Consumer,
-                    "route" => LimitKey::Route,
-                    _ => LimitKey::ClientIp,
-                },
-            };
+            let key = limit
+                .key
+                .selector(KEY_FORMS)
+                .map_err(|e| format!("rate_limit.key: {e}"))?
+                .clone();
             plugins.push(Box::new(RateLimit {
                 state: state.clone(),
                 key,

@@ -2,13 +2,14 @@
 //! default), compiled once per route.
 
 use super::{Picker, UpstreamTarget};
-use crate::resource::Route;
+use crate::resource::{Route, STICKY_FORMS};
 use crate::router::{Predicates, RouteRequest, ValueMatcher};
 use gatehouse_plugins::request::cookie;
+use gatehouse_plugins::selector::{Selected, Selector};
 use gatehouse_plugins::Exchange;
-use http::HeaderName;
 use pingora_http::RequestHeader;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// A canary rule: when every condition holds, the request goes to `target`.
@@ -18,15 +19,6 @@ struct CanaryRule {
     predicates: Predicates,
     cookies: Vec<(Box<str>, ValueMatcher)>,
     target: Arc<UpstreamTarget>,
-}
-
-/// What a sticky split hashes.
-#[derive(Debug)]
-enum StickyKey {
-    Header(HeaderName),
-    Cookie(Box<str>),
-    Consumer,
-    ClientIp,
 }
 
 #[derive(Debug)]
@@ -45,7 +37,8 @@ enum Split {
         members: Vec<Member>,
         /// Smooth weighted round robin over the members, for requests without a sticky key.
         picker: Picker,
-        sticky: Option<StickyKey>,
+        /// What a sticky split hashes.
+        sticky: Option<Selector>,
     },
 }
 
@@ -104,7 +97,14 @@ impl UpstreamChoice {
                         seed: fnv1a(w.upstream.as_bytes()),
                     });
                 }
-                let sticky = route.sticky.as_deref().map(sticky_key).transpose()?;
+                let sticky = match &route.sticky {
+                    Some(key) => Some(
+                        key.selector(STICKY_FORMS)
+                            .map_err(|e| format!("sticky: {e}"))?
+                            .clone(),
+                    ),
+                    None => None,
+                };
                 let picker =
                     Picker::round_robin(&weights.iter().map(|w| w.weight).collect::<Vec<_>>());
                 Split::Weighted {
@@ -141,7 +141,7 @@ impl UpstreamChoice {
                 picker,
                 sticky,
             } => {
-                let key = sticky.as_ref().and_then(|k| k.hash(req, ex));
+                let key = sticky.as_ref().and_then(|k| sticky_hash(k, req, ex));
                 match key {
                     Some(hash) => rendezvous(members, hash),
                     // No key to stick to: an even, non-sticky split.
@@ -169,31 +169,17 @@ impl CanaryRule {
     }
 }
 
-fn sticky_key(text: &str) -> Result<StickyKey, String> {
-    Ok(match text.split_once(':') {
-        Some(("header", name)) => StickyKey::Header(
-            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("sticky: {e}"))?,
-        ),
-        Some(("cookie", name)) => StickyKey::Cookie(name.into()),
-        None if text == "consumer" => StickyKey::Consumer,
-        None if text == "client_ip" => StickyKey::ClientIp,
-        _ => return Err(format!("sticky: `{text}` is not a sticky key")),
+/// The hash of the sticky key's value, or `None` when the request lacks it: such a request
+/// gets the plain weighted split, which keeps users without the key in the split's
+/// proportions rather than sending them all to the side their common fallback (a shared
+/// proxy's address, say) would hash to.
+fn sticky_hash(key: &Selector, req: &RequestHeader, ex: &Exchange) -> Option<u64> {
+    Some(match key.select(req, ex)? {
+        Selected::ClientIp(IpAddr::V4(ip)) => fnv1a(&ip.octets()),
+        Selected::ClientIp(IpAddr::V6(ip)) => fnv1a(&ip.octets()),
+        Selected::Route(id) => fnv1a(id.as_bytes()),
+        Selected::Text(value) => fnv1a(value),
     })
-}
-
-impl StickyKey {
-    /// The key's hash, or `None` when the request does not carry the key.
-    fn hash(&self, req: &RequestHeader, ex: &Exchange) -> Option<u64> {
-        match self {
-            StickyKey::Header(name) => req.headers.get(name).map(|v| fnv1a(v.as_bytes())),
-            StickyKey::Cookie(name) => cookie(req, name).map(|v| fnv1a(v.as_bytes())),
-            StickyKey::Consumer => ex.consumer.as_deref().map(|c| fnv1a(c.as_bytes())),
-            StickyKey::ClientIp => Some(match ex.client_ip {
-                std::net::IpAddr::V4(ip) => fnv1a(&ip.octets()),
-                std::net::IpAddr::V6(ip) => fnv1a(&ip.octets()),
-            }),
-        }
-    }
 }
 
 /// Weighted rendezvous hashing: every member scores the key, `weight / -ln(u)` with `u`
@@ -300,5 +286,41 @@ mod tests {
     #[test]
     fn hashes_are_stable() {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn a_sticky_key_hashes_its_value_and_a_request_without_it_has_none() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-user-id", "u1").unwrap();
+        req.append_header("x-blank", "").unwrap();
+        req.append_header("cookie", "uid=c1").unwrap();
+        let mut ex = Exchange::new("r".into(), "id".into(), "10.0.0.7".parse().unwrap());
+        let key = |text: &str| Selector::parse_as(text, STICKY_FORMS).unwrap();
+        assert_eq!(
+            sticky_hash(&key("header:X-User-Id"), &req, &ex),
+            Some(fnv1a(b"u1"))
+        );
+        assert_eq!(
+            sticky_hash(&key("cookie:uid"), &req, &ex),
+            Some(fnv1a(b"c1"))
+        );
+        // The address by its octets, as before selectors were shared.
+        assert_eq!(
+            sticky_hash(&key("client_ip"), &req, &ex),
+            Some(fnv1a(&[10, 0, 0, 7]))
+        );
+        for absent in [
+            "header:X-Other",
+            "header:X-Blank",
+            "cookie:other",
+            "consumer",
+        ] {
+            assert_eq!(sticky_hash(&key(absent), &req, &ex), None, "{absent}");
+        }
+        ex.consumer = Some("alice".into());
+        assert_eq!(
+            sticky_hash(&key("consumer"), &req, &ex),
+            Some(fnv1a(b"alice"))
+        );
     }
 }

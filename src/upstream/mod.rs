@@ -16,10 +16,10 @@ pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use keepalive::KeptConnections;
 pub use probe::Prober;
 
-use crate::resource::{split_host_port, Balancing, Scheme, Upstream};
+use crate::resource::{split_host_port, Balancing, Scheme, Upstream, HASH_KEY_FORMS};
 use crate::telemetry::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;
-use gatehouse_plugins::request::{cookie, query_param};
+use gatehouse_plugins::selector::{Selected, Selector};
 use gatehouse_plugins::Exchange;
 use pingora_http::RequestHeader;
 use pingora_ketama::{Bucket, Continuum};
@@ -114,7 +114,7 @@ enum Balance {
     /// The fewest requests in flight relative to weight.
     LeastConn,
     /// A ketama ring over the nodes, looked up by the request's `hash_key`.
-    Hash { ring: Continuum, key: HashKey },
+    Hash { ring: Continuum, key: Selector },
 }
 
 impl std::fmt::Debug for Balance {
@@ -141,7 +141,15 @@ impl Members {
                     .collect();
                 Balance::Hash {
                     ring: Continuum::new(&buckets),
-                    key: HashKey::parse(spec.hash_key.as_deref().unwrap_or("client_ip")),
+                    // Admission requires a valid `hash_key` with `consistent_hash`; an upstream
+                    // compiled without admission hashes by client address, as a request
+                    // without the key does.
+                    key: spec
+                        .hash_key
+                        .as_ref()
+                        .and_then(|k| k.selector(HASH_KEY_FORMS).ok())
+                        .cloned()
+                        .unwrap_or(Selector::ClientIp),
                 }
             }
         };
@@ -160,7 +168,7 @@ impl Members {
                 .filter_map(|_| picker.pick())
                 .find(|&i| usable(i)),
             Balance::LeastConn => self.least_loaded(&usable),
-            Balance::Hash { ring, key } => key.with(req, ex, |key| {
+            Balance::Hash { ring, key } => with_hash_key(key, req, ex, |key| {
                 ring.node_iter(key)
                     .take(self.nodes.len() * 4)
                     .filter_map(|addr| self.nodes.iter().position(|n| n.addr == *addr))
@@ -501,59 +509,86 @@ impl Drop for NodeLease {
     }
 }
 
-/// What `consistent_hash` hashes (`hash_key`).
-#[derive(Debug)]
-enum HashKey {
-    ClientIp,
-    Consumer,
-    Path,
-    Header(http::HeaderName),
-    Cookie(String),
-    Query(String),
-}
-
-impl HashKey {
-    /// Validation has checked the text; anything else falls back to the client address.
-    fn parse(text: &str) -> HashKey {
-        match text.split_once(':') {
-            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
-                .map(HashKey::Header)
-                .unwrap_or(HashKey::ClientIp),
-            Some(("cookie", name)) => HashKey::Cookie(name.to_string()),
-            Some(("query", name)) => HashKey::Query(name.to_string()),
-            _ => match text {
-                "consumer" => HashKey::Consumer,
-                "path" => HashKey::Path,
-                _ => HashKey::ClientIp,
-            },
+/// Calls `f` with the bytes of the request's `hash_key`; a request without the key hashes by
+/// its client address. The address is hashed as text, formatted on the stack (no allocation
+/// per request), whether it is the key or the fallback, so a key's node never depends on
+/// which of the two it came from.
+fn with_hash_key<R>(
+    key: &Selector,
+    req: &RequestHeader,
+    ex: &Exchange,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    match key.select_or_client_ip(req, ex) {
+        Selected::Text(bytes) => f(bytes),
+        Selected::Route(id) => f(id.as_bytes()),
+        Selected::ClientIp(ip) => {
+            use std::io::Write;
+            let mut text = [0u8; 48];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            let _ = write!(cursor, "{ip}");
+            let len = cursor.position() as usize;
+            f(&text[..len])
         }
     }
+}
 
-    /// Calls `f` with the bytes to hash; a request without the key hashes by its client
-    /// address (its text, formatted on the stack: no allocation per request).
-    fn with<R>(&self, req: &RequestHeader, ex: &Exchange, f: impl FnOnce(&[u8]) -> R) -> R {
-        let found: Option<&[u8]> = match self {
-            HashKey::ClientIp => None,
-            HashKey::Consumer => ex.consumer.as_deref().map(str::as_bytes),
-            HashKey::Path => Some(req.uri.path().as_bytes()),
-            HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-            HashKey::Cookie(name) => cookie(req, name).map(str::as_bytes),
-            HashKey::Query(name) => req
-                .uri
-                .query()
-                .and_then(|q| query_param(q, name))
-                .map(str::as_bytes),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashed(key: &str, req: &RequestHeader, ex: &Exchange) -> Vec<u8> {
+        let key = Selector::parse_as(key, HASH_KEY_FORMS).unwrap();
+        with_hash_key(&key, req, ex, <[u8]>::to_vec)
+    }
+
+    #[test]
+    fn the_hash_key_is_the_value_or_else_the_client_address_as_text() {
+        let mut req = RequestHeader::build("GET", b"/users/7?uid=q1", None).unwrap();
+        req.append_header("x-user-id", "u1").unwrap();
+        req.append_header("x-blank", "").unwrap();
+        req.append_header("cookie", "uid=c1").unwrap();
+        let mut ex = Exchange::new("r".into(), "id".into(), "2001:db8::7".parse().unwrap());
+        assert_eq!(hashed("header:X-User-Id", &req, &ex), b"u1");
+        assert_eq!(hashed("cookie:uid", &req, &ex), b"c1");
+        assert_eq!(hashed("query:uid", &req, &ex), b"q1");
+        assert_eq!(hashed("path", &req, &ex), b"/users/7");
+        assert_eq!(hashed("client_ip", &req, &ex), b"2001:db8::7");
+        for absent in [
+            "header:X-Other",
+            "header:X-Blank",
+            "cookie:x",
+            "query:x",
+            "consumer",
+        ] {
+            assert_eq!(hashed(absent, &req, &ex), b"2001:db8::7", "{absent}");
+        }
+        ex.consumer = Some("alice".into());
+        assert_eq!(hashed("consumer", &req, &ex), b"alice");
+    }
+
+    #[test]
+    fn a_consistent_hash_upstream_keeps_its_parsed_key() {
+        let spec: Upstream = serde_yaml::from_str(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\" }]\nlb: consistent_hash\nhash_key: header:X-User-Id\n",
+        )
+        .unwrap();
+        let target = UpstreamTarget::compile(Arc::new(spec));
+        let members = target.members();
+        let Balance::Hash { key, .. } = &members.balance else {
+            panic!("{:?}", members.balance)
         };
-        match found {
-            Some(bytes) => f(bytes),
-            None => {
-                use std::io::Write;
-                let mut text = [0u8; 48];
-                let mut cursor = std::io::Cursor::new(&mut text[..]);
-                let _ = write!(cursor, "{}", ex.client_ip);
-                let len = cursor.position() as usize;
-                f(&text[..len])
-            }
+        assert_eq!(
+            *key,
+            Selector::Header(http::HeaderName::from_static("x-user-id"))
+        );
+        // The same key always reaches the same node.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-user-id", "u1").unwrap();
+        let ex = Exchange::new("r".into(), "id".into(), "10.0.0.1".parse().unwrap());
+        let first = target.pick(&req, &ex, None).unwrap().addr;
+        for _ in 0..10 {
+            assert_eq!(target.pick(&req, &ex, None).unwrap().addr, first);
         }
     }
 }

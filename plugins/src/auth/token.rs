@@ -1,9 +1,17 @@
 //! Where a route's callers put their token, and how to take it back out.
 
 use crate::request::{cookie, query_param};
+use crate::selector::{Forms, Selector, SelectorKind};
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
+
+/// The selectors `token_from` takes: the places a client can put a credential.
+const FORMS: Forms = Forms(&[
+    SelectorKind::Header,
+    SelectorKind::Query,
+    SelectorKind::Cookie,
+]);
 
 /// One place a token may be carried (`token_from`).
 #[derive(Debug, Clone, PartialEq)]
@@ -18,20 +26,15 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    /// Parses `header:NAME`, `query:NAME` or `cookie:NAME`.
+    /// Parses `header:NAME`, `query:NAME` or `cookie:NAME`, in the grammar of every request
+    /// selector, so a name is read the same way here as in a sticky or hash key.
     pub fn parse(text: &str) -> Result<TokenSource, String> {
-        let invalid = || format!("`{text}` is not one of header:NAME, query:NAME, cookie:NAME");
-        let (kind, name) = text.split_once(':').ok_or_else(invalid)?;
-        if name.is_empty() {
-            return Err(invalid());
-        }
-        match kind {
-            "header" => HeaderName::from_bytes(name.as_bytes())
-                .map(TokenSource::Header)
-                .map_err(|_| format!("`{name}` is not a valid header name")),
-            "query" => Ok(TokenSource::Query(name.to_string())),
-            "cookie" => Ok(TokenSource::Cookie(name.to_string())),
-            _ => Err(invalid()),
+        match Selector::parse_as(text, FORMS).map_err(|e| e.to_string())? {
+            Selector::Header(name) => Ok(TokenSource::Header(name)),
+            Selector::Query(name) => Ok(TokenSource::Query(name.into())),
+            Selector::Cookie(name) => Ok(TokenSource::Cookie(name.into())),
+            // `FORMS` lets no other form through.
+            other => Err(format!("`{other}` is not one of {FORMS}")),
         }
     }
 
