@@ -343,14 +343,11 @@ impl BackgroundService for Drain {
         // Kept-alive connections may bring one last request (answered with
         // `Connection: close`) until the proxy closes the idle ones; from then on no request
         // can begin. Then let requests whose heads were being read get counted.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         tokio::time::sleep(LAST_CALL).await;
-        while !self.draining.doors_closed() && started.elapsed() < self.timeout {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, self.draining.wait_doors_closed()).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while self.inflight.count() > 0 && started.elapsed() < self.timeout {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, self.inflight.settled()).await;
         let left = self.inflight.count();
         if left > 0 {
             tracing::warn!(

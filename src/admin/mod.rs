@@ -366,11 +366,7 @@ impl AdminApi {
         }
         let source = self.live.source();
         let ticket = source.request_resync();
-        let deadline = std::time::Instant::now() + SETTLE;
-        while !source.resynced(ticket) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        let done = source.resynced(ticket);
+        let done = source.wait_resynced(ticket, SETTLE).await;
         let status = if done {
             StatusCode::OK
         } else {
@@ -388,15 +384,7 @@ impl AdminApi {
 
     /// Answers a write once its revision is in force (or after a bounded wait).
     async fn written(&self, key: &ObjectKey, revision: i64) -> Response<Vec<u8>> {
-        let deadline = std::time::Instant::now() + SETTLE;
-        let mut in_force = false;
-        while std::time::Instant::now() < deadline {
-            if self.live.load().revision >= revision as u64 {
-                in_force = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let in_force = self.live.in_force(revision as u64, SETTLE).await;
         json(
             StatusCode::OK,
             &serde_json::json!({ "key": key.to_string(), "revision": revision, "in_force": in_force }),

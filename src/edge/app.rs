@@ -26,7 +26,8 @@ pub struct Draining {
     /// A stop was asked for: no longer ready, though still serving (`shutdown.grace`).
     stopping: AtomicBool,
     on: AtomicBool,
-    doors_closed: AtomicBool,
+    /// Watched by the drain, which waits for it rather than polling.
+    doors_closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Draining {
@@ -50,7 +51,14 @@ impl Draining {
 
     /// Whether the proxy has stopped taking requests on kept-alive connections.
     pub fn doors_closed(&self) -> bool {
-        self.doors_closed.load(Ordering::Acquire)
+        *self.doors_closed.borrow()
+    }
+
+    /// Waits until the proxy has stopped taking requests on kept-alive connections.
+    pub async fn wait_doors_closed(&self) {
+        let mut closed = self.doors_closed.subscribe();
+        // The sender lives in `self`, so the wait can only end by the doors closing.
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 }
 
@@ -121,6 +129,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientDoor<A> {
         // those whose next request is already on its way a moment to deliver it.
         tokio::time::sleep(LAST_CALL).await;
         self.inner.cleanup().await;
-        self.draining.doors_closed.store(true, Ordering::Release);
+        self.draining.doors_closed.send_replace(true);
     }
 }

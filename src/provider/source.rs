@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// Which kind of provider feeds the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,9 +50,10 @@ pub struct SourceHealth {
     /// Wakes the provider when a resync is requested; a request made while the provider is
     /// busy is kept as a permit, so none is lost.
     resync: Notify,
-    /// Resync requests made, and the last of them the provider has carried out.
+    /// Resync requests made, and the last of them the provider has carried out (watched
+    /// by whoever asked for one).
     requested: AtomicU64,
-    done: AtomicU64,
+    done: watch::Sender<u64>,
 }
 
 impl SourceHealth {
@@ -67,7 +68,7 @@ impl SourceHealth {
             }),
             resync: Notify::new(),
             requested: AtomicU64::new(0),
-            done: AtomicU64::new(0),
+            done: watch::Sender::new(0),
         }
     }
 
@@ -125,12 +126,25 @@ impl SourceHealth {
 
     /// The provider carried out the requests up to `ticket`.
     pub fn resync_done(&self, ticket: u64) {
-        self.done.fetch_max(ticket, Ordering::AcqRel);
+        self.done.send_if_modified(|done| {
+            let newer = ticket > *done;
+            *done = (*done).max(ticket);
+            newer
+        });
     }
 
     /// Whether the request with `ticket` has been carried out.
     pub fn resynced(&self, ticket: u64) -> bool {
-        self.done.load(Ordering::Acquire) >= ticket
+        *self.done.borrow() >= ticket
+    }
+
+    /// Waits (at most `within`) for the request with `ticket` to be carried out; whether it
+    /// was.
+    pub async fn wait_resynced(&self, ticket: u64, within: std::time::Duration) -> bool {
+        let mut done = self.done.subscribe();
+        let carried_out = done.wait_for(|done| *done >= ticket);
+        let outcome = tokio::time::timeout(within, carried_out).await;
+        outcome.is_ok_and(|seen| seen.is_ok())
     }
 
     fn set(&self, connected: bool, error: Option<String>) {

@@ -1,7 +1,8 @@
 //! Counts requests in flight, so a graceful shutdown can end as soon as the last one is done.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use tokio::sync::Notify;
 use std::sync::Arc;
 
 const SHARDS: usize = 16;
@@ -15,6 +16,10 @@ struct Shard(AtomicIsize);
 #[derive(Default)]
 pub struct InFlight {
     shards: [Shard; SHARDS],
+    /// Someone waits for the count to reach zero (a drain): finishing requests then check
+    /// for it. Until then a request pays one load of this flag.
+    awaited: AtomicBool,
+    settled: Notify,
 }
 
 thread_local! {
@@ -40,6 +45,22 @@ impl InFlight {
         }
     }
 
+    /// Waits until no request is in flight.
+    pub async fn settled(&self) {
+        // Sequentially consistent with the check in `InFlightGuard::drop`: either the
+        // finishing request sees the flag, or this sees its count.
+        self.awaited.store(true, Ordering::SeqCst);
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() <= 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Requests started and not yet finished.
     pub fn count(&self) -> isize {
         self.shards
@@ -57,9 +78,11 @@ pub struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.counter.shards[self.shard]
-            .0
-            .fetch_sub(1, Ordering::Relaxed);
+        let counter = &self.counter;
+        counter.shards[self.shard].0.fetch_sub(1, Ordering::SeqCst);
+        if counter.awaited.load(Ordering::SeqCst) && counter.count() <= 0 {
+            counter.settled.notify_waiters();
+        }
     }
 }
 
@@ -79,5 +102,25 @@ mod tests {
         assert_eq!(inflight.count(), 8);
         drop(guards);
         assert_eq!(inflight.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_none_in_flight_ends_with_the_last_request() {
+        let inflight = Arc::new(InFlight::default());
+        let guards: Vec<_> = (0..3).map(|_| inflight.enter()).collect();
+        let waiter = tokio::spawn({
+            let inflight = inflight.clone();
+            async move { inflight.settled().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let ended = std::thread::spawn(move || drop(guards));
+        ended.join().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the wait ends once the count is zero")
+            .unwrap();
+        // Nothing in flight: the wait ends at once.
+        inflight.settled().await;
     }
 }

@@ -204,6 +204,8 @@ fn compile_rejection(
 pub struct Live {
     snapshot: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// The revision in force, for whoever waits for a change to apply (admin writes).
+    revision: tokio::sync::watch::Sender<u64>,
     /// How the source of that snapshot is doing. Kept here because the provider and the
     /// admin API share nothing else; the request path never reads it.
     source: SourceHealth,
@@ -214,6 +216,7 @@ impl Live {
         Live {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             ready: AtomicBool::new(false),
+            revision: tokio::sync::watch::Sender::new(0),
             // The provider says which kind it is when it is built.
             source: SourceHealth::new(SourceKind::File),
         }
@@ -230,8 +233,19 @@ impl Live {
 
     /// Puts a new snapshot in force; from now on the gateway is ready.
     pub fn store(&self, snapshot: Snapshot) {
+        let revision = snapshot.revision;
         self.snapshot.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
+        self.revision.send_replace(revision);
+    }
+
+    /// Waits (at most `within`) for a snapshot of `revision` or later to be in force;
+    /// whether one is.
+    pub async fn in_force(&self, revision: u64, within: std::time::Duration) -> bool {
+        let mut in_force = self.revision.subscribe();
+        let reached = in_force.wait_for(|r| *r >= revision);
+        let outcome = tokio::time::timeout(within, reached).await;
+        outcome.is_ok_and(|seen| seen.is_ok())
     }
 
     /// True once a first snapshot has been loaded from the provider.
