@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bootstrap;
 pub mod demo;
 pub mod edge;
+pub mod etcd;
 pub mod provider;
 pub mod proxy;
 pub mod resource;

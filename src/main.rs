@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gatehouse::bootstrap::{Bootstrap, EtcdProvider as EtcdSettings};
+use gatehouse::bootstrap::{Bootstrap, EtcdSettings};
 use gatehouse::demo::{self, DemoOptions};
 use gatehouse::provider::file::FileSource;
 use gatehouse::resource::{admit, Catalog, Kind, ObjectKey};

@@ -1,22 +1,22 @@
-//! The etcd store of resources: key layout, connection, and the reads and writes the
-//! provider, the admin API and the command line share.
+//! The etcd store of resources: key layout, and the reads and writes the provider, the admin
+//! API and the command line share. Connecting is [`crate::etcd::connect`]'s job.
 //!
 //! Keys are `{prefix}/routes/{id}`, `{prefix}/upstreams/{id}`, `{prefix}/auth/{id}`; values
 //! are YAML or JSON documents of the resource (a `kind` and `id` inside are optional and
 //! must agree with the key).
 
-use crate::bootstrap::EtcdProvider as EtcdSettings;
+use crate::bootstrap::EtcdSettings;
+use crate::etcd::{connect, EtcdError};
 use crate::resource::{parse_stored, Document, FieldError, Kind, ObjectKey, Origin};
-use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
-use std::time::Duration;
+use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
 
 /// Why talking to etcd failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
-    #[error("{0}: {1}")]
-    Tls(String, std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] EtcdError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -54,41 +54,6 @@ pub fn document_of(prefix: &str, key: &str, value: &[u8]) -> Document {
             )]),
         },
     }
-}
-
-/// Connects to etcd with the configured credentials and TLS.
-pub async fn connect(settings: &EtcdSettings) -> Result<Client, StoreError> {
-    let timeout = settings.timeout.0;
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout)
-        // Notice a dead connection even while nothing changes.
-        .with_keep_alive(Duration::from_secs(5), timeout)
-        .with_keep_alive_while_idle(true);
-    if let Some(user) = settings.username.as_deref().filter(|u| !u.is_empty()) {
-        options = options.with_user(user, settings.password.clone().unwrap_or_default());
-    }
-    if settings.endpoints.iter().any(|e| e.starts_with("https://")) {
-        let mut tls = etcd_client::TlsOptions::new();
-        if let Some(t) = &settings.tls {
-            if let Some(ca) = &t.ca {
-                let pem =
-                    std::fs::read(ca).map_err(|e| StoreError::Tls(ca.display().to_string(), e))?;
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-                let cert = std::fs::read(cert)
-                    .map_err(|e| StoreError::Tls(cert.display().to_string(), e))?;
-                let key = std::fs::read(key)
-                    .map_err(|e| StoreError::Tls(key.display().to_string(), e))?;
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-        } else {
-            tls = tls.with_native_roots();
-        }
-        options = options.with_tls(tls);
-    }
-    Ok(Client::connect(&settings.endpoints, Some(options)).await?)
 }
 
 /// A connected store under one prefix.

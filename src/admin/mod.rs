@@ -1,6 +1,6 @@
 //! The admin listener: health, readiness, the configuration in force, and (etcd mode) writes.
 
-use crate::bootstrap::EtcdProvider as EtcdSettings;
+use crate::bootstrap::EtcdSettings;
 use crate::provider::source::SourceReport;
 use crate::proxy::{error_body, new_request_id};
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};

@@ -139,7 +139,7 @@ pub struct Provider {
     #[serde(default)]
     pub file: Option<FileProvider>,
     #[serde(default)]
-    pub etcd: Option<EtcdProvider>,
+    pub etcd: Option<EtcdSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,9 +150,10 @@ pub struct FileProvider {
     pub watch: bool,
 }
 
+/// How to reach etcd, and the prefix under which the resources are (`provider.etcd`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EtcdProvider {
+pub struct EtcdSettings {
     pub endpoints: Vec<String>,
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -168,11 +169,11 @@ pub struct EtcdProvider {
     pub tls: Option<EtcdTls>,
 }
 
-impl EtcdProvider {
+impl EtcdSettings {
     /// Connection settings for the given endpoints with everything else at its default,
-    /// for the command line.
-    pub fn with_endpoints(endpoints: Vec<String>, prefix: String) -> EtcdProvider {
-        EtcdProvider {
+    /// for the command line and the service registry.
+    pub fn with_endpoints(endpoints: Vec<String>, prefix: String) -> EtcdSettings {
+        EtcdSettings {
             endpoints,
             prefix,
             username: None,

@@ -1,10 +1,11 @@
 //! The etcd provider: everything under the prefix at revision R, then a watch from R+1.
 //!
-//! Each watch response (a batch of events) re-reads only the keys it names and applies the
-//! result with one snapshot swap. A compacted watch revision means events were lost: the
-//! provider reads everything again. A lost connection leaves the snapshot in force as it is
-//! while the provider reconnects with exponential backoff and jitter, then reads everything
-//! again; until the first read succeeds, `/readyz` says 503.
+//! Following the prefix (connection, compaction, reconnection with backoff) is
+//! [`PrefixWatch`]'s job; this module decides what etcd's answers mean. A full read
+//! replaces the documents held, each parsed once; a batch of changes re-parses only the keys
+//! it names, and either is applied with one snapshot swap. A lost connection leaves the
+//! snapshot in force as it is until the watch reads everything again; until the first read
+//! succeeds, `/readyz` says 503.
 //!
 //! Every read is judged against what was accepted before ([`Trust`]): an etcd whose cluster
 //! id changed or whose revision went back is not applied. The snapshot in force stays and
@@ -12,43 +13,14 @@
 
 use super::source::SourceKind;
 use super::Ingest;
-use crate::bootstrap::EtcdProvider as EtcdSettings;
+use crate::bootstrap::EtcdSettings;
+use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
 use crate::resource::Document;
-use crate::store::{document_of, Store, StoreError};
+use crate::store::document_of;
 use async_trait::async_trait;
-use etcd_client::{EventType, WatchOptions, WatchResponse};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-/// Reconnection delays: doubling from the first to the cap, each with ±50 % jitter so many
-/// gateways do not reconnect in step.
-pub struct Backoff {
-    next: Duration,
-    first: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            next: first,
-            first,
-            cap,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.first;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        base.mul_f64(0.5 + fastrand::f64())
-    }
-}
 
 /// What the provider has accepted from etcd: the cluster that answered and the newest
 /// revision in force. A store that contradicts it (another cluster, or an older revision:
@@ -103,23 +75,38 @@ pub struct EtcdProvider {
     ingest: Ingest,
 }
 
-/// Why a session with etcd ended.
-enum Ended {
-    Shutdown,
-    Failed(StoreError),
-    /// etcd answers, but with a store the provider does not accept.
+/// Applying a change did not finish (the compilation panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("applying a change failed: {0}")]
+struct ApplyFailed(#[from] tokio::task::JoinError);
+
+/// What handling one event of the watch leaves for the loop to do.
+enum Handled {
+    /// Applied, or nothing to apply: on to the next event.
+    Done,
+    /// etcd answers with a store the provider does not accept.
     Untrusted(Distrust),
-    /// An operator asked for everything to be read again and accepted.
-    Resync(u64),
+    /// What etcd sent could not be applied.
+    Failed(ApplyFailed),
 }
 
-/// What one provider carries from session to session.
+/// What the provider carries from event to event.
 #[derive(Default)]
 struct Memory {
+    /// The documents of the store by etcd key, each parsed once.
+    mirror: BTreeMap<String, Document>,
     /// What was last accepted; `None` until the first read and after a resync request.
     trust: Option<Trust>,
     /// The resync request a coming read carries out.
     resync: Option<u64>,
+}
+
+impl Memory {
+    /// An operator asked for what etcd holds to be read and accepted, whatever it is.
+    fn accept_next(&mut self, ticket: u64) {
+        self.trust = None;
+        self.resync = Some(ticket);
+    }
 }
 
 impl EtcdProvider {
@@ -134,233 +121,145 @@ impl EtcdProvider {
         &self,
         mirror: BTreeMap<String, Document>,
         revision: Option<u64>,
-    ) -> Result<BTreeMap<String, Document>, StoreError> {
+    ) -> Result<BTreeMap<String, Document>, ApplyFailed> {
         let ingest = self.ingest.clone();
-        tokio::task::spawn_blocking(move || {
+        Ok(tokio::task::spawn_blocking(move || {
             ingest.apply(mirror.values(), revision);
             mirror
         })
-        .await
-        .map_err(|e| StoreError::Invalid(format!("applying a change failed: {e}")))
+        .await?)
     }
 
-    /// One connection's life: read everything, watch, read everything again after a
-    /// compaction; returns when the connection fails, etcd is not trusted, a resync is asked
-    /// for, or the process stops.
-    async fn session(
+    /// Everything etcd holds: applied in place of what was held, if etcd is trusted.
+    async fn loaded(
         &self,
-        shutdown: &mut ShutdownWatch,
-        backoff: &mut Backoff,
         memory: &mut Memory,
-    ) -> Ended {
-        let health = self.ingest.source();
-        let mut store = match Store::open(&self.settings).await {
-            Ok(store) => store,
-            Err(e) => return Ended::Failed(e),
+        revision: i64,
+        cluster_id: u64,
+        entries: Vec<Entry>,
+    ) -> Handled {
+        let seen = Trust {
+            cluster_id,
+            revision,
         };
-        let prefix = self.settings.prefix.clone();
-        loop {
-            let contents = match store.contents().await {
-                Ok(c) => c,
-                Err(e) => return Ended::Failed(e),
-            };
-            let seen = Trust {
-                cluster_id: contents.cluster_id,
-                revision: contents.revision,
-            };
-            if let Err(distrust) = Trust::check(memory.trust, seen) {
-                return Ended::Untrusted(distrust);
-            }
-            // The documents of the store by etcd key, each parsed once.
-            let mut mirror: BTreeMap<String, Document> = BTreeMap::new();
-            for (key, value) in &contents.entries {
-                mirror.insert(key.clone(), document_of(&prefix, key, value));
-            }
-            mirror = match self.apply(mirror, Some(contents.revision as u64)).await {
-                Ok(mirror) => mirror,
-                Err(e) => return Ended::Failed(e),
-            };
-            memory.trust = Some(seen);
-            health.healthy();
-            if let Some(ticket) = memory.resync.take() {
-                health.resync_done(ticket);
-                tracing::info!(revision = contents.revision, "etcd: resync accepted");
-            }
-            backoff.reset();
-            tracing::info!(
-                revision = contents.revision,
-                keys = contents.entries.len(),
-                "etcd: loaded"
-            );
+        if let Err(distrust) = Trust::check(memory.trust, seen) {
+            return Handled::Untrusted(distrust);
+        }
+        let prefix = &self.settings.prefix;
+        let mirror = entries
+            .iter()
+            .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
+            .collect();
+        memory.mirror = match self.apply(mirror, Some(revision as u64)).await {
+            Ok(mirror) => mirror,
+            Err(e) => return Handled::Failed(e),
+        };
+        memory.trust = Some(seen);
+        let health = self.ingest.source();
+        health.healthy();
+        if let Some(ticket) = memory.resync.take() {
+            health.resync_done(ticket);
+            tracing::info!(revision, "etcd: resync accepted");
+        }
+        tracing::info!(revision, keys = entries.len(), "etcd: loaded");
+        Handled::Done
+    }
 
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(contents.revision + 1);
-            let mut stream = match store
-                .client
-                .watch(format!("{prefix}/"), Some(options))
-                .await
-            {
-                Ok(stream) => stream,
-                Err(e) => return Ended::Failed(e.into()),
-            };
-            'watch: loop {
-                let message = tokio::select! {
-                    _ = shutdown.changed() => return Ended::Shutdown,
-                    ticket = health.resync_requested() => return Ended::Resync(ticket),
-                    m = stream.message() => m,
-                };
-                let mut revision = None;
-                let mut changed = false;
-                let mut next = Some(message);
-                // A burst of changes is applied as one snapshot: responses already waiting
-                // are folded in before compiling (up to a bound, so a flood still shows
-                // progress), rather than compiling the whole configuration once per write.
-                let mut folded = 0;
-                while let Some(message) = next.take() {
-                    match fold(message, &prefix, &mut mirror, memory.trust.as_ref()) {
-                        Folded::Changes(at) => {
-                            changed = true;
-                            revision = at.or(revision);
-                        }
-                        Folded::Nothing => {}
-                        Folded::ReadAgain => break 'watch,
-                        Folded::End(ended) => return ended,
-                    }
-                    folded += 1;
-                    if folded < MAX_FOLDED {
-                        next = tokio::time::timeout(Duration::ZERO, stream.message())
-                            .await
-                            .ok();
-                    }
+    /// A batch of changes: only the keys it names are parsed again.
+    async fn changed(
+        &self,
+        memory: &mut Memory,
+        revision: Option<i64>,
+        changes: Vec<Change>,
+    ) -> Handled {
+        let prefix = &self.settings.prefix;
+        let mut mirror = std::mem::take(&mut memory.mirror);
+        for change in changes {
+            match change {
+                Change::Put(Entry { key, value }) => {
+                    let document = document_of(prefix, &key, &value);
+                    mirror.insert(key, document);
                 }
-                if !changed {
-                    continue;
-                }
-                mirror = match self.apply(mirror, revision.map(|r| r as u64)).await {
-                    Ok(mirror) => mirror,
-                    Err(e) => return Ended::Failed(e),
-                };
-                if let (Some(trust), Some(revision)) = (memory.trust.as_mut(), revision) {
-                    trust.revision = trust.revision.max(revision);
+                Change::Delete { key } => {
+                    mirror.remove(&key);
                 }
             }
         }
-    }
-}
-
-/// The most watch responses folded into one snapshot.
-const MAX_FOLDED: usize = 1024;
-
-/// What one watch response did to the mirror of etcd's keys.
-enum Folded {
-    /// Keys changed; the revision the response was sent at.
-    Changes(Option<i64>),
-    /// Nothing to apply (a progress notification).
-    Nothing,
-    /// The watch cannot go on (compacted, canceled): read everything again.
-    ReadAgain,
-    /// The session ends.
-    End(Ended),
-}
-
-/// Folds one watch response into `mirror`.
-fn fold(
-    message: Result<Option<WatchResponse>, etcd_client::Error>,
-    prefix: &str,
-    mirror: &mut BTreeMap<String, Document>,
-    trust: Option<&Trust>,
-) -> Folded {
-    let response = match message {
-        Ok(Some(response)) => response,
-        Ok(None) => {
-            return Folded::End(Ended::Failed(StoreError::Invalid(
-                "the watch stream ended".into(),
-            )))
+        memory.mirror = match self.apply(mirror, revision.map(|r| r as u64)).await {
+            Ok(mirror) => mirror,
+            Err(e) => return Handled::Failed(e),
+        };
+        if let (Some(trust), Some(revision)) = (memory.trust.as_mut(), revision) {
+            trust.revision = trust.revision.max(revision);
         }
-        Err(e) => return Folded::End(Ended::Failed(e.into())),
-    };
-    if let (Some(header), Some(trust)) = (response.header(), trust) {
-        if header.cluster_id() != trust.cluster_id {
-            return Folded::End(Ended::Untrusted(Distrust::ClusterChanged {
-                was: trust.cluster_id,
-                now: header.cluster_id(),
-            }));
-        }
+        Handled::Done
     }
-    if response.compact_revision() > 0 {
-        tracing::warn!(
-            compacted = response.compact_revision(),
-            "etcd: the watched revision was compacted; reading everything again"
-        );
-        return Folded::ReadAgain;
-    }
-    if response.canceled() {
-        tracing::warn!(
-            reason = response.cancel_reason(),
-            "etcd: watch canceled; reading everything again"
-        );
-        return Folded::ReadAgain;
-    }
-    if response.events().is_empty() {
-        return Folded::Nothing;
-    }
-    for event in response.events() {
-        let Some(kv) = event.kv() else { continue };
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        match event.event_type() {
-            EventType::Put => {
-                mirror.insert(key.clone(), document_of(prefix, &key, kv.value()));
-            }
-            EventType::Delete => {
-                mirror.remove(&key);
-            }
-        }
-    }
-    Folded::Changes(response.header().map(|h| h.revision()))
 }
 
 #[async_trait]
 impl BackgroundService for EtcdProvider {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let health = self.ingest.source();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut watch = PrefixWatch::new(
+            self.settings.clone(),
+            format!("{}/", self.settings.prefix),
+            "etcd",
+        );
         let mut memory = Memory::default();
         loop {
-            match self.session(&mut shutdown, &mut backoff, &mut memory).await {
-                Ended::Shutdown => return,
-                Ended::Resync(ticket) => {
+            let event = tokio::select! {
+                _ = shutdown.changed() => return,
+                ticket = health.resync_requested() => {
                     tracing::info!("etcd: resync requested; reading everything again");
-                    memory.trust = None;
-                    memory.resync = Some(ticket);
+                    memory.accept_next(ticket);
+                    watch.restart();
+                    continue;
                 }
-                Ended::Untrusted(distrust) => {
+                event = watch.next() => event,
+            };
+            let handled = match event {
+                WatchEvent::Loaded {
+                    revision,
+                    cluster_id,
+                    entries,
+                } => {
+                    self.loaded(&mut memory, revision, cluster_id, entries)
+                        .await
+                }
+                WatchEvent::Changed { revision, changes } => {
+                    self.changed(&mut memory, revision, changes).await
+                }
+                WatchEvent::Lost { error, retry_in } => {
+                    tracing::warn!(
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        "etcd unavailable, serving the last snapshot: {error}"
+                    );
+                    health.lost(error.to_string());
+                    continue;
+                }
+            };
+            match handled {
+                Handled::Done => {}
+                Handled::Failed(e) => {
+                    let retry_in = watch.back_off();
+                    tracing::warn!(
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        "etcd unavailable, serving the last snapshot: {e}"
+                    );
+                    health.lost(e.to_string());
+                }
+                Handled::Untrusted(distrust) => {
                     tracing::error!("etcd not trusted, serving the last snapshot: {distrust}");
                     health.untrusted(distrust.to_string());
                     // Only an operator (or a restart) accepts it: a store that comes back
-                    // with a plausible revision later is still not the one in force.
+                    // with a plausible revision later is still not the one in force. Nothing
+                    // is read meanwhile.
+                    watch.restart();
                     tokio::select! {
                         _ = shutdown.changed() => return,
                         ticket = health.resync_requested() => {
                             tracing::info!("etcd: resync requested; accepting what etcd holds");
-                            memory.trust = None;
-                            memory.resync = Some(ticket);
-                        }
-                    }
-                }
-                Ended::Failed(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        retry_in_ms = delay.as_millis() as u64,
-                        "etcd unavailable, serving the last snapshot: {e}"
-                    );
-                    health.lost(e.to_string());
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                        ticket = health.resync_requested() => {
-                            memory.trust = None;
-                            memory.resync = Some(ticket);
+                            memory.accept_next(ticket);
                         }
                     }
                 }
@@ -397,20 +296,5 @@ mod tests {
         let changed = Trust::check(Some(accepted), seen(8, 500)).unwrap_err();
         assert_eq!(changed, Distrust::ClusterChanged { was: 7, now: 8 });
         assert!(changed.to_string().contains("POST /admin/resync"));
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
-        for (d, base) in delays.iter().zip([100u64, 200, 400, 800, 800, 800]) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *d >= base / 2 && *d <= base * 3 / 2,
-                "{d:?} around {base:?}"
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(150));
     }
 }

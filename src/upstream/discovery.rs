@@ -4,9 +4,9 @@
 //! **Registry.** One watch on the registry prefix serves every upstream, however many name
 //! a service: it mirrors the registrations (go-kratos format, SPEC §5) into a directory, and
 //! each change bumps the directory's generation. Instances appear on put and vanish on
-//! delete — which is also what etcd does when an instance's lease expires. After a lost
-//! connection the watcher reconnects with backoff and reads everything again; meanwhile the
-//! nodes in force stay.
+//! delete — which is also what etcd does when an instance's lease expires. Following the
+//! prefix is [`PrefixWatch`]'s job: after a lost connection it reconnects with backoff and
+//! reads everything again; meanwhile the nodes in force stay.
 //!
 //! **DNS.** The name is resolved when the upstream is compiled, then every `refresh`; a
 //! failed lookup keeps the last good set.
@@ -15,14 +15,12 @@
 //! seen for the first time, or a directory that changed, gets its nodes (re)computed.
 
 use super::{now_ms, Instance, UpstreamTarget};
-use crate::bootstrap::{EtcdProvider, RegistryEtcd};
-use crate::provider::etcd::Backoff;
+use crate::bootstrap::{EtcdSettings, RegistryEtcd};
+use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
 use crate::resource::{Discovery, Scheme};
 use crate::snapshot::Live;
-use crate::store::{connect, StoreError};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
@@ -50,15 +48,18 @@ pub struct Registration {
     pub endpoints: Vec<String>,
 }
 
-/// The registry as last seen: registrations by service, then by etcd key.
+/// The registrations of every service: by service name, then by etcd key.
+type Services = BTreeMap<String, BTreeMap<String, Registration>>;
+
+/// The registry as last seen.
 #[derive(Debug, Default)]
 pub struct Directory {
-    services: ArcSwap<BTreeMap<String, BTreeMap<String, Registration>>>,
+    services: ArcSwap<Services>,
     generation: AtomicU64,
 }
 
 impl Directory {
-    fn publish(&self, services: BTreeMap<String, BTreeMap<String, Registration>>) {
+    fn publish(&self, services: Services) {
         self.services.store(Arc::new(services));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -172,66 +173,42 @@ async fn lookup(upstream: &UpstreamTarget, name: &str, port: u16) {
     }
 }
 
-/// Mirrors the registry into the directory until the connection fails.
-async fn watch_registry(
-    settings: &EtcdProvider,
-    directory: &Directory,
-    backoff: &mut Backoff,
-) -> StoreError {
-    let mut client = match connect(settings).await {
-        Ok(client) => client,
-        Err(e) => return e,
-    };
-    let prefix = format!("{}/", settings.prefix.trim_end_matches('/'));
+/// Mirrors the registry into the directory, for as long as the task runs.
+async fn follow_registry(registry: RegistryEtcd, directory: &Directory) {
+    let prefix = format!("{}/", registry.prefix.trim_end_matches('/'));
+    let settings = EtcdSettings::with_endpoints(registry.endpoints, registry.prefix);
+    let mut watch = PrefixWatch::new(settings, prefix.as_str(), "registry");
+    let mut services = Services::new();
     loop {
-        let response = match client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return e.into(),
-        };
-        let revision = response.header().map_or(0, |h| h.revision());
-        let mut services: BTreeMap<String, BTreeMap<String, Registration>> = BTreeMap::new();
-        for kv in response.kvs() {
-            add(&mut services, &prefix, kv.key(), kv.value());
-        }
-        tracing::info!(
-            instances = response.kvs().len(),
-            revision,
-            "registry: loaded"
-        );
-        directory.publish(services.clone());
-        backoff.reset();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut stream = match client.watch(prefix.as_str(), Some(options)).await {
-            Ok(stream) => stream,
-            Err(e) => return e.into(),
-        };
-        loop {
-            let response = match stream.message().await {
-                Ok(Some(r)) => r,
-                Ok(None) => return StoreError::Invalid("the registry watch ended".into()),
-                Err(e) => return e.into(),
-            };
-            if response.compact_revision() > 0 || response.canceled() {
-                tracing::warn!("registry: watch lost its place; reading everything again");
-                break;
+        match watch.next().await {
+            WatchEvent::Loaded {
+                revision, entries, ..
+            } => {
+                services = Services::new();
+                for entry in &entries {
+                    add(&mut services, &prefix, &entry.key, &entry.value);
+                }
+                tracing::info!(instances = entries.len(), revision, "registry: loaded");
             }
-            if response.events().is_empty() {
-                continue;
-            }
-            for event in response.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => add(&mut services, &prefix, kv.key(), kv.value()),
-                    EventType::Delete => remove(&mut services, &prefix, kv.key()),
+            WatchEvent::Changed { changes, .. } => {
+                for change in &changes {
+                    match change {
+                        Change::Put(Entry { key, value }) => {
+                            add(&mut services, &prefix, key, value)
+                        }
+                        Change::Delete { key } => remove(&mut services, &prefix, key),
+                    }
                 }
             }
-            directory.publish(services.clone());
+            WatchEvent::Lost { error, retry_in } => {
+                tracing::warn!(
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "registry unavailable, keeping the nodes in force: {error}"
+                );
+                continue;
+            }
         }
+        directory.publish(services.clone());
     }
 }
 
@@ -242,14 +219,8 @@ fn service_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
     (!service.is_empty() && !instance.is_empty()).then_some(service)
 }
 
-fn add(
-    services: &mut BTreeMap<String, BTreeMap<String, Registration>>,
-    prefix: &str,
-    key: &[u8],
-    value: &[u8],
-) {
-    let key = String::from_utf8_lossy(key);
-    let Some(service) = service_of(prefix, &key) else {
+fn add(services: &mut Services, prefix: &str, key: &str, value: &[u8]) {
+    let Some(service) = service_of(prefix, key) else {
         return;
     };
     match serde_json::from_slice::<Registration>(value) {
@@ -261,20 +232,15 @@ fn add(
         }
         Err(error) => {
             tracing::warn!(%key, %error, "registry: not a registration; ignored");
-            remove(services, prefix, key.as_bytes());
+            remove(services, prefix, key);
         }
     }
 }
 
-fn remove(
-    services: &mut BTreeMap<String, BTreeMap<String, Registration>>,
-    prefix: &str,
-    key: &[u8],
-) {
-    let key = String::from_utf8_lossy(key);
-    if let Some(service) = service_of(prefix, &key) {
+fn remove(services: &mut Services, prefix: &str, key: &str) {
+    if let Some(service) = service_of(prefix, key) {
         if let Some(instances) = services.get_mut(service) {
-            instances.remove(key.as_ref());
+            instances.remove(key);
         }
     }
 }
@@ -284,19 +250,7 @@ impl BackgroundService for DiscoveryService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let watcher = self.registry.clone().map(|registry| {
             let directory = self.directory.clone();
-            tokio::spawn(async move {
-                let settings = EtcdProvider::with_endpoints(registry.endpoints, registry.prefix);
-                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                loop {
-                    let error = watch_registry(&settings, &directory, &mut backoff).await;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        retry_in_ms = delay.as_millis() as u64,
-                        "registry unavailable, keeping the nodes in force: {error}"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            })
+            tokio::spawn(async move { follow_registry(registry, &directory).await })
         });
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

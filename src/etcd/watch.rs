@@ -1,0 +1,335 @@
+//! Following one key prefix: everything under it at revision R, then a watch from R+1.
+//!
+//! The caller pulls [`WatchEvent`]s and decides what the keys mean; the loop owns the
+//! connection. A watch that loses its place — the revision it starts from was compacted,
+//! etcd canceled it, or a response comes from another cluster than the one read — cannot
+//! say what was missed, so everything is read again and handed over whole. A failed
+//! connection is reported once, then retried with [`Backoff`]; the first event after it is
+//! again a full read, so a caller never has to guess what changed while it was away.
+
+use super::{connect, Backoff, EtcdError};
+use crate::bootstrap::EtcdSettings;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The most watch responses folded into one [`WatchEvent::Changed`], so a flood of writes
+/// still shows progress rather than being folded forever.
+pub const MAX_FOLDED: usize = 1024;
+
+/// One key and its value, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// One change to a key, in the order etcd made them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Entry),
+    Delete { key: String },
+}
+
+/// What following the prefix brought.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Everything under the prefix at `revision`, as answered by the cluster `cluster_id`:
+    /// after connecting, and whenever the watch lost its place. It replaces whatever the
+    /// caller held; the changes that follow start after `revision`.
+    Loaded {
+        revision: i64,
+        cluster_id: u64,
+        entries: Vec<Entry>,
+    },
+    /// Changes since the previous event: the watch responses that were already waiting,
+    /// folded (up to [`MAX_FOLDED`]) so a burst of writes costs the caller one update.
+    /// `revision` is that of the newest response that carried a header.
+    Changed {
+        revision: Option<i64>,
+        changes: Vec<Change>,
+    },
+    /// The connection failed. What the caller holds is all it has until the next
+    /// [`WatchEvent::Loaded`]; the watch connects again after `retry_in` (the next call to
+    /// [`PrefixWatch::next`] waits for it).
+    Lost {
+        error: EtcdError,
+        retry_in: Duration,
+    },
+}
+
+/// A followed key prefix. Pull events with [`PrefixWatch::next`].
+pub struct PrefixWatch {
+    settings: EtcdSettings,
+    prefix: String,
+    /// Names the caller in the loop's own logs (`etcd`, `registry`).
+    label: &'static str,
+    backoff: Backoff,
+    state: State,
+}
+
+/// Where the loop is. Every change of state happens between awaits, so dropping a call to
+/// [`PrefixWatch::next`] at any await leaves a state the next call resumes from.
+enum State {
+    /// No connection; connect once `retry_at` (if any) has passed.
+    Disconnected { retry_at: Option<Instant> },
+    /// Connected; everything is to be read.
+    Connected { client: Client },
+    /// Everything was read at `revision`; the watch from `revision + 1` is to start.
+    Loaded {
+        client: Client,
+        revision: i64,
+        cluster_id: u64,
+    },
+    /// Following changes of the store the cluster `cluster_id` holds.
+    Watching {
+        client: Client,
+        /// Boxed: the other states are as large as the client alone.
+        stream: Box<WatchStream>,
+        cluster_id: u64,
+    },
+}
+
+impl PrefixWatch {
+    /// Follows every key that starts with `prefix` (exactly as given, usually ending in
+    /// `/`), connecting with `settings` (whose own `prefix` is not used here). Nothing
+    /// happens until the first [`PrefixWatch::next`].
+    pub fn new(settings: EtcdSettings, prefix: impl Into<String>, label: &'static str) -> Self {
+        PrefixWatch {
+            settings,
+            prefix: prefix.into(),
+            label,
+            backoff: Backoff::reconnect(),
+            state: State::Disconnected { retry_at: None },
+        }
+    }
+
+    /// The next event. Never ends: after [`WatchEvent::Lost`] it connects again.
+    ///
+    /// Cancel safe: dropped at an await (say in a `select!` on shutdown), it loses no
+    /// change — the next call resumes the same connection, watch or wait.
+    pub async fn next(&mut self) -> WatchEvent {
+        loop {
+            match self.step().await {
+                Ok(Some(event)) => return event,
+                Ok(None) => {}
+                Err(error) => {
+                    let retry_in = self.back_off();
+                    return WatchEvent::Lost { error, retry_in };
+                }
+            }
+        }
+    }
+
+    /// Drops the connection; the next [`PrefixWatch::next`] connects again at once and
+    /// starts with a full read. For a caller that wants everything anew (an operator asked
+    /// for it) or will not read for a while (it does not accept this store).
+    pub fn restart(&mut self) {
+        self.state = State::Disconnected { retry_at: None };
+    }
+
+    /// Drops the connection as if it had failed: the next [`PrefixWatch::next`] connects
+    /// again after the returned delay. For a caller that could not use what it was given,
+    /// so trying again at once would likely fail the same way.
+    pub fn back_off(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.state = State::Disconnected {
+            retry_at: Some(Instant::now() + delay),
+        };
+        delay
+    }
+
+    /// Moves one state on; an event when there is one to hand over.
+    async fn step(&mut self) -> Result<Option<WatchEvent>, EtcdError> {
+        match &mut self.state {
+            State::Disconnected { retry_at } => {
+                if let Some(at) = *retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
+                let client = connect(&self.settings).await?;
+                self.state = State::Connected { client };
+                Ok(None)
+            }
+            State::Connected { client } => {
+                let response = client
+                    .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+                    .await?;
+                let revision = response.header().map_or(0, |h| h.revision());
+                let cluster_id = response.header().map_or(0, |h| h.cluster_id());
+                let entries = response
+                    .kvs()
+                    .iter()
+                    .map(|kv| Entry {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: kv.value().to_vec(),
+                    })
+                    .collect();
+                // The connection proved itself; a later failure starts from the first delay.
+                self.backoff.reset();
+                self.state = State::Loaded {
+                    client: client.clone(),
+                    revision,
+                    cluster_id,
+                };
+                Ok(Some(WatchEvent::Loaded {
+                    revision,
+                    cluster_id,
+                    entries,
+                }))
+            }
+            State::Loaded {
+                client,
+                revision,
+                cluster_id,
+            } => {
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(*revision + 1);
+                let stream = client.watch(self.prefix.as_str(), Some(options)).await?;
+                self.state = State::Watching {
+                    client: client.clone(),
+                    stream: Box::new(stream),
+                    cluster_id: *cluster_id,
+                };
+                Ok(None)
+            }
+            State::Watching {
+                client,
+                stream,
+                cluster_id,
+            } => {
+                let cluster_id = *cluster_id;
+                let mut batch = Batch::default();
+                let mut message = Some(stream.message().await);
+                let mut folded = 0;
+                // Responses already waiting are folded in without awaiting, so this call
+                // is either still waiting for the first one or done.
+                while let Some(received) = message.take() {
+                    let response = received?.ok_or(EtcdError::WatchEnded)?;
+                    if let Some(lost) = LostPlace::of(&response, cluster_id) {
+                        lost.log(self.label);
+                        self.state = State::Connected {
+                            client: client.clone(),
+                        };
+                        return Ok(None);
+                    }
+                    batch.add(&response);
+                    folded += 1;
+                    if folded < MAX_FOLDED {
+                        message = ready_now(stream.message());
+                    }
+                }
+                Ok(batch.into_event())
+            }
+        }
+    }
+}
+
+/// Why a watch can no longer say what changed.
+enum LostPlace {
+    Compacted(i64),
+    Canceled(String),
+    OtherCluster { was: u64, now: u64 },
+}
+
+impl LostPlace {
+    fn of(response: &WatchResponse, cluster_id: u64) -> Option<LostPlace> {
+        if let Some(header) = response.header() {
+            if header.cluster_id() != cluster_id {
+                return Some(LostPlace::OtherCluster {
+                    was: cluster_id,
+                    now: header.cluster_id(),
+                });
+            }
+        }
+        if response.compact_revision() > 0 {
+            return Some(LostPlace::Compacted(response.compact_revision()));
+        }
+        if response.canceled() {
+            return Some(LostPlace::Canceled(response.cancel_reason().to_string()));
+        }
+        None
+    }
+
+    fn log(&self, label: &str) {
+        match self {
+            LostPlace::Compacted(compacted) => tracing::warn!(
+                compacted,
+                "{label}: the watched revision was compacted; reading everything again"
+            ),
+            LostPlace::Canceled(reason) => tracing::warn!(
+                reason = reason.as_str(),
+                "{label}: watch canceled; reading everything again"
+            ),
+            LostPlace::OtherCluster { was, now } => tracing::warn!(
+                "{label}: the watch answers from cluster {now:x}, not {was:x}; reading \
+                 everything again"
+            ),
+        }
+    }
+}
+
+/// Watch responses folded into one event.
+#[derive(Default)]
+struct Batch {
+    /// A response with events was folded in.
+    changed: bool,
+    revision: Option<i64>,
+    changes: Vec<Change>,
+}
+
+impl Batch {
+    fn add(&mut self, response: &WatchResponse) {
+        // A response without events is a progress notification: nothing to hand over.
+        if response.events().is_empty() {
+            return;
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            self.changes.push(match event.event_type() {
+                EventType::Put => Change::Put(Entry {
+                    key,
+                    value: kv.value().to_vec(),
+                }),
+                EventType::Delete => Change::Delete { key },
+            });
+        }
+        self.changed = true;
+        self.revision = response.header().map(|h| h.revision()).or(self.revision);
+    }
+
+    fn into_event(self) -> Option<WatchEvent> {
+        self.changed.then_some(WatchEvent::Changed {
+            revision: self.revision,
+            changes: self.changes,
+        })
+    }
+}
+
+/// The output of `future` if it is ready at once. Polling with a waker that does nothing
+/// is enough: a pending stream is polled again, with a real waker, by the next call.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_ready_future_is_taken() {
+        assert_eq!(ready_now(std::future::ready(7)), Some(7));
+        assert_eq!(ready_now(std::future::pending::<u8>()), None);
+    }
+}
