@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod demo;
 pub mod edge;
 pub mod etcd;
+pub mod interpolate;
 pub mod provider;
 pub mod proxy;
 pub mod resource;

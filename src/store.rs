@@ -5,7 +5,7 @@
 //! are YAML or JSON documents of the resource (a `kind` and `id` inside are optional and
 //! must agree with the key).
 
-use crate::bootstrap::EtcdSettings;
+use crate::etcd::EtcdSettings;
 use crate::etcd::{connect, EtcdError};
 use crate::resource::{parse_stored, Document, FieldError, Kind, ObjectKey, Origin};
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};

@@ -1,8 +1,21 @@
-//! Cheap renderings of ids and addresses into header values. Each runs on every request,
-//! where the formatting machinery (`{:032x}`, `Display` for addresses) would cost ten times
-//! as much as these few loops.
+//! The gateway's own wire forms, shared by the proxy and the admin API: request ids, the JSON
+//! error body of SPEC §4, and cheap renderings of ids and addresses into header values.
+//! Each rendering runs on every request, where the formatting machinery (`{:032x}`,
+//! `Display` for addresses) would cost ten times as much as these few loops.
 
+use bytes::Bytes;
 use std::net::IpAddr;
+
+/// A fresh request id: 128 random bits in hex.
+pub fn new_request_id() -> String {
+    hex_id(fastrand::u128(..))
+}
+
+/// The body of a gateway error: `{"error": CODE, "message": TEXT, "request_id": ID}`.
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    Bytes::from(body.to_string())
+}
 
 /// 128 bits as 32 lower-case hex digits, the shape of a W3C trace id.
 pub fn hex_id(bits: u128) -> String {

@@ -32,7 +32,7 @@ impl Exchange {
 /// An answer produced by a plugin instead of proxying: the gateway renders it as the JSON
 /// error body of SPEC §4, adding the request id.
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub struct ErrorAnswer {
     pub status: StatusCode,
     /// The machine-readable `error` field, e.g. `unauthorized`.
     pub code: &'static str,
@@ -44,9 +44,9 @@ pub struct Reply {
     pub reason: Option<&'static str>,
 }
 
-impl Reply {
+impl ErrorAnswer {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Reply {
+        ErrorAnswer {
             status,
             code,
             message: message.into(),

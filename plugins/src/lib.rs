@@ -21,7 +21,7 @@ pub mod selector;
 pub mod template;
 
 pub use chain::PluginChain;
-pub use exchange::{Exchange, Reply};
+pub use exchange::{ErrorAnswer, Exchange};
 pub use selector::Selector;
 
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -50,7 +50,7 @@ pub enum Flow {
     /// Go on with the next plugin, then proxy.
     Continue,
     /// Stop here and answer the client with this reply.
-    Respond(Reply),
+    Respond(ErrorAnswer),
 }
 
 /// A pending access decision, for plugins that must wait on I/O.

@@ -8,7 +8,7 @@
 
 use crate::digest::Digester;
 use crate::selector::{Forms, Selected, Selector, SelectorKind};
-use crate::{Access, Exchange, Flow, Plugin, Reply, Stage};
+use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -251,7 +251,7 @@ impl Plugin for RateLimit {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(state.limiter.clock().now());
                 let retry = seconds_up(wait).max(1);
-                let reply = Reply::new(
+                let reply = ErrorAnswer::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     format!("rate limit exceeded; retry in {retry}s"),
@@ -282,7 +282,7 @@ mod tests {
         plugin: &RateLimit,
         req: &mut RequestHeader,
         ex: &mut Exchange,
-    ) -> Result<(), Reply> {
+    ) -> Result<(), ErrorAnswer> {
         let flow = match plugin.access(req, &mut *ex) {
             Access::Now(flow) => flow,
             Access::Wait(_) => panic!("the limiter never waits"),
@@ -293,7 +293,7 @@ mod tests {
         }
     }
 
-    fn check(plugin: &RateLimit, ex: &mut Exchange) -> Result<(), Reply> {
+    fn check(plugin: &RateLimit, ex: &mut Exchange) -> Result<(), ErrorAnswer> {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         check_request(plugin, &mut req, ex)
     }

@@ -1,11 +1,11 @@
 //! The admin listener: health, readiness, the configuration in force, and (etcd mode) writes.
 
-use crate::bootstrap::EtcdSettings;
-use crate::provider::source::SourceReport;
-use crate::proxy::{error_body, new_request_id};
+use crate::etcd::EtcdSettings;
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
+use crate::snapshot::SourceReport;
 use crate::store::{key_of, Store};
+use crate::wire::{error_body, new_request_id};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;

@@ -2,9 +2,8 @@
 //! key gatehouse does not know, or a value of the wrong type, stops the process with a message
 //! naming the key, so it never runs on a half-understood config.
 
-mod interpolate;
-
-pub use interpolate::{interpolate, InterpolationError};
+pub use crate::etcd::{EtcdSettings, EtcdTls, RegistryEtcd};
+pub use crate::interpolate::{interpolate, InterpolationError};
 
 use crate::edge::{PathPolicy, Underscores};
 use crate::units::{ByteSize, Span};
@@ -150,63 +149,10 @@ pub struct FileProvider {
     pub watch: bool,
 }
 
-/// How to reach etcd, and the prefix under which the resources are (`provider.etcd`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    #[serde(default = "default_etcd_timeout")]
-    pub timeout: Span,
-    /// For `https://` endpoints: a CA to trust instead of the system's, and a client
-    /// certificate when etcd asks for one.
-    #[serde(default)]
-    pub tls: Option<EtcdTls>,
-}
-
-impl EtcdSettings {
-    /// Connection settings for the given endpoints with everything else at its default,
-    /// for the command line and the service registry.
-    pub fn with_endpoints(endpoints: Vec<String>, prefix: String) -> EtcdSettings {
-        EtcdSettings {
-            endpoints,
-            prefix,
-            username: None,
-            password: None,
-            timeout: default_etcd_timeout(),
-            tls: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdTls {
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
     pub etcd: RegistryEtcd,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryEtcd {
-    pub endpoints: Vec<String>,
-    #[serde(default = "default_registry_prefix")]
-    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,18 +229,6 @@ fn default_threads() -> usize {
 
 fn yes() -> bool {
     true
-}
-
-fn default_prefix() -> String {
-    "/gatehouse".into()
-}
-
-fn default_registry_prefix() -> String {
-    "/microservices".into()
-}
-
-fn default_etcd_timeout() -> Span {
-    Span::secs(3)
 }
 
 impl Bootstrap {

@@ -1,7 +1,7 @@
 //! Opening a connection to etcd: credentials, TLS, and the HTTP/2 keep-alive.
 
 use super::EtcdError;
-use crate::bootstrap::EtcdSettings;
+use super::EtcdSettings;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::time::Duration;
 

@@ -8,15 +8,17 @@
 //! changes as one. Kept here once, so the two cannot drift apart; what the keys *mean*
 //! stays with each caller.
 //!
-//! This module knows etcd and the connection settings, nothing of resources, snapshots or
-//! upstreams.
+//! This module knows etcd and its connection settings, nothing of resources, snapshots,
+//! upstreams or the rest of the bootstrap config.
 
 mod backoff;
 mod connect;
+mod settings;
 mod watch;
 
 pub use backoff::Backoff;
 pub use connect::{connect, KEEPALIVE_INTERVAL};
+pub use settings::{EtcdSettings, EtcdTls, RegistryEtcd};
 pub use watch::{Change, Entry, PrefixWatch, WatchEvent, MAX_FOLDED};
 
 /// Why talking to etcd failed.

@@ -7,8 +7,8 @@
 //! connection is reported once, then retried with [`Backoff`]; the first event after it is
 //! again a full read, so a caller never has to guess what changed while it was away.
 
+use super::EtcdSettings;
 use super::{connect, Backoff, EtcdError};
-use crate::bootstrap::EtcdSettings;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use std::future::Future;
 use std::pin::pin;

@@ -11,11 +11,11 @@
 //! id changed or whose revision went back is not applied. The snapshot in force stays and
 //! the source reports why, until `POST /admin/resync` or a restart accepts the store.
 
-use super::source::SourceKind;
 use super::Ingest;
-use crate::bootstrap::EtcdSettings;
+use crate::etcd::EtcdSettings;
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
 use crate::resource::Document;
+use crate::snapshot::SourceKind;
 use crate::store::document_of;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

@@ -1,8 +1,8 @@
 //! The file provider: every YAML document under `provider.file.paths`, watched for changes.
 
-use super::source::SourceKind;
 use super::Ingest;
 use crate::resource::{parse_file, Document, FieldError, Origin};
+use crate::snapshot::SourceKind;
 use async_trait::async_trait;
 use notify::Watcher;
 use pingora::server::ShutdownWatch;

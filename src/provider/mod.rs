@@ -2,11 +2,10 @@
 
 pub mod etcd;
 pub mod file;
-pub mod source;
 
 use crate::resource::{admit, Document};
+use crate::snapshot::SourceHealth;
 use crate::snapshot::{Live, Snapshot};
-use source::SourceHealth;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -8,7 +8,7 @@ use crate::edge::headers as edge_headers;
 use crate::edge::ClientStream;
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{CompiledRoute, Snapshot};
-use gatehouse_plugins::Reply;
+use gatehouse_plugins::ErrorAnswer;
 use http::{header, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -54,14 +54,14 @@ impl Gateway {
         &self,
         session: &mut Session,
         snapshot: &Snapshot,
-    ) -> std::result::Result<(), Reply> {
+    ) -> std::result::Result<(), ErrorAnswer> {
         // HTTP/1 keeps the head as it came; HTTP/2 heads are counted from the parsed form.
         let head = match session.as_downstream().as_http1() {
             Some(h1) => h1.get_headers_raw_bytes().len(),
             None => head_size(session.req_header()),
         };
         if head > self.settings.max_header_size {
-            return Err(Reply::new(
+            return Err(ErrorAnswer::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "bad_request",
                 format!(
@@ -71,7 +71,7 @@ impl Gateway {
             ));
         }
         self.settle_head(session)
-            .map_err(|problem| Reply::new(StatusCode::BAD_REQUEST, "bad_request", problem))?;
+            .map_err(|problem| ErrorAnswer::new(StatusCode::BAD_REQUEST, "bad_request", problem))?;
         if !snapshot.identity_headers.is_empty() {
             // Identity headers are the gateway's on every route, not only where a policy
             // sets them: an upstream shared with a protected route must not trust them.

@@ -1,9 +1,9 @@
 //! What a matched route does with a request: its access plugins (auth, limits) may answer
 //! for it, a direct response answers it, or an upstream is chosen for it.
 
+use super::answer::{self, answer_error, Answer};
 use super::attempt::Attempts;
 use super::ctx::RequestCtx;
-use super::reply::{self, answer_error, Answer};
 use super::Gateway;
 use crate::snapshot::{Action, CompiledRoute};
 use gatehouse_plugins::Flow;
@@ -49,7 +49,7 @@ impl Gateway {
                     content_type: None,
                     body: direct.body.clone(),
                 };
-                reply::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
                 Ok(true)
             }
         }

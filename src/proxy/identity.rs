@@ -60,9 +60,7 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
         .flatten()
 }
 
-pub fn new_request_id() -> String {
-    crate::wire::hex_id(fastrand::u128(..))
-}
+pub use crate::wire::new_request_id;
 
 /// Whether `peer` is one of `trusted_proxies`, whose `X-Forwarded-For` is believed.
 pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {

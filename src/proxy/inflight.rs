@@ -2,8 +2,8 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use tokio::sync::Notify;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 

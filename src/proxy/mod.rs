@@ -6,9 +6,10 @@
 //! - [`attempt`]: each try at the upstream (breaker, node, outcome, retry);
 //! - [`head_watch`]: the clock of each upstream response head;
 //! - [`forward`]: the request as the upstream sees it, the answer as the client may;
-//! - [`reply`]: answers the gateway writes itself, errors included;
+//! - [`answer`]: answers the gateway writes itself, errors included;
 //! - [`record`]: metrics, access log and span of a finished request.
 
+mod answer;
 mod arrival;
 mod attempt;
 mod ctx;
@@ -19,26 +20,25 @@ mod head_watch;
 mod identity;
 mod inflight;
 mod record;
-mod reply;
 
+pub use answer::error_body;
+use answer::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
 use attempt::{Attempts, Failure, Refused, Replay, Retry};
 pub use ctx::RequestCtx;
 pub use head_watch::Sweeper as HeadSweeper;
 use head_watch::{Connection, HeadWatch};
+use identity::REQUEST_ID_NAME;
 pub use identity::{
     client_ip, client_request_id, identify, new_request_id, request_id, REQUEST_ID,
 };
-use identity::REQUEST_ID_NAME;
 pub use inflight::{InFlight, InFlightGuard};
-pub use reply::error_body;
-use reply::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
 
 use crate::edge::headers::Underscores;
 use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::snapshot::Live;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
-use gatehouse_plugins::Reply;
+use gatehouse_plugins::ErrorAnswer;
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -144,7 +144,7 @@ impl ProxyHttp for Gateway {
             return answer_error(session, &reply, ctx).await;
         }
         let Some(route) = self.find_route(session, &snapshot) else {
-            let reply = Reply::new(
+            let reply = ErrorAnswer::new(
                 StatusCode::NOT_FOUND,
                 "no_route",
                 "no route matches the request",
@@ -170,10 +170,9 @@ impl ProxyHttp for Gateway {
                     CIRCUIT_OPEN,
                     format!("upstream `{id}` has its circuit open"),
                 ),
-                Refused::NoNode => Error::e_explain(
-                    NO_UPSTREAM,
-                    format!("upstream `{id}` has no healthy node"),
-                ),
+                Refused::NoNode => {
+                    Error::e_explain(NO_UPSTREAM, format!("upstream `{id}` has no healthy node"))
+                }
             };
         }
         Ok(Box::new(attempts.peer(&route.timeouts)))

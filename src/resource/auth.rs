@@ -182,7 +182,7 @@ pub fn is_secret_reference(value: &str) -> bool {
 
 fn check_secret_reference(value: &str) -> Result<(), String> {
     if is_secret_reference(value) {
-        crate::bootstrap::interpolate(value, |_| Some(String::new()))
+        crate::interpolate::interpolate(value, |_| Some(String::new()))
             .map(|_| ())
             .map_err(|e| e.to_string().trim_start_matches("line 1: ").to_string())
     } else {

@@ -14,7 +14,7 @@ pub use catalog::{admit, Catalog, Rejection, Stored};
 pub use fields::{FieldError, SelectorText, Text};
 pub use route::{
     CanaryMatch, CanaryRule, DirectResponse, HeaderRules, RateLimit, Rewrite, Route, RouteMatch,
-    Timeouts, WeightedUpstream, METHODS, STICKY_FORMS,
+    Timeouts, WeightedUpstream, STICKY_FORMS,
 };
 pub use upstream::{
     split_host_port, ActiveCheck, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream,

@@ -1,7 +1,7 @@
 //! The `Route` resource: which requests it takes and where they go.
 
 use super::fields::{check_header_name, is_zero, Problems, SelectorText, Text};
-use crate::router::{HostPattern, PathPattern, ValueMatcher};
+use crate::router::{HostPattern, PathPattern, ValueMatcher, METHODS};
 use crate::units::Span;
 use gatehouse_plugins::rate_limit::KEY_FORMS;
 use gatehouse_plugins::selector::{Forms, SelectorKind};
@@ -186,11 +186,6 @@ impl std::fmt::Display for RefField {
         }
     }
 }
-
-/// The standard methods a route may name.
-pub const METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
-];
 
 /// The selectors `sticky` takes (SPEC §3): the ones that name a user. `route` or `path`
 /// would send everybody, or everybody on one page, to one side.

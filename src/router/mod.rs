@@ -27,7 +27,7 @@ pub type QueryPairs<'r> = SmallVec<[(Cow<'r, str>, Cow<'r, str>); 8]>;
 /// What a route asks of a request beyond host and path.
 #[derive(Debug, Clone, Default)]
 pub struct Predicates {
-    /// Bit set over [`crate::resource::METHODS`]; 0 accepts every method.
+    /// Bit set over [`METHODS`]; 0 accepts every method.
     methods: u16,
     headers: Vec<(HeaderName, ValueMatcher)>,
     query: Vec<(Box<str>, ValueMatcher)>,
@@ -69,12 +69,17 @@ pub struct RouteMatcher {
     predicates: Arc<Predicates>,
 }
 
+/// The standard methods a route may name (a route's methods are a bit set over these).
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+];
+
 impl RouteMatcher {
     pub fn compile(spec: RouteSpec<'_>) -> Result<RouteMatcher, String> {
         let mut predicates = Predicates::compile(spec.headers, spec.query)?;
         for method in spec.methods {
             let upper = method.to_ascii_uppercase();
-            let bit = crate::resource::METHODS
+            let bit = METHODS
                 .iter()
                 .position(|m| *m == upper)
                 .ok_or_else(|| format!("unknown method `{method}`"))?;
@@ -137,18 +142,18 @@ impl<T> Clone for Candidate<T> {
 /// copies only the nodes on the paths it touches (copy-on-write), so a new router costs
 /// what changed, not the number of routes.
 #[derive(Debug)]
-struct Node<T> {
-    literal: HashMap<Arc<str>, Arc<Node<T>>>,
-    param: Option<Arc<Node<T>>>,
+struct TrieNode<T> {
+    literal: HashMap<Arc<str>, Arc<TrieNode<T>>>,
+    param: Option<Arc<TrieNode<T>>>,
     /// Routes whose pattern ends exactly here.
     exact: Vec<Candidate<T>>,
     /// Routes whose `/**` pattern covers this node and everything below.
     subtree: Vec<Candidate<T>>,
 }
 
-impl<T> Default for Node<T> {
+impl<T> Default for TrieNode<T> {
     fn default() -> Self {
-        Node {
+        TrieNode {
             literal: HashMap::default(),
             param: None,
             exact: Vec::new(),
@@ -157,9 +162,9 @@ impl<T> Default for Node<T> {
     }
 }
 
-impl<T> Clone for Node<T> {
+impl<T> Clone for TrieNode<T> {
     fn clone(&self) -> Self {
-        Node {
+        TrieNode {
             literal: self.literal.clone(),
             param: self.param.clone(),
             exact: self.exact.clone(),
@@ -168,7 +173,7 @@ impl<T> Clone for Node<T> {
     }
 }
 
-impl<T> Node<T> {
+impl<T> TrieNode<T> {
     fn is_empty(&self) -> bool {
         self.literal.is_empty()
             && self.param.is_none()
@@ -176,7 +181,12 @@ impl<T> Node<T> {
             && self.subtree.is_empty()
     }
 
-    fn insert(node: &mut Arc<Node<T>>, segs: &[Segment], subtree: bool, candidate: Candidate<T>) {
+    fn insert(
+        node: &mut Arc<TrieNode<T>>,
+        segs: &[Segment],
+        subtree: bool,
+        candidate: Candidate<T>,
+    ) {
         let n = Arc::make_mut(node);
         match segs.split_first() {
             None if subtree => n.subtree.push(candidate),
@@ -188,18 +198,18 @@ impl<T> Node<T> {
                     n.literal.insert(s.as_str().into(), Arc::default());
                 }
                 let child = n.literal.get_mut(s.as_str()).expect("inserted above");
-                Node::insert(child, rest, subtree, candidate);
+                TrieNode::insert(child, rest, subtree, candidate);
             }
             Some((Segment::Param, rest)) => {
                 let child = n.param.get_or_insert_with(Arc::default);
-                Node::insert(child, rest, subtree, candidate);
+                TrieNode::insert(child, rest, subtree, candidate);
             }
         }
     }
 
     /// Removes the candidates of route `id` under this pattern; true when the node is left
     /// empty (and can be dropped by its parent).
-    fn remove(node: &mut Arc<Node<T>>, segs: &[Segment], subtree: bool, id: &str) -> bool {
+    fn remove(node: &mut Arc<TrieNode<T>>, segs: &[Segment], subtree: bool, id: &str) -> bool {
         let n = Arc::make_mut(node);
         match segs.split_first() {
             None => {
@@ -212,14 +222,14 @@ impl<T> Node<T> {
             }
             Some((Segment::Literal(s), rest)) => {
                 if let Some(child) = n.literal.get_mut(s.as_str()) {
-                    if Node::remove(child, rest, subtree, id) {
+                    if TrieNode::remove(child, rest, subtree, id) {
                         n.literal.remove(s.as_str());
                     }
                 }
             }
             Some((Segment::Param, rest)) => {
                 if let Some(child) = &mut n.param {
-                    if Node::remove(child, rest, subtree, id) {
+                    if TrieNode::remove(child, rest, subtree, id) {
                         n.param = None;
                     }
                 }
@@ -247,9 +257,9 @@ impl<T> Node<T> {
 
 /// Path tries by host: routes bound to no host, to exact hosts, to `*.domain` suffixes.
 struct Trees<T> {
-    any_host: Arc<Node<T>>,
-    exact_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
-    wildcard_hosts: HashMap<Arc<str>, Arc<Node<T>>>,
+    any_host: Arc<TrieNode<T>>,
+    exact_hosts: HashMap<Arc<str>, Arc<TrieNode<T>>>,
+    wildcard_hosts: HashMap<Arc<str>, Arc<TrieNode<T>>>,
 }
 
 impl<T> Default for Trees<T> {
@@ -289,7 +299,7 @@ impl<T> Trees<T> {
                     rank: rank(0),
                     entry: entry.clone(),
                 };
-                Node::insert(&mut self.any_host, &path.segments, path.subtree, candidate);
+                TrieNode::insert(&mut self.any_host, &path.segments, path.subtree, candidate);
             }
             for host in &matcher.hosts {
                 let candidate = Candidate {
@@ -304,7 +314,7 @@ impl<T> Trees<T> {
                     map.insert(key.as_str().into(), Arc::default());
                 }
                 let tree = map.get_mut(key.as_str()).expect("inserted above");
-                Node::insert(tree, &path.segments, path.subtree, candidate);
+                TrieNode::insert(tree, &path.segments, path.subtree, candidate);
             }
         }
     }
@@ -312,7 +322,7 @@ impl<T> Trees<T> {
     fn remove(&mut self, id: &str, matcher: &RouteMatcher) {
         for path in &matcher.paths {
             if matcher.hosts.is_empty() {
-                Node::remove(&mut self.any_host, &path.segments, path.subtree, id);
+                TrieNode::remove(&mut self.any_host, &path.segments, path.subtree, id);
             }
             for host in &matcher.hosts {
                 let (map, key) = match host {
@@ -320,7 +330,7 @@ impl<T> Trees<T> {
                     HostPattern::Wildcard(s) => (&mut self.wildcard_hosts, s),
                 };
                 if let Some(tree) = map.get_mut(key.as_str()) {
-                    if Node::remove(tree, &path.segments, path.subtree, id) {
+                    if TrieNode::remove(tree, &path.segments, path.subtree, id) {
                         map.remove(key.as_str());
                     }
                 }
@@ -478,9 +488,7 @@ impl Predicates {
     /// the decoded query between calls on the same request.
     pub fn hold<'r>(&self, req: &RouteRequest<'r>, query: &mut Option<QueryPairs<'r>>) -> bool {
         if self.methods != 0 {
-            let bit = crate::resource::METHODS
-                .iter()
-                .position(|m| *m == req.method.as_str());
+            let bit = METHODS.iter().position(|m| *m == req.method.as_str());
             match bit {
                 Some(bit) if self.methods & (1 << bit) != 0 => {}
                 _ => return false,

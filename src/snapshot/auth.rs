@@ -1,7 +1,7 @@
 //! An `AuthPolicy` compiled into the plugin crate's [`Authenticator`]: secrets resolved from
 //! the environment, keys parsed, token sources and claim rules built once.
 
-use crate::bootstrap::{interpolate, InterpolationError};
+use crate::interpolate::{interpolate, InterpolationError};
 use crate::resource::{AuthPolicy, JwtKey};
 use gatehouse_plugins::auth::{
     AuthSettings, Authenticator, ClaimRules, IntrospectionSettings, JwtSettings, KeyMaterial,

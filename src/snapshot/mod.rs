@@ -3,11 +3,12 @@
 
 mod auth;
 mod route;
+mod source;
 
 pub use auth::compile_policy;
-pub use route::{Action, CompiledRoute, DirectReply, PathRewrite, RouteTimeouts};
+pub use route::{Action, CompiledRoute, DirectAnswer, PathRewrite, RouteTimeouts};
+pub use source::{SourceHealth, SourceKind, SourceReport};
 
-use crate::provider::source::{SourceHealth, SourceKind};
 use crate::resource::{AuthPolicy, Catalog, Kind, Rejection};
 use crate::router::Router;
 use crate::upstream::UpstreamTarget;
@@ -251,6 +252,12 @@ impl Live {
     /// True once a first snapshot has been loaded from the provider.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl crate::upstream::InForce for Live {
+    fn upstreams(&self) -> Vec<Arc<UpstreamTarget>> {
+        self.load().upstreams.values().cloned().collect()
     }
 }
 

@@ -20,12 +20,12 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Action {
     Proxy(UpstreamChoice),
-    Respond(DirectReply),
+    Respond(DirectAnswer),
 }
 
 /// A `direct_response`, rendered once.
 #[derive(Debug)]
-pub struct DirectReply {
+pub struct DirectAnswer {
     pub status: u16,
     pub body: Bytes,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -234,7 +234,7 @@ fn edits(side: &str, rules: Option<&crate::resource::HeaderRules>) -> Result<Hea
     Ok(out)
 }
 
-fn direct_reply(direct: &DirectResponse) -> Result<DirectReply, String> {
+fn direct_reply(direct: &DirectResponse) -> Result<DirectAnswer, String> {
     let mut headers = Vec::with_capacity(direct.headers.len());
     for (name, value) in &direct.headers {
         let header = HeaderName::from_bytes(name.as_bytes())
@@ -243,7 +243,7 @@ fn direct_reply(direct: &DirectResponse) -> Result<DirectReply, String> {
             .map_err(|e| format!("direct_response.headers.{name}: {e}"))?;
         headers.push((header, value));
     }
-    Ok(DirectReply {
+    Ok(DirectAnswer {
         status: direct.status,
         body: Bytes::from(direct.body.clone()),
         headers,

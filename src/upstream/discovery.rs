@@ -14,11 +14,10 @@
 //! A background service applies both to the snapshot in force every [`TICK`]: an upstream
 //! seen for the first time, or a directory that changed, gets its nodes (re)computed.
 
-use super::{now_ms, Instance, UpstreamTarget};
-use crate::bootstrap::{EtcdSettings, RegistryEtcd};
+use super::{now_ms, InForce, Instance, UpstreamTarget};
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
+use crate::etcd::{EtcdSettings, RegistryEtcd};
 use crate::resource::{Discovery, Scheme};
-use crate::snapshot::Live;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -112,13 +111,13 @@ impl Directory {
 
 /// The background service.
 pub struct DiscoveryService {
-    live: Arc<Live>,
+    live: Arc<dyn InForce>,
     registry: Option<RegistryEtcd>,
     directory: Arc<Directory>,
 }
 
 impl DiscoveryService {
-    pub fn new(live: Arc<Live>, registry: Option<RegistryEtcd>) -> DiscoveryService {
+    pub fn new(live: Arc<dyn InForce>, registry: Option<RegistryEtcd>) -> DiscoveryService {
         DiscoveryService {
             live,
             registry,
@@ -128,7 +127,7 @@ impl DiscoveryService {
 
     fn apply(&self, now: u64) {
         let generation = self.directory.generation.load(Ordering::Acquire);
-        for upstream in self.live.load().upstreams.values() {
+        for upstream in self.live.upstreams() {
             let Some(discovery) = &upstream.spec.discovery else {
                 continue;
             };

@@ -27,6 +27,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The upstreams in force, for the services that look after them (discovery, health
+/// probes). The live snapshot provides them; a trait here keeps the upstream layer from
+/// depending on the snapshot, which depends on it.
+pub trait InForce: Send + Sync {
+    fn upstreams(&self) -> Vec<Arc<UpstreamTarget>>;
+}
+
 /// One instance requests can be sent to.
 #[derive(Debug)]
 pub struct Node {

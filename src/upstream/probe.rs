@@ -8,9 +8,8 @@
 //! verdicts across reloads (they live in the nodes). Probes of `https` nodes check that the
 //! node answers over TLS, not its certificate: the proxied requests verify that.
 
-use super::{now_ms, UpstreamTarget};
+use super::{now_ms, InForce, UpstreamTarget};
 use crate::resource::{ActiveCheck, Scheme};
-use crate::snapshot::Live;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -21,13 +20,13 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(100);
 
 pub struct Prober {
-    live: Arc<Live>,
+    live: Arc<dyn InForce>,
     plain: reqwest::Client,
     tls: reqwest::Client,
 }
 
 impl Prober {
-    pub fn new(live: Arc<Live>) -> anyhow::Result<Prober> {
+    pub fn new(live: Arc<dyn InForce>) -> anyhow::Result<Prober> {
         let builder = || {
             reqwest::Client::builder()
                 .no_proxy()
@@ -83,12 +82,11 @@ impl BackgroundService for Prober {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = every.tick() => {
-                    let snapshot = self.live.load();
                     let now = now_ms();
-                    for upstream in snapshot.upstreams.values() {
+                    for upstream in self.live.upstreams() {
                         let active = upstream.spec.health_check.as_ref().and_then(|h| h.active.as_ref());
                         if let Some(check) = active {
-                            self.probe_due(upstream, check, now);
+                            self.probe_due(&upstream, check, now);
                         }
                     }
                 }

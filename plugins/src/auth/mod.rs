@@ -30,7 +30,7 @@ pub use jwks::{Jwks, MIN_REFETCH, REFRESH_EVERY};
 pub use keys::{decode_base64, KeyMaterial, KeyRing, VerifyKey};
 pub use token::TokenSource;
 
-use crate::{Access, Exchange, Flow, Plugin, Reply, Stage};
+use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
@@ -393,35 +393,35 @@ impl Authenticator {
     }
 
     /// The answer for a failure, with the RFC 6750 challenge.
-    pub fn refusal(&self, failure: Failure) -> Reply {
+    pub fn refusal(&self, failure: Failure) -> ErrorAnswer {
         const REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"gatehouse\"");
         const INVALID: HeaderValue =
             HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"");
         let reply = match failure {
-            Failure::MissingToken => Reply::new(
+            Failure::MissingToken => ErrorAnswer::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a bearer token is required",
             )
             .with_header(WWW_AUTHENTICATE, REALM),
-            Failure::InvalidToken(reason) => Reply::new(
+            Failure::InvalidToken(reason) => ErrorAnswer::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("the token is not valid ({})", reason.replace('_', " ")),
             )
             .with_header(WWW_AUTHENTICATE, INVALID),
-            Failure::InsufficientScope => Reply::new(
+            Failure::InsufficientScope => ErrorAnswer::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "the token lacks a required scope",
             )
             .with_header(WWW_AUTHENTICATE, self.forbidden_challenge.clone()),
-            Failure::Unavailable => Reply::new(
+            Failure::Unavailable => ErrorAnswer::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
                 "the token could not be checked: introspection is unavailable",
             ),
-            Failure::Overloaded => Reply::new(
+            Failure::Overloaded => ErrorAnswer::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
                 "the token could not be checked: too many token checks are under way",

@@ -1,18 +1,14 @@
 //! Answers the gateway writes itself: its JSON errors (SPEC §4) and direct responses.
 
-use bytes::Bytes;
 use super::ctx::RequestCtx;
-use gatehouse_plugins::{Exchange, PluginChain, Reply};
+use bytes::Bytes;
+use gatehouse_plugins::{ErrorAnswer, Exchange, PluginChain};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-/// The body of a gateway error: `{"error": CODE, "message": TEXT, "request_id": ID}`.
-pub fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
-    let body = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
-    Bytes::from(body.to_string())
-}
+pub use crate::wire::error_body;
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
@@ -28,7 +24,7 @@ pub struct Answer<'a> {
 }
 
 impl Answer<'_> {
-    pub fn error<'a>(reply: &'a Reply, request_id: &str) -> Answer<'a> {
+    pub fn error<'a>(reply: &'a ErrorAnswer, request_id: &str) -> Answer<'a> {
         Answer {
             status: reply.status,
             headers: &reply.headers,
@@ -74,7 +70,11 @@ pub async fn send(
 }
 
 /// Writes a gateway error and tells Pingora the request is answered.
-pub async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx) -> Result<bool> {
+pub async fn answer_error(
+    session: &mut Session,
+    reply: &ErrorAnswer,
+    ctx: &RequestCtx,
+) -> Result<bool> {
     let metrics = &crate::telemetry::metrics::METRICS;
     if reply.code == "rate_limited" {
         metrics
@@ -99,9 +99,9 @@ pub async fn answer_error(session: &mut Session, reply: &Reply, ctx: &RequestCtx
 }
 
 /// The gateway error for a proxying failure; `None` when the client is gone.
-pub fn classify(e: &Error) -> Option<Reply> {
+pub fn classify(e: &Error) -> Option<ErrorAnswer> {
     use ErrorType::*;
-    let reply = |status, code, message: &str| Some(Reply::new(status, code, message));
+    let reply = |status, code, message: &str| Some(ErrorAnswer::new(status, code, message));
     match (e.etype(), e.esource()) {
         (t, _) if *t == NO_UPSTREAM => reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -130,7 +130,7 @@ pub fn classify(e: &Error) -> Option<Reply> {
         (ReadTimedout, ErrorSource::Downstream) => None,
         (HTTPStatus(code), _) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
-            Some(Reply::new(
+            Some(ErrorAnswer::new(
                 status,
                 "bad_request",
                 "the request could not be processed",

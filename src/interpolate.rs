@@ -1,5 +1,9 @@
-//! `${VAR}` and `${VAR:-default}` in the bootstrap config, replaced from the environment
-//! before the YAML is parsed (as `envsubst` does), so they may stand for any scalar.
+//! `${VAR}` and `${VAR:-default}`: in the bootstrap config, replaced from the environment
+//! before the YAML is parsed (as `envsubst` does), so they may stand for any scalar; in
+//! resources, where secrets may come from the environment (auth policies).
+//!
+//! A module of its own so that resources and snapshots, below the bootstrap config in the
+//! layers, can use it without depending on it.
 
 /// Why interpolation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
