@@ -48,7 +48,6 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Per-listener-independent proxy settings from the bootstrap config.
 #[derive(Debug, Clone)]
@@ -108,18 +107,8 @@ impl Gateway {
             socket.and_then(|s| inet(s.peer_addr())),
             &ctx.route,
         ) {
-            let deadline = Instant::now() + route.timeouts.read;
             let conn = Connection { fd, local, peer };
-            ctx.head_clock = Some(self.heads.arm(conn, deadline));
-        }
-    }
-
-    /// The upstream owes no answer before it has the whole body: the head clock starts
-    /// again with each piece sent.
-    fn body_sent(&self, ctx: &RequestCtx) {
-        if let (Some(ticket), Some(route)) = (&ctx.head_clock, &ctx.route) {
-            self.heads
-                .extend(ticket, Instant::now() + route.timeouts.read);
+            ctx.head_clock = Some(self.heads.arm(conn, route.timeouts.read));
         }
     }
 
@@ -200,19 +189,6 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.await_head(peer, fd, digest, ctx);
-        Ok(())
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if body.is_some() {
-            self.body_sent(ctx);
-        }
         Ok(())
     }
 
