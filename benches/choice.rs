@@ -71,12 +71,14 @@ fn choose(c: &mut Criterion) {
 }
 
 fn limit(c: &mut Criterion) {
-    use gatehouse_plugins::rate_limit::{LimitKey, RateLimit, RateLimitState, DEFAULT_MAX_KEYS};
+    use gatehouse_plugins::rate_limit::{
+        LimitKey, RateLimitPlugin, RateLimitState, DEFAULT_MAX_KEYS,
+    };
     use gatehouse_plugins::{Access, Plugin};
     use std::sync::Arc;
     use std::time::Duration;
     // A limit that never refuses here, so every check does the full bookkeeping.
-    let plugin = RateLimit {
+    let plugin = RateLimitPlugin {
         state: Arc::new(
             RateLimitState::new(
                 1_000_000_000,

@@ -1,7 +1,7 @@
 //! `gatehouse demo`: the gateway on the sample routes, with two built-in upstreams standing
 //! in for the `demo-v1` and `demo-v2` services, and curl commands to try.
 
-use crate::bootstrap::{Bootstrap, FileProvider, Listener, Provider};
+use crate::bootstrap::{Bootstrap, FileSettings, Listener, Provider};
 use crate::resource::{Document, NodeSpec, Resource, Upstream};
 use crate::server::Launch;
 use async_trait::async_trait;
@@ -86,7 +86,7 @@ pub fn launch(options: DemoOptions) -> anyhow::Result<Launch> {
     bootstrap.threads = 2;
     bootstrap.shutdown.timeout = crate::units::Span::secs(5);
     bootstrap.provider = Provider {
-        file: Some(FileProvider {
+        file: Some(FileSettings {
             paths: vec![options.routes.clone()],
             watch: true,
         }),

@@ -796,6 +796,16 @@ async fn identity_headers_are_the_gateways_on_every_route() {
 /// A raw upstream that reads a request (head and `Content-Length` body), then answers
 /// `answer` one byte every `pace`.
 async fn trickling_upstream(answer: &'static [u8], pace: Duration) -> SocketAddr {
+    trickling_upstream_after(b"", answer, pace).await
+}
+
+/// As [`trickling_upstream`], with `at_once` written as soon as the request head is read
+/// (before its body), as an upstream sends a `100 Continue` or `103 Early Hints`.
+async fn trickling_upstream_after(
+    at_once: &'static [u8],
+    answer: &'static [u8],
+    pace: Duration,
+) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -818,6 +828,9 @@ async fn trickling_upstream(answer: &'static [u8], pace: Duration) -> SocketAddr
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 };
+                if s.write_all(at_once).await.is_err() {
+                    return;
+                }
                 while seen.len() < body_len {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
@@ -891,4 +904,49 @@ async fn an_upstream_trickling_its_head_is_cut_at_the_read_timeout() {
     let _ = s.read_to_string(&mut answer);
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_informational_head_does_not_stop_the_response_head_clock() {
+    // A 1xx at once, then the final head at one byte per 250 ms (15 s), never 1 s apart.
+    const FINAL: &[u8] =
+        b"HTTP/1.1 200 OK\r\nX-Pad: 0123456789012345678\r\nContent-Length: 2\r\n\r\nok";
+    let hints = trickling_upstream_after(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+        FINAL,
+        Duration::from_millis(250),
+    )
+    .await;
+    let continues = trickling_upstream_after(
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        FINAL,
+        Duration::from_millis(250),
+    )
+    .await;
+    let routes = format!(
+        "kind: Upstream\nid: hints\nnodes: [{{ addr: \"{hints}\" }}]\n---\n\
+         kind: Upstream\nid: continues\nnodes: [{{ addr: \"{continues}\" }}]\n---\n\
+         kind: Route\nid: hints\nmatch: {{ paths: [\"/hints\"] }}\nretries: 0\n\
+         timeouts: {{ connect: 1s, read: 1s, write: 5s }}\nupstream: hints\n---\n\
+         kind: Route\nid: continues\nmatch: {{ paths: [\"/continues\"] }}\nretries: 0\n\
+         timeouts: {{ connect: 1s, read: 1s, write: 5s }}\nupstream: continues\n"
+    );
+    let gw = Gateway::builder().file("r.yaml", routes).start().await;
+
+    let requests: [&[u8]; 2] = [
+        b"GET /hints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /continues HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    ];
+    for request in requests {
+        let started = Instant::now();
+        let answer = raw(gw.addr, request);
+        let took = started.elapsed();
+        // The last head written is the final answer (a 1xx may be passed on before it).
+        let last = answer.rfind("HTTP/1.1 ").map_or("", |at| &answer[at..]);
+        assert_eq!(status_of(last), 504, "{answer}");
+        assert!(
+            took < Duration::from_secs(3),
+            "the head clock is 1 s, the head took {took:?}: {answer}"
+        );
+    }
 }

@@ -192,7 +192,7 @@ impl RateLimitState {
 }
 
 /// The plugin instance of one route.
-pub struct RateLimit {
+pub struct RateLimitPlugin {
     pub state: Arc<RateLimitState>,
     pub key: LimitKey,
 }
@@ -205,7 +205,7 @@ fn seconds_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-impl RateLimit {
+impl RateLimitPlugin {
     fn bucket(&self, req: &RequestHeader, ex: &Exchange) -> Bucket {
         match self.key.select_or_client_ip(req, ex) {
             Selected::ClientIp(ip) => Bucket::Ip(ip),
@@ -216,7 +216,7 @@ impl RateLimit {
     }
 }
 
-impl Plugin for RateLimit {
+impl Plugin for RateLimitPlugin {
     fn name(&self) -> &'static str {
         "rate-limit"
     }
@@ -279,7 +279,7 @@ mod tests {
     }
 
     fn check_request(
-        plugin: &RateLimit,
+        plugin: &RateLimitPlugin,
         req: &mut RequestHeader,
         ex: &mut Exchange,
     ) -> Result<(), ErrorAnswer> {
@@ -293,7 +293,7 @@ mod tests {
         }
     }
 
-    fn check(plugin: &RateLimit, ex: &mut Exchange) -> Result<(), ErrorAnswer> {
+    fn check(plugin: &RateLimitPlugin, ex: &mut Exchange) -> Result<(), ErrorAnswer> {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         check_request(plugin, &mut req, ex)
     }
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_full_bucket_admits_burst_then_refuses_with_headers() {
-        let plugin = RateLimit {
+        let plugin = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(60), 3, DEFAULT_MAX_KEYS),
             key: LimitKey::ClientIp,
         };
@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn idle_keys_are_forgotten() {
         let state = limiter(1000, Duration::from_secs(1), 1, DEFAULT_MAX_KEYS);
-        let plugin = RateLimit {
+        let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::ClientIp,
         };
@@ -356,7 +356,7 @@ mod tests {
     fn only_consumer_limits_wait_for_authentication() {
         let state = limiter(1, Duration::from_secs(1), 1, 10);
         let stage = |key| {
-            RateLimit {
+            RateLimitPlugin {
                 state: state.clone(),
                 key,
             }
@@ -376,7 +376,7 @@ mod tests {
     fn a_limiter_keeps_at_most_max_keys_and_a_busy_key_survives_a_flood() {
         // One request an hour: a key that is forgotten would be admitted again at once.
         let state = limiter(1, Duration::from_secs(3600), 1, 1000);
-        let plugin = RateLimit {
+        let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::ClientIp,
         };
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn long_keys_are_kept_as_digests_and_still_limited() {
         let state = limiter(1, Duration::from_secs(3600), 1, 100);
-        let plugin = RateLimit {
+        let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::Header(HeaderName::from_static("x-key")),
         };
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn requests_without_the_key_are_counted_by_client_address() {
-        let plugin = RateLimit {
+        let plugin = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Header(HeaderName::from_static("x-key")),
         };
@@ -437,7 +437,7 @@ mod tests {
             Bucket::Text(b"k1".as_slice().into())
         );
 
-        let consumer = RateLimit {
+        let consumer = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Consumer,
         };
@@ -449,7 +449,7 @@ mod tests {
             Bucket::Text(b"alice".as_slice().into())
         );
 
-        let route = RateLimit {
+        let route = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Route,
         };

@@ -52,7 +52,7 @@ pub struct Bootstrap {
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
-    pub telemetry: Telemetry,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,14 +136,14 @@ impl Default for Admin {
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     #[serde(default)]
-    pub file: Option<FileProvider>,
+    pub file: Option<FileSettings>,
     #[serde(default)]
     pub etcd: Option<EtcdSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileProvider {
+pub struct FileSettings {
     pub paths: Vec<PathBuf>,
     #[serde(default = "yes")]
     pub watch: bool,
@@ -157,7 +157,7 @@ pub struct Registry {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Telemetry {
+pub struct TelemetrySettings {
     pub otlp: Otlp,
     pub access_log: AccessLog,
     /// A request without its own `X-Request-Id` gets its trace id as request id, so logs,
@@ -165,9 +165,9 @@ pub struct Telemetry {
     pub trace_id_as_request_id: bool,
 }
 
-impl Default for Telemetry {
+impl Default for TelemetrySettings {
     fn default() -> Self {
-        Telemetry {
+        TelemetrySettings {
             otlp: Otlp::default(),
             access_log: AccessLog::default(),
             trace_id_as_request_id: true,

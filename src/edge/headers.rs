@@ -179,9 +179,14 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether a response head needs [`drop_hop_by_hop`]: one cheap pass for the usual answer
-/// that has none.
+/// that has none. A `Connection` that only says `keep-alive` or `close` (as most servers
+/// send) needs nothing: Pingora writes its own `Connection` on every HTTP/1 answer and
+/// none on HTTP/2, and such a value names no other header.
 pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(is_hop_by_hop)
+    headers.iter().any(|(name, value)| {
+        is_hop_by_hop(name)
+            && !(*name == header::CONNECTION && only_connection_options(value.as_bytes()))
+    })
 }
 
 #[cfg(test)]
@@ -202,6 +207,25 @@ mod tests {
 
     fn check(pairs: &[(&str, &str)]) -> Result<Survey, HeadError> {
         survey(&head(pairs), Version::HTTP_11, Underscores::Drop)
+    }
+
+    #[test]
+    fn a_response_needs_no_edit_for_a_connection_that_only_keeps_alive_or_closes() {
+        assert!(!has_hop_by_hop(&head(&[("connection", "keep-alive")])));
+        assert!(!has_hop_by_hop(&head(&[(
+            "connection",
+            "Keep-Alive, close"
+        )])));
+        assert!(has_hop_by_hop(&head(&[(
+            "connection",
+            "keep-alive, x-secret"
+        )])));
+        assert!(has_hop_by_hop(&head(&[
+            ("connection", "close"),
+            ("keep-alive", "timeout=5")
+        ])));
+        assert!(has_hop_by_hop(&head(&[("proxy-authenticate", "Basic")])));
+        assert!(!has_hop_by_hop(&head(&[("content-type", "text/plain")])));
     }
 
     #[test]

@@ -63,13 +63,16 @@ impl TlsListeners {
     }
 
     /// The TLS settings for a connection accepted on `local`, if it came to a TLS listener:
-    /// a listener on that very address, or on the unspecified address and that port.
+    /// a listener on that very address, or on the unspecified address of the same family
+    /// and that port (a v4 client of a `[::]` listener shows a v4-mapped v6 address).
     fn for_local(&self, local: SocketAddr) -> Option<&SslAcceptor> {
         let exact = self.listeners.iter().find(|(addr, _)| *addr == local);
         let wildcard = || {
-            self.listeners
-                .iter()
-                .find(|(addr, _)| addr.ip().is_unspecified() && addr.port() == local.port())
+            self.listeners.iter().find(|(addr, _)| {
+                addr.ip().is_unspecified()
+                    && addr.is_ipv4() == local.is_ipv4()
+                    && addr.port() == local.port()
+            })
         };
         exact.or_else(wildcard).map(|(_, acceptor)| &**acceptor)
     }
@@ -83,7 +86,9 @@ impl TlsListeners {
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(PeerAddr::as_inet).copied());
-        let Some(acceptor) = local.and_then(|l| self.for_local(l)) else {
+        // A connection whose listener cannot be told is closed, never served in plain text
+        // on what may be a TLS port.
+        let Some(acceptor) = self.for_local(local?) else {
             return Some(stream);
         };
         // Listeners hand the door Pingora's own TCP stream; the handshake wants it by type.
@@ -95,5 +100,41 @@ impl TlsListeners {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listeners(addrs: &[&str]) -> TlsListeners {
+        let acceptor = Arc::new(
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+                .unwrap()
+                .build(),
+        );
+        TlsListeners {
+            listeners: addrs
+                .iter()
+                .map(|a| (a.parse().unwrap(), acceptor.clone()))
+                .collect(),
+        }
+    }
+
+    fn is_tls(tls: &TlsListeners, local: &str) -> bool {
+        tls.for_local(local.parse().unwrap()).is_some()
+    }
+
+    #[test]
+    fn a_connection_is_tls_by_the_listener_that_took_it() {
+        let tls = listeners(&["127.0.0.1:8443", "0.0.0.0:9443", "[::]:7443"]);
+        assert!(is_tls(&tls, "127.0.0.1:8443"));
+        assert!(!is_tls(&tls, "127.0.0.2:8443"), "another address, same port");
+        assert!(is_tls(&tls, "10.1.2.3:9443"), "the v4 wildcard");
+        assert!(!is_tls(&tls, "[::1]:9443"), "a v4 wildcard takes no v6 connection");
+        assert!(is_tls(&tls, "[::1]:7443"));
+        assert!(is_tls(&tls, "[::ffff:127.0.0.1]:7443"), "v4 through a v6 wildcard");
+        assert!(!is_tls(&tls, "127.0.0.1:7443"), "that port's v4 listener is another one");
+        assert!(!is_tls(&tls, "127.0.0.1:8080"));
     }
 }

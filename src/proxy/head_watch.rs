@@ -17,7 +17,9 @@
 //! Why the socket's addresses are kept: the sweeper acts on a raw descriptor, which Pingora
 //! may already have closed (and the kernel handed to a new socket) when a request ends
 //! between two sweeps; it only shuts down a descriptor whose local and peer addresses are
-//! still those of the watched connection.
+//! still those of the watched connection. (What remains is the instant between that check
+//! and the shutdown; holding a duplicate of every watched descriptor would close it, for
+//! two system calls per request.)
 
 use pingora::protocols::l4::ext::get_tcp_info;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -156,10 +158,8 @@ impl HeadWatch {
                     Ok(info) if u64::from(info.tcpi_last_data_sent) < entry.read_ms => true,
                     Ok(_) => {
                         // The pending read sees the end of the stream and the attempt fails.
-                        let _ = nix::sys::socket::shutdown(
-                            entry.fd,
-                            nix::sys::socket::Shutdown::Both,
-                        );
+                        let _ =
+                            nix::sys::socket::shutdown(entry.fd, nix::sys::socket::Shutdown::Both);
                         entry.fired = Some(now);
                         fired += 1;
                         true
@@ -308,7 +308,8 @@ mod tests {
         assert!(!watch.disarm(ticket));
         other.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 1];
-        let still_open = matches!((&other).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let still_open =
+            matches!((&other).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         assert!(still_open, "the other socket was not shut down");
     }
 

@@ -207,6 +207,12 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if matches!(status, 100 | 102..=199) {
+            // An interim answer (100 Continue, 103 Early Hints) is passed on; the final
+            // head is still awaited, on the same clock.
+            return forward::settle_answer(upstream_response);
+        }
         self.head_arrived(ctx);
         forward::settle_answer(upstream_response)?;
         let Some(attempts) = &mut ctx.attempts else {
@@ -216,7 +222,6 @@ impl ProxyHttp for Gateway {
             let took = sent.elapsed().as_secs_f64();
             attempts.upstream().metrics.observe(took);
         }
-        let status = upstream_response.status.as_u16();
         if attempts.answered(status, session.req_header()) {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -312,7 +317,11 @@ impl ProxyHttp for Gateway {
         let reply = classify(e);
         let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
         if let Some(reply) = reply {
-            if session.response_written().is_none() {
+            // Only an interim answer (a 1xx) may have gone out: the final one is still owed.
+            let interim_only = session
+                .response_written()
+                .is_none_or(|r| r.status.is_informational());
+            if interim_only {
                 // Pingora closes the client connection after a failed proxy attempt; say so,
                 // or a client would send its next request into a closing socket.
                 session.set_keepalive(None);

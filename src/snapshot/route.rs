@@ -8,7 +8,7 @@ use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::{Authenticate, Authenticator};
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
-use gatehouse_plugins::rate_limit::{RateLimit, RateLimitState, KEY_FORMS};
+use gatehouse_plugins::rate_limit::{RateLimitPlugin, RateLimitState, KEY_FORMS};
 use gatehouse_plugins::template::Template;
 use gatehouse_plugins::{Plugin, PluginChain};
 use http::{HeaderName, HeaderValue};
@@ -147,7 +147,7 @@ impl CompiledRoute {
                 .selector(KEY_FORMS)
                 .map_err(|e| format!("rate_limit.key: {e}"))?
                 .clone();
-            plugins.push(Box::new(RateLimit {
+            plugins.push(Box::new(RateLimitPlugin {
                 state: state.clone(),
                 key,
             }));

@@ -19,7 +19,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn start(config: &bootstrap::Telemetry) -> anyhow::Result<Telemetry> {
+    pub fn start(config: &bootstrap::TelemetrySettings) -> anyhow::Result<Telemetry> {
         let otlp = &config.otlp;
         let tracer = if otlp.endpoint.is_empty() {
             Tracer::propagate_only(otlp.sample_ratio)

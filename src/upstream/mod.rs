@@ -73,7 +73,7 @@ impl Node {
 
 /// TLS towards the upstream.
 #[derive(Debug, Clone)]
-pub struct UpstreamTls {
+pub struct NodeTls {
     pub sni: String,
     pub verify: bool,
 }
@@ -84,7 +84,7 @@ pub struct UpstreamTls {
 pub struct UpstreamTarget {
     pub id: Arc<str>,
     pub spec: Arc<Upstream>,
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<NodeTls>,
     pub metrics: UpstreamMetrics,
     /// `health_check.passive`, if set.
     pub passive: Option<PassivePolicy>,
@@ -312,7 +312,7 @@ impl UpstreamTarget {
                     .map(str::to_string)
                     .unwrap_or_default()
             });
-            UpstreamTls {
+            NodeTls {
                 sni,
                 verify: tls.is_none_or(|t| t.verify),
             }
