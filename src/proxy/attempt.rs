@@ -11,6 +11,8 @@ use crate::upstream::{now_ms, Node, NodeLease, Pass, UpstreamTarget};
 use gatehouse_plugins::Exchange;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -84,6 +86,28 @@ pub struct Failure {
     pub body_truncated: bool,
     /// Whether Pingora itself would retry this error on this connection.
     pub engine_would_retry: bool,
+}
+
+impl Failure {
+    /// The failure Pingora reports for the current attempt, `reused` telling whether it ran
+    /// on a pooled connection.
+    pub fn of(session: &Session, e: &Error, reused: bool) -> Failure {
+        Failure {
+            replay: Replay::of(session.req_header()),
+            reused,
+            connection_lost: matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            ),
+            client_answered: session.response_written().is_some(),
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            engine_would_retry: {
+                let mut engine = e.retry;
+                engine.decide_reuse(reused);
+                engine.retry()
+            },
+        }
+    }
 }
 
 /// What to do after a failed attempt.

@@ -23,7 +23,7 @@ mod record;
 
 pub use answer::error_body;
 use answer::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
-use attempt::{Attempts, Failure, Refused, Replay, Retry};
+use attempt::{Attempts, Failure, Refused, Retry};
 pub use ctx::RequestCtx;
 pub use head_watch::Sweeper as HeadSweeper;
 use head_watch::{Connection, HeadWatch};
@@ -254,22 +254,7 @@ impl ProxyHttp for Gateway {
         let Some(attempts) = &mut ctx.attempts else {
             return e;
         };
-        let failure = Failure {
-            replay: Replay::of(session.req_header()),
-            reused: client_reused,
-            connection_lost: matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            ),
-            client_answered: session.response_written().is_some(),
-            body_truncated: session.as_ref().retry_buffer_truncated(),
-            engine_would_retry: {
-                let mut engine = e.retry;
-                engine.decide_reuse(client_reused);
-                engine.retry()
-            },
-        };
-        match attempts.failed(failure) {
+        match attempts.failed(Failure::of(session, &e, client_reused)) {
             Retry::AsDecided => {}
             Retry::Again | Retry::Fresh => e.set_retry(true),
             Retry::No => e.set_retry(false),
