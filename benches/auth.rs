@@ -51,6 +51,7 @@ fn access(plugin: &Authenticate, req: &mut RequestHeader) {
     match plugin.access(req, &mut ex) {
         Access::Now(Flow::Continue) => {}
         Access::Now(Flow::Respond(reply)) => panic!("refused: {}", reply.message),
+        Access::Now(Flow::Answer(_)) => panic!("answered instead of deciding"),
         Access::Wait(_) => panic!("had to wait"),
     }
     black_box(ex.consumer);

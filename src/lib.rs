@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod apply;
 pub mod bootstrap;
+pub mod cli;
 pub mod demo;
 pub mod edge;
 pub mod etcd;
@@ -19,6 +20,9 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
-pub mod units;
+/// The plugin contract, the registry and the built-in plugins (SPEC §12).
+pub use gatehouse_plugins as plugins;
+/// Durations and sizes as written in config files (shared with plugins).
+pub use gatehouse_plugins::units;
 pub mod upstream;
 pub mod wire;

@@ -1,4 +1,5 @@
 use crate::{Access, Exchange, Flow, Plugin};
+use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt;
 use std::sync::Arc;
@@ -7,6 +8,8 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Arc<[Box<dyn Plugin>]>,
+    /// Some plugin reads the request body: only then is it shown to the chain.
+    wants_request_body: bool,
 }
 
 impl PluginChain {
@@ -14,8 +17,25 @@ impl PluginChain {
         // Stable: plugins of one stage keep the order they were given in.
         plugins.sort_by_key(|p| p.stage());
         PluginChain {
+            wants_request_body: plugins.iter().any(|p| p.wants_request_body()),
             plugins: plugins.into(),
         }
+    }
+
+    pub fn wants_request_body(&self) -> bool {
+        self.wants_request_body
+    }
+
+    /// Shows a piece of the request body to every plugin that reads it; the first refusal
+    /// stops the chain.
+    pub fn request_body(&self, chunk: Option<&Bytes>, end: bool, ex: &mut Exchange) -> Flow {
+        for plugin in self.plugins.iter().filter(|p| p.wants_request_body()) {
+            let flow = plugin.request_body(chunk, end, ex);
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        Flow::Continue
     }
 
     pub fn is_empty(&self) -> bool {
@@ -33,8 +53,8 @@ impl PluginChain {
                 Access::Now(flow) => flow,
                 Access::Wait(pending) => pending.await,
             };
-            if let Flow::Respond(reply) = flow {
-                return Flow::Respond(reply);
+            if !matches!(flow, Flow::Continue) {
+                return flow;
             }
         }
         Flow::Continue

@@ -1,3 +1,4 @@
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub struct Exchange {
     pub consumer: Option<Arc<str>>,
     /// Headers a plugin wants on the final response whatever it is (rate-limit state, say).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Request body bytes read from the client so far.
+    pub request_body_bytes: u64,
 }
 
 impl Exchange {
@@ -25,8 +28,18 @@ impl Exchange {
             client_ip,
             consumer: None,
             response_headers: Vec::new(),
+            request_body_bytes: 0,
         }
     }
+}
+
+/// An answer a plugin gives instead of proxying, written as it is: a CORS preflight's 204, a
+/// Wasm plugin's local response. (A refusal is an [`ErrorAnswer`] instead.)
+#[derive(Debug, Clone)]
+pub struct LocalAnswer {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
 }
 
 /// An answer produced by a plugin instead of proxying: the gateway renders it as the JSON
@@ -42,6 +55,18 @@ pub struct ErrorAnswer {
     /// Why, in a word from a small fixed set, when the answer is a refusal a metric counts
     /// by reason (auth failures).
     pub reason: Option<&'static str>,
+    /// Which of the gateway's refusal counters this answer adds to, if any: the gateway
+    /// counts by this, never by which plugin answered.
+    pub tally: Option<Tally>,
+}
+
+/// The refusal counters of SPEC §7 a plugin's answer may add to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// `gatehouse_rate_limited_total{route}`.
+    RateLimited,
+    /// `gatehouse_auth_failures_total{route, reason}`, the reason being the answer's.
+    AuthFailure,
 }
 
 impl ErrorAnswer {
@@ -52,11 +77,19 @@ impl ErrorAnswer {
             message: message.into(),
             headers: Vec::new(),
             reason: None,
+            tally: None,
         }
     }
 
+    /// An authentication refusal, counted by `reason`.
     pub fn with_reason(mut self, reason: &'static str) -> Self {
         self.reason = Some(reason);
+        self.tally = Some(Tally::AuthFailure);
+        self
+    }
+
+    pub fn counted_as(mut self, tally: Tally) -> Self {
+        self.tally = Some(tally);
         self
     }
 

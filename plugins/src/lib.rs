@@ -12,18 +12,26 @@
 
 pub mod auth;
 mod chain;
+pub mod cors;
 mod digest;
 mod exchange;
 pub mod headers;
+pub mod ip_restriction;
 pub mod rate_limit;
+pub mod registry;
 pub mod request;
 pub mod selector;
+pub mod size_limit;
 pub mod template;
+pub mod units;
 
 pub use chain::PluginChain;
-pub use exchange::{ErrorAnswer, Exchange};
+pub use exchange::{ErrorAnswer, Exchange, LocalAnswer, Tally};
 pub use selector::Selector;
+/// The HTTP types plugins see, so a plugin crate needs no versions of its own.
+pub use {http, pingora_http};
 
+use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +40,10 @@ use std::pin::Pin;
 /// order never depends on how a route happens to list its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
+    /// Whether the request may come in at all, before anything is counted or verified:
+    /// address restrictions, CORS preflights, body size limits. A route's `plugins:` run
+    /// here by default, in the order listed.
+    Admit = 10,
     /// How often anyone may call: rate limits keyed by what the request itself carries (the
     /// client address, a header, the route). They run before authentication (SPEC §4), so a
     /// flood of bad tokens is limited before it costs a signature check or an introspection
@@ -49,8 +61,10 @@ pub enum Stage {
 pub enum Flow {
     /// Go on with the next plugin, then proxy.
     Continue,
-    /// Stop here and answer the client with this reply.
+    /// Stop here and answer the client with this refusal (the JSON error of SPEC §4).
     Respond(ErrorAnswer),
+    /// Stop here and answer the client with this, as it is.
+    Answer(LocalAnswer),
 }
 
 /// A pending access decision, for plugins that must wait on I/O.
@@ -80,6 +94,18 @@ pub trait Plugin: Send + Sync {
     /// drop headers a client must not be able to set) and record facts in the exchange.
     fn access<'a>(&'a self, _req: &'a mut RequestHeader, _ex: &'a mut Exchange) -> Access<'a> {
         Access::Now(Flow::Continue)
+    }
+
+    /// Whether [`Plugin::request_body`] must see the request body.
+    fn wants_request_body(&self) -> bool {
+        false
+    }
+
+    /// A piece of the request body on its way upstream (`None` and `end` for a request
+    /// without one); [`Exchange::request_body_bytes`] already counts it. May refuse the
+    /// request, which then ends with that answer.
+    fn request_body(&self, _chunk: Option<&Bytes>, _end: bool, _ex: &mut Exchange) -> Flow {
+        Flow::Continue
     }
 
     /// Edit the request about to be sent upstream.

@@ -8,7 +8,7 @@
 
 use crate::digest::Digester;
 use crate::selector::{Forms, Selected, Selector, SelectorKind};
-use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage};
+use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage, Tally};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -259,7 +259,8 @@ impl Plugin for RateLimitPlugin {
                 .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry))
                 .with_header(LIMIT, limit)
                 .with_header(REMAINING, HeaderValue::from(0u32))
-                .with_header(RESET, HeaderValue::from(retry));
+                .with_header(RESET, HeaderValue::from(retry))
+                .counted_as(Tally::RateLimited);
                 Access::Now(Flow::Respond(reply))
             }
         }
@@ -290,6 +291,7 @@ mod tests {
         match flow {
             Flow::Continue => Ok(()),
             Flow::Respond(reply) => Err(reply),
+            Flow::Answer(_) => panic!("the limiter only refuses"),
         }
     }
 

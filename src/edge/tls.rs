@@ -129,12 +129,24 @@ mod tests {
     fn a_connection_is_tls_by_the_listener_that_took_it() {
         let tls = listeners(&["127.0.0.1:8443", "0.0.0.0:9443", "[::]:7443"]);
         assert!(is_tls(&tls, "127.0.0.1:8443"));
-        assert!(!is_tls(&tls, "127.0.0.2:8443"), "another address, same port");
+        assert!(
+            !is_tls(&tls, "127.0.0.2:8443"),
+            "another address, same port"
+        );
         assert!(is_tls(&tls, "10.1.2.3:9443"), "the v4 wildcard");
-        assert!(!is_tls(&tls, "[::1]:9443"), "a v4 wildcard takes no v6 connection");
+        assert!(
+            !is_tls(&tls, "[::1]:9443"),
+            "a v4 wildcard takes no v6 connection"
+        );
         assert!(is_tls(&tls, "[::1]:7443"));
-        assert!(is_tls(&tls, "[::ffff:127.0.0.1]:7443"), "v4 through a v6 wildcard");
-        assert!(!is_tls(&tls, "127.0.0.1:7443"), "that port's v4 listener is another one");
+        assert!(
+            is_tls(&tls, "[::ffff:127.0.0.1]:7443"),
+            "v4 through a v6 wildcard"
+        );
+        assert!(
+            !is_tls(&tls, "127.0.0.1:7443"),
+            "that port's v4 listener is another one"
+        );
         assert!(!is_tls(&tls, "127.0.0.1:8080"));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::ctx::RequestCtx;
 use bytes::Bytes;
-use gatehouse_plugins::{ErrorAnswer, Exchange, PluginChain};
+use gatehouse_plugins::{ErrorAnswer, Exchange, PluginChain, Tally};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -76,16 +76,14 @@ pub async fn answer_error(
     ctx: &RequestCtx,
 ) -> Result<bool> {
     let metrics = &crate::telemetry::metrics::METRICS;
-    if reply.code == "rate_limited" {
-        metrics
-            .rate_limited
-            .with_label_values(&[&*ctx.exchange.route_id])
-            .inc();
-    } else if let Some(reason) = reply.reason {
-        metrics
+    let route = &*ctx.exchange.route_id;
+    match reply.tally {
+        Some(Tally::RateLimited) => metrics.rate_limited.with_label_values(&[route]).inc(),
+        Some(Tally::AuthFailure) => metrics
             .auth_failures
-            .with_label_values(&[&*ctx.exchange.route_id, reason])
-            .inc();
+            .with_label_values(&[route, reply.reason.unwrap_or("other")])
+            .inc(),
+        None => {}
     }
     let answer = Answer::error(reply, &ctx.exchange.request_id);
     send(

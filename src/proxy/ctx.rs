@@ -6,7 +6,7 @@ use super::inflight::InFlightGuard;
 use crate::snapshot::CompiledRoute;
 use crate::telemetry::metrics::RouteMetrics;
 use crate::telemetry::trace::RequestTrace;
-use gatehouse_plugins::Exchange;
+use gatehouse_plugins::{ErrorAnswer, Exchange};
 use http::HeaderValue;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
@@ -41,6 +41,9 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// The clock of the upstream response head being awaited.
     pub(super) head_clock: Option<Ticket>,
+    /// A plugin refused the request while its body streamed: the answer it gets instead
+    /// (boxed: rare, and the context travels with every request's future).
+    pub(super) refusal: Option<Box<ErrorAnswer>>,
     _inflight: InFlightGuard,
 }
 
@@ -60,6 +63,7 @@ impl RequestCtx {
             trace: None,
             upstream_sent: None,
             head_clock: None,
+            refusal: None,
             _inflight: inflight,
         }
     }

@@ -31,8 +31,19 @@ impl Gateway {
             if self.settings.draining.is_on() {
                 session.set_keepalive(None);
             }
-            if let Flow::Respond(reply) = flow {
-                return answer_error(session, &reply, ctx).await;
+            match flow {
+                Flow::Continue => {}
+                Flow::Respond(reply) => return answer_error(session, &reply, ctx).await,
+                Flow::Answer(local) => {
+                    let answer = Answer {
+                        status: local.status,
+                        headers: &local.headers,
+                        content_type: None,
+                        body: local.body,
+                    };
+                    answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                    return Ok(true);
+                }
             }
         }
         match &route.action {

@@ -38,7 +38,7 @@ use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::snapshot::Live;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
-use gatehouse_plugins::ErrorAnswer;
+use gatehouse_plugins::{ErrorAnswer, Exchange, Flow};
 use http::{HeaderValue, StatusCode};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -48,6 +48,9 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
+
+/// The error type for "a plugin refused the request while its body streamed".
+const PLUGIN_REFUSAL: ErrorType = ErrorType::Custom("plugin_refusal");
 
 /// Per-listener-independent proxy settings from the bootstrap config.
 #[derive(Debug, Clone)]
@@ -192,6 +195,25 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match &ctx.route {
+            Some(route) if route.plugins.wants_request_body() => body_piece(
+                &route.plugins,
+                body.as_ref(),
+                end_of_stream,
+                &mut ctx.exchange,
+                &mut ctx.refusal,
+            ),
+            _ => Ok(()),
+        }
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -242,6 +264,12 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.refusal.is_some() {
+            // A plugin refused the body: nothing to say of the node, nothing to try again.
+            self.head_arrived(ctx);
+            e.set_retry(false);
+            return e;
+        }
         if self.head_arrived(ctx) {
             // The head clock ran out and cut the connection: a timeout, not a broken peer.
             e = Error::because(
@@ -299,7 +327,8 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reply = classify(e);
+        // A refusal a plugin made while the body streamed wins over the error it caused.
+        let reply = ctx.refusal.take().map(|r| *r).or_else(|| classify(e));
         let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
         if let Some(reply) = reply {
             // Only an interim answer (a 1xx) may have gone out: the final one is still owed.
@@ -330,5 +359,34 @@ impl ProxyHttp for Gateway {
             stream.answered();
         }
         self.record(session, ctx);
+    }
+}
+
+/// Shows a piece of the request body to the route's plugins; a refusal ends the request
+/// with the plugin's answer (written by `fail_to_proxy`).
+fn body_piece(
+    plugins: &gatehouse_plugins::PluginChain,
+    chunk: Option<&bytes::Bytes>,
+    end: bool,
+    ex: &mut Exchange,
+    refused: &mut Option<Box<ErrorAnswer>>,
+) -> Result<()> {
+    if let Some(chunk) = chunk {
+        ex.request_body_bytes += chunk.len() as u64;
+    }
+    match plugins.request_body(chunk, end, ex) {
+        Flow::Continue => Ok(()),
+        Flow::Respond(refusal) => {
+            *refused = Some(Box::new(refusal));
+            Error::e_explain(PLUGIN_REFUSAL, "a plugin refused the request body")
+        }
+        Flow::Answer(_) => {
+            *refused = Some(Box::new(ErrorAnswer::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin_error",
+                "a plugin answered after the request was sent upstream",
+            )));
+            Error::e_explain(PLUGIN_REFUSAL, "a plugin answered while the body streamed")
+        }
     }
 }

@@ -13,8 +13,8 @@ pub use auth::{AuthPolicy, Forward, Introspection, Jwt, JwtKey, ALGORITHMS};
 pub use catalog::{admit, Catalog, Rejection, Stored};
 pub use fields::{FieldError, SelectorText, Text};
 pub use route::{
-    CanaryMatch, CanaryRule, DirectResponse, HeaderRules, RateLimit, Rewrite, Route, RouteMatch,
-    Timeouts, WeightedUpstream, STICKY_FORMS,
+    CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, Rewrite, Route,
+    RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
 };
 pub use upstream::{
     split_host_port, ActiveCheck, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream,

@@ -41,6 +41,35 @@ pub struct Route {
     pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Plugins from the registry (SPEC §12), run in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginUse>,
+}
+
+/// One entry of a route's `plugins:` list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUse {
+    pub name: String,
+    /// Checked by the plugin's factory; its errors are named under `plugins[i].config`.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub config: serde_json::Value,
+}
+
+impl PluginUse {
+    /// Builds the plugin from the registry in force; the error names the field at fault.
+    pub fn build(&self, at: usize) -> Result<Box<dyn gatehouse_plugins::Plugin>, (String, String)> {
+        use gatehouse_plugins::registry::{self, BuildError};
+        registry::global()
+            .build(&self.name, &self.config)
+            .map_err(|e| match e {
+                BuildError::Unknown(..) => (format!("plugins[{at}].name"), e.to_string()),
+                BuildError::Config(c) if c.field.is_empty() => {
+                    (format!("plugins[{at}].config"), c.message)
+                }
+                BuildError::Config(c) => (format!("plugins[{at}].config.{}", c.field), c.message),
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,6 +273,11 @@ impl Route {
             }
         }
         self.check_target(p);
+        for (at, plugin) in self.plugins.iter().enumerate() {
+            if let Err((field, message)) = plugin.build(at) {
+                p.add(field, message);
+            }
+        }
         if let Some(limit) = &self.rate_limit {
             if limit.rate == 0 {
                 p.add("rate_limit.rate", "must be at least 1");

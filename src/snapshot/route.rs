@@ -153,6 +153,13 @@ impl CompiledRoute {
             }));
             limiter = Some(state);
         }
+        for (at, plugin) in spec.plugins.iter().enumerate() {
+            plugins.push(
+                plugin
+                    .build(at)
+                    .map_err(|(field, e)| format!("{field}: {e}"))?,
+            );
+        }
         let headers = HeaderRewrite {
             request: edits("request_headers", spec.request_headers.as_ref())?,
             response: edits("response_headers", spec.response_headers.as_ref())?,

@@ -112,9 +112,16 @@ pub struct GatewayBuilder {
     etcd_user: Option<(String, String)>,
     etcd_ca: Option<String>,
     env: Vec<(String, String)>,
+    program: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
+    /// Another program than the `gatehouse` binary (one built on the library).
+    pub fn program(mut self, path: PathBuf) -> Self {
+        self.program = Some(path);
+        self
+    }
+
     /// An environment variable for the gateway process.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
@@ -222,7 +229,8 @@ impl GatewayBuilder {
         );
         let config_path = dir.path().join("gatehouse.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let child = spawn_gatehouse_with_env(
+        let child = spawn_program(
+            self.program.as_deref().unwrap_or(Path::new(bin())),
             dir.path(),
             &["run", "-c", config_path.to_str().unwrap()],
             &self.env,
@@ -243,6 +251,10 @@ pub fn spawn_gatehouse(dir: &Path, args: &[&str]) -> Child {
 }
 
 pub fn spawn_gatehouse_with_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Child {
+    spawn_program(Path::new(bin()), dir, args, env)
+}
+
+fn spawn_program(program: &Path, dir: &Path, args: &[&str], env: &[(String, String)]) -> Child {
     let log = std::fs::File::create(dir.join("gatehouse.log")).unwrap();
     let out = std::fs::File::create(dir.join("gatehouse.out")).unwrap();
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -254,7 +266,7 @@ pub fn spawn_gatehouse_with_env(dir: &Path, args: &[&str], env: &[(String, Strin
             dir.join("gatehouse.pid").display().to_string(),
         ]);
     }
-    Command::new(bin())
+    Command::new(program)
         .args(&all)
         .env("GATEHOUSE_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -275,6 +287,7 @@ impl Gateway {
             etcd_user: None,
             etcd_ca: None,
             env: Vec::new(),
+            program: None,
         }
     }
 

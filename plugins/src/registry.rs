@@ -1,0 +1,166 @@
+//! One registry of named plugin factories (SPEC §12): every plugin a route's `plugins:`
+//! list may name, built-in or registered by a program that embeds the gateway.
+//!
+//! A factory checks a plugin's `config` and builds the plugin once, when configuration is
+//! compiled; requests only run what was built. Errors name the field under `config`
+//! (`max_body`), and the gateway prefixes where the plugin sits (`plugins[2].config.`).
+//!
+//! The registry is filled before the gateway starts and only read afterwards, so it is a
+//! process-wide value without a lock: [`install`] once (a program with its own plugins), or
+//! the built-ins by default.
+
+use crate::Plugin;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+/// A plugin's `config` as written: any YAML/JSON value.
+pub type Config = serde_json::Value;
+
+/// What is wrong with a plugin's `config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+pub struct ConfigError {
+    /// The field under `config` (`allow_origins[1]`), empty for the whole config.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a plugin could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("no plugin is named `{0}` (known: {1})")]
+    Unknown(String, String),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// Builds one kind of plugin from its configuration.
+pub trait PluginFactory: Send + Sync {
+    /// The name a route's `plugins:` list uses.
+    fn name(&self) -> &'static str;
+
+    /// Checks `config` and builds the plugin.
+    fn build(&self, config: &Config) -> Result<Box<dyn Plugin>, ConfigError>;
+}
+
+/// The plugins a route may name.
+#[derive(Clone)]
+pub struct Registry {
+    factories: BTreeMap<&'static str, Arc<dyn PluginFactory>>,
+}
+
+impl Registry {
+    /// The built-in plugins.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry {
+            factories: BTreeMap::new(),
+        };
+        registry.add(crate::cors::Factory);
+        registry.add(crate::ip_restriction::Factory);
+        registry.add(crate::size_limit::Factory);
+        registry
+    }
+
+    /// Adds a factory; one with the same name is replaced, so a program may swap a built-in.
+    pub fn add(&mut self, factory: impl PluginFactory + 'static) {
+        self.factories.insert(factory.name(), Arc::new(factory));
+    }
+
+    /// Builds the plugin `name` from `config`.
+    pub fn build(&self, name: &str, config: &Config) -> Result<Box<dyn Plugin>, BuildError> {
+        let factory = self.factories.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.factories.keys().copied().collect();
+            BuildError::Unknown(name.to_string(), known.join(", "))
+        })?;
+        Ok(factory.build(config)?)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.factories.keys().copied()
+    }
+}
+
+static GLOBAL: OnceLock<Registry> = OnceLock::new();
+
+/// Makes `registry` the one every route is compiled against. Done once, before the gateway
+/// starts; gives the registry back if one is already in force.
+pub fn install(registry: Registry) -> Result<(), Registry> {
+    GLOBAL.set(registry)
+}
+
+/// The registry in force: the one installed, or the built-ins.
+pub fn global() -> &'static Registry {
+    GLOBAL.get_or_init(Registry::builtin)
+}
+
+/// Reads a typed configuration, naming the field at fault (`allow_origins[1]`).
+pub fn decode<T: DeserializeOwned>(config: &Config) -> Result<T, ConfigError> {
+    // A plugin without settings may leave `config` out.
+    let config = match config {
+        Config::Null => &Config::Object(Default::default()),
+        other => other,
+    };
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        ConfigError::new(field, e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_unknown_name_lists_the_known_ones() {
+        let err = Registry::builtin()
+            .build("corz", &json!({}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "no plugin is named `corz` (known: cors, ip_restriction, request_size_limit)"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let err = Registry::builtin()
+            .build("request_size_limit", &json!({ "max_body": "lots" }))
+            .err()
+            .unwrap();
+        let BuildError::Config(err) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(err.field, "max_body");
+    }
+
+    #[test]
+    fn a_program_may_add_its_own_and_replace_a_builtin() {
+        struct Mine;
+        impl PluginFactory for Mine {
+            fn name(&self) -> &'static str {
+                "cors"
+            }
+            fn build(&self, _: &Config) -> Result<Box<dyn Plugin>, ConfigError> {
+                Err(ConfigError::new("", "mine"))
+            }
+        }
+        let mut registry = Registry::builtin();
+        registry.add(Mine);
+        let err = registry.build("cors", &json!({})).err().unwrap();
+        assert_eq!(err.to_string(), "mine");
+    }
+}
