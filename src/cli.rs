@@ -46,7 +46,7 @@ enum Command {
     },
     /// Print resources stored in etcd: `get routes`, `get upstreams ID`.
     Get {
-        /// routes, upstreams or auth
+        /// routes, upstreams, auth or global_rules
         kind: String,
         id: Option<String>,
         #[command(flatten)]
@@ -54,7 +54,7 @@ enum Command {
     },
     /// Delete a resource from etcd: `delete routes ID`.
     Delete {
-        /// routes, upstreams or auth
+        /// routes, upstreams, auth or global_rules
         kind: String,
         id: String,
         #[command(flatten)]
@@ -174,10 +174,11 @@ fn validate(paths: Vec<PathBuf>) -> ExitCode {
     let (catalog, rejections) = admit(&docs, &Catalog::default());
     if rejections.is_empty() {
         println!(
-            "ok: {} routes, {} upstreams, {} auth policies",
+            "ok: {} routes, {} upstreams, {} auth policies, {} global rules",
             catalog.len(Kind::Route),
             catalog.len(Kind::Upstream),
-            catalog.len(Kind::AuthPolicy)
+            catalog.len(Kind::AuthPolicy),
+            catalog.len(Kind::GlobalRule)
         );
         return ExitCode::SUCCESS;
     }
@@ -236,7 +237,7 @@ fn kind_of(name: &str) -> anyhow::Result<Kind> {
         format!("{name}s")
     };
     Kind::from_collection(&plural)
-        .with_context(|| format!("`{name}` is not one of routes, upstreams, auth"))
+        .with_context(|| format!("`{name}` is not one of {}", Kind::collections()))
 }
 
 async fn get(kind: String, id: Option<String>, settings: EtcdSettings) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,8 @@
 //! The etcd store of resources: key layout, and the reads and writes the provider, the admin
 //! API and the command line share. Connecting is [`crate::etcd::connect`]'s job.
 //!
-//! Keys are `{prefix}/routes/{id}`, `{prefix}/upstreams/{id}`, `{prefix}/auth/{id}`; values
+//! Keys are `{prefix}/routes/{id}`, `{prefix}/upstreams/{id}`, `{prefix}/auth/{id}`,
+//! `{prefix}/global_rules/{id}`; values
 //! are YAML or JSON documents of the resource (a `kind` and `id` inside are optional and
 //! must agree with the key).
 
@@ -49,7 +50,8 @@ pub fn document_of(prefix: &str, key: &str, value: &[u8]) -> Document {
             parsed: Err(vec![FieldError::new(
                 "",
                 format!(
-                    "`{key}` is not {prefix}/routes/ID, {prefix}/upstreams/ID or {prefix}/auth/ID"
+                    "`{key}` is not {prefix}/COLLECTION/ID, COLLECTION being one of {}",
+                    Kind::collections()
                 ),
             )]),
         },
@@ -167,6 +169,13 @@ mod tests {
         assert_eq!(
             object_of("/gatehouse", "/gatehouse/auth/p").unwrap().kind,
             Kind::AuthPolicy
+        );
+        assert_eq!(
+            object_of("/gatehouse", "/gatehouse/global_rules/g").unwrap(),
+            ObjectKey {
+                kind: Kind::GlobalRule,
+                id: "g".into()
+            }
         );
         assert_eq!(object_of("/gatehouse", "/gatehouse/widgets/x"), None);
         assert_eq!(object_of("/gatehouse", "/gatehouse/routes/a/b"), None);

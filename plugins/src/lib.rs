@@ -114,3 +114,35 @@ pub trait Plugin: Send + Sync {
     /// Edit the response about to be sent to the client, proxied or produced by the gateway.
     fn response(&self, _resp: &mut ResponseHeader, _ex: &Exchange) {}
 }
+
+/// A plugin shared by several chains (a global rule's, built once for every route) is a
+/// plugin itself. Kept beside the trait so a method added to it is forwarded here too.
+impl<P: Plugin + ?Sized> Plugin for std::sync::Arc<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn stage(&self) -> Stage {
+        (**self).stage()
+    }
+
+    fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
+        (**self).access(req, ex)
+    }
+
+    fn wants_request_body(&self) -> bool {
+        (**self).wants_request_body()
+    }
+
+    fn request_body(&self, chunk: Option<&Bytes>, end: bool, ex: &mut Exchange) -> Flow {
+        (**self).request_body(chunk, end, ex)
+    }
+
+    fn upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
+        (**self).upstream_request(req, ex)
+    }
+
+    fn response(&self, resp: &mut ResponseHeader, ex: &Exchange) {
+        (**self).response(resp, ex)
+    }
+}

@@ -1,7 +1,10 @@
 //! Admission: the one judgement every source of resources goes through. It takes the
 //! documents a source holds now and the catalog in force, and decides what is in force next.
 
-use super::{AuthPolicy, Document, FieldError, Kind, ObjectKey, Origin, Resource, Route, Upstream};
+use super::{
+    AuthPolicy, Document, FieldError, GlobalRule, Kind, ObjectKey, Origin, Resource, Route,
+    Upstream,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -29,6 +32,8 @@ pub struct Catalog {
     pub routes: BTreeMap<String, Stored<Route>>,
     pub upstreams: BTreeMap<String, Stored<Upstream>>,
     pub policies: BTreeMap<String, Stored<AuthPolicy>>,
+    /// Plugins every route runs first; by id, the order they run in.
+    pub global_rules: BTreeMap<String, Stored<GlobalRule>>,
 }
 
 /// A document, or a change, that was not taken.
@@ -87,6 +92,7 @@ impl Catalog {
             Kind::Route => self.routes.len(),
             Kind::Upstream => self.upstreams.len(),
             Kind::AuthPolicy => self.policies.len(),
+            Kind::GlobalRule => self.global_rules.len(),
         }
     }
 
@@ -95,6 +101,7 @@ impl Catalog {
             Resource::Route(r) => self.routes.get(&r.id).map(|s| &s.origin),
             Resource::Upstream(u) => self.upstreams.get(&u.id).map(|s| &s.origin),
             Resource::AuthPolicy(a) => self.policies.get(&a.id).map(|s| &s.origin),
+            Resource::GlobalRule(g) => self.global_rules.get(&g.id).map(|s| &s.origin),
         }
     }
 
@@ -107,6 +114,7 @@ impl Catalog {
             Kind::Route => self.routes.get(&key.id).map(|s| &s.origin),
             Kind::Upstream => self.upstreams.get(&key.id).map(|s| &s.origin),
             Kind::AuthPolicy => self.policies.get(&key.id).map(|s| &s.origin),
+            Kind::GlobalRule => self.global_rules.get(&key.id).map(|s| &s.origin),
         }
     }
 
@@ -125,6 +133,10 @@ impl Catalog {
                 .policies
                 .get(&key.id)
                 .map(|s| Resource::AuthPolicy(s.value.clone())),
+            Kind::GlobalRule => self
+                .global_rules
+                .get(&key.id)
+                .map(|s| Resource::GlobalRule(s.value.clone())),
         }
     }
 
@@ -144,6 +156,11 @@ impl Catalog {
                 .policies
                 .values()
                 .map(|s| Resource::AuthPolicy(s.value.clone()))
+                .collect(),
+            Kind::GlobalRule => self
+                .global_rules
+                .values()
+                .map(|s| Resource::GlobalRule(s.value.clone()))
                 .collect(),
         }
     }
@@ -178,7 +195,19 @@ impl Catalog {
                 Resource::AuthPolicy(s.value.clone()),
             )
         });
-        routes.chain(upstreams).chain(policies).collect()
+        let global_rules = self.global_rules.iter().map(|(id, s)| {
+            doc(
+                Kind::GlobalRule,
+                id,
+                &s.origin,
+                Resource::GlobalRule(s.value.clone()),
+            )
+        });
+        routes
+            .chain(upstreams)
+            .chain(policies)
+            .chain(global_rules)
+            .collect()
     }
 
     /// The routes that use an upstream or auth policy.
@@ -188,7 +217,7 @@ impl Catalog {
             .filter(|s| match key.kind {
                 Kind::Upstream => s.value.upstream_refs().any(|(_, id)| id == key.id),
                 Kind::AuthPolicy => s.value.auth.as_deref() == Some(key.id.as_str()),
-                Kind::Route => false,
+                Kind::Route | Kind::GlobalRule => false,
             })
             .map(|s| s.value.id.clone())
             .collect()
@@ -220,6 +249,11 @@ impl Catalog {
                 self.policies
                     .insert(value.id.clone(), Stored { value, origin });
             }
+            Resource::GlobalRule(g) => {
+                let value = keep(g.clone(), previous.global_rules.get(&g.id));
+                self.global_rules
+                    .insert(value.id.clone(), Stored { value, origin });
+            }
         }
     }
 
@@ -238,6 +272,11 @@ impl Catalog {
             Kind::AuthPolicy => {
                 if let Some(s) = previous.policies.get(&key.id) {
                     self.policies.insert(key.id.clone(), s.clone());
+                }
+            }
+            Kind::GlobalRule => {
+                if let Some(s) = previous.global_rules.get(&key.id) {
+                    self.global_rules.insert(key.id.clone(), s.clone());
                 }
             }
         }
@@ -260,6 +299,11 @@ impl Catalog {
                 self.policies
                     .iter()
                     .map(move |(id, s)| (key(Kind::AuthPolicy, id), &s.origin)),
+            )
+            .chain(
+                self.global_rules
+                    .iter()
+                    .map(move |(id, s)| (key(Kind::GlobalRule, id), &s.origin)),
             )
     }
 

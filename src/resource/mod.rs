@@ -1,17 +1,19 @@
-//! Routes, upstreams and auth policies as operators write them: serde types, strict parsing
-//! and validation. Pure: nothing here does I/O, so every entry point (files, etcd, the admin
-//! API, `gatehouse validate`) judges a resource the same way.
+//! Routes, upstreams, auth policies and global rules as operators write them: serde types,
+//! strict parsing and validation. Pure: nothing here does I/O, so every entry point (files,
+//! etcd, the admin API, `gatehouse validate`) judges a resource the same way.
 
 mod auth;
 mod catalog;
 mod depth;
 mod fields;
+mod global_rule;
 mod route;
 mod upstream;
 
 pub use auth::{AuthPolicy, Forward, Introspection, Jwt, JwtKey, ALGORITHMS};
 pub use catalog::{admit, Catalog, Rejection, Stored};
 pub use fields::{FieldError, SelectorText, Text};
+pub use global_rule::GlobalRule;
 pub use route::{
     CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, Rewrite, Route,
     RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
@@ -26,16 +28,22 @@ use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
 
-/// The three kinds of resource.
+/// The kinds of resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Route,
     Upstream,
     AuthPolicy,
+    GlobalRule,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Route, Kind::Upstream, Kind::AuthPolicy];
+    pub const ALL: [Kind; 4] = [
+        Kind::Route,
+        Kind::Upstream,
+        Kind::AuthPolicy,
+        Kind::GlobalRule,
+    ];
 
     /// The name written in a document's `kind` field.
     pub fn name(self) -> &'static str {
@@ -43,6 +51,7 @@ impl Kind {
             Kind::Route => "Route",
             Kind::Upstream => "Upstream",
             Kind::AuthPolicy => "AuthPolicy",
+            Kind::GlobalRule => "GlobalRule",
         }
     }
 
@@ -52,6 +61,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Upstream => "upstreams",
             Kind::AuthPolicy => "auth",
+            Kind::GlobalRule => "global_rules",
         }
     }
 
@@ -61,6 +71,16 @@ impl Kind {
 
     pub fn from_collection(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.collection() == name)
+    }
+
+    /// Every kind's name, `Route, Upstream, …`, for messages.
+    pub fn names() -> String {
+        Kind::ALL.map(Kind::name).join(", ")
+    }
+
+    /// Every collection name, `routes, upstreams, …`, for messages.
+    pub fn collections() -> String {
+        Kind::ALL.map(Kind::collection).join(", ")
     }
 }
 
@@ -90,6 +110,7 @@ pub enum Resource {
     Route(Arc<Route>),
     Upstream(Arc<Upstream>),
     AuthPolicy(Arc<AuthPolicy>),
+    GlobalRule(Arc<GlobalRule>),
 }
 
 impl Resource {
@@ -98,6 +119,7 @@ impl Resource {
             Resource::Route(r) => (Kind::Route, &r.id),
             Resource::Upstream(u) => (Kind::Upstream, &u.id),
             Resource::AuthPolicy(a) => (Kind::AuthPolicy, &a.id),
+            Resource::GlobalRule(g) => (Kind::GlobalRule, &g.id),
         };
         ObjectKey {
             kind,
@@ -255,19 +277,13 @@ pub fn parse_value(
                 return fail(
                     expected.clone(),
                     "kind",
-                    format!("`{name}` is not one of Route, Upstream, AuthPolicy"),
+                    format!("`{name}` is not one of {}", Kind::names()),
                 )
             }
         },
         (Some(_), _) => return fail(expected.clone(), "kind", "must be a string".into()),
         (None, Some(key)) => key.kind,
-        (None, None) => {
-            return fail(
-                None,
-                "kind",
-                "is required (Route, Upstream or AuthPolicy)".into(),
-            )
-        }
+        (None, None) => return fail(None, "kind", format!("is required ({})", Kind::names())),
     };
     if let Some(key) = &expected {
         if key.kind != kind {
@@ -321,6 +337,11 @@ pub fn parse_value(
             let mut p = Problems::default();
             a.check(&mut p);
             p.into_result(Resource::AuthPolicy(Arc::new(a)))
+        }),
+        Kind::GlobalRule => typed(value).and_then(|g: GlobalRule| {
+            let mut p = Problems::default();
+            g.check(&mut p);
+            p.into_result(Resource::GlobalRule(Arc::new(g)))
         }),
     };
     Document {

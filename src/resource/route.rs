@@ -72,6 +72,16 @@ impl PluginUse {
     }
 }
 
+/// Checks every entry of a `plugins:` list by building it, each error named where the entry
+/// sits (`plugins[1].config.max_body`).
+pub(super) fn check_plugins(plugins: &[PluginUse], p: &mut Problems) {
+    for (at, plugin) in plugins.iter().enumerate() {
+        if let Err((field, message)) = plugin.build(at) {
+            p.add(field, message);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
@@ -273,11 +283,7 @@ impl Route {
             }
         }
         self.check_target(p);
-        for (at, plugin) in self.plugins.iter().enumerate() {
-            if let Err((field, message)) = plugin.build(at) {
-                p.add(field, message);
-            }
-        }
+        check_plugins(&self.plugins, p);
         if let Some(limit) = &self.rate_limit {
             if limit.rate == 0 {
                 p.add("rate_limit.rate", "must be at least 1");

@@ -524,3 +524,81 @@ fn a_selector_reads_back_as_written() {
         Ok(&gatehouse_plugins::Selector::ClientIp)
     );
 }
+
+const GLOBAL: &str = "kind: GlobalRule\nid: g\nplugins:\n  - name: ip_restriction\n    config: { deny: [192.0.2.0/24] }\n";
+
+#[test]
+fn a_global_rule_is_admitted_with_its_plugins() {
+    let (catalog, rejections) = admit(&docs("g.yaml", GLOBAL), &Catalog::default());
+    assert!(rejections.is_empty(), "{rejections:?}");
+    assert_eq!(catalog.len(Kind::GlobalRule), 1);
+    assert_eq!(
+        catalog.global_rules["g"].value.plugins[0].name,
+        "ip_restriction"
+    );
+    assert!(matches!(
+        catalog.get(&ObjectKey {
+            kind: Kind::GlobalRule,
+            id: "g".into()
+        }),
+        Some(Resource::GlobalRule(_))
+    ));
+}
+
+#[test]
+fn a_global_rule_names_the_plugin_field_at_fault() {
+    let errs = errors(
+        "g.yaml",
+        "kind: GlobalRule\nid: g\nplugins:\n  - name: cors\n    config: { allow_origins: [\"*\"] }\n  - name: ip_restriction\n    config: { deny: [not-an-address] }\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("g.yaml:1 (GlobalRule g): plugins[1].config.deny[0]: "),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "g.yaml",
+        "kind: GlobalRule\nid: g\nplugins: [{ name: nope }]\n",
+    );
+    assert!(
+        errs[0].starts_with("g.yaml:1 (GlobalRule g): plugins[0].name: no plugin is named `nope`"),
+        "{errs:?}"
+    );
+    let errs = errors("g.yaml", "kind: GlobalRule\nid: g\n");
+    assert!(errs[0].contains("missing field `plugins`"), "{errs:?}");
+}
+
+#[test]
+fn a_bad_global_rule_keeps_its_previous_version_in_force() {
+    let (before, _) = admit(&docs("g.yaml", GLOBAL), &Catalog::default());
+    let bad = "kind: GlobalRule\nid: g\nplugins: [{ name: request_size_limit, config: { max_body: lots } }]\n";
+    let (after, rejections) = admit(&docs("g.yaml", bad), &before);
+    assert_eq!(rejections.len(), 1);
+    assert!(Arc::ptr_eq(
+        &after.global_rules["g"].value,
+        &before.global_rules["g"].value
+    ));
+}
+
+#[test]
+fn global_rules_have_a_kind_and_a_collection() {
+    assert_eq!(Kind::from_name("GlobalRule"), Some(Kind::GlobalRule));
+    assert_eq!(
+        Kind::from_collection("global_rules"),
+        Some(Kind::GlobalRule)
+    );
+    let doc = parse_stored(
+        Origin::key("/g/global_rules/x".into()),
+        ObjectKey {
+            kind: Kind::GlobalRule,
+            id: "x".into(),
+        },
+        br#"{"plugins": [{"name": "ip_restriction", "config": {"allow": ["10.0.0.0/8"]}}]}"#,
+    );
+    assert!(doc.parsed.is_ok(), "{:?}", doc.parsed);
+    let errs = errors("w.yaml", "kind: Widget\nid: w\n");
+    assert!(
+        errs[0].contains("is not one of Route, Upstream, AuthPolicy, GlobalRule"),
+        "{errs:?}"
+    );
+}

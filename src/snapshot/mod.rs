@@ -2,10 +2,12 @@
 //! resources and swapped atomically. A request loads it once and finishes on it.
 
 mod auth;
+mod global;
 mod route;
 mod source;
 
 pub use auth::compile_policy;
+pub use global::{CompiledGlobalRule, GlobalPlugins};
 pub use route::{Action, CompiledRoute, DirectAnswer, PathRewrite, RouteTimeouts};
 pub use source::{SourceHealth, SourceKind, SourceReport};
 
@@ -14,7 +16,7 @@ use crate::router::Router;
 use crate::upstream::UpstreamTarget;
 use arc_swap::ArcSwap;
 use gatehouse_plugins::auth::Authenticator;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -33,6 +35,10 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamTarget>>,
     /// Auth policies, compiled or refused; routes naming a refused one are refused too.
     pub policies: HashMap<String, CompiledPolicy>,
+    /// Global rules in force, by id.
+    pub global_rules: BTreeMap<String, CompiledGlobalRule>,
+    /// Their plugins in running order, first in every route's chain.
+    pub global_plugins: GlobalPlugins,
     /// Every header an auth policy's `forward.headers` sets: gateway-owned on every route
     /// (SPEC §8), so a client's copy is dropped even where no policy sets it.
     pub identity_headers: Arc<[http::HeaderName]>,
@@ -56,6 +62,8 @@ impl Snapshot {
             routes: HashMap::new(),
             upstreams: HashMap::new(),
             policies: HashMap::new(),
+            global_rules: BTreeMap::new(),
+            global_plugins: GlobalPlugins::default(),
             identity_headers: Arc::new([]),
         }
     }
@@ -63,9 +71,10 @@ impl Snapshot {
     /// Compiles `catalog` from `previous`: unchanged upstreams and routes (by pointer:
     /// admission keeps unchanged objects' `Arc`s) are reused with their state, and the router
     /// is changed in place of a copy for the routes that changed only, so a change costs what
-    /// changed, not the number of routes.
+    /// changed, not the number of routes. A change of a global rule changes every route's
+    /// chain, so it compiles every route again.
     pub fn compile(
-        catalog: Catalog,
+        mut catalog: Catalog,
         mut rejected: Vec<Rejection>,
         previous: &Snapshot,
         revision: u64,
@@ -106,6 +115,57 @@ impl Snapshot {
             policies.insert(id.clone(), compiled);
         }
 
+        let mut global_rules = BTreeMap::new();
+        for (id, stored) in &catalog.global_rules {
+            let old = previous.global_rules.get(id);
+            let built = match old {
+                Some(old) if Arc::ptr_eq(&old.spec, &stored.value) => Ok(old.plugins.clone()),
+                _ => global::build(&stored.value),
+            };
+            match built {
+                Ok(plugins) => {
+                    let spec = stored.value.clone();
+                    global_rules.insert(id.clone(), CompiledGlobalRule { spec, plugins });
+                }
+                Err(error) => rejected.push(compile_rejection(
+                    &stored.origin,
+                    Kind::GlobalRule,
+                    id,
+                    error,
+                )),
+            }
+        }
+        // A rule that could not be built is rejected alone: its previous version stays in
+        // force, and is what the catalog shows.
+        let refused: Vec<String> = catalog
+            .global_rules
+            .keys()
+            .filter(|id| !global_rules.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in refused {
+            catalog.global_rules.remove(&id);
+            if let (Some(old), Some(stored)) = (
+                previous.global_rules.get(&id),
+                previous.catalog.global_rules.get(&id),
+            ) {
+                let (spec, plugins) = (old.spec.clone(), old.plugins.clone());
+                global_rules.insert(id.clone(), CompiledGlobalRule { spec, plugins });
+                catalog.global_rules.insert(id, stored.clone());
+            }
+        }
+        let globals_unchanged = global_rules.len() == previous.global_rules.len()
+            && global_rules
+                .iter()
+                .zip(&previous.global_rules)
+                .all(|((id, now), (old_id, old))| {
+                    id == old_id && Arc::ptr_eq(&now.plugins, &old.plugins)
+                });
+        let global_plugins = match globals_unchanged {
+            true => previous.global_plugins.clone(),
+            false => GlobalPlugins::collect(&global_rules),
+        };
+
         let mut router = previous.router.clone();
         let mut routes = previous.routes.clone();
         let gone: Vec<Arc<str>> = previous
@@ -122,6 +182,7 @@ impl Snapshot {
         for (id, stored) in &catalog.routes {
             let unchanged = previous.routes.get(id.as_str()).is_some_and(|old| {
                 Arc::ptr_eq(&old.spec, &stored.value)
+                    && old.globals.same(&global_plugins)
                     && old
                         .upstreams()
                         .all(|u| upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now)))
@@ -145,6 +206,7 @@ impl Snapshot {
                 stored.value.clone(),
                 &upstreams,
                 &policies,
+                &global_plugins,
                 old.as_deref(),
             ) {
                 Ok(route) => {
@@ -179,6 +241,8 @@ impl Snapshot {
             routes,
             upstreams,
             policies,
+            global_rules,
+            global_plugins,
             identity_headers: identity_headers.into(),
         }
     }

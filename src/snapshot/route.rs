@@ -1,6 +1,6 @@
 //! A route compiled for the request path.
 
-use super::CompiledPolicy;
+use super::{CompiledPolicy, GlobalPlugins};
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::telemetry::metrics::RouteMetrics;
@@ -84,6 +84,8 @@ pub struct CompiledRoute {
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub plugins: PluginChain,
+    /// The global rules' plugins this route's chain starts with.
+    pub globals: GlobalPlugins,
     /// The route's limiter state, shared with its rate-limit plugin; carried over to the
     /// next version of the route while `rate_limit` does not change.
     pub limiter: Option<Arc<RateLimitState>>,
@@ -98,11 +100,13 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     /// Compiles `spec` against the compiled upstreams. References were resolved by admission,
-    /// so a missing one here is a bug reported as an error, not a panic.
+    /// so a missing one here is a bug reported as an error, not a panic. The chain starts
+    /// with `globals`, so within a stage they run before the route's own plugins.
     pub fn compile(
         spec: Arc<Route>,
         upstreams: &HashMap<String, Arc<UpstreamTarget>>,
         policies: &HashMap<String, CompiledPolicy>,
+        globals: &GlobalPlugins,
         previous: Option<&CompiledRoute>,
     ) -> Result<CompiledRoute, String> {
         let action = match (&spec.direct_response, &spec.upstream) {
@@ -113,7 +117,7 @@ impl CompiledRoute {
             strip_prefix: r.strip_prefix.unwrap_or(0),
             path: r.path.clone(),
         });
-        let mut plugins: Vec<Box<dyn Plugin>> = Vec::new();
+        let mut plugins: Vec<Box<dyn Plugin>> = globals.entries().collect();
         let auth = match &spec.auth {
             Some(id) => match policies.get(id).map(|p| &p.auth) {
                 Some(Ok(auth)) => Some(auth.clone()),
@@ -198,6 +202,7 @@ impl CompiledRoute {
             action,
             rewrite,
             plugins: PluginChain::new(plugins),
+            globals: globals.clone(),
             limiter,
             auth,
             timeouts: RouteTimeouts {
