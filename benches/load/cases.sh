@@ -6,14 +6,31 @@
 #   $work/full/       an RS256 JWT policy (required scope, a forwarded claim), a rate limit
 #                     that never refuses, a 90/10 split and a header rewrite
 #   $work/many/       10,000 routes `/svc-N/**`
+#   $work/plugged/    the plain route with the cors, ip_restriction and request_size_limit
+#                     plugins (requests carry an allowed Origin)
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
   printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
+  cat > "$work/plugged/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Route
+id: plugged
+match: { paths: ["/**"] }
+upstream: backend
+plugins:
+  - name: cors
+    config: { allow_origins: ["https://app.example.com", "*.example.org"], allow_methods: [GET, POST], allow_credentials: true }
+  - name: ip_restriction
+    config: { allow: [127.0.0.0/8, 10.0.0.0/8], deny: [192.0.2.0/24] }
+  - name: request_size_limit
+    config: { max_body: 1MiB }
+YAML
 
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null
   openssl pkey -in "$work/jwt.pem" -pubout -out "$work/jwt.pub"

@@ -19,7 +19,7 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -71,15 +71,19 @@ pub struct Cors {
 
 impl Cors {
     fn allows(&self, origin: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
         // The host of `scheme://host[:port]`.
         let host = origin
             .split_once("://")
             .map(|(_, rest)| rest.rsplit_once(':').map_or(rest, |(h, _)| h));
+        // Compared without case and without a lower-cased copy: this runs per request.
+        let ends_with = |h: &str, suffix: &str| {
+            h.len() >= suffix.len()
+                && h.as_bytes()[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
         self.origins.iter().any(|allowed| match allowed {
             Allowed::Any => true,
-            Allowed::Exact(exact) => *exact == origin,
-            Allowed::Subdomains(suffix) => host.is_some_and(|h| h.ends_with(suffix.as_str())),
+            Allowed::Exact(exact) => exact.eq_ignore_ascii_case(origin),
+            Allowed::Subdomains(suffix) => host.is_some_and(|h| ends_with(h, suffix)),
         })
     }
 
@@ -143,12 +147,14 @@ impl Plugin for Cors {
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         let Some(origin) = req.headers.get(ORIGIN).cloned() else {
+            self.varies(ex);
             return Access::Now(Flow::Continue);
         };
         if req.method == Method::OPTIONS && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
         {
             return Access::Now(Flow::Answer(self.preflight(req, &origin)));
         }
+        self.varies(ex);
         if origin.to_str().is_ok_and(|o| self.allows(o)) {
             let marks = &mut ex.response_headers;
             marks.push((ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin(&origin)));
@@ -164,21 +170,16 @@ impl Plugin for Cors {
         }
         Access::Now(Flow::Continue)
     }
+}
 
-    fn response(&self, resp: &mut ResponseHeader, _ex: &Exchange) {
-        if self.uniform() {
-            return;
-        }
-        // Added to what the upstream said varies, never in place of it.
-        let already = resp
-            .headers
-            .get_all(VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("origin") || t.trim() == "*");
-        if !already {
-            let _ = resp.append_header(VARY, HeaderValue::from_static("Origin"));
+impl Cors {
+    /// The answer varies by origin: `Vary: Origin`, added beside what the upstream says
+    /// varies, never in place of it (and on answers to requests without `Origin` too, so a
+    /// cache never serves one of them to a cross-origin request).
+    fn varies(&self, ex: &mut Exchange) {
+        if !self.uniform() {
+            ex.response_headers_added
+                .push((VARY, HeaderValue::from_static("Origin")));
         }
     }
 }
@@ -387,23 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn vary_is_added_to_the_upstreams_not_in_place_of_it() {
+    fn every_answer_varies_by_origin_unless_all_are_allowed_alike() {
         let plugin = cors(json!({ "allow_origins": ["https://app.example.com"] }));
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_header("Vary", "Accept-Encoding").unwrap();
-        plugin.response(&mut resp, &exchange());
-        let vary: Vec<_> = resp
-            .headers
-            .get_all("vary")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect();
-        assert_eq!(vary, ["Accept-Encoding", "Origin"]);
+        for headers in [&[][..], &[("Origin", "https://x.example")][..]] {
+            let mut ex = exchange();
+            let mut req = request("GET", headers);
+            let _ = plugin.access(&mut req, &mut ex);
+            assert_eq!(header(&ex.response_headers_added, "vary"), Some("Origin"));
+        }
         let any = cors(json!({ "allow_origins": ["*"] }));
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        any.response(&mut resp, &exchange());
+        let mut ex = exchange();
+        let _ = any.access(
+            &mut request("GET", &[("Origin", "https://x.example")]),
+            &mut ex,
+        );
         assert!(
-            resp.headers.get("vary").is_none(),
+            ex.response_headers_added.is_empty(),
             "every origin is answered alike"
         );
     }

@@ -16,6 +16,8 @@ pub struct Exchange {
     pub consumer: Option<Arc<str>>,
     /// Headers a plugin wants on the final response whatever it is (rate-limit state, say).
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers a plugin adds to the final response beside any of the same name (`Vary`).
+    pub response_headers_added: Vec<(HeaderName, HeaderValue)>,
     /// Request body bytes read from the client so far.
     pub request_body_bytes: u64,
 }
@@ -28,6 +30,7 @@ impl Exchange {
             client_ip,
             consumer: None,
             response_headers: Vec::new(),
+            response_headers_added: Vec::new(),
             request_body_bytes: 0,
         }
     }

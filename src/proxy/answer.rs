@@ -56,6 +56,9 @@ pub async fn send(
     for (name, value) in &ex.response_headers {
         resp.insert_header(name.clone(), value.clone())?;
     }
+    for (name, value) in &ex.response_headers_added {
+        resp.append_header(name.clone(), value.clone())?;
+    }
     if let Some(plugins) = plugins {
         plugins.response(&mut resp, ex);
     }

@@ -306,12 +306,15 @@ impl ProxyHttp for Gateway {
         };
         let ex = &ctx.exchange;
         head::edit_response(resp, |h| {
-            h.try_reserve(1 + ex.response_headers.len())?;
+            h.try_reserve(1 + ex.response_headers.len() + ex.response_headers_added.len())?;
             if let Some(id) = id {
                 h.try_insert(REQUEST_ID_NAME, id)?;
             }
             for (name, value) in &ex.response_headers {
                 h.try_insert(name.clone(), value.clone())?;
+            }
+            for (name, value) in &ex.response_headers_added {
+                h.try_append(name.clone(), value.clone())?;
             }
             Ok(())
         })?;
