@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{bin, client, eventually, openssl, Etcd, Gateway, TestUpstream, Traffic};
+use common::{
+    bin, client, eventually, openssl, status_of, wait_status, Etcd, Gateway, TestUpstream, Traffic,
+};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,21 +18,6 @@ fn route(path: &str, upstream: &str) -> String {
 
 fn upstream(addr: std::net::SocketAddr) -> String {
     format!("nodes: [{{ addr: \"{addr}\" }}]\n")
-}
-
-async fn status_of(gw: &Gateway, path: &str) -> u16 {
-    client()
-        .get(gw.url(path))
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
-async fn wait_status(gw: &Gateway, path: &str, status: u16) {
-    eventually(WAIT, &format!("{path} to answer {status}"), || async {
-        status_of(gw, path).await == status
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{bin, client, eventually, Etcd, Gateway, TestUpstream};
+use common::{bin, client, eventually, status_of, wait_status, Etcd, Gateway, TestUpstream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,21 +40,6 @@ fn ip_rule(id: &str, list: &str, cidr: &str) -> String {
         id,
         &format!("  - name: ip_restriction\n    config: {{ {list}: [{cidr}] }}\n"),
     )
-}
-
-async fn status_of(gw: &Gateway, path: &str) -> u16 {
-    client()
-        .get(gw.url(path))
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
-
-async fn wait_status(gw: &Gateway, path: &str, status: u16) {
-    eventually(WAIT, &format!("{path} to answer {status}"), || async {
-        status_of(gw, path).await == status
-    })
-    .await;
 }
 
 fn rejected(status: &serde_json::Value) -> Vec<(String, String)> {

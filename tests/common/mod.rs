@@ -523,3 +523,22 @@ pub fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
     }
     false
 }
+
+/// The status `path` answers with (0 when the request fails).
+pub async fn status_of(gw: &Gateway, path: &str) -> u16 {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Waits (at most 10 s) until `path` answers `status`.
+pub async fn wait_status(gw: &Gateway, path: &str, status: u16) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{path} to answer {status}"),
+        || async { status_of(gw, path).await == status },
+    )
+    .await;
+}
