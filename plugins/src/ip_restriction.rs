@@ -48,10 +48,7 @@ pub struct IpRestriction {
 impl IpRestriction {
     fn admits(&self, ip: IpAddr) -> bool {
         // An IPv4 client seen through an IPv6 socket is judged by its IPv4 address.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         !self.deny.iter().any(|n| n.contains(&ip))
             && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
     }

@@ -2,7 +2,7 @@
 
 use super::ctx::RequestCtx;
 use bytes::Bytes;
-use gatehouse_plugins::{ErrorAnswer, Exchange, PluginChain, Tally};
+use gatehouse_plugins::{ErrorAnswer, Exchange, LocalAnswer, PluginChain, Tally};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -24,6 +24,16 @@ pub struct Answer<'a> {
 }
 
 impl Answer<'_> {
+    /// A plugin's local answer or a route's `direct_response`, as it is.
+    pub fn local(local: &LocalAnswer) -> Answer<'_> {
+        Answer {
+            status: local.status,
+            headers: &local.headers,
+            content_type: None,
+            body: local.body.clone(),
+        }
+    }
+
     pub fn error<'a>(reply: &'a ErrorAnswer, request_id: &str) -> Answer<'a> {
         Answer {
             status: reply.status,

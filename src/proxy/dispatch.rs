@@ -7,7 +7,6 @@ use super::ctx::RequestCtx;
 use super::Gateway;
 use crate::snapshot::{Action, CompiledRoute};
 use gatehouse_plugins::Flow;
-use http::StatusCode;
 use pingora::proxy::Session;
 use pingora::Result;
 use std::sync::Arc;
@@ -35,12 +34,7 @@ impl Gateway {
                 Flow::Continue => {}
                 Flow::Respond(reply) => return answer_error(session, &reply, ctx).await,
                 Flow::Answer(local) => {
-                    let answer = Answer {
-                        status: local.status,
-                        headers: &local.headers,
-                        content_type: None,
-                        body: local.body,
-                    };
+                    let answer = Answer::local(&local);
                     answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
                     return Ok(true);
                 }
@@ -54,12 +48,7 @@ impl Gateway {
                 Ok(false)
             }
             Action::Respond(direct) => {
-                let answer = Answer {
-                    status: StatusCode::from_u16(direct.status).unwrap_or(StatusCode::OK),
-                    headers: &direct.headers,
-                    content_type: None,
-                    body: direct.body.clone(),
-                };
+                let answer = Answer::local(direct);
                 answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
                 Ok(true)
             }

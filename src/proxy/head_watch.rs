@@ -171,12 +171,14 @@ impl HeadWatch {
         fired
     }
 
-    /// How many heads are being watched (for tests and the status page).
-    pub fn len(&self) -> usize {
+    /// How many heads are being watched.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).entries.len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -8,7 +8,7 @@ mod source;
 
 pub use auth::compile_policy;
 pub use global::{CompiledGlobalRule, GlobalPlugins};
-pub use route::{Action, CompiledRoute, DirectAnswer, PathRewrite, RouteTimeouts};
+pub use route::{Action, CompiledRoute, PathRewrite, RouteTimeouts};
 pub use source::{SourceHealth, SourceKind, SourceReport};
 
 use crate::resource::{AuthPolicy, Catalog, Kind, Rejection};

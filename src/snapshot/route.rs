@@ -10,8 +10,8 @@ use gatehouse_plugins::auth::{Authenticate, Authenticator};
 use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
 use gatehouse_plugins::rate_limit::{RateLimitPlugin, RateLimitState, KEY_FORMS};
 use gatehouse_plugins::template::Template;
-use gatehouse_plugins::{Plugin, PluginChain};
-use http::{HeaderName, HeaderValue};
+use gatehouse_plugins::{LocalAnswer, Plugin, PluginChain};
+use http::{HeaderName, HeaderValue, StatusCode};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +20,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Action {
     Proxy(UpstreamChoice),
-    Respond(DirectAnswer),
-}
-
-/// A `direct_response`, rendered once.
-#[derive(Debug)]
-pub struct DirectAnswer {
-    pub status: u16,
-    pub body: Bytes,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `direct_response`, ready to write: the same answer a plugin gives instead of proxying.
+    Respond(LocalAnswer),
 }
 
 /// `rewrite`, applied to the path sent upstream.
@@ -246,7 +239,7 @@ fn edits(side: &str, rules: Option<&crate::resource::HeaderRules>) -> Result<Hea
     Ok(out)
 }
 
-fn direct_reply(direct: &DirectResponse) -> Result<DirectAnswer, String> {
+fn direct_reply(direct: &DirectResponse) -> Result<LocalAnswer, String> {
     let mut headers = Vec::with_capacity(direct.headers.len());
     for (name, value) in &direct.headers {
         let header = HeaderName::from_bytes(name.as_bytes())
@@ -255,8 +248,10 @@ fn direct_reply(direct: &DirectResponse) -> Result<DirectAnswer, String> {
             .map_err(|e| format!("direct_response.headers.{name}: {e}"))?;
         headers.push((header, value));
     }
-    Ok(DirectAnswer {
-        status: direct.status,
+    let status =
+        StatusCode::from_u16(direct.status).map_err(|e| format!("direct_response.status: {e}"))?;
+    Ok(LocalAnswer {
+        status,
         body: Bytes::from(direct.body.clone()),
         headers,
     })
