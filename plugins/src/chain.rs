@@ -1,4 +1,4 @@
-use crate::{Access, Exchange, Flow, Plugin};
+use crate::{Abort, Access, Exchange, Flow, Plugin};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::fmt;
@@ -10,6 +10,8 @@ pub struct PluginChain {
     plugins: Arc<[Box<dyn Plugin>]>,
     /// Some plugin reads the request body: only then is it shown to the chain.
     wants_request_body: bool,
+    /// Some plugin reads the response body: likewise.
+    wants_response_body: bool,
 }
 
 impl PluginChain {
@@ -18,6 +20,7 @@ impl PluginChain {
         plugins.sort_by_key(|p| p.stage());
         PluginChain {
             wants_request_body: plugins.iter().any(|p| p.wants_request_body()),
+            wants_response_body: plugins.iter().any(|p| p.wants_response_body()),
             plugins: plugins.into(),
         }
     }
@@ -26,16 +29,40 @@ impl PluginChain {
         self.wants_request_body
     }
 
-    /// Shows a piece of the request body to every plugin that reads it; the first refusal
-    /// stops the chain.
-    pub fn request_body(&self, chunk: Option<&Bytes>, end: bool, ex: &mut Exchange) -> Flow {
+    pub fn wants_response_body(&self) -> bool {
+        self.wants_response_body
+    }
+
+    /// Shows a piece of the request body to every plugin that reads it, in order, each
+    /// seeing what the one before handed on; the first refusal stops the chain.
+    pub fn request_body(&self, body: &mut Option<Bytes>, end: bool, ex: &mut Exchange) -> Flow {
         for plugin in self.plugins.iter().filter(|p| p.wants_request_body()) {
-            let flow = plugin.request_body(chunk, end, ex);
+            let flow = plugin.request_body(body, end, ex);
             if !matches!(flow, Flow::Continue) {
                 return flow;
             }
         }
         Flow::Continue
+    }
+
+    /// Shows a piece of the response body to every plugin that reads it, in order.
+    pub fn response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ex: &mut Exchange,
+    ) -> Result<(), Abort> {
+        for plugin in self.plugins.iter().filter(|p| p.wants_response_body()) {
+            plugin.response_body(body, end, ex)?;
+        }
+        Ok(())
+    }
+
+    /// The exchange is over: every plugin may release what it held for it.
+    pub fn log(&self, ex: &mut Exchange) {
+        for plugin in self.plugins.iter() {
+            plugin.log(ex);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,7 +93,7 @@ impl PluginChain {
         }
     }
 
-    pub fn response(&self, resp: &mut ResponseHeader, ex: &Exchange) {
+    pub fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
         for plugin in self.plugins.iter() {
             plugin.response(resp, ex);
         }

@@ -1,10 +1,11 @@
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
+use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What the gateway knows about one request, shared by the plugins of its route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Exchange {
     /// The id of the matched route.
     pub route_id: Arc<str>,
@@ -20,7 +21,36 @@ pub struct Exchange {
     pub response_headers_added: Vec<(HeaderName, HeaderValue)>,
     /// Request body bytes read from the client so far.
     pub request_body_bytes: u64,
+    /// What plugins keep from one phase of this request to the next, and the plugins that
+    /// failed on it; boxed and made on first use, as most requests need neither.
+    scratch: Option<Box<Scratch>>,
 }
+
+#[derive(Default)]
+struct Scratch {
+    kept: Vec<(usize, Box<dyn Any + Send + Sync>)>,
+    failed: Vec<Arc<str>>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("kept", &self.kept.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// The key a plugin keeps its per-request state under: its own address, stable for as long
+/// as the route (and so the plugin) serves the request.
+fn key_of<P: ?Sized>(owner: &P) -> usize {
+    owner as *const P as *const () as usize
+}
+
+/// Why a plugin cut a response short.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Abort(pub String);
 
 impl Exchange {
     pub fn new(route_id: Arc<str>, request_id: String, client_ip: IpAddr) -> Self {
@@ -32,7 +62,47 @@ impl Exchange {
             response_headers: Vec::new(),
             response_headers_added: Vec::new(),
             request_body_bytes: 0,
+            scratch: None,
         }
+    }
+
+    /// Keeps `value` for `owner` (a plugin) until it takes it back or the exchange ends.
+    pub fn keep<P: ?Sized, T: Any + Send + Sync>(&mut self, owner: &P, value: T) {
+        let key = key_of(owner);
+        let kept = &mut self.scratch.get_or_insert_with(Default::default).kept;
+        kept.retain(|(k, _)| *k != key);
+        kept.push((key, Box::new(value)));
+    }
+
+    /// What `owner` keeps for this request, if it is a `T`.
+    pub fn kept_mut<P: ?Sized, T: Any>(&mut self, owner: &P) -> Option<&mut T> {
+        let key = key_of(owner);
+        let kept = &mut self.scratch.as_mut()?.kept;
+        kept.iter_mut()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.downcast_mut())
+    }
+
+    /// Takes back what `owner` keeps for this request.
+    pub fn take_kept<P: ?Sized, T: Any>(&mut self, owner: &P) -> Option<T> {
+        let key = key_of(owner);
+        let kept = &mut self.scratch.as_mut()?.kept;
+        let at = kept.iter().position(|(k, v)| *k == key && v.is::<T>())?;
+        kept.swap_remove(at).1.downcast().ok().map(|b| *b)
+    }
+
+    /// Records that the plugin `name` failed on this request (a trap, a timeout), whatever
+    /// the request's fate; the gateway counts it in `gatehouse_plugin_errors_total{plugin}`.
+    pub fn plugin_failed(&mut self, name: &Arc<str>) {
+        self.scratch
+            .get_or_insert_with(Default::default)
+            .failed
+            .push(name.clone());
+    }
+
+    /// The plugins that failed on this request.
+    pub fn failed_plugins(&self) -> &[Arc<str>] {
+        self.scratch.as_ref().map_or(&[], |s| &s.failed)
     }
 }
 

@@ -47,7 +47,7 @@ impl Plugin for HeaderRewrite {
         }
     }
 
-    fn response(&self, resp: &mut ResponseHeader, ex: &Exchange) {
+    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
         for name in &self.response.remove {
             resp.remove_header(name);
         }
@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn edits_both_sides() {
         let chain = PluginChain::new(vec![Box::new(rewrite())]);
-        let ex = Exchange::new(
+        let mut ex = Exchange::new(
             "orders".into(),
             "r1".into(),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -102,7 +102,7 @@ mod tests {
 
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("Server", "upstream").unwrap();
-        chain.response(&mut resp, &ex);
+        chain.response(&mut resp, &mut ex);
         assert!(resp.headers.get("server").is_none());
         assert_eq!(resp.headers.get("x-served-by").unwrap(), "gatehouse");
     }

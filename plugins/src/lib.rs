@@ -4,8 +4,9 @@
 //! request then walks the route's [`PluginChain`] through the phases of the gateway's request
 //! order (SPEC §4): *access* (rate limits that need no identity, auth, rate limits keyed by
 //! the consumer) before an upstream is chosen, *upstream request* (rewrites and headers) just
-//! before proxying, *response* before the answer goes to the client. Plugins that do not care
-//! about a phase simply keep the default no-op.
+//! before proxying, *response* before the answer goes to the client, *response body* as it
+//! streams, *log* once the exchange is over. Plugins that do not care about a phase simply
+//! keep the default no-op.
 //!
 //! The access phase is synchronous by default and may hand back a future only when it must
 //! wait (an introspection call, say): a route whose plugins never wait pays for no boxing.
@@ -26,7 +27,7 @@ pub mod template;
 pub mod units;
 
 pub use chain::PluginChain;
-pub use exchange::{ErrorAnswer, Exchange, LocalAnswer, Tally};
+pub use exchange::{Abort, ErrorAnswer, Exchange, LocalAnswer, Tally};
 pub use selector::Selector;
 /// The HTTP types plugins see, so a plugin crate needs no versions of its own.
 pub use {http, pingora_http};
@@ -102,9 +103,10 @@ pub trait Plugin: Send + Sync {
     }
 
     /// A piece of the request body on its way upstream (`None` and `end` for a request
-    /// without one); [`Exchange::request_body_bytes`] already counts it. May refuse the
-    /// request, which then ends with that answer.
-    fn request_body(&self, _chunk: Option<&Bytes>, _end: bool, _ex: &mut Exchange) -> Flow {
+    /// without one); [`Exchange::request_body_bytes`] already counts it. May replace the
+    /// piece, or take it (leave `None`) to hand it on later, at the latest with `end`. May
+    /// refuse the request, which then ends with that answer.
+    fn request_body(&self, _body: &mut Option<Bytes>, _end: bool, _ex: &mut Exchange) -> Flow {
         Flow::Continue
     }
 
@@ -112,7 +114,27 @@ pub trait Plugin: Send + Sync {
     fn upstream_request(&self, _req: &mut RequestHeader, _ex: &Exchange) {}
 
     /// Edit the response about to be sent to the client, proxied or produced by the gateway.
-    fn response(&self, _resp: &mut ResponseHeader, _ex: &Exchange) {}
+    fn response(&self, _resp: &mut ResponseHeader, _ex: &mut Exchange) {}
+
+    /// Whether [`Plugin::response_body`] must see the response body.
+    fn wants_response_body(&self) -> bool {
+        false
+    }
+
+    /// A piece of the response body on its way to the client: may replace it, or take it
+    /// (leave `None`) to hand it on later, at the latest with `end`. The head is gone by now,
+    /// so a failure can only cut the response short.
+    fn response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        _ex: &mut Exchange,
+    ) -> Result<(), Abort> {
+        Ok(())
+    }
+
+    /// The exchange is over, answered or not: release what the request held.
+    fn log(&self, _ex: &mut Exchange) {}
 }
 
 /// A plugin shared by several chains (a global rule's, built once for every route) is a
@@ -134,15 +156,38 @@ impl<P: Plugin + ?Sized> Plugin for std::sync::Arc<P> {
         (**self).wants_request_body()
     }
 
-    fn request_body(&self, chunk: Option<&Bytes>, end: bool, ex: &mut Exchange) -> Flow {
-        (**self).request_body(chunk, end, ex)
+    fn request_body(&self, body: &mut Option<Bytes>, end: bool, ex: &mut Exchange) -> Flow {
+        (**self).request_body(body, end, ex)
     }
 
     fn upstream_request(&self, req: &mut RequestHeader, ex: &Exchange) {
         (**self).upstream_request(req, ex)
     }
 
-    fn response(&self, resp: &mut ResponseHeader, ex: &Exchange) {
+    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
         (**self).response(resp, ex)
+    }
+
+    fn wants_response_body(&self) -> bool {
+        (**self).wants_response_body()
+    }
+
+    fn response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ex: &mut Exchange,
+    ) -> Result<(), Abort> {
+        (**self).response_body(body, end, ex)
+    }
+
+    fn log(&self, ex: &mut Exchange) {
+        (**self).log(ex)
+    }
+}
+
+impl std::fmt::Debug for dyn Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }

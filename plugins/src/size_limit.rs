@@ -58,7 +58,7 @@ impl Plugin for SizeLimit {
         true
     }
 
-    fn request_body(&self, _chunk: Option<&Bytes>, _end: bool, ex: &mut Exchange) -> Flow {
+    fn request_body(&self, _body: &mut Option<Bytes>, _end: bool, ex: &mut Exchange) -> Flow {
         if ex.request_body_bytes > self.max_body {
             self.too_large()
         } else {
@@ -116,11 +116,11 @@ mod tests {
         let piece = Bytes::from_static(b"123456");
         ex.request_body_bytes = 6;
         assert!(matches!(
-            plugin.request_body(Some(&piece), false, &mut ex),
+            plugin.request_body(&mut Some(piece.clone()), false, &mut ex),
             Flow::Continue
         ));
         ex.request_body_bytes = 12;
-        match plugin.request_body(Some(&piece), false, &mut ex) {
+        match plugin.request_body(&mut Some(piece.clone()), false, &mut ex) {
             Flow::Respond(answer) => {
                 assert_eq!(answer.status, 413);
                 assert_eq!(answer.code, "payload_too_large");

@@ -49,7 +49,7 @@ impl Answer<'_> {
 pub async fn send(
     session: &mut Session,
     answer: Answer<'_>,
-    ex: &Exchange,
+    ex: &mut Exchange,
     plugins: Option<&PluginChain>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 4))?;
@@ -86,7 +86,7 @@ pub async fn send(
 pub async fn answer_error(
     session: &mut Session,
     reply: &ErrorAnswer,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
 ) -> Result<bool> {
     let metrics = &crate::telemetry::metrics::METRICS;
     let route = &*ctx.exchange.route_id;
@@ -102,7 +102,7 @@ pub async fn answer_error(
     send(
         session,
         answer,
-        &ctx.exchange,
+        &mut ctx.exchange,
         ctx.route.as_ref().map(|r| &r.plugins),
     )
     .await?;

@@ -35,7 +35,7 @@ impl Gateway {
                 Flow::Respond(reply) => return answer_error(session, &reply, ctx).await,
                 Flow::Answer(local) => {
                     let answer = Answer::local(&local);
-                    answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                    answer::send(session, answer, &mut ctx.exchange, Some(&route.plugins)).await?;
                     return Ok(true);
                 }
             }
@@ -49,7 +49,7 @@ impl Gateway {
             }
             Action::Respond(direct) => {
                 let answer = Answer::local(direct);
-                answer::send(session, answer, &ctx.exchange, Some(&route.plugins)).await?;
+                answer::send(session, answer, &mut ctx.exchange, Some(&route.plugins)).await?;
                 Ok(true)
             }
         }

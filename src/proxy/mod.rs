@@ -205,7 +205,7 @@ impl ProxyHttp for Gateway {
         match &ctx.route {
             Some(route) if route.plugins.wants_request_body() => body_piece(
                 &route.plugins,
-                body.as_ref(),
+                body,
                 end_of_stream,
                 &mut ctx.exchange,
                 &mut ctx.refusal,
@@ -304,7 +304,7 @@ impl ProxyHttp for Gateway {
             Some(id) => Some(id),
             None => HeaderValue::from_str(&ctx.exchange.request_id).ok(),
         };
-        let ex = &ctx.exchange;
+        let ex = &mut ctx.exchange;
         head::edit_response(resp, |h| {
             h.try_reserve(1 + ex.response_headers.len() + ex.response_headers_added.len())?;
             if let Some(id) = id {
@@ -322,6 +322,29 @@ impl ProxyHttp for Gateway {
             route.plugins.response(resp, ex);
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(route) = &ctx.route {
+            if route.plugins.wants_response_body() {
+                route
+                    .plugins
+                    .response_body(body, end_of_stream, &mut ctx.exchange)
+                    .or_else(|abort| {
+                        Error::e_explain(
+                            PLUGIN_REFUSAL,
+                            format!("a plugin cut the response: {abort}"),
+                        )
+                    })?;
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -356,6 +379,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.head_arrived(ctx);
+        if let Some(route) = &ctx.route {
+            route.plugins.log(&mut ctx.exchange);
+        }
         // The connection now waits for its next head. A body left unread by an answer cannot
         // be taken for one: Pingora closes a connection answered before its body was read.
         if let Some(stream) = session.as_downstream().stream().and_then(ClientStream::of) {
@@ -369,15 +395,15 @@ impl ProxyHttp for Gateway {
 /// with the plugin's answer (written by `fail_to_proxy`).
 fn body_piece(
     plugins: &gatehouse_plugins::PluginChain,
-    chunk: Option<&bytes::Bytes>,
+    body: &mut Option<bytes::Bytes>,
     end: bool,
     ex: &mut Exchange,
     refused: &mut Option<Box<ErrorAnswer>>,
 ) -> Result<()> {
-    if let Some(chunk) = chunk {
+    if let Some(chunk) = body {
         ex.request_body_bytes += chunk.len() as u64;
     }
-    match plugins.request_body(chunk, end, ex) {
+    match plugins.request_body(body, end, ex) {
         Flow::Continue => Ok(()),
         Flow::Respond(refusal) => {
             *refused = Some(Box::new(refusal));

@@ -21,6 +21,12 @@ impl Gateway {
         route
             .map_or(&*NO_ROUTE_METRICS, |r| &r.metrics)
             .observe(status, elapsed.as_secs_f64());
+        for plugin in ctx.exchange.failed_plugins() {
+            crate::telemetry::metrics::METRICS
+                .plugin_errors
+                .with_label_values(&[&**plugin])
+                .inc();
+        }
         let telemetry = &*self.telemetry;
         if telemetry.access_log.is_none() && !telemetry.tracer.exports() {
             return;

@@ -128,6 +128,40 @@ direct_response: { status: 200 }
     }
 
     #[test]
+    fn a_route_keeps_each_unchanged_plugin_across_a_change() {
+        let two = ROUTES.replace(
+            "plugins: [{ name: request_size_limit, config: { max_body: 10 } }]",
+            "plugins: [{ name: request_size_limit, config: { max_body: 10 } }, \
+             { name: cors, config: { allow_origins: ['*'] } }]",
+        );
+        let s1 = next(&Snapshot::empty(), &[("r.yaml", &two)]);
+        assert!(s1.rejected.is_empty(), "{:?}", s1.rejected);
+        // The route changes (a new path and a plugin first in the list): the size limit and
+        // the cors plugin are the same instances, the new one is built.
+        let changed = two.replace("/a\"", "/aa\"").replace(
+            "plugins: [",
+            "plugins: [{ name: ip_restriction, config: { deny: [192.0.2.0/24] } }, ",
+        );
+        let s2 = next(&s1, &[("r.yaml", &changed)]);
+        assert!(s2.rejected.is_empty(), "{:?}", s2.rejected);
+        let (old, new) = (&s1.routes["a"].listed, &s2.routes["a"].listed);
+        assert_eq!(new.len(), 3);
+        assert!(Arc::ptr_eq(&old[0], &new[1]));
+        assert!(Arc::ptr_eq(&old[1], &new[2]));
+        // A changed config is a new plugin.
+        let limit = two.replace("max_body: 10", "max_body: 11");
+        let s3 = next(&s1, &[("r.yaml", &limit)]);
+        assert!(!Arc::ptr_eq(
+            &s1.routes["a"].listed[0],
+            &s3.routes["a"].listed[0]
+        ));
+        assert!(Arc::ptr_eq(
+            &s1.routes["a"].listed[1],
+            &s3.routes["a"].listed[1]
+        ));
+    }
+
+    #[test]
     fn routes_are_compiled_again_only_when_a_global_rule_changes() {
         let g1 = rule(
             "g",

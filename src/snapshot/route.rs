@@ -77,6 +77,9 @@ pub struct CompiledRoute {
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub plugins: PluginChain,
+    /// The plugins built from the route's `plugins:` list, in its order: the next version
+    /// of the route keeps each whose entry is unchanged, with whatever state it holds.
+    pub listed: Vec<Arc<dyn Plugin>>,
     /// The global rules' plugins this route's chain starts with.
     pub globals: GlobalPlugins,
     /// The route's limiter state, shared with its rate-limit plugin; carried over to the
@@ -150,13 +153,12 @@ impl CompiledRoute {
             }));
             limiter = Some(state);
         }
-        for (at, plugin) in spec.plugins.iter().enumerate() {
-            plugins.push(
-                plugin
-                    .build(at)
-                    .map_err(|(field, e)| format!("{field}: {e}"))?,
-            );
-        }
+        let listed = listed_plugins(&spec, previous)?;
+        plugins.extend(
+            listed
+                .iter()
+                .map(|p| Box::new(p.clone()) as Box<dyn Plugin>),
+        );
         let headers = HeaderRewrite {
             request: edits("request_headers", spec.request_headers.as_ref())?,
             response: edits("response_headers", spec.response_headers.as_ref())?,
@@ -195,6 +197,7 @@ impl CompiledRoute {
             action,
             rewrite,
             plugins: PluginChain::new(plugins),
+            listed,
             globals: globals.clone(),
             limiter,
             auth,
@@ -217,6 +220,35 @@ impl CompiledRoute {
         .into_iter()
         .flatten()
     }
+}
+
+/// Builds the route's `plugins:` list, keeping the previous version's plugin for every entry
+/// that did not change (each at most once: two equal entries are two plugins).
+fn listed_plugins(
+    spec: &Route,
+    previous: Option<&CompiledRoute>,
+) -> Result<Vec<Arc<dyn Plugin>>, String> {
+    let mut reusable: Vec<Option<(&crate::resource::PluginUse, &Arc<dyn Plugin>)>> = previous
+        .map(|old| old.spec.plugins.iter().zip(&old.listed).map(Some).collect())
+        .unwrap_or_default();
+    let mut listed = Vec::with_capacity(spec.plugins.len());
+    for (at, entry) in spec.plugins.iter().enumerate() {
+        let kept = reusable
+            .iter_mut()
+            .find(|slot| slot.is_some_and(|(old, _)| old == entry))
+            .and_then(Option::take)
+            .map(|(_, plugin)| plugin.clone());
+        let plugin = match kept {
+            Some(plugin) => plugin,
+            None => Arc::from(
+                entry
+                    .build(at)
+                    .map_err(|(field, e)| format!("{field}: {e}"))?,
+            ),
+        };
+        listed.push(plugin);
+    }
+    Ok(listed)
 }
 
 fn edits(side: &str, rules: Option<&crate::resource::HeaderRules>) -> Result<HeaderEdits, String> {

@@ -24,6 +24,9 @@ pub struct Metrics {
     /// Requests refused by a route's auth policy, by route id and reason (a fixed set:
     /// missing_token, expired, bad_signature, insufficient_scope, ...).
     pub auth_failures: IntCounterVec,
+    /// Requests a plugin failed on (a Wasm trap, timeout or memory limit), by plugin name,
+    /// whether the request then ended with 500 or passed (`fail_open`).
+    pub plugin_errors: IntCounterVec,
     /// Requests answered, by route id (empty when none matched) and status code.
     pub requests: IntCounterVec,
     /// From a request's arrival to its last byte, by route id.
@@ -74,6 +77,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests refused by a rate limit",
         ),
         &["route"],
+    )
+    .expect("valid metric");
+    let plugin_errors = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_plugin_errors_total",
+            "Requests a plugin failed on (trap, timeout, memory limit)",
+        ),
+        &["plugin"],
     )
     .expect("valid metric");
     let auth_failures = IntCounterVec::new(
@@ -137,6 +148,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(config_source_up.clone()),
         Box::new(rate_limited.clone()),
         Box::new(auth_failures.clone()),
+        Box::new(plugin_errors.clone()),
         Box::new(requests.clone()),
         Box::new(request_duration.clone()),
         Box::new(upstream_duration.clone()),
@@ -156,6 +168,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         config_source_up,
         rate_limited,
         auth_failures,
+        plugin_errors,
         requests,
         request_duration,
         upstream_duration,
