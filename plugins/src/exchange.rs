@@ -75,7 +75,7 @@ impl Exchange {
     }
 
     /// What `owner` keeps for this request, if it is a `T`.
-    pub fn kept_mut<P: ?Sized, T: Any>(&mut self, owner: &P) -> Option<&mut T> {
+    pub fn kept_mut<T: Any, P: ?Sized>(&mut self, owner: &P) -> Option<&mut T> {
         let key = key_of(owner);
         let kept = &mut self.scratch.as_mut()?.kept;
         kept.iter_mut()
@@ -84,7 +84,7 @@ impl Exchange {
     }
 
     /// Takes back what `owner` keeps for this request.
-    pub fn take_kept<P: ?Sized, T: Any>(&mut self, owner: &P) -> Option<T> {
+    pub fn take_kept<T: Any, P: ?Sized>(&mut self, owner: &P) -> Option<T> {
         let key = key_of(owner);
         let kept = &mut self.scratch.as_mut()?.kept;
         let at = kept.iter().position(|(k, v)| *k == key && v.is::<T>())?;

@@ -25,6 +25,7 @@ pub mod selector;
 pub mod size_limit;
 pub mod template;
 pub mod units;
+pub mod wasm;
 
 pub use chain::PluginChain;
 pub use exchange::{Abort, ErrorAnswer, Exchange, LocalAnswer, Tally};

@@ -68,6 +68,7 @@ impl Registry {
         registry.add(crate::cors::Factory);
         registry.add(crate::ip_restriction::Factory);
         registry.add(crate::size_limit::Factory);
+        registry.add(crate::wasm::Factory);
         registry
     }
 
