@@ -184,8 +184,8 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     server.add_service(admin);
 
     server.add_service(background_service(
-        "limiter cleanup",
-        LimiterCleanup {
+        "plugin upkeep",
+        PluginUpkeep {
             live: live_for_cleanup,
         },
     ));
@@ -296,14 +296,14 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Drops idle rate-limit keys now and then, so memory stays bounded under any number of
-/// distinct clients.
-struct LimiterCleanup {
+/// Every plugin's upkeep now and then, off the request path: a limiter drops the keys it
+/// has not seen for a while, so memory stays bounded under any number of distinct clients.
+struct PluginUpkeep {
     live: Arc<Live>,
 }
 
 #[async_trait]
-impl BackgroundService for LimiterCleanup {
+impl BackgroundService for PluginUpkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -312,8 +312,13 @@ impl BackgroundService for LimiterCleanup {
                 _ = every.tick() => {
                     let snapshot = self.live.load();
                     for route in snapshot.routes.values() {
-                        if let Some(limiter) = &route.limiter {
-                            limiter.cleanup();
+                        for plugin in &route.own {
+                            plugin.housekeep();
+                        }
+                    }
+                    for rule in snapshot.global_rules.values() {
+                        for plugin in rule.plugins.iter() {
+                            plugin.housekeep();
                         }
                     }
                 }

@@ -65,6 +65,13 @@ impl PluginChain {
         }
     }
 
+    /// Upkeep of every plugin, off the request path.
+    pub fn housekeep(&self) {
+        for plugin in self.plugins.iter() {
+            plugin.housekeep();
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }

@@ -59,6 +59,66 @@ impl Plugin for HeaderRewrite {
     }
 }
 
+/// `header_rewrite`: a route's `request_headers` and `response_headers` fields, as a
+/// registry plugin with `config: { request: RULES, response: RULES }`, each `RULES` being
+/// `{ set: { NAME: TEMPLATE }, remove: [NAME] }`.
+pub struct Factory;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rules {
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    request: Rules,
+    #[serde(default)]
+    response: Rules,
+}
+
+fn edits(side: &str, rules: Rules) -> Result<HeaderEdits, crate::registry::ConfigError> {
+    use crate::registry::ConfigError;
+    let mut out = HeaderEdits::default();
+    for (name, value) in rules.set {
+        let field = format!("{side}.set.{name}");
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| ConfigError::new(&field, e.to_string()))?;
+        let template =
+            Template::parse(&value).map_err(|e| ConfigError::new(&field, e.to_string()))?;
+        out.set.push((header, template));
+    }
+    for (at, name) in rules.remove.iter().enumerate() {
+        out.remove.push(
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ConfigError::new(format!("{side}.remove[{at}]"), e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+impl crate::registry::PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "header_rewrite"
+    }
+
+    fn build(
+        &self,
+        config: &crate::registry::Config,
+    ) -> Result<Box<dyn Plugin>, crate::registry::ConfigError> {
+        let s: Settings = crate::registry::decode(config)?;
+        Ok(Box::new(HeaderRewrite {
+            request: edits("request", s.request)?,
+            response: edits("response", s.response)?,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,10 @@ pub trait Plugin: Send + Sync {
 
     /// The exchange is over, answered or not: release what the request held.
     fn log(&self, _ex: &mut Exchange) {}
+
+    /// Called now and then (every 30 s) off the request path, for upkeep such as forgetting
+    /// the clients a limiter has not seen for a while.
+    fn housekeep(&self) {}
 }
 
 /// A plugin shared by several chains (a global rule's, built once for every route) is a
@@ -184,6 +188,10 @@ impl<P: Plugin + ?Sized> Plugin for std::sync::Arc<P> {
 
     fn log(&self, ex: &mut Exchange) {
         (**self).log(ex)
+    }
+
+    fn housekeep(&self) {
+        (**self).housekeep()
     }
 }
 

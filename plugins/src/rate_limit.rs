@@ -221,6 +221,11 @@ impl Plugin for RateLimitPlugin {
         "rate-limit"
     }
 
+    /// Forgets the clients not seen for a while, so a flood of one-off keys does not stay.
+    fn housekeep(&self) {
+        self.state.cleanup();
+    }
+
     /// A limit keyed by the consumer waits for authentication; every other key is known
     /// from the request alone, so it runs first and a flood is refused before it costs a
     /// signature check or an introspection call.
@@ -264,6 +269,60 @@ impl Plugin for RateLimitPlugin {
                 Access::Now(Flow::Respond(reply))
             }
         }
+    }
+}
+
+/// `rate_limit`: a route's `rate_limit` field (SPEC §3), as a registry plugin. Each build
+/// starts empty buckets; a route keeps the plugin, buckets and all, while the field does
+/// not change.
+pub struct Factory;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    rate: u32,
+    per: crate::units::Span,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default = "client_ip")]
+    key: String,
+    #[serde(default = "max_keys")]
+    max_keys: u32,
+}
+
+fn client_ip() -> String {
+    "client_ip".into()
+}
+
+fn max_keys() -> u32 {
+    DEFAULT_MAX_KEYS as u32
+}
+
+impl crate::registry::PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    fn build(
+        &self,
+        config: &crate::registry::Config,
+    ) -> Result<Box<dyn Plugin>, crate::registry::ConfigError> {
+        use crate::registry::ConfigError;
+        let s: Settings = crate::registry::decode(config)?;
+        let key = Selector::parse_as(&s.key, KEY_FORMS)
+            .map_err(|e| ConfigError::new("key", e.to_string()))?;
+        let burst = s.burst.unwrap_or(s.rate);
+        for (field, value) in [("rate", s.rate), ("burst", burst), ("max_keys", s.max_keys)] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        let state = RateLimitState::new(s.rate, s.per.0, burst, s.max_keys as usize)
+            .ok_or_else(|| ConfigError::new("per", "must be more than 0s"))?;
+        Ok(Box::new(RateLimitPlugin {
+            state: Arc::new(state),
+            key,
+        }))
     }
 }
 

@@ -51,6 +51,31 @@ pub trait PluginFactory: Send + Sync {
 
     /// Checks `config` and builds the plugin.
     fn build(&self, config: &Config) -> Result<Box<dyn Plugin>, ConfigError>;
+
+    /// Builds the plugin with the compiled resources it may refer to by id (an auth
+    /// policy). Most plugins need none, and keep this default.
+    fn build_with(
+        &self,
+        config: &Config,
+        _resources: &dyn Resources,
+    ) -> Result<Box<dyn Plugin>, ConfigError> {
+        self.build(config)
+    }
+}
+
+/// The compiled resources a plugin may refer to by id when it is built.
+pub trait Resources {
+    /// The auth policy `id`, compiled; `None` when there is none (or it was refused).
+    fn auth_policy(&self, id: &str) -> Option<Arc<crate::auth::Authenticator>>;
+}
+
+/// No resources: what a plugin listed in `plugins:` is checked against at admission.
+pub struct NoResources;
+
+impl Resources for NoResources {
+    fn auth_policy(&self, _id: &str) -> Option<Arc<crate::auth::Authenticator>> {
+        None
+    }
 }
 
 /// The plugins a route may name.
@@ -65,8 +90,11 @@ impl Registry {
         let mut registry = Registry {
             factories: BTreeMap::new(),
         };
+        registry.add(crate::auth::Factory);
         registry.add(crate::cors::Factory);
+        registry.add(crate::headers::Factory);
         registry.add(crate::ip_restriction::Factory);
+        registry.add(crate::rate_limit::Factory);
         registry.add(crate::size_limit::Factory);
         registry.add(crate::wasm::Factory);
         registry
@@ -79,11 +107,21 @@ impl Registry {
 
     /// Builds the plugin `name` from `config`.
     pub fn build(&self, name: &str, config: &Config) -> Result<Box<dyn Plugin>, BuildError> {
+        self.build_with(name, config, &NoResources)
+    }
+
+    /// Builds the plugin `name` from `config`, with compiled resources in reach.
+    pub fn build_with(
+        &self,
+        name: &str,
+        config: &Config,
+        resources: &dyn Resources,
+    ) -> Result<Box<dyn Plugin>, BuildError> {
         let factory = self.factories.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.factories.keys().copied().collect();
             BuildError::Unknown(name.to_string(), known.join(", "))
         })?;
-        Ok(factory.build(config)?)
+        Ok(factory.build_with(config, resources)?)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -132,7 +170,8 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "no plugin is named `corz` (known: cors, ip_restriction, request_size_limit)"
+            "no plugin is named `corz` (known: auth, cors, header_rewrite, ip_restriction, \
+             rate_limit, request_size_limit, wasm)"
         );
     }
 

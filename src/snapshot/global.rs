@@ -144,21 +144,18 @@ direct_response: { status: 200 }
         );
         let s2 = next(&s1, &[("r.yaml", &changed)]);
         assert!(s2.rejected.is_empty(), "{:?}", s2.rejected);
-        let (old, new) = (&s1.routes["a"].listed, &s2.routes["a"].listed);
-        assert_eq!(new.len(), 3);
-        assert!(Arc::ptr_eq(&old[0], &new[1]));
+        // Route `a`'s own plugins: its header rules, then its list.
+        let (old, new) = (&s1.routes["a"].own, &s2.routes["a"].own);
+        assert_eq!(new.len(), 4);
+        assert!(Arc::ptr_eq(&old[0], &new[0]), "header rules unchanged");
         assert!(Arc::ptr_eq(&old[1], &new[2]));
+        assert!(Arc::ptr_eq(&old[2], &new[3]));
         // A changed config is a new plugin.
         let limit = two.replace("max_body: 10", "max_body: 11");
         let s3 = next(&s1, &[("r.yaml", &limit)]);
-        assert!(!Arc::ptr_eq(
-            &s1.routes["a"].listed[0],
-            &s3.routes["a"].listed[0]
-        ));
-        assert!(Arc::ptr_eq(
-            &s1.routes["a"].listed[1],
-            &s3.routes["a"].listed[1]
-        ));
+        let (old, new) = (&s1.routes["a"].own, &s3.routes["a"].own);
+        assert!(!Arc::ptr_eq(&old[1], &new[1]));
+        assert!(Arc::ptr_eq(&old[2], &new[2]));
     }
 
     #[test]

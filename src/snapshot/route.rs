@@ -1,15 +1,14 @@
 //! A route compiled for the request path.
 
 use super::{CompiledPolicy, GlobalPlugins};
+use crate::resource::PluginUse;
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
-use gatehouse_plugins::auth::{Authenticate, Authenticator};
-use gatehouse_plugins::headers::{HeaderEdits, HeaderRewrite};
-use gatehouse_plugins::rate_limit::{RateLimitPlugin, RateLimitState, KEY_FORMS};
-use gatehouse_plugins::template::Template;
+use gatehouse_plugins::auth::Authenticator;
+use gatehouse_plugins::registry::{self, BuildError, Resources};
 use gatehouse_plugins::{LocalAnswer, Plugin, PluginChain};
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::collections::HashMap;
@@ -77,14 +76,12 @@ pub struct CompiledRoute {
     pub action: Action,
     pub rewrite: Option<PathRewrite>,
     pub plugins: PluginChain,
-    /// The plugins built from the route's `plugins:` list, in its order: the next version
-    /// of the route keeps each whose entry is unchanged, with whatever state it holds.
-    pub listed: Vec<Arc<dyn Plugin>>,
+    /// The route's own plugins, one per entry of [`entries`] in its order: the next version
+    /// of the route keeps each whose entry is unchanged, with whatever state it holds (a
+    /// limiter's buckets, a Wasm plugin's instances).
+    pub own: Vec<Arc<dyn Plugin>>,
     /// The global rules' plugins this route's chain starts with.
     pub globals: GlobalPlugins,
-    /// The route's limiter state, shared with its rate-limit plugin; carried over to the
-    /// next version of the route while `rate_limit` does not change.
-    pub limiter: Option<Arc<RateLimitState>>,
     /// The route's auth policy, shared with the other routes that name it.
     pub auth: Option<Arc<Authenticator>>,
     pub timeouts: RouteTimeouts,
@@ -113,7 +110,6 @@ impl CompiledRoute {
             strip_prefix: r.strip_prefix.unwrap_or(0),
             path: r.path.clone(),
         });
-        let mut plugins: Vec<Box<dyn Plugin>> = globals.entries().collect();
         let auth = match &spec.auth {
             Some(id) => match policies.get(id).map(|p| &p.auth) {
                 Some(Ok(auth)) => Some(auth.clone()),
@@ -122,50 +118,9 @@ impl CompiledRoute {
             },
             None => None,
         };
-        if let Some(auth) = &auth {
-            plugins.push(Box::new(Authenticate { auth: auth.clone() }));
-        }
-        let mut limiter = None;
-        if let Some(limit) = &spec.rate_limit {
-            let kept = previous
-                .filter(|old| old.spec.rate_limit.as_ref() == Some(limit))
-                .and_then(|old| old.limiter.clone());
-            let state = match kept {
-                Some(state) => state,
-                None => Arc::new(
-                    RateLimitState::new(
-                        limit.rate,
-                        limit.per.0,
-                        limit.burst.unwrap_or(limit.rate),
-                        limit.max_keys as usize,
-                    )
-                    .ok_or("rate_limit: rate, per, burst and max_keys must be positive")?,
-                ),
-            };
-            let key = limit
-                .key
-                .selector(KEY_FORMS)
-                .map_err(|e| format!("rate_limit.key: {e}"))?
-                .clone();
-            plugins.push(Box::new(RateLimitPlugin {
-                state: state.clone(),
-                key,
-            }));
-            limiter = Some(state);
-        }
-        let listed = listed_plugins(&spec, previous)?;
-        plugins.extend(
-            listed
-                .iter()
-                .map(|p| Box::new(p.clone()) as Box<dyn Plugin>),
-        );
-        let headers = HeaderRewrite {
-            request: edits("request_headers", spec.request_headers.as_ref())?,
-            response: edits("response_headers", spec.response_headers.as_ref())?,
-        };
-        if !headers.request.is_empty() || !headers.response.is_empty() {
-            plugins.push(Box::new(headers));
-        }
+        let own = own_plugins(&spec, previous, &Policies(policies))?;
+        let mut plugins: Vec<Box<dyn Plugin>> = globals.entries().collect();
+        plugins.extend(own.iter().map(|p| Box::new(p.clone()) as Box<dyn Plugin>));
         let t = spec.timeouts.unwrap_or_default();
         let m = &spec.matcher;
         let headers: Vec<(&str, &str)> = m
@@ -197,9 +152,8 @@ impl CompiledRoute {
             action,
             rewrite,
             plugins: PluginChain::new(plugins),
-            listed,
+            own,
             globals: globals.clone(),
-            limiter,
             auth,
             timeouts: RouteTimeouts {
                 connect: t.connect.0,
@@ -222,53 +176,147 @@ impl CompiledRoute {
     }
 }
 
-/// Builds the route's `plugins:` list, keeping the previous version's plugin for every entry
-/// that did not change (each at most once: two equal entries are two plugins).
-fn listed_plugins(
+/// One plugin of a route: a registry entry, and where its errors are reported.
+pub struct Entry {
+    pub plugin: PluginUse,
+    /// The route field it comes from (`rate_limit`), or `plugins[i]`.
+    field: Field,
+    /// Whether the next version of the route may keep the plugin while the entry is the
+    /// same. Not for one that follows another resource (an auth policy), which may change
+    /// under an unchanged entry.
+    keep: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Auth,
+    RateLimit,
+    Headers,
+    Listed(usize),
+}
+
+impl Field {
+    /// The route field an error of the plugin's config field `inner` is about.
+    fn name(self, inner: &str) -> String {
+        let join = |outer: &str| {
+            if inner.is_empty() {
+                outer.to_string()
+            } else {
+                format!("{outer}.{inner}")
+            }
+        };
+        match self {
+            Field::Auth => "auth".into(),
+            Field::RateLimit => join("rate_limit"),
+            Field::Headers => match inner.split_once('.') {
+                Some((side, rest)) => format!("{side}_headers.{rest}"),
+                None => format!("{inner}_headers"),
+            },
+            Field::Listed(at) => join(&format!("plugins[{at}].config")),
+        }
+    }
+}
+
+/// Every plugin a route runs of its own, as registry entries: its fixed fields first
+/// (`auth`, `rate_limit`, `request_headers`/`response_headers` are the registry's `auth`,
+/// `rate_limit` and `header_rewrite`), then its `plugins:` list.
+pub fn entries(spec: &Route) -> Vec<Entry> {
+    let entry = |name: &str, config: serde_json::Value, field, keep| Entry {
+        plugin: PluginUse {
+            name: name.into(),
+            config,
+        },
+        field,
+        keep,
+    };
+    let mut out = Vec::with_capacity(3 + spec.plugins.len());
+    if let Some(policy) = &spec.auth {
+        out.push(entry(
+            "auth",
+            serde_json::json!({ "policy": policy }),
+            Field::Auth,
+            false,
+        ));
+    }
+    if let Some(limit) = &spec.rate_limit {
+        let config = serde_json::to_value(limit).unwrap_or_default();
+        out.push(entry("rate_limit", config, Field::RateLimit, true));
+    }
+    if spec.request_headers.is_some() || spec.response_headers.is_some() {
+        let config = serde_json::json!({
+            "request": spec.request_headers,
+            "response": spec.response_headers,
+        });
+        let config = strip_nulls(config);
+        out.push(entry("header_rewrite", config, Field::Headers, true));
+    }
+    for (at, plugin) in spec.plugins.iter().enumerate() {
+        out.push(Entry {
+            plugin: plugin.clone(),
+            field: Field::Listed(at),
+            keep: true,
+        });
+    }
+    out
+}
+
+/// A missing side of the header rules is no rules at all.
+fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}
+
+/// The compiled auth policies, as the registry's plugins see them.
+struct Policies<'a>(&'a HashMap<String, CompiledPolicy>);
+
+impl Resources for Policies<'_> {
+    fn auth_policy(&self, id: &str) -> Option<Arc<Authenticator>> {
+        self.0.get(id)?.auth.as_ref().ok().cloned()
+    }
+}
+
+/// Builds the route's own plugins through the registry, keeping the previous version's
+/// plugin for every entry that may be kept and did not change (each at most once: two
+/// equal entries are two plugins).
+fn own_plugins(
     spec: &Route,
     previous: Option<&CompiledRoute>,
+    resources: &dyn Resources,
 ) -> Result<Vec<Arc<dyn Plugin>>, String> {
-    let mut reusable: Vec<Option<(&crate::resource::PluginUse, &Arc<dyn Plugin>)>> = previous
-        .map(|old| old.spec.plugins.iter().zip(&old.listed).map(Some).collect())
-        .unwrap_or_default();
-    let mut listed = Vec::with_capacity(spec.plugins.len());
-    for (at, entry) in spec.plugins.iter().enumerate() {
+    let old_entries = previous.map(|old| entries(&old.spec)).unwrap_or_default();
+    let mut reusable: Vec<Option<(&Entry, &Arc<dyn Plugin>)>> = match previous {
+        Some(old) => old_entries.iter().zip(&old.own).map(Some).collect(),
+        None => Vec::new(),
+    };
+    let wanted = entries(spec);
+    let mut own = Vec::with_capacity(wanted.len());
+    for entry in &wanted {
         let kept = reusable
             .iter_mut()
-            .find(|slot| slot.is_some_and(|(old, _)| old == entry))
+            .find(|slot| {
+                slot.is_some_and(|(old, _)| old.keep && entry.keep && old.plugin == entry.plugin)
+            })
             .and_then(Option::take)
             .map(|(_, plugin)| plugin.clone());
         let plugin = match kept {
             Some(plugin) => plugin,
-            None => Arc::from(
-                entry
-                    .build(at)
-                    .map_err(|(field, e)| format!("{field}: {e}"))?,
-            ),
+            None => Arc::from(build(entry, resources)?),
         };
-        listed.push(plugin);
+        own.push(plugin);
     }
-    Ok(listed)
+    Ok(own)
 }
 
-fn edits(side: &str, rules: Option<&crate::resource::HeaderRules>) -> Result<HeaderEdits, String> {
-    let mut out = HeaderEdits::default();
-    let Some(rules) = rules else {
-        return Ok(out);
-    };
-    for (name, value) in &rules.set {
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| format!("{side}.set.{name}: {e}"))?;
-        let template =
-            Template::parse(value.as_str()).map_err(|e| format!("{side}.set.{name}: {e}"))?;
-        out.set.push((header, template));
-    }
-    for name in &rules.remove {
-        out.remove.push(
-            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{side}.remove: {e}"))?,
-        );
-    }
-    Ok(out)
+fn build(entry: &Entry, resources: &dyn Resources) -> Result<Box<dyn Plugin>, String> {
+    registry::global()
+        .build_with(&entry.plugin.name, &entry.plugin.config, resources)
+        .map_err(|e| match (e, entry.field) {
+            (e @ BuildError::Unknown(..), Field::Listed(at)) => format!("plugins[{at}].name: {e}"),
+            (BuildError::Config(c), field) => format!("{}: {}", field.name(&c.field), c.message),
+            (e, field) => format!("{}: {e}", field.name("")),
+        })
 }
 
 fn direct_reply(direct: &DirectResponse) -> Result<LocalAnswer, String> {

@@ -529,6 +529,49 @@ impl Plugin for Authenticate {
     }
 }
 
+/// `auth`: runs an auth policy. A route's `auth: POLICY` field is this plugin with
+/// `config: { policy: POLICY }`, built against the compiled policies; it cannot be listed in
+/// `plugins:`, where nothing would say which policies are in force.
+pub struct Factory;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    policy: String,
+}
+
+impl crate::registry::PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn build(
+        &self,
+        config: &crate::registry::Config,
+    ) -> Result<Box<dyn Plugin>, crate::registry::ConfigError> {
+        crate::registry::decode::<Settings>(config)?;
+        Err(crate::registry::ConfigError::new(
+            "",
+            "`auth` runs a route's auth policy: set the route's `auth` field instead",
+        ))
+    }
+
+    fn build_with(
+        &self,
+        config: &crate::registry::Config,
+        resources: &dyn crate::registry::Resources,
+    ) -> Result<Box<dyn Plugin>, crate::registry::ConfigError> {
+        let settings: Settings = crate::registry::decode(config)?;
+        let auth = resources.auth_policy(&settings.policy).ok_or_else(|| {
+            crate::registry::ConfigError::new(
+                "policy",
+                format!("no auth policy `{}` is in force", settings.policy),
+            )
+        })?;
+        Ok(Box::new(Authenticate { auth }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
