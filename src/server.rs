@@ -56,6 +56,8 @@ impl Launch {
 pub fn run(launch: Launch) -> anyhow::Result<()> {
     let config = launch.bootstrap;
     let shutdown_timeout = config.shutdown.timeout.0;
+    // Before any route is compiled: a Wasm plugin gets an instance slot per worker.
+    gatehouse_plugins::wasm::set_worker_threads(config.threads);
 
     let conf = ServerConf {
         threads: config.threads,

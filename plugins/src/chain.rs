@@ -100,10 +100,16 @@ impl PluginChain {
         }
     }
 
-    pub fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
+    /// Runs the response phase of every plugin in order; the first that replaces the
+    /// response stops the chain.
+    pub fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) -> Flow {
         for plugin in self.plugins.iter() {
-            plugin.response(resp, ex);
+            let flow = plugin.response(resp, ex);
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
         }
+        Flow::Continue
     }
 }
 

@@ -75,6 +75,15 @@ impl Exchange {
     }
 
     /// What `owner` keeps for this request, if it is a `T`.
+    pub fn kept<T: Any, P: ?Sized>(&self, owner: &P) -> Option<&T> {
+        let key = key_of(owner);
+        let kept = &self.scratch.as_ref()?.kept;
+        kept.iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+
+    /// What `owner` keeps for this request, if it is a `T`, to change.
     pub fn kept_mut<T: Any, P: ?Sized>(&mut self, owner: &P) -> Option<&mut T> {
         let key = key_of(owner);
         let kept = &mut self.scratch.as_mut()?.kept;

@@ -1,7 +1,7 @@
 //! The header-rewrite plugin: `request_headers` and `response_headers` of a route.
 
 use crate::template::Template;
-use crate::{Exchange, Plugin, Stage};
+use crate::{Exchange, Flow, Plugin, Stage};
 use http::HeaderName;
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -47,7 +47,7 @@ impl Plugin for HeaderRewrite {
         }
     }
 
-    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
+    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) -> Flow {
         for name in &self.response.remove {
             resp.remove_header(name);
         }
@@ -56,6 +56,7 @@ impl Plugin for HeaderRewrite {
                 let _ = resp.insert_header(name.clone(), value);
             }
         }
+        Flow::Continue
     }
 }
 

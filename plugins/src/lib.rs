@@ -115,7 +115,11 @@ pub trait Plugin: Send + Sync {
     fn upstream_request(&self, _req: &mut RequestHeader, _ex: &Exchange) {}
 
     /// Edit the response about to be sent to the client, proxied or produced by the gateway.
-    fn response(&self, _resp: &mut ResponseHeader, _ex: &mut Exchange) {}
+    /// May instead replace a proxied response, before any of it is sent, with a refusal or
+    /// an answer of its own (an answer the gateway makes is not replaced again).
+    fn response(&self, _resp: &mut ResponseHeader, _ex: &mut Exchange) -> Flow {
+        Flow::Continue
+    }
 
     /// Whether [`Plugin::response_body`] must see the response body.
     fn wants_response_body(&self) -> bool {
@@ -169,7 +173,7 @@ impl<P: Plugin + ?Sized> Plugin for std::sync::Arc<P> {
         (**self).upstream_request(req, ex)
     }
 
-    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) {
+    fn response(&self, resp: &mut ResponseHeader, ex: &mut Exchange) -> Flow {
         (**self).response(resp, ex)
     }
 

@@ -70,7 +70,8 @@ pub async fn send(
         resp.append_header(name.clone(), value.clone())?;
     }
     if let Some(plugins) = plugins {
-        plugins.response(&mut resp, ex);
+        // The gateway's own answer is final: a plugin edits it, but cannot replace it.
+        let _ = plugins.response(&mut resp, ex);
     }
     let head_only = session.req_header().method == Method::HEAD || answer.body.is_empty();
     session

@@ -6,7 +6,7 @@ use super::inflight::InFlightGuard;
 use crate::snapshot::CompiledRoute;
 use crate::telemetry::metrics::RouteMetrics;
 use crate::telemetry::trace::RequestTrace;
-use gatehouse_plugins::{ErrorAnswer, Exchange};
+use gatehouse_plugins::{Exchange, Flow};
 use http::HeaderValue;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, LazyLock};
@@ -41,9 +41,10 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// The clock of the upstream response head being awaited.
     pub(super) head_clock: Option<Ticket>,
-    /// A plugin refused the request while its body streamed: the answer it gets instead
-    /// (boxed: rare, and the context travels with every request's future).
-    pub(super) refusal: Option<Box<ErrorAnswer>>,
+    /// A plugin refused the request (while its body streamed, or on seeing the upstream's
+    /// answer): the answer it gets instead, a `Flow::Respond` or `Flow::Answer` (boxed:
+    /// rare, and the context travels with every request's future).
+    pub(super) refusal: Option<Box<Flow>>,
     _inflight: InFlightGuard,
 }
 

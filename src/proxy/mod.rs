@@ -319,7 +319,12 @@ impl ProxyHttp for Gateway {
             Ok(())
         })?;
         if let Some(route) = &ctx.route {
-            route.plugins.response(resp, ex);
+            let flow = route.plugins.response(resp, ex);
+            if !matches!(flow, Flow::Continue) {
+                // Written instead by `fail_to_proxy`: nothing of the upstream's answer is out.
+                ctx.refusal = Some(Box::new(flow));
+                return Error::e_explain(PLUGIN_REFUSAL, "a plugin replaced the upstream's answer");
+            }
         }
         Ok(())
     }
@@ -353,8 +358,35 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        // A refusal a plugin made while the body streamed wins over the error it caused.
-        let reply = ctx.refusal.take().map(|r| *r).or_else(|| classify(e));
+        // A refusal a plugin made (while the body streamed, or on seeing the upstream's
+        // answer) wins over the error it caused.
+        let (reply, local) = match ctx.refusal.take().map(|r| *r) {
+            Some(Flow::Respond(reply)) => (Some(reply), None),
+            Some(Flow::Answer(local)) => (None, Some(local)),
+            _ => (classify(e), None),
+        };
+        if let Some(local) = local {
+            let code = local.status.as_u16();
+            if session
+                .response_written()
+                .is_none_or(|r| r.status.is_informational())
+            {
+                session.set_keepalive(None);
+                let plugins = ctx.route.clone();
+                let answer = answer::Answer::local(&local);
+                let _ = answer::send(
+                    session,
+                    answer,
+                    &mut ctx.exchange,
+                    plugins.as_ref().map(|r| &r.plugins),
+                )
+                .await;
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
         if let Some(reply) = reply {
             // Only an interim answer (a 1xx) may have gone out: the final one is still owed.
@@ -398,24 +430,17 @@ fn body_piece(
     body: &mut Option<bytes::Bytes>,
     end: bool,
     ex: &mut Exchange,
-    refused: &mut Option<Box<ErrorAnswer>>,
+    refused: &mut Option<Box<Flow>>,
 ) -> Result<()> {
     if let Some(chunk) = body {
         ex.request_body_bytes += chunk.len() as u64;
     }
     match plugins.request_body(body, end, ex) {
         Flow::Continue => Ok(()),
-        Flow::Respond(refusal) => {
-            *refused = Some(Box::new(refusal));
+        // Written by `fail_to_proxy`, unless the upstream has answered already.
+        flow => {
+            *refused = Some(Box::new(flow));
             Error::e_explain(PLUGIN_REFUSAL, "a plugin refused the request body")
-        }
-        Flow::Answer(_) => {
-            *refused = Some(Box::new(ErrorAnswer::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "plugin_error",
-                "a plugin answered after the request was sent upstream",
-            )));
-            Error::e_explain(PLUGIN_REFUSAL, "a plugin answered while the body streamed")
         }
     }
 }

@@ -5,6 +5,7 @@
 //! panic. A fault inside the module (its allocator trapping, say) is passed on as a trap.
 
 use super::abi::{self, BufferType, MapType, Status};
+use super::callout;
 use super::lend::Lend;
 use super::PluginInfo;
 use crate::LocalAnswer;
@@ -402,6 +403,57 @@ fn edit_response(
     }
 }
 
+/// Replaces a whole header map, as `proxy_set_header_map_pairs` asks: every pair is
+/// checked first, so a bad one changes nothing. Pseudo-headers set what they name
+/// (`:path`, `:method`, `:authority`; `:status`); `:scheme` is left as it is.
+fn replace_map(
+    host: &mut Host,
+    map: MapType,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(), Status> {
+    let mut pseudo = Vec::new();
+    let mut regular = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if k.starts_with(b":") {
+            pseudo.push((k, v));
+        } else {
+            regular.push((header_name(&k)?, header_value(&v)?));
+        }
+    }
+    match map {
+        MapType::RequestHeaders => {
+            let req = host.request.get().ok_or(Status::NotFound)?;
+            for (k, v) in &pseudo {
+                if k.as_slice() != b":scheme" {
+                    edit_request(req, Edit::Replace, k, v)?;
+                }
+            }
+            let names: Vec<HeaderName> = req.headers.keys().cloned().collect();
+            for name in names {
+                req.remove_header(&name);
+            }
+            for (k, v) in regular {
+                req.append_header(k, v).map_err(|_| Status::BadArgument)?;
+            }
+        }
+        MapType::ResponseHeaders => {
+            let resp = host.response.get().ok_or(Status::NotFound)?;
+            for (k, v) in &pseudo {
+                edit_response(resp, Edit::Replace, k, v)?;
+            }
+            let names: Vec<HeaderName> = resp.headers.keys().cloned().collect();
+            for name in names {
+                resp.remove_header(&name);
+            }
+            for (k, v) in regular {
+                resp.append_header(k, v).map_err(|_| Status::BadArgument)?;
+            }
+        }
+        _ => return Err(Status::BadArgument),
+    }
+    Ok(())
+}
+
 // ---- buffers ----
 
 fn buffer(host: &Host, kind: BufferType) -> Option<&[u8]> {
@@ -590,28 +642,11 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(pairs) = abi::decode_pairs(&bytes) else {
                 return status(Status::ParseFailure);
             };
-            let host = c.data_mut();
-            let names: Vec<HeaderName> = match map {
-                MapType::RequestHeaders => match host.request.get() {
-                    Some(req) => req.headers.keys().cloned().collect(),
-                    None => return status(Status::NotFound),
-                },
-                MapType::ResponseHeaders => match host.response.get() {
-                    Some(resp) => resp.headers.keys().cloned().collect(),
-                    None => return status(Status::NotFound),
-                },
-                _ => return status(Status::BadArgument),
-            };
-            for name in names {
-                map_edit(host, map, Edit::Remove, name.as_str().as_bytes(), &[]);
-            }
-            for (k, v) in pairs {
-                let s = map_edit(host, map, Edit::Add, &k, &v);
-                if s != Status::Ok {
-                    return status(s);
-                }
-            }
-            status(Status::Ok)
+            status(
+                replace_map(c.data_mut(), map, pairs)
+                    .err()
+                    .unwrap_or(Status::Ok),
+            )
         },
     )?;
 
@@ -664,14 +699,13 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             {
                 return status(Status::NotFound);
             }
-            if host.body.len() - host.body.len().min(data.len()) + data.len() > host.limits_bytes()
-            {
-                return status(Status::BadArgument);
-            }
             let from = (start as u32 as usize).min(host.body.len());
             let to = from
                 .saturating_add(size as u32 as usize)
                 .min(host.body.len());
+            if host.body.len() - (to - from) + data.len() > host.limits_bytes() {
+                return status(Status::BadArgument);
+            }
             host.body.splice(from..to, data);
             status(Status::Ok)
         },
@@ -813,6 +847,9 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          -> Answer {
             let upstream = bytes_or_fault!(&mut c, up, ul);
             let raw = bytes_or_fault!(&mut c, hp, hl);
+            if bl as u32 as usize > callout::MAX_BODY_OUT {
+                return status(Status::BadArgument);
+            }
             let body = bytes_or_fault!(&mut c, bp, bl);
             let Ok(upstream) = String::from_utf8(upstream) else {
                 return status(Status::BadArgument);
@@ -820,24 +857,31 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(pairs) = abi::decode_pairs(&raw) else {
                 return status(Status::ParseFailure);
             };
-            if c.data().request.is_lent() || c.data().call_answer.is_some() {
-                let call = match Callout::from_pairs(upstream, pairs, body, timeout_ms) {
-                    Ok(call) => call,
-                    Err(s) => return status(s),
-                };
-                let host = c.data_mut();
-                host.next_token = host.next_token.wrapping_add(1);
-                let token = host.next_token;
-                host.effects.calls.push(Callout { token, ..call });
-                status(
-                    write_u32(&mut c, ret_token, token)
-                        .err()
-                        .unwrap_or(Status::Ok),
-                )
-            } else {
-                // Only a request's header phase (or a call's answer) can wait for a call.
-                status(Status::Unimplemented)
+            let host = c.data();
+            if host.effects.calls.len() >= callout::MAX_PENDING {
+                return status(Status::InternalFailure);
             }
+            if host
+                .info
+                .call_upstreams
+                .as_ref()
+                .is_some_and(|allowed| !allowed.contains(&upstream))
+            {
+                return status(Status::BadArgument);
+            }
+            let call = match Callout::from_pairs(upstream, pairs, body, timeout_ms) {
+                Ok(call) => call,
+                Err(s) => return status(s),
+            };
+            let host = c.data_mut();
+            host.next_token = host.next_token.wrapping_add(1);
+            let token = host.next_token;
+            host.effects.calls.push(Callout { token, ..call });
+            status(
+                write_u32(&mut c, ret_token, token)
+                    .err()
+                    .unwrap_or(Status::Ok),
+            )
         },
     )?;
     linker.func_wrap("env", "proxy_done", |_c: Ctx<'_>| -> Answer {
@@ -863,36 +907,42 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 fn wasi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     const M: &str = "wasi_snapshot_preview1";
     const BADF: i32 = 8;
+    const FAULT: i32 = 21;
     linker.func_wrap(
         M,
         "fd_write",
         |mut c: Ctx<'_>, fd: i32, iovs: i32, n: i32, ret: i32| -> Answer {
-            let mut text = Vec::new();
-            for i in 0..n {
-                let Ok(iov) = read(&mut c, iovs + 8 * i, 8) else {
-                    return Ok(21);
-                };
-                let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
-                let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                match read(&mut c, ptr, len) {
-                    Ok(part) => text.extend(part),
-                    Err(_) => return Ok(21),
-                }
-            }
-            if fd == 1 || fd == 2 {
-                let plugin = &*c.data().info.name;
-                tracing::info!(plugin, "{}", String::from_utf8_lossy(&text).trim_end());
-            } else {
+            if fd != 1 && fd != 2 {
                 return Ok(BADF);
             }
-            Ok(write_u32(&mut c, ret, text.len() as u32).map_or(21, |_| 0))
+            // A log line, not a file: at most 64 KiB of it is kept, from at most 1,024
+            // pieces; the rest counts as written.
+            const KEEP: usize = 64 << 10;
+            let mut text = Vec::new();
+            let mut written: u32 = 0;
+            for i in 0..n.clamp(0, 1024) {
+                let Ok(iov) = read(&mut c, iovs.wrapping_add(8 * i), 8) else {
+                    return Ok(FAULT);
+                };
+                let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                written = written.saturating_add(len);
+                let room = KEEP.saturating_sub(text.len()).min(len as usize);
+                match read(&mut c, ptr, room as i32) {
+                    Ok(part) => text.extend(part),
+                    Err(_) => return Ok(FAULT),
+                }
+            }
+            let plugin = &*c.data().info.name;
+            tracing::info!(plugin, "{}", String::from_utf8_lossy(&text).trim_end());
+            Ok(write_u32(&mut c, ret, written).map_or(FAULT, |_| 0))
         },
     )?;
     for name in ["environ_sizes_get", "args_sizes_get"] {
         linker.func_wrap(M, name, |mut c: Ctx<'_>, count: i32, size: i32| -> Answer {
             Ok(write_u32(&mut c, count, 0)
                 .and_then(|_| write_u32(&mut c, size, 0))
-                .map_or(21, |_| 0))
+                .map_or(FAULT, |_| 0))
         })?;
     }
     for name in ["environ_get", "args_get"] {
@@ -905,22 +955,32 @@ fn wasi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let nanos = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            Ok(write(&mut c, ret, &nanos.to_le_bytes()).map_or(21, |_| 0))
+            Ok(write(&mut c, ret, &nanos.to_le_bytes()).map_or(FAULT, |_| 0))
         },
     )?;
     linker.func_wrap(
         M,
         "random_get",
         |mut c: Ctx<'_>, ptr: i32, len: i32| -> Answer {
-            let mut bytes = vec![0u8; len as u32 as usize];
-            let mut seed = fastrand_seed();
+            // Filled in place: the range must lie in the module's own memory.
+            let Some(memory) = memory(&mut c) else {
+                return Ok(FAULT);
+            };
+            let (from, len) = (ptr as u32 as usize, len as u32 as usize);
+            let Some(bytes) = from
+                .checked_add(len)
+                .and_then(|to| memory.data_mut(&mut c).get_mut(from..to))
+            else {
+                return Ok(FAULT);
+            };
+            let mut seed = random_seed();
             for b in bytes.iter_mut() {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 *b = seed as u8;
             }
-            Ok(write(&mut c, ptr, &bytes).map_or(21, |_| 0))
+            Ok(0)
         },
     )?;
     linker.func_wrap(
@@ -938,7 +998,7 @@ fn wasi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 
 /// A seed for `random_get`: the clock mixed with a per-call counter. Plugins use it for ids
 /// and hash seeds, not for secrets.
-fn fastrand_seed() -> u64 {
+fn random_seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let now = SystemTime::now()

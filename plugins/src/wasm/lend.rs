@@ -31,6 +31,7 @@ impl<T> Lend<T> {
         self.0.map(|p| unsafe { &mut *p.as_ptr() })
     }
 
+    #[cfg(test)]
     pub fn is_lent(&self) -> bool {
         self.0.is_some()
     }

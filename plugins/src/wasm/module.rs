@@ -195,17 +195,41 @@ impl SharedData {
             .cloned()
     }
 
-    /// Sets `key` unless `cas` is non-zero and the value moved on since that version.
+    /// Sets `key` unless `cas` is non-zero and the value moved on since that version (a
+    /// key that does not exist yet is set whatever `cas` says, as Envoy does).
     pub fn set(&self, key: Vec<u8>, value: Vec<u8>, cas: u32) -> bool {
         let mut table = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = table.entry(key).or_insert((Vec::new(), 0));
-        if cas != 0 && entry.1 != cas {
-            return false;
+        match table.get_mut(&key) {
+            Some(entry) if cas != 0 && entry.1 != cas => false,
+            Some(entry) => {
+                entry.0 = value;
+                entry.1 = entry.1.wrapping_add(1).max(1);
+                true
+            }
+            None => {
+                table.insert(key, (value, 1));
+                true
+            }
         }
-        entry.0 = value;
-        entry.1 = entry.1.wrapping_add(1).max(1);
-        true
     }
+}
+
+/// The shared data of the plugins named `name`: one table for every plugin of that name,
+/// for as long as one of them lives.
+pub fn shared_data(name: &str) -> Arc<SharedData> {
+    static TABLES: Mutex<Vec<(String, std::sync::Weak<SharedData>)>> = Mutex::new(Vec::new());
+    let mut tables = TABLES.lock().unwrap_or_else(PoisonError::into_inner);
+    tables.retain(|(_, table)| table.strong_count() > 0);
+    if let Some(table) = tables
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, t)| t.upgrade())
+    {
+        return table;
+    }
+    let table = Arc::new(SharedData::default());
+    tables.push((name.to_string(), Arc::downgrade(&table)));
+    table
 }
 
 #[cfg(test)]
@@ -222,6 +246,9 @@ mod tests {
         assert!(data.set(b"k".to_vec(), b"2".to_vec(), cas));
         assert!(!data.set(b"k".to_vec(), b"3".to_vec(), cas));
         assert_eq!(data.get(b"k").unwrap().0, b"2");
+        // A key that does not exist is set whatever the version says.
+        assert!(data.set(b"new".to_vec(), b"x".to_vec(), 7));
+        assert_eq!(data.get(b"new").unwrap(), (b"x".to_vec(), 1));
     }
 
     #[test]

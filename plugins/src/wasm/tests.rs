@@ -2,14 +2,20 @@
 
 use super::*;
 use crate::registry::BuildError;
+use crate::{Access, Exchange, Flow};
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 fn module(name: &str) -> String {
     format!("{}/../tests/wasm/{name}.wasm", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Built for serving: the plugin is started once, as when its route is compiled.
 fn build(config: serde_json::Value) -> Result<Box<dyn Plugin>, ConfigError> {
-    Factory.build(&config)
+    Factory.build_with(&config, &crate::registry::NoResources)
 }
 
 fn plugin(name: &str, config: serde_json::Value) -> Box<dyn Plugin> {

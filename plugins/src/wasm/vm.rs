@@ -5,17 +5,18 @@
 
 use super::abi::{Action, BufferType};
 use super::engine::{engine, ticks};
-use super::host::{CallAnswer, Effects, Facts, Host};
+use super::host::{CallAnswer, Callout, Effects, Facts, Host};
 use super::lend::lend;
 use super::module::Compiled;
 use super::PluginInfo;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc};
 
 /// The root context's id: the plugin itself, as opposed to a request.
-const ROOT: i32 = 1;
+pub const ROOT: i32 = 1;
 
 /// Why a callback did not finish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,11 @@ pub enum Fault {
     Trap(String),
     /// `proxy_on_vm_start` or `proxy_on_configure` said no.
     Refused(&'static str),
+    /// The instance that held the request's context was dropped after another request's
+    /// fault.
+    Lost,
+    /// The plugin asked for more than the host gives one request.
+    Limit(&'static str),
 }
 
 impl Fault {
@@ -51,6 +57,8 @@ impl std::fmt::Display for Fault {
             Fault::OutOfMemory => f.write_str("the plugin grew its memory past max_memory"),
             Fault::Trap(e) => write!(f, "the plugin trapped: {e}"),
             Fault::Refused(what) => write!(f, "the plugin refused to start: {what} returned false"),
+            Fault::Lost => f.write_str("the plugin's instance failed on another request"),
+            Fault::Limit(what) => f.write_str(what),
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct Vm {
     /// Each callback's deadline, in epoch ticks.
     ticks: u64,
     next_context: i32,
+    /// The request contexts made and not yet closed.
+    open: HashSet<i32>,
 }
 
 impl Vm {
@@ -168,6 +178,7 @@ impl Vm {
             callbacks,
             ticks: ticks(timeout),
             next_context: ROOT + 1,
+            open: HashSet::new(),
         })
     }
 
@@ -202,7 +213,13 @@ impl Vm {
         if let Some(f) = self.callbacks.context_create.clone() {
             self.run(&mut None, |store| f.call(store, (id, ROOT)))?;
         }
+        self.open.insert(id);
         Ok(id)
+    }
+
+    /// Whether `context` is the root or a request's not yet closed.
+    pub fn is_open(&self, context: i32) -> bool {
+        context == ROOT || self.open.contains(&context)
     }
 
     pub fn request_headers(
@@ -288,39 +305,40 @@ impl Vm {
         })
     }
 
-    /// Hands an HTTP call's answer to the request that made it.
+    /// Hands an HTTP call's answer to the context that made it; with the request's head,
+    /// when it is still waiting for the answer.
     pub fn call_answered(
         &mut self,
         context: i32,
         token: u32,
-        req: &mut RequestHeader,
+        req: Option<&mut RequestHeader>,
         facts: &mut Option<Box<Facts>>,
         answer: CallAnswer,
-    ) -> Result<Outcome, Fault> {
+    ) -> Result<Effects, Fault> {
         let Some(f) = self.callbacks.http_call_response.clone() else {
-            return Ok(Outcome::went_on());
+            return Ok(Effects::default());
         };
         let headers = answer.headers.len() as i32;
         let body = answer.body.len() as i32;
         self.store.data_mut().call_answer = Some(answer);
-        let result = self.run(facts, |store| {
-            lend(
+        let args = (context, token as i32, headers, body, 0);
+        let result = self.run(facts, |store| match req {
+            Some(req) => lend(
                 store,
                 |s| &mut s.data_mut().request,
                 req,
-                |store| f.call(store, (context, token as i32, headers, body, 0)),
-            )
+                |store| f.call(store, args),
+            ),
+            None => f.call(store, args),
         });
         self.store.data_mut().call_answer = None;
         let ((), effects) = result?;
-        Ok(Outcome {
-            action: Action::Continue,
-            effects,
-        })
+        Ok(effects)
     }
 
     /// Ends a request's context: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
     pub fn close(&mut self, context: i32, facts: &mut Option<Box<Facts>>) -> Result<(), Fault> {
+        self.open.remove(&context);
         let c = &self.callbacks;
         let (done, log, delete) = (c.done.clone(), c.log.clone(), c.delete.clone());
         self.run(facts, |store| {
@@ -338,12 +356,12 @@ impl Vm {
         Ok(())
     }
 
-    /// The root context's timer.
-    pub fn tick(&mut self) -> Result<(), Fault> {
-        if let Some(tick) = self.callbacks.tick.clone() {
-            self.run(&mut None, |store| tick.call(store, ROOT))?;
+    /// The root context's timer; the HTTP calls it dispatched.
+    pub fn tick(&mut self) -> Result<Vec<Callout>, Fault> {
+        match self.callbacks.tick.clone() {
+            Some(tick) => Ok(self.run(&mut None, |store| tick.call(store, ROOT))?.1.calls),
+            None => Ok(Vec::new()),
         }
-        Ok(())
     }
 }
 
