@@ -71,7 +71,7 @@ pub fn survey(
         } else if *name == header::CONNECTION {
             // `Connection: keep-alive` or `close` (what browsers send) names nothing to drop.
             found.hop_by_hop |= !only_connection_options(value.as_bytes());
-        } else if is_hop_by_hop(name) {
+        } else if is_hop_by_hop(name) && !is_te_trailers(name, value.as_bytes()) {
             found.hop_by_hop = true;
         } else if name.as_str().as_bytes().contains(&b'_') {
             found.underscores = true;
@@ -112,6 +112,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str().starts_with("proxy-")
 }
 
+/// `TE: trailers`, the one `TE` HTTP/2 allows: a gRPC client says with it that it reads
+/// trailers, and gRPC servers want to see it, so it travels on (as Envoy lets it).
+fn is_te_trailers(name: &HeaderName, value: &[u8]) -> bool {
+    *name == header::TE && value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+}
+
 /// Names of the headers `_` is found in, to drop them.
 pub fn underscored(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -136,10 +142,13 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect();
     names.extend(
         headers
-            .keys()
-            .filter(|n| is_hop_by_hop(n) && **n != header::CONNECTION)
-            .cloned(),
+            .iter()
+            .filter(|(n, v)| {
+                is_hop_by_hop(n) && *n != header::CONNECTION && !is_te_trailers(n, v.as_bytes())
+            })
+            .map(|(n, _)| n.clone()),
     );
+    names.dedup();
     names.push(header::CONNECTION);
     names
 }
@@ -186,6 +195,7 @@ pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
     headers.iter().any(|(name, value)| {
         is_hop_by_hop(name)
             && !(*name == header::CONNECTION && only_connection_options(value.as_bytes()))
+            && !is_te_trailers(name, value.as_bytes())
     })
 }
 
@@ -308,6 +318,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
             ("te", "trailers"),
+            ("te", "gzip"),
             ("upgrade", "websocket"),
             ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ("accept", "*/*"),
@@ -326,5 +337,15 @@ mod tests {
         let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(left, ["host", "accept"]);
         assert!(!has_hop_by_hop(&h));
+        // `TE: trailers` alone (a gRPC client's) travels on.
+        let mut grpc = head(&[("host", "a"), ("te", "trailers")]);
+        assert!(
+            !check(&[("host", "a"), ("te", "Trailers")])
+                .unwrap()
+                .hop_by_hop
+        );
+        assert!(!has_hop_by_hop(&grpc));
+        drop_hop_by_hop(&mut grpc);
+        assert_eq!(grpc["te"], "trailers");
     }
 }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use gatehouse_plugins::{ErrorAnswer, Exchange, LocalAnswer, PluginChain, Tally};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -34,6 +35,26 @@ impl Answer<'_> {
         }
     }
 
+    /// A refusal of a gRPC call, as gRPC: HTTP 200 and the status in headers that end the
+    /// stream ("trailers-only"), so a client sees UNAUTHENTICATED, not a protocol error.
+    pub fn grpc(reply: &ErrorAnswer) -> (Answer<'_>, [(HeaderName, HeaderValue); 2]) {
+        let status = HeaderValue::from(grpc_status(reply.status));
+        let message = HeaderValue::from_str(&grpc_message(&reply.message))
+            .unwrap_or(HeaderValue::from_static(""));
+        (
+            Answer {
+                status: StatusCode::OK,
+                headers: &reply.headers,
+                content_type: Some(HeaderValue::from_static("application/grpc")),
+                body: Bytes::new(),
+            },
+            [
+                (HeaderName::from_static("grpc-status"), status),
+                (HeaderName::from_static("grpc-message"), message),
+            ],
+        )
+    }
+
     pub fn error<'a>(reply: &'a ErrorAnswer, request_id: &str) -> Answer<'a> {
         Answer {
             status: reply.status,
@@ -44,6 +65,41 @@ impl Answer<'_> {
     }
 }
 
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
+    req.headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status of a gateway answer (SPEC §9).
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 | 405 => 12, // UNIMPLEMENTED
+        413 | 429 => 8,  // RESOURCE_EXHAUSTED
+        502 | 503 => 14, // UNAVAILABLE
+        504 => 4,        // DEADLINE_EXCEEDED
+        500 => 13,       // INTERNAL
+        _ => 2,          // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and `%`.
+fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Writes a complete answer: the request id, the exchange's extra headers, then the route's
 /// response edits, so `response_headers` apply to gateway-made answers too.
 pub async fn send(
@@ -52,7 +108,18 @@ pub async fn send(
     ex: &mut Exchange,
     plugins: Option<&PluginChain>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 4))?;
+    send_with(session, answer, &[], ex, plugins).await
+}
+
+/// [`send`], with headers of the gateway's own added last (a gRPC refusal's status).
+async fn send_with(
+    session: &mut Session,
+    answer: Answer<'_>,
+    last: &[(HeaderName, HeaderValue)],
+    ex: &mut Exchange,
+    plugins: Option<&PluginChain>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 6))?;
     if let Some(content_type) = answer.content_type {
         resp.insert_header(header::CONTENT_TYPE, content_type)?;
     }
@@ -73,7 +140,19 @@ pub async fn send(
         // The gateway's own answer is final: a plugin edits it, but cannot replace it.
         let _ = plugins.response(&mut resp, ex);
     }
+    for (name, value) in last {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
     let head_only = session.req_header().method == Method::HEAD || answer.body.is_empty();
+    if head_only && session.req_header().version == http::Version::HTTP_2 {
+        // Pingora's session would send the head and end the stream with an empty DATA
+        // frame; a gRPC client reads a status from a head that ends the stream itself.
+        session
+            .downstream_session
+            .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), true)])
+            .await?;
+        return Ok(());
+    }
     session
         .write_response_header(Box::new(resp), head_only)
         .await?;
@@ -99,14 +178,14 @@ pub async fn answer_error(
             .inc(),
         None => {}
     }
-    let answer = Answer::error(reply, &ctx.exchange.request_id);
-    send(
-        session,
-        answer,
-        &mut ctx.exchange,
-        ctx.route.as_ref().map(|r| &r.plugins),
-    )
-    .await?;
+    let plugins = ctx.route.as_ref().map(|r| &r.plugins);
+    if is_grpc(session.req_header()) {
+        let (answer, status) = Answer::grpc(reply);
+        send_with(session, answer, &status, &mut ctx.exchange, plugins).await?;
+    } else {
+        let answer = Answer::error(reply, &ctx.exchange.request_id);
+        send(session, answer, &mut ctx.exchange, plugins).await?;
+    }
     Ok(true)
 }
 

@@ -182,6 +182,10 @@ impl Attempts {
             }
             None => HttpPeer::new(addr, false, String::new()),
         };
+        if upstream.spec.scheme.grpc() {
+            // gRPC is HTTP/2 only: by ALPN over TLS, by prior knowledge without.
+            peer.options.set_http_version(2, 2);
+        }
         peer.group_key = upstream.pool_key(self.lease.as_ref());
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.read);

@@ -167,7 +167,12 @@ impl ProxyHttp for Gateway {
                 }
             };
         }
-        Ok(Box::new(attempts.peer(&route.timeouts)))
+        let mut timeouts = route.timeouts;
+        if let Some(deadline) = grpc_timeout(session.req_header()) {
+            // The caller's deadline: no point waiting for an answer it no longer wants.
+            timeouts.read = timeouts.read.min(deadline);
+        }
+        Ok(Box::new(attempts.peer(&timeouts)))
     }
 
     fn fail_to_connect(
@@ -423,6 +428,27 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// A gRPC call's `grpc-timeout` (`100m`, `5S`: at most 8 digits and a unit of H, M, S, m,
+/// u or n), when it has a valid one.
+fn grpc_timeout(req: &RequestHeader) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = req.headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Shows a piece of the request body to the route's plugins; a refusal ends the request
 /// with the plugin's answer (written by `fail_to_proxy`).
 fn body_piece(
@@ -441,6 +467,30 @@ fn body_piece(
         flow => {
             *refused = Some(Box::new(flow));
             Error::e_explain(PLUGIN_REFUSAL, "a plugin refused the request body")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_reads_every_unit_and_refuses_the_rest() {
+        let with = |v: &str| {
+            let mut req = RequestHeader::build("POST", b"/s/M", None).unwrap();
+            req.insert_header("grpc-timeout", v).unwrap();
+            grpc_timeout(&req)
+        };
+        assert_eq!(with("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(with("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(with("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["m", "100", "100x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(with(bad), None, "{bad}");
         }
     }
 }

@@ -84,6 +84,32 @@ pub enum Scheme {
     #[default]
     Http,
     Https,
+    /// gRPC: HTTP/2 without TLS, by prior knowledge (h2c).
+    Grpc,
+    /// gRPC over TLS: HTTP/2 chosen by ALPN `h2`.
+    Grpcs,
+}
+
+impl Scheme {
+    /// Whether nodes are reached over TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Grpcs)
+    }
+
+    /// Whether nodes speak gRPC, and so HTTP/2 only.
+    pub fn grpc(self) -> bool {
+        matches!(self, Scheme::Grpc | Scheme::Grpcs)
+    }
+
+    /// The scheme of the registry endpoints this upstream takes (`grpc://`, ...).
+    pub fn endpoint_prefix(self) -> &'static str {
+        match self {
+            Scheme::Http => "http://",
+            Scheme::Https => "https://",
+            Scheme::Grpc => "grpc://",
+            Scheme::Grpcs => "grpcs://",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,8 +212,8 @@ impl Upstream {
                 }
             }
         }
-        if self.tls.is_some() && self.scheme != Scheme::Https {
-            p.add("tls", "only applies with `scheme: https`");
+        if self.tls.is_some() && !self.scheme.tls() {
+            p.add("tls", "only applies with `scheme: https` or `grpcs`");
         }
         match (&self.lb, &self.hash_key) {
             (Balancing::ConsistentHash, None) => {

@@ -69,10 +69,7 @@ impl Directory {
         let Some(service) = &discovery.service else {
             return Vec::new();
         };
-        let wanted = match scheme {
-            Scheme::Http => "http://",
-            Scheme::Https => "https://",
-        };
+        let wanted = scheme.endpoint_prefix();
         let services = self.services.load();
         let Some(registered) = services.get(service) else {
             return Vec::new();

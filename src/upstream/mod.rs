@@ -16,7 +16,7 @@ pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use keepalive::KeptConnections;
 pub use probe::Prober;
 
-use crate::resource::{split_host_port, Balancing, Scheme, Upstream, HASH_KEY_FORMS};
+use crate::resource::{split_host_port, Balancing, Upstream, HASH_KEY_FORMS};
 use crate::telemetry::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;
 use gatehouse_plugins::selector::{Selected, Selector};
@@ -299,7 +299,7 @@ impl UpstreamTarget {
                 open_for: c.open_for.0,
             }))
         });
-        let tls = (spec.scheme == Scheme::Https).then(|| {
+        let tls = spec.scheme.tls().then(|| {
             let tls = spec.tls.as_ref();
             let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
                 let dns = spec.discovery.as_ref().and_then(|d| d.dns.as_ref());

@@ -1,0 +1,183 @@
+//! gRPC through the gateway (SPEC §9) with real parts: a Python grpcio server built from
+//! `tests/grpc/echo.proto` behind a `scheme: grpc` upstream, and grpcio clients over h2c.
+//! Every kind of call, metadata and trailers, a deadline, an upstream error, and the
+//! gateway's own refusals answered as gRPC statuses.
+
+mod common;
+
+use common::Gateway;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn dir() -> String {
+    format!("{}/tests/grpc", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python gRPC server, stopped when dropped (its standard input closes).
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new("python3")
+            .arg(format!("{}/server.py", dir()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the gRPC server (pip install grpcio grpcio-tools)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the gRPC server did not start: {line:?}"));
+        Server { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the Python client's `case` against the gateway; its JSON answer.
+fn client(gw: &Gateway, case: &str) -> serde_json::Value {
+    let target = gw
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let out = Command::new("python3")
+        .arg(format!("{}/client.py", dir()))
+        .args([&target, case])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn gateway(server: &Server) -> Gateway {
+    let routes = format!(
+        r#"kind: Upstream
+id: echo
+scheme: grpc
+nodes: [{{ addr: "127.0.0.1:{}" }}]
+---
+kind: Route
+id: echo
+match: {{ paths: ["/echo.v1.Echo/{{method}}"] }}
+upstream: echo
+---
+kind: Route
+id: guarded
+match: {{ paths: ["/echo.v1.Echo/Unary"], headers: {{ x-guard: "on" }} }}
+upstream: echo
+priority: 10
+plugins:
+  - name: ip_restriction
+    config: {{ deny: [127.0.0.0/8] }}
+"#,
+        server.port
+    );
+    Gateway::builder().file("routes.yaml", routes).start().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_call_passes_with_metadata_trailers_and_deadlines() {
+    let server = Server::start();
+    let gw = gateway(&server).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let out = client(&gw, "all");
+        drop(gw);
+        out
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(out["unary"]["ok"]["text"], "hi|alice", "{out}");
+    assert_eq!(out["unary"]["ok"]["n"], 7, "{out}");
+    assert_eq!(
+        out["unary"]["ok"]["trailer"], "kept",
+        "trailers pass: {out}"
+    );
+    assert_eq!(
+        out["count"]["ok"],
+        serde_json::json!([0, 1, 2, 3, 4]),
+        "{out}"
+    );
+    assert_eq!(out["join"]["ok"], "a+b+c", "{out}");
+    assert_eq!(out["chat"]["ok"], serde_json::json!(["X", "Y"]), "{out}");
+    // The upstream's own error, trailers-only, reaches the client as it was.
+    assert_eq!(out["missing"]["code"], "NOT_FOUND", "{out}");
+    assert_eq!(out["missing"]["details"], "no such thing", "{out}");
+    assert_eq!(out["deadline"]["code"], "DEADLINE_EXCEEDED", "{out}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_refusals_are_grpc_statuses() {
+    let server = Server::start();
+    let gw = gateway(&server).await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    // No route: UNIMPLEMENTED, as a trailers-only answer (HTTP 200, the status in headers).
+    let resp = c
+        .post(gw.url("/other.Service/Call"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    assert_eq!(resp.headers()["grpc-status"], "12");
+    assert!(resp.headers().contains_key("grpc-message"));
+    assert!(resp.headers().contains_key("x-request-id"));
+
+    // A plugin's refusal (403): PERMISSION_DENIED.
+    let resp = c
+        .post(gw.url("/echo.v1.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .header("x-guard", "on")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+
+    // The same refusal to a plain HTTP client stays the JSON error of SPEC §4.
+    let resp = c
+        .post(gw.url("/echo.v1.Echo/Unary"))
+        .header("x-guard", "on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "forbidden");
+
+    // A real grpcio client sees the status, not a protocol error: a node that is down is
+    // UNAVAILABLE.
+    drop(server);
+    let out = tokio::task::spawn_blocking(move || client(&gw, "down"))
+        .await
+        .unwrap();
+    assert_eq!(out["down"]["code"], "UNAVAILABLE", "{out}");
+}
