@@ -8,10 +8,12 @@
 #   $work/many/       10,000 routes `/svc-N/**`
 #   $work/plugged/    the plain route with the cors, ip_restriction and request_size_limit
 #                     plugins (requests carry an allowed Origin)
+#   $work/wasm/       the plain route with the proxy-wasm plugin tests/wasm/add_header.wasm
+#                     (one request header set from its configuration)
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
@@ -30,6 +32,17 @@ plugins:
     config: { allow: [127.0.0.0/8, 10.0.0.0/8], deny: [192.0.2.0/24] }
   - name: request_size_limit
     config: { max_body: 1MiB }
+YAML
+  cat > "$work/wasm/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Route
+id: wasm
+match: { paths: ["/**"] }
+upstream: backend
+plugins:
+  - name: wasm
+    config: { module: "$PWD/tests/wasm/add_header.wasm", config: '{"header": "x-wasm", "value": "on"}', timeout: 5ms }
 YAML
 
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.pem" 2>/dev/null

@@ -12,7 +12,8 @@
 # Cases: pingap (when installed), bare (examples/bare_proxy.rs), contract (the same doing SPEC §4's per-request
 # headers and timeouts), gatehouse (a plain route), full (RS256 JWT + rate limit + weighted
 # split + header rewrite), plugged (a plain route with cors + ip_restriction +
-# request_size_limit; requests carry an allowed Origin), origin (the plain route with the
+# request_size_limit; requests carry an allowed Origin), wasm (a plain route with the
+# proxy-wasm plugin tests/wasm/add_header.wasm: gatehouse is its baseline), origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
 #
@@ -26,7 +27,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm many traced logged)
 for tool in valgrind callgrind_control nginx wrk python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk python3 openssl)" >&2; exit 1; }
 done
@@ -78,8 +79,9 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
+      [ "$name" = wasm ] && routes=wasm
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"
