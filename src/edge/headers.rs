@@ -118,6 +118,22 @@ fn is_te_trailers(name: &HeaderName, value: &[u8]) -> bool {
     *name == header::TE && value.trim_ascii().eq_ignore_ascii_case(b"trailers")
 }
 
+/// Whether a request is a WebSocket handshake (RFC 6455 §4.1): a GET over HTTP/1.1 with
+/// `Upgrade: websocket` and `upgrade` among the `Connection` options.
+pub fn is_websocket_handshake(req: &pingora::http::RequestHeader) -> bool {
+    req.method == http::Method::GET
+        && req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && req.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
 /// Names of the headers `_` is found in, to drop them.
 pub fn underscored(headers: &HeaderMap) -> Vec<HeaderName> {
     headers

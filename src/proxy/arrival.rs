@@ -1,7 +1,7 @@
 //! A request head as it arrives, up to its route: who sent it (request id, trace, client
 //! address), whether any route may see it (SPEC §8), and which route it is.
 
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, WebSocket};
 use super::identity::{client_ip, client_request_id, new_request_id};
 use super::Gateway;
 use crate::edge::headers as edge_headers;
@@ -54,7 +54,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         snapshot: &Snapshot,
-    ) -> std::result::Result<(), ErrorAnswer> {
+    ) -> std::result::Result<WebSocket, ErrorAnswer> {
         // HTTP/1 keeps the head as it came; HTTP/2 heads are counted from the parsed form.
         let head = match session.as_downstream().as_http1() {
             Some(h1) => h1.get_headers_raw_bytes().len(),
@@ -70,7 +70,8 @@ impl Gateway {
                 ),
             ));
         }
-        self.settle_head(session)
+        let websocket = self
+            .settle_head(session)
             .map_err(|problem| ErrorAnswer::new(StatusCode::BAD_REQUEST, "bad_request", problem))?;
         if !snapshot.identity_headers.is_empty() {
             // Identity headers are the gateway's on every route, not only where a policy
@@ -82,7 +83,7 @@ impl Gateway {
                 }
             }
         }
-        Ok(())
+        Ok(websocket)
     }
 
     /// The route for a settled head, if any matches.
@@ -117,7 +118,7 @@ impl Gateway {
     /// missing Host, framing lists, a path that cannot be normalized) and puts the rest in
     /// the one form routes match and the upstream receives: the normal path in origin form,
     /// without hop-by-hop or underscored headers.
-    fn settle_head(&self, session: &mut Session) -> std::result::Result<(), String> {
+    fn settle_head(&self, session: &mut Session) -> std::result::Result<WebSocket, String> {
         let req = session.req_header();
         let survey = edge_headers::survey(&req.headers, req.version, self.settings.underscores)
             .map_err(|e| e.to_string())?;
@@ -133,8 +134,14 @@ impl Gateway {
             let path = path.into_owned();
             to_origin_form(session.req_header_mut(), &path).map_err(|e| e.to_string())?;
         }
+        let mut websocket = WebSocket::No;
         if survey.underscores || survey.hop_by_hop {
             let req = session.req_header_mut();
+            if survey.hop_by_hop && edge_headers::is_websocket_handshake(req) {
+                // Dropped with the other hop-by-hop headers, and put back if the route
+                // accepts WebSocket.
+                websocket = WebSocket::Asked;
+            }
             let mut drop = Vec::new();
             if survey.underscores {
                 drop = edge_headers::underscored(&req.headers);
@@ -149,7 +156,7 @@ impl Gateway {
                 req.remove_header(&name);
             }
         }
-        Ok(())
+        Ok(websocket)
     }
 
     /// Keeps the client's connection open for the next request unless the client or a

@@ -45,7 +45,23 @@ pub struct RequestCtx {
     /// answer): the answer it gets instead, a `Flow::Respond` or `Flow::Answer` (boxed:
     /// rare, and the context travels with every request's future).
     pub(super) refusal: Option<Box<Flow>>,
+    /// Where the request stands as a WebSocket handshake.
+    pub(super) websocket: WebSocket,
     _inflight: InFlightGuard,
+}
+
+/// A request's WebSocket state (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebSocket {
+    /// Not a WebSocket handshake.
+    #[default]
+    No,
+    /// The client asked to upgrade; no route has taken it (yet).
+    Asked,
+    /// The route accepts it: the upgrade went upstream.
+    Sent,
+    /// The upstream switched protocols: the tunnel is open, and counted.
+    Open,
 }
 
 impl RequestCtx {
@@ -65,6 +81,7 @@ impl RequestCtx {
             upstream_sent: None,
             head_clock: None,
             refusal: None,
+            websocket: WebSocket::No,
             _inflight: inflight,
         }
     }

@@ -3,7 +3,7 @@
 
 use super::answer::{self, answer_error, Answer};
 use super::attempt::Attempts;
-use super::ctx::RequestCtx;
+use super::ctx::{RequestCtx, WebSocket};
 use super::Gateway;
 use crate::snapshot::{Action, CompiledRoute};
 use gatehouse_plugins::Flow;
@@ -42,6 +42,14 @@ impl Gateway {
         }
         match &route.action {
             Action::Proxy(choice) => {
+                if ctx.websocket == WebSocket::Asked && route.spec.websocket {
+                    // The handshake's own headers, dropped on arrival with every hop-by-hop
+                    // one, go upstream for a route that takes WebSocket.
+                    let req = session.req_header_mut();
+                    req.insert_header(http::header::UPGRADE, "websocket")?;
+                    req.insert_header(http::header::CONNECTION, "Upgrade")?;
+                    ctx.websocket = WebSocket::Sent;
+                }
                 // Chosen once: retries go to other nodes of the same upstream.
                 let upstream = choice.choose(session.req_header(), &ctx.exchange).clone();
                 ctx.attempts = Some(Attempts::new(upstream, route.retries));

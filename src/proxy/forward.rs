@@ -135,7 +135,8 @@ pub(super) fn settle_answer(upstream_response: &mut ResponseHeader) -> Result<()
 }
 
 /// Upstream answers a client must never see as they are (SPEC §8): an upgrade nobody asked
-/// for (no route accepts upgrades yet), and status codes HTTP does not have.
+/// for (a WebSocket upgrade a route asked for is let through before this), and status codes
+/// HTTP does not have.
 fn check_upstream_status(status: u16) -> std::result::Result<(), &'static str> {
     match status {
         101 => Err("the upstream switched protocols without being asked to"),

@@ -25,6 +25,7 @@ pub use answer::error_body;
 use answer::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
 use attempt::{Attempts, Failure, Refused, Retry};
 pub use ctx::RequestCtx;
+use ctx::WebSocket;
 pub use head_watch::Sweeper as HeadSweeper;
 use head_watch::{Connection, HeadWatch};
 use identity::REQUEST_ID_NAME;
@@ -132,8 +133,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.greet(session, ctx);
         let snapshot = self.live.load();
-        if let Err(reply) = self.admit_head(session, &snapshot) {
-            return answer_error(session, &reply, ctx).await;
+        match self.admit_head(session, &snapshot) {
+            Ok(websocket) => ctx.websocket = websocket,
+            Err(reply) => return answer_error(session, &reply, ctx).await,
         }
         let Some(route) = self.find_route(session, &snapshot) else {
             let reply = ErrorAnswer::new(
@@ -168,6 +170,12 @@ impl ProxyHttp for Gateway {
             };
         }
         let mut timeouts = route.timeouts;
+        if ctx.websocket == WebSocket::Sent {
+            // Once upgraded, reads wait for the next frame: the tunnel's silence is bounded by
+            // `timeouts.idle`. The handshake's own answer still has `timeouts.read` (the head
+            // clock).
+            timeouts.read = timeouts.idle;
+        }
         if let Some(deadline) = grpc_timeout(session.req_header()) {
             // The caller's deadline: no point waiting for an answer it no longer wants.
             timeouts.read = timeouts.read.min(deadline);
@@ -241,6 +249,15 @@ impl ProxyHttp for Gateway {
             return forward::settle_answer(upstream_response);
         }
         self.head_arrived(ctx);
+        if status == 101 && ctx.websocket == WebSocket::Sent {
+            // The upgrade the route asked for: its headers stay, the tunnel is counted.
+            ctx.websocket = WebSocket::Open;
+            crate::telemetry::metrics::METRICS
+                .websocket_connections
+                .with_label_values(&[&*ctx.exchange.route_id])
+                .inc();
+            return Ok(());
+        }
         forward::settle_answer(upstream_response)?;
         let Some(attempts) = &mut ctx.attempts else {
             return Ok(());
@@ -416,6 +433,12 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.head_arrived(ctx);
+        if ctx.websocket == WebSocket::Open {
+            crate::telemetry::metrics::METRICS
+                .websocket_connections
+                .with_label_values(&[&*ctx.exchange.route_id])
+                .dec();
+        }
         if let Some(route) = &ctx.route {
             route.plugins.log(&mut ctx.exchange);
         }

@@ -1,6 +1,6 @@
 //! The `Route` resource: which requests it takes and where they go.
 
-use super::fields::{check_header_name, is_zero, Problems, SelectorText, Text};
+use super::fields::{check_header_name, is_false, is_zero, Problems, SelectorText, Text};
 use crate::router::{HostPattern, PathPattern, ValueMatcher, METHODS};
 use crate::units::Span;
 use gatehouse_plugins::rate_limit::KEY_FORMS;
@@ -44,6 +44,10 @@ pub struct Route {
     /// Plugins from the registry (SPEC §12), run in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginUse>,
+    /// Accepts WebSocket upgrades (SPEC §9): the handshake goes through the route's plugins
+    /// like any request, then frames are relayed both ways.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub websocket: bool,
 }
 
 /// One entry of a route's `plugins:` list.
@@ -174,6 +178,9 @@ pub struct Timeouts {
     pub read: Span,
     #[serde(default = "Timeouts::default_write")]
     pub write: Span,
+    /// How long a WebSocket tunnel may stay silent before it is closed.
+    #[serde(default = "Timeouts::default_idle")]
+    pub idle: Span,
 }
 
 impl Timeouts {
@@ -186,6 +193,9 @@ impl Timeouts {
     fn default_write() -> Span {
         Span::secs(60)
     }
+    fn default_idle() -> Span {
+        Span::secs(3600)
+    }
 }
 
 impl Default for Timeouts {
@@ -194,6 +204,7 @@ impl Default for Timeouts {
             connect: Timeouts::default_connect(),
             read: Timeouts::default_read(),
             write: Timeouts::default_write(),
+            idle: Timeouts::default_idle(),
         }
     }
 }
@@ -302,7 +313,12 @@ impl Route {
             }
         }
         if let Some(t) = &self.timeouts {
-            for (name, span) in [("connect", t.connect), ("read", t.read), ("write", t.write)] {
+            for (name, span) in [
+                ("connect", t.connect),
+                ("read", t.read),
+                ("write", t.write),
+                ("idle", t.idle),
+            ] {
                 if span.0.is_zero() {
                     p.add(format!("timeouts.{name}"), "must be more than 0s");
                 }

@@ -65,6 +65,8 @@ pub struct RouteTimeouts {
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
+    /// A WebSocket tunnel's longest silence.
+    pub idle: Duration,
 }
 
 /// A route ready to serve: everything a request needs is resolved and parsed.
@@ -159,6 +161,7 @@ impl CompiledRoute {
                 connect: t.connect.0,
                 read: t.read.0,
                 write: t.write.0,
+                idle: t.idle.0,
             },
             retries: spec.retries.unwrap_or(0),
             spec,

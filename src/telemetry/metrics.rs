@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Requests a plugin failed on (a Wasm trap, timeout or memory limit), by plugin name,
     /// whether the request then ended with 500 or passed (`fail_open`).
     pub plugin_errors: IntCounterVec,
+    /// WebSocket tunnels open, by route id.
+    pub websocket_connections: IntGaugeVec,
     /// Requests answered, by route id (empty when none matched) and status code.
     pub requests: IntCounterVec,
     /// From a request's arrival to its last byte, by route id.
@@ -85,6 +87,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests a plugin failed on (trap, timeout, memory limit)",
         ),
         &["plugin"],
+    )
+    .expect("valid metric");
+    let websocket_connections = IntGaugeVec::new(
+        Opts::new("gatehouse_websocket_connections", "WebSocket tunnels open"),
+        &["route"],
     )
     .expect("valid metric");
     let auth_failures = IntCounterVec::new(
@@ -149,6 +156,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(rate_limited.clone()),
         Box::new(auth_failures.clone()),
         Box::new(plugin_errors.clone()),
+        Box::new(websocket_connections.clone()),
         Box::new(requests.clone()),
         Box::new(request_duration.clone()),
         Box::new(upstream_duration.clone()),
@@ -169,6 +177,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rate_limited,
         auth_failures,
         plugin_errors,
+        websocket_connections,
         requests,
         request_duration,
         upstream_duration,

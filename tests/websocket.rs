@@ -1,0 +1,196 @@
+//! WebSocket through the gateway (SPEC §9) with a real server and client (Python
+//! `websockets`): frames both ways, a close from either side, the handshake through the
+//! route's plugins, `timeouts.idle`, the tunnel gauge, and a route that does not take
+//! WebSocket.
+
+mod common;
+
+use common::{eventually, Gateway};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn script() -> String {
+    format!("{}/tests/websocket/ws.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The WebSocket echo server, stopped when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new("python3")
+            .args([&script(), "serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the WebSocket server (pip install websockets)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the WebSocket server did not start: {line:?}"));
+        Server { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ws(args: Vec<String>) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("python3")
+            .arg(script())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    })
+    .await
+    .unwrap()
+}
+
+fn url(gw: &Gateway, path: &str) -> String {
+    gw.url(path).replacen("http://", "ws://", 1)
+}
+
+async fn gateway(server: &Server) -> Gateway {
+    let routes = format!(
+        r#"kind: Upstream
+id: ws
+nodes: [{{ addr: "127.0.0.1:{}" }}]
+---
+kind: Route
+id: chat
+match: {{ paths: ["/chat/**"] }}
+upstream: ws
+websocket: true
+---
+kind: Route
+id: quiet
+match: {{ paths: ["/quiet/**"] }}
+upstream: ws
+websocket: true
+timeouts: {{ idle: 1s }}
+---
+kind: Route
+id: guarded
+match: {{ paths: ["/guarded/**"] }}
+upstream: ws
+websocket: true
+plugins:
+  - name: ip_restriction
+    config: {{ deny: [127.0.0.0/8] }}
+---
+kind: Route
+id: plain
+match: {{ paths: ["/plain/**"] }}
+upstream: ws
+"#,
+        server.port
+    );
+    Gateway::builder().file("routes.yaml", routes).start().await
+}
+
+fn open_tunnels(metrics: &str, route: &str) -> Option<i64> {
+    let prefix = format!("gatehouse_websocket_connections{{route=\"{route}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_go_both_ways_and_a_close_from_either_side_ends_the_tunnel() {
+    let server = Server::start();
+    let gw = gateway(&server).await;
+
+    let out = ws(vec![
+        "talk".into(),
+        url(&gw, "/chat/room"),
+        "hello".into(),
+        "again".into(),
+    ])
+    .await;
+    assert_eq!(
+        out["answers"],
+        serde_json::json!(["HELLO", "AGAIN"]),
+        "{out}"
+    );
+
+    // The server closes: the client sees its close code.
+    let out = ws(vec![
+        "talk".into(),
+        url(&gw, "/chat/room"),
+        "one".into(),
+        "close".into(),
+    ])
+    .await;
+    assert_eq!(out["answers"], serde_json::json!(["ONE"]), "{out}");
+    assert_eq!(out["closed"]["code"], 4001, "{out}");
+
+    // Every tunnel closed is uncounted.
+    eventually(
+        Duration::from_secs(5),
+        "the tunnels to be uncounted",
+        || async { open_tunnels(&gw.metrics_text().await, "chat") == Some(0) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_tunnel_is_counted_and_a_silent_one_closes_after_timeouts_idle() {
+    let server = Server::start();
+    let gw = gateway(&server).await;
+
+    let waiting = tokio::spawn(ws(vec!["wait".into(), url(&gw, "/quiet/x"), "10".into()]));
+    eventually(
+        Duration::from_secs(5),
+        "the tunnel to be counted",
+        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(1) },
+    )
+    .await;
+    let out = waiting.await.unwrap();
+    let after = out["closed_after"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((0.5..5.0).contains(&after), "closed after {after}s: {out}");
+    eventually(
+        Duration::from_secs(5),
+        "the tunnel to be uncounted",
+        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(0) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handshake_goes_through_the_routes_plugins_and_only_websocket_routes_upgrade() {
+    let server = Server::start();
+    let gw = gateway(&server).await;
+
+    let out = ws(vec!["talk".into(), url(&gw, "/guarded/x"), "hi".into()]).await;
+    assert_eq!(out["refused"], 403, "{out}");
+
+    // A route without `websocket: true` never upgrades: the server sees a plain GET and
+    // refuses it; the client gets no tunnel.
+    let out = ws(vec!["talk".into(), url(&gw, "/plain/x"), "hi".into()]).await;
+    assert!(out["refused"].is_number(), "{out}");
+    assert_ne!(out["refused"], 101, "{out}");
+}
