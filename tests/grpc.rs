@@ -181,3 +181,59 @@ async fn the_gateways_refusals_are_grpc_statuses() {
         .unwrap();
     assert_eq!(out["down"]["code"], "UNAVAILABLE", "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_nodes_are_checked_with_grpc_health_v1() {
+    let server = Server::start();
+    let node = format!("127.0.0.1:{}", server.port);
+    let check = "health_check: { active: { service: SERVICE, interval: 200ms, timeout: 1s, healthy: 1, unhealthy: 1 } }";
+    let routes = format!(
+        "kind: Upstream\nid: served\nscheme: grpc\nnodes: [{{ addr: \"{node}\" }}]\n{}\n---\n\
+         kind: Upstream\nid: unknown\nscheme: grpc\nnodes: [{{ addr: \"{node}\" }}]\n{}\n---\n\
+         kind: Route\nid: served\nmatch: {{ paths: [\"/echo.v1.Echo/{{method}}\"], headers: {{ x-to: served }} }}\nupstream: served\n---\n\
+         kind: Route\nid: unknown\nmatch: {{ paths: [\"/echo.v1.Echo/{{method}}\"] }}\nupstream: unknown\n",
+        check.replace("SERVICE", "echo.v1.Echo"),
+        check.replace("SERVICE", "no.such.Service"),
+    );
+    let gw = Gateway::builder().file("routes.yaml", routes).start().await;
+    let gauge = |upstream: &str| {
+        format!("gatehouse_upstream_node_healthy{{node=\"{node}\",upstream=\"{upstream}\"}}")
+    };
+    let (served, unknown) = (gauge("served"), gauge("unknown"));
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the node asked about an unknown service to be ejected",
+        || async {
+            let m = gw.metrics_text().await;
+            m.contains(&format!("{unknown} 0")) && m.contains(&format!("{served} 1"))
+        },
+    )
+    .await;
+    // A call to the upstream whose only node failed its checks: UNAVAILABLE.
+    let out = tokio::task::spawn_blocking(move || client(&gw, "hello"))
+        .await
+        .unwrap();
+    assert_eq!(out["hello"]["code"], "UNAVAILABLE", "{out}");
+    drop(server);
+}
+
+#[test]
+fn a_grpc_health_check_takes_a_service_not_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up.yaml");
+    std::fs::write(
+        &file,
+        "kind: Upstream\nid: a\nscheme: grpc\nnodes: [{ addr: \"127.0.0.1:1\" }]\nhealth_check: { active: { path: /healthz, interval: 1s, timeout: 1s, healthy: 1, unhealthy: 1 } }\n---\n\
+         kind: Upstream\nid: b\nnodes: [{ addr: \"127.0.0.1:1\" }]\nhealth_check: { active: { path: /h, service: x, interval: 1s, timeout: 1s, healthy: 1, unhealthy: 1 } }\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["validate", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("health_check.active.path"), "{text}");
+    assert!(text.contains("health_check.active.service"), "{text}");
+}

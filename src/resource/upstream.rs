@@ -147,7 +147,13 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveCheck {
+    /// `GET path` for HTTP upstreams.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// The service `grpc.health.v1.Health/Check` asks about, for gRPC upstreams (`""`, the
+    /// server as a whole, by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub interval: Span,
     pub timeout: Span,
     pub healthy: u32,
@@ -229,8 +235,23 @@ impl Upstream {
         }
         if let Some(hc) = &self.health_check {
             if let Some(a) = &hc.active {
-                if !a.path.starts_with('/') {
-                    p.add("health_check.active.path", "must start with `/`");
+                if self.scheme.grpc() {
+                    if !a.path.is_empty() {
+                        p.add(
+                            "health_check.active.path",
+                            "a gRPC upstream is checked with grpc.health.v1: give `service` instead",
+                        );
+                    }
+                } else {
+                    if !a.path.starts_with('/') {
+                        p.add("health_check.active.path", "must start with `/`");
+                    }
+                    if a.service.is_some() {
+                        p.add(
+                            "health_check.active.service",
+                            "only applies with `scheme: grpc` or `grpcs`",
+                        );
+                    }
                 }
                 if a.interval.0.is_zero() || a.timeout.0.is_zero() {
                     p.add(

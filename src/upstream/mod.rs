@@ -4,6 +4,7 @@ mod balance;
 mod breaker;
 mod choice;
 mod discovery;
+mod grpc_health;
 mod health;
 mod keepalive;
 mod probe;

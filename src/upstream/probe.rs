@@ -7,8 +7,11 @@
 //! next tick, one that goes away is forgotten, and an unchanged upstream keeps its nodes'
 //! verdicts across reloads (they live in the nodes). Probes of `https` nodes check that the
 //! node answers over TLS, not its certificate: the proxied requests verify that.
+//!
+//! Nodes of a gRPC upstream are asked `grpc.health.v1.Health/Check` (for `service`, the
+//! whole server by default) over HTTP/2 instead, and pass when they answer SERVING.
 
-use super::{now_ms, InForce, UpstreamTarget};
+use super::{grpc_health, now_ms, InForce, UpstreamTarget};
 use crate::resource::{ActiveCheck, Scheme};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -23,6 +26,8 @@ pub struct Prober {
     live: Arc<dyn InForce>,
     plain: reqwest::Client,
     tls: reqwest::Client,
+    /// HTTP/2 by prior knowledge, for `scheme: grpc`.
+    grpc: reqwest::Client,
 }
 
 impl Prober {
@@ -37,6 +42,7 @@ impl Prober {
             live,
             plain: builder().build()?,
             tls: builder().danger_accept_invalid_certs(true).build()?,
+            grpc: builder().http2_prior_knowledge().build()?,
         })
     }
 
@@ -46,18 +52,35 @@ impl Prober {
             if !node.health.probe_due(now, interval) {
                 continue;
             }
-            let https = upstream.spec.scheme == Scheme::Https;
-            let client = if https { &self.tls } else { &self.plain };
-            let url = format!(
-                "{}://{}{}",
-                if https { "https" } else { "http" },
-                node.addr,
-                check.path
-            );
-            let request = client.get(url).timeout(check.timeout.0);
+            let scheme = upstream.spec.scheme;
+            let request = if scheme.grpc() {
+                // A `grpcs` node negotiates HTTP/2 by ALPN on the TLS client.
+                let client = if scheme.tls() { &self.tls } else { &self.grpc };
+                let base = if scheme.tls() { "https" } else { "http" };
+                client
+                    .post(format!("{base}://{}{}", node.addr, grpc_health::PATH))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(grpc_health::request(check.service.as_deref().unwrap_or("")))
+            } else {
+                let https = scheme == Scheme::Https;
+                let client = if https { &self.tls } else { &self.plain };
+                let url = format!(
+                    "{}://{}{}",
+                    if https { "https" } else { "http" },
+                    node.addr,
+                    check.path
+                );
+                client.get(url)
+            }
+            .timeout(check.timeout.0);
             let (upstream, node, check) = (upstream.clone(), node.clone(), check.clone());
             tokio::spawn(async move {
                 let ok = match request.send().await {
+                    Ok(resp) if scheme.grpc() => {
+                        resp.status().is_success()
+                            && resp.bytes().await.is_ok_and(|b| grpc_health::serving(&b))
+                    }
                     Ok(resp) => resp.status().is_success() || resp.status().is_redirection(),
                     Err(_) => false,
                 };

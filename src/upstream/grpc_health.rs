@@ -1,0 +1,74 @@
+//! The gRPC health-checking protocol (`grpc.health.v1.Health/Check`) as an active probe
+//! sends and reads it: one request message in one gRPC frame, one answer.
+
+use prost::Message;
+
+/// The path of the check.
+pub const PATH: &str = "/grpc.health.v1.Health/Check";
+
+#[derive(Clone, PartialEq, Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// `ServingStatus.SERVING`.
+const SERVING: i32 = 1;
+
+/// The request body: `HealthCheckRequest { service }` in an uncompressed gRPC frame.
+pub fn request(service: &str) -> Vec<u8> {
+    let message = HealthCheckRequest {
+        service: service.to_string(),
+    }
+    .encode_to_vec();
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    body
+}
+
+/// Whether an answer's body says SERVING. A failed call (an unknown service answers
+/// NOT_FOUND with no message) has no frame, and so is not serving.
+pub fn serving(body: &[u8]) -> bool {
+    let Some((&0, rest)) = body.split_first() else {
+        return false;
+    };
+    let Some(len) = rest.get(..4) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    rest.get(4..4 + len)
+        .and_then(|m| HealthCheckResponse::decode(m).ok())
+        .is_some_and(|r| r.status == SERVING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_is_framed_and_only_serving_passes() {
+        assert_eq!(request(""), [0, 0, 0, 0, 0]);
+        assert_eq!(request("a.B"), [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']);
+        let answer = |status: i32| {
+            let m = HealthCheckResponse { status }.encode_to_vec();
+            let mut b = vec![0];
+            b.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            b.extend_from_slice(&m);
+            b
+        };
+        assert!(serving(&answer(1)));
+        assert!(!serving(&answer(2)), "NOT_SERVING");
+        assert!(!serving(&answer(0)), "UNKNOWN");
+        assert!(!serving(&[]));
+        assert!(!serving(&[1, 0, 0, 0, 2, 8, 1]), "compressed");
+        assert!(!serving(&[0, 0, 0, 0, 9, 8, 1]), "short");
+    }
+}
