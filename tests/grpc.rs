@@ -5,46 +5,12 @@
 
 mod common;
 
+use common::python::PythonServer;
 use common::Gateway;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn dir() -> String {
     format!("{}/tests/grpc", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python gRPC server, stopped when dropped (its standard input closes).
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = Command::new("python3")
-            .arg(format!("{}/server.py", dir()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the gRPC server (pip install grpcio grpcio-tools)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the gRPC server did not start: {line:?}"));
-        Server { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs the Python client's `case` against the gateway; its JSON answer.
@@ -68,7 +34,12 @@ fn client(gw: &Gateway, case: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-async fn gateway(server: &Server) -> Gateway {
+/// The Python gRPC server of `tests/grpc/server.py`.
+fn server() -> PythonServer {
+    PythonServer::start(&format!("{}/server.py", dir()), &[])
+}
+
+async fn gateway(server: &PythonServer) -> Gateway {
     let routes = format!(
         r#"kind: Upstream
 id: echo
@@ -96,7 +67,7 @@ plugins:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_call_passes_with_metadata_trailers_and_deadlines() {
-    let server = Server::start();
+    let server = server();
     let gw = gateway(&server).await;
     let out = tokio::task::spawn_blocking(move || {
         let out = client(&gw, "all");
@@ -128,7 +99,7 @@ async fn every_kind_of_call_passes_with_metadata_trailers_and_deadlines() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateways_refusals_are_grpc_statuses() {
-    let server = Server::start();
+    let server = server();
     let gw = gateway(&server).await;
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -184,7 +155,7 @@ async fn the_gateways_refusals_are_grpc_statuses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_nodes_are_checked_with_grpc_health_v1() {
-    let server = Server::start();
+    let server = server();
     let node = format!("127.0.0.1:{}", server.port);
     let check = "health_check: { active: { service: SERVICE, interval: 200ms, timeout: 1s, healthy: 1, unhealthy: 1 } }";
     let routes = format!(

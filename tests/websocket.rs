@@ -5,47 +5,13 @@
 
 mod common;
 
+use common::python::PythonServer;
 use common::{eventually, Gateway};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn script() -> String {
     format!("{}/tests/websocket/ws.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The WebSocket echo server, stopped when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = Command::new("python3")
-            .args([&script(), "serve"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the WebSocket server (pip install websockets)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the WebSocket server did not start: {line:?}"));
-        Server { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn ws(args: Vec<String>) -> serde_json::Value {
@@ -71,7 +37,7 @@ fn url(gw: &Gateway, path: &str) -> String {
     gw.url(path).replacen("http://", "ws://", 1)
 }
 
-async fn gateway(server: &Server) -> Gateway {
+async fn gateway(server: &PythonServer) -> Gateway {
     let routes = format!(
         r#"kind: Upstream
 id: ws
@@ -119,7 +85,7 @@ fn open_tunnels(metrics: &str, route: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn frames_go_both_ways_and_a_close_from_either_side_ends_the_tunnel() {
-    let server = Server::start();
+    let server = PythonServer::start(&script(), &["serve"]);
     let gw = gateway(&server).await;
 
     let out = ws(vec![
@@ -157,7 +123,7 @@ async fn frames_go_both_ways_and_a_close_from_either_side_ends_the_tunnel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_tunnel_is_counted_and_a_silent_one_closes_after_timeouts_idle() {
-    let server = Server::start();
+    let server = PythonServer::start(&script(), &["serve"]);
     let gw = gateway(&server).await;
 
     let waiting = tokio::spawn(ws(vec!["wait".into(), url(&gw, "/quiet/x"), "10".into()]));
@@ -182,7 +148,7 @@ async fn an_open_tunnel_is_counted_and_a_silent_one_closes_after_timeouts_idle()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_handshake_goes_through_the_routes_plugins_and_only_websocket_routes_upgrade() {
-    let server = Server::start();
+    let server = PythonServer::start(&script(), &["serve"]);
     let gw = gateway(&server).await;
 
     let out = ws(vec!["talk".into(), url(&gw, "/guarded/x"), "hi".into()]).await;

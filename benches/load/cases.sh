@@ -10,10 +10,12 @@
 #                     plugins (requests carry an allowed Origin)
 #   $work/wasm/       the plain route with the proxy-wasm plugin tests/wasm/add_header.wasm
 #                     (one request header set from its configuration)
+#   $work/grpc/       a route for /bench.v1.Bench/{method} to a `scheme: grpc` upstream (an
+#                     nginx h2c server on $grpcup)
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
@@ -32,6 +34,17 @@ plugins:
     config: { allow: [127.0.0.0/8, 10.0.0.0/8], deny: [192.0.2.0/24] }
   - name: request_size_limit
     config: { max_body: 1MiB }
+YAML
+  cat > "$work/grpc/routes.yaml" <<YAML
+kind: Upstream
+id: bench-grpc
+scheme: grpc
+nodes: [{ addr: "127.0.0.1:${grpcup:-0}" }]
+---
+kind: Route
+id: grpc
+match: { paths: ["/bench.v1.Bench/{method}"] }
+upstream: bench-grpc
 YAML
   cat > "$work/wasm/routes.yaml" <<YAML
 $upstream_yaml

@@ -13,11 +13,13 @@
 # headers and timeouts), gatehouse (a plain route), full (RS256 JWT + rate limit + weighted
 # split + header rewrite), plugged (a plain route with cors + ip_restriction +
 # request_size_limit; requests carry an allowed Origin), wasm (a plain route with the
-# proxy-wasm plugin tests/wasm/add_header.wasm: gatehouse is its baseline), origin (the plain route with the
+# proxy-wasm plugin tests/wasm/add_header.wasm: gatehouse is its baseline), grpc (unary
+# gRPC calls over h2c, driven by h2load, through a `scheme: grpc` upstream: gatehouse is its
+# baseline), origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
 #
-# Needs: valgrind, nginx (nginx-light), wrk, python3, openssl.
+# Needs: valgrind, nginx (nginx-light), wrk, h2load (nghttp2-client), python3, openssl.
 # Usage: benches/load/instructions.sh [case...]   (default: all; SECONDS_PER_CASE=4,
 #        PROFILE=release)
 set -euo pipefail
@@ -27,9 +29,9 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm many traced logged)
-for tool in valgrind callgrind_control nginx wrk python3 openssl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk python3 openssl)" >&2; exit 1; }
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm grpc many traced logged)
+for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
 
 # PROFILE picks the cargo profile to measure (release by default).
@@ -44,16 +46,19 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-up=$(free_port); otlp=$(free_port)
+up=$(free_port); otlp=$(free_port); grpcup=$(free_port)
 cat > "$work/up.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
   server { listen 127.0.0.1:$up; keepalive_requests 1000000; location / { return 200 'ok'; } }
-  server { listen 127.0.0.1:$otlp; keepalive_requests 1000000; client_max_body_size 64m; location / { return 200; } } }
+  server { listen 127.0.0.1:$otlp; keepalive_requests 1000000; client_max_body_size 64m; location / { return 200; } }
+  server { listen 127.0.0.1:$grpcup http2; keepalive_requests 1000000; location / { default_type application/grpc; add_trailer grpc-status 0 always; return 200 'ok'; } } }
 CONF
 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
 wait_port "$up"
+# A unary call's body: one gRPC frame holding a small message.
+printf '\x00\x00\x00\x00\x0a\x0a\x08gatehous' > "$work/call.bin"
 
 # Resources for gatehouse's cases.
 write_gatehouse_cases
@@ -64,6 +69,17 @@ grind() { # name port -- command...
     --collect-systime=no "$@" 2>"$work/$name.log" &
   pids+=($!)
   started=$!
+}
+
+# Traffic for SECONDS: wrk over HTTP/1.1, or h2load's unary gRPC calls over h2c (one stream
+# at a time on each connection, like the HTTP/1.1 cases).
+drive() {
+  if [ "$name" = grpc ]; then
+    h2load -c"$CONNECTIONS" -m1 -D "$1" -d "$work/call.bin" \
+      -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$p$target"
+  else
+    wrk -t1 -c"$CONNECTIONS" -d"${1}s" "${script[@]}" "http://127.0.0.1:$p$target"
+  fi
 }
 
 printf "%-10s %12s %14s %12s\n" case requests "instr/request" "idle instr"
@@ -79,9 +95,10 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|wasm|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|grpc|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
       [ "$name" = wasm ] && routes=wasm
+      [ "$name" = grpc ] && routes=grpc && target="/bench.v1.Bench/Unary"
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"
@@ -104,7 +121,7 @@ YAML
   # Warm-up: connections, pools, caches; long enough for the full case to have seen (and
   # cached the verdict of) every token of its pool, so no signature check is counted.
   warm=2; [ "$name" = full ] && warm=6
-  wrk -t1 -c"$CONNECTIONS" -d"${warm}s" "${script[@]}" "http://127.0.0.1:$p$target" >/dev/null
+  drive "$warm" >/dev/null
   # What the process does with no traffic (timers, background services) over the same
   # time is measured first and subtracted, so a slower run (fewer requests) does not
   # spread it over fewer requests.
@@ -112,10 +129,15 @@ YAML
   sleep "$SECONDS_PER_CASE"
   callgrind_control --dump="$name-idle" "$started" >/dev/null 2>&1
   callgrind_control --zero "$started" >/dev/null 2>&1
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_CASE}s" "${script[@]}" "http://127.0.0.1:$p$target")
+  out=$(drive "$SECONDS_PER_CASE")
   callgrind_control --dump="$name" "$started" >/dev/null 2>&1
-  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "$name: errors during the run:" >&2; echo "$out" >&2; exit 1; fi
-  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  if [ "$name" = grpc ]; then
+    if ! grep -qE "^requests: .* 0 failed, 0 errored" <<<"$out"; then echo "$name: errors during the run:" >&2; echo "$out" >&2; exit 1; fi
+    requests=$(awk '/^requests:/ { print $8 }' <<<"$out")
+  else
+    if grep -qE "Non-2xx|Socket errors" <<<"$out"; then echo "$name: errors during the run:" >&2; echo "$out" >&2; exit 1; fi
+    requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  fi
   sleep 1
   idle=$(grep -l "^desc: Trigger: dump $name-idle\$" "$work/$name".*.out.* | xargs awk '/^summary:/ { s += $2 } END { print s + 0 }')
   busy=$(grep -l "^desc: Trigger: dump $name\$" "$work/$name".*.out.* | xargs awk '/^summary:/ { s += $2 } END { print s + 0 }')

@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod idp;
 pub mod otlp;
+pub mod python;
 pub mod traffic;
 pub mod upstream;
 
