@@ -65,11 +65,15 @@ impl Answer<'_> {
     }
 }
 
-/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+/// Whether a request is a gRPC call: HTTP/2 (gRPC runs on nothing else) and
+/// `application/grpc` or `application/grpc+FORMAT` (gRPC-Web is another protocol).
 pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
-    req.headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.version == http::Version::HTTP_2
+        && req.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.strip_prefix(b"application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+        })
 }
 
 /// The gRPC status of a gateway answer (SPEC §9).
@@ -180,6 +184,8 @@ pub async fn answer_error(
     }
     let plugins = ctx.route.as_ref().map(|r| &r.plugins);
     if is_grpc(session.req_header()) {
+        // Counted as what it is, whatever the wire says.
+        ctx.refused_as = Some(reply.status.as_u16());
         let (answer, status) = Answer::grpc(reply);
         send_with(session, answer, &status, &mut ctx.exchange, plugins).await?;
     } else {

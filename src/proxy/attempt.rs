@@ -86,13 +86,17 @@ pub struct Failure {
     pub body_truncated: bool,
     /// Whether Pingora itself would retry this error on this connection.
     pub engine_would_retry: bool,
+    /// The attempt ended for a reason that says nothing of the node: the client reset or
+    /// left, an open WebSocket tunnel ended, the caller's own deadline passed.
+    pub not_the_node: bool,
 }
 
 impl Failure {
     /// The failure Pingora reports for the current attempt, `reused` telling whether it ran
     /// on a pooled connection.
-    pub fn of(session: &Session, e: &Error, reused: bool) -> Failure {
+    pub fn of(session: &Session, e: &Error, reused: bool, not_the_node: bool) -> Failure {
         Failure {
+            not_the_node: not_the_node || e.esource() == &pingora::ErrorSource::Downstream,
             replay: Replay::of(session.req_header()),
             reused,
             connection_lost: matches!(
@@ -226,6 +230,13 @@ impl Attempts {
         if std::mem::take(&mut self.retrying_status) {
             return Retry::AsDecided;
         }
+        if f.not_the_node {
+            // Neither health nor the breaker hears of it, and nothing is tried again.
+            if let (Some(breaker), Some(pass)) = (&self.upstream.breaker, self.pass.take()) {
+                breaker.release(pass);
+            }
+            return Retry::No;
+        }
         if f.reused
             && f.connection_lost
             && f.replay.safe()
@@ -343,6 +354,7 @@ mod tests {
             client_answered: false,
             body_truncated: false,
             engine_would_retry: false,
+            not_the_node: false,
         }
     }
 

@@ -47,6 +47,9 @@ pub struct RequestCtx {
     pub(super) refusal: Option<Box<Flow>>,
     /// Where the request stands as a WebSocket handshake.
     pub(super) websocket: WebSocket,
+    /// The status of a refusal the gateway answered as gRPC (HTTP 200 on the wire): what
+    /// the request is counted as.
+    pub(super) refused_as: Option<u16>,
     _inflight: InFlightGuard,
 }
 
@@ -82,6 +85,7 @@ impl RequestCtx {
             head_clock: None,
             refusal: None,
             websocket: WebSocket::No,
+            refused_as: None,
             _inflight: inflight,
         }
     }

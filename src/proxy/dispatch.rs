@@ -6,7 +6,8 @@ use super::attempt::Attempts;
 use super::ctx::{RequestCtx, WebSocket};
 use super::Gateway;
 use crate::snapshot::{Action, CompiledRoute};
-use gatehouse_plugins::Flow;
+use gatehouse_plugins::{ErrorAnswer, Flow};
+use http::StatusCode;
 use pingora::proxy::Session;
 use pingora::Result;
 use std::sync::Arc;
@@ -52,6 +53,16 @@ impl Gateway {
                 }
                 // Chosen once: retries go to other nodes of the same upstream.
                 let upstream = choice.choose(session.req_header(), &ctx.exchange).clone();
+                if upstream.spec.scheme.grpc() && !answer::is_grpc(session.req_header()) {
+                    // A gRPC server answers nothing else; such a request would only end in a
+                    // reset stream, blamed on a healthy node.
+                    let reply = ErrorAnswer::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        "this route takes gRPC calls: HTTP/2 and content-type application/grpc",
+                    );
+                    return answer_error(session, &reply, ctx).await;
+                }
                 ctx.attempts = Some(Attempts::new(upstream, route.retries));
                 Ok(false)
             }

@@ -76,9 +76,18 @@ impl Gateway {
             .as_ref()
             .filter(|_| !ctx.id_from_client);
         let trace = ctx.trace.as_ref();
+        // gRPC servers want `TE: trailers`, which Pingora drops from an HTTP/1 client's
+        // request: a call to a gRPC upstream always says it.
+        let grpc = ctx
+            .attempts
+            .as_ref()
+            .is_some_and(|a| a.upstream().spec.scheme.grpc());
         head::edit_request(upstream_request, |h| {
             // The map was sized for the client's headers: grow it once, not per insert.
-            h.try_reserve(6)?;
+            h.try_reserve(7)?;
+            if grpc {
+                h.try_insert(header::TE, HeaderValue::from_static("trailers"))?;
+            }
             if one_shot {
                 // Over `pool.max_idle`: the upstream closes this connection after answering.
                 h.try_insert(header::CONNECTION, HeaderValue::from_static("close"))?;

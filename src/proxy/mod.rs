@@ -172,11 +172,11 @@ impl ProxyHttp for Gateway {
         let mut timeouts = route.timeouts;
         if ctx.websocket == WebSocket::Sent {
             // Once upgraded, reads wait for the next frame: the tunnel's silence is bounded by
-            // `timeouts.idle`. The handshake's own answer still has `timeouts.read` (the head
-            // clock).
+            // `timeouts.idle`. Each read of the handshake's answer is too, and the head as a
+            // whole by `timeouts.read` (the head clock).
             timeouts.read = timeouts.idle;
         }
-        if let Some(deadline) = grpc_timeout(session.req_header()) {
+        if let Some(deadline) = caller_deadline(session.req_header(), attempts) {
             // The caller's deadline: no point waiting for an answer it no longer wants.
             timeouts.read = timeouts.read.min(deadline);
         }
@@ -304,7 +304,15 @@ impl ProxyHttp for Gateway {
         let Some(attempts) = &mut ctx.attempts else {
             return e;
         };
-        match attempts.failed(Failure::of(session, &e, client_reused)) {
+        // What says nothing of the node: an open tunnel that ended (idle, or either side
+        // closing), or the caller's own deadline running out.
+        let not_the_node = ctx.websocket == WebSocket::Open
+            || (e.etype() == &ErrorType::ReadTimedout
+                && ctx.route.as_ref().is_some_and(|r| {
+                    caller_deadline(session.req_header(), attempts)
+                        .is_some_and(|d| d < r.timeouts.read)
+                }));
+        match attempts.failed(Failure::of(session, &e, client_reused, not_the_node)) {
             Retry::AsDecided => {}
             Retry::Again | Retry::Fresh => e.set_retry(true),
             Retry::No => e.set_retry(false),
@@ -448,6 +456,15 @@ impl ProxyHttp for Gateway {
             stream.answered();
         }
         self.record(session, ctx);
+    }
+}
+
+/// The deadline a gRPC caller set for a call to a gRPC upstream, if any.
+fn caller_deadline(req: &RequestHeader, attempts: &Attempts) -> Option<std::time::Duration> {
+    if attempts.upstream().spec.scheme.grpc() && answer::is_grpc(req) {
+        grpc_timeout(req)
+    } else {
+        None
     }
 }
 

@@ -13,9 +13,12 @@ impl Gateway {
     /// Records a request once it is over, however it ended.
     pub(super) fn record(&self, session: &Session, ctx: &mut RequestCtx) {
         // Nothing written: the client went away first (nginx's 499).
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let status = match ctx.refused_as {
+            Some(refused) => refused,
+            None => session
+                .response_written()
+                .map_or(499, |r| r.status.as_u16()),
+        };
         let elapsed = ctx.arrived.elapsed();
         let route = ctx.route.as_deref();
         route

@@ -91,6 +91,14 @@ impl Breaker {
     }
 
     /// Records the outcome of a request that was let through.
+    /// Gives back a pass whose request said nothing of the upstream (the client left): a
+    /// probe may be sent again.
+    pub fn release(&self, pass: Pass) {
+        if pass == Pass::Probe {
+            self.probing.store(false, Ordering::Release);
+        }
+    }
+
     pub fn record(&self, pass: Pass, ok: bool, now: u64) {
         if pass == Pass::Probe {
             self.probing.store(false, Ordering::Release);

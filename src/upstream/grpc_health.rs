@@ -34,6 +34,32 @@ pub fn request(service: &str) -> Vec<u8> {
     body
 }
 
+/// Whether a node's answer passes: a gRPC answer (not a page that happens to decode) whose
+/// status, in its trailers or its head, is OK, and whose message says SERVING.
+pub async fn passed(resp: reqwest::Response) -> bool {
+    use http_body_util::BodyExt;
+    let grpc = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !resp.status().is_success() || !grpc {
+        return false;
+    }
+    let head = resp.headers().get("grpc-status").cloned();
+    let Ok(collected) = http::Response::<reqwest::Body>::from(resp)
+        .into_body()
+        .collect()
+        .await
+    else {
+        return false;
+    };
+    let status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(head);
+    status.is_some_and(|s| s == "0") && serving(&collected.to_bytes())
+}
+
 /// Whether an answer's body says SERVING. A failed call (an unknown service answers
 /// NOT_FOUND with no message) has no frame, and so is not serving.
 pub fn serving(body: &[u8]) -> bool {

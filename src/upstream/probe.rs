@@ -77,10 +77,7 @@ impl Prober {
             let (upstream, node, check) = (upstream.clone(), node.clone(), check.clone());
             tokio::spawn(async move {
                 let ok = match request.send().await {
-                    Ok(resp) if scheme.grpc() => {
-                        resp.status().is_success()
-                            && resp.bytes().await.is_ok_and(|b| grpc_health::serving(&b))
-                    }
+                    Ok(resp) if scheme.grpc() => grpc_health::passed(resp).await,
                     Ok(resp) => resp.status().is_success() || resp.status().is_redirection(),
                     Err(_) => false,
                 };
