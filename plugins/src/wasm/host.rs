@@ -360,17 +360,7 @@ fn edit_request(
             .insert_header(http::header::HOST, header_value(value)?)
             .map_err(|_| Status::BadArgument),
         (k, _) if k.starts_with(b":") => Err(Status::BadArgument),
-        (k, Edit::Replace) => req
-            .insert_header(header_name(k)?, header_value(value)?)
-            .map_err(|_| Status::BadArgument),
-        (k, Edit::Add) => req
-            .append_header(header_name(k)?, header_value(value)?)
-            .map(|_| ())
-            .map_err(|_| Status::BadArgument),
-        (k, Edit::Remove) => {
-            req.remove_header(&header_name(k)?);
-            Ok(())
-        }
+        _ => edit_regular(req, edit, key, value),
     }
 }
 
@@ -389,17 +379,56 @@ fn edit_response(
             resp.set_status(code).map_err(|_| Status::BadArgument)
         }
         (k, _) if k.starts_with(b":") => Err(Status::BadArgument),
-        (k, Edit::Replace) => resp
-            .insert_header(header_name(k)?, header_value(value)?)
-            .map_err(|_| Status::BadArgument),
-        (k, Edit::Add) => resp
-            .append_header(header_name(k)?, header_value(value)?)
-            .map(|_| ())
-            .map_err(|_| Status::BadArgument),
-        (k, Edit::Remove) => {
-            resp.remove_header(&header_name(k)?);
-            Ok(())
+        _ => edit_regular(resp, edit, key, value),
+    }
+}
+
+/// What both heads take alike: their ordinary headers.
+trait Head {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> bool;
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> bool;
+    fn unset(&mut self, name: &HeaderName);
+}
+
+impl Head for RequestHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.insert_header(name, value).is_ok()
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.append_header(name, value).is_ok()
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.insert_header(name, value).is_ok()
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> bool {
+        self.append_header(name, value).is_ok()
+    }
+    fn unset(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// Replaces, adds or removes an ordinary header of either head.
+fn edit_regular(head: &mut impl Head, edit: Edit, key: &[u8], value: &[u8]) -> Result<(), Status> {
+    let name = header_name(key)?;
+    let done = match edit {
+        Edit::Replace => head.set(name, header_value(value)?),
+        Edit::Add => head.add(name, header_value(value)?),
+        Edit::Remove => {
+            head.unset(&name);
+            true
         }
+    };
+    if done {
+        Ok(())
+    } else {
+        Err(Status::BadArgument)
     }
 }
 
