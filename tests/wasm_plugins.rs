@@ -39,6 +39,18 @@ fn routes() -> String {
     .join("---\n")
 }
 
+/// What the echo upstream saw of a GET through the gateway.
+async fn echo(gw: &Gateway, path: &str) -> serde_json::Value {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn gateway(up: &TestUpstream) -> Gateway {
     Gateway::builder()
         .file("up.yaml", up.resource("up"))
@@ -133,14 +145,7 @@ async fn a_looping_or_hoarding_plugin_fails_its_request_alone_and_is_counted() {
         "a plain request took {slowest:?}"
     );
     // The worker's instance was replaced: the plugin still serves the next request.
-    let echo: serde_json::Value = c
-        .get(gw.url("/spin/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo(&gw, "/spin/x").await;
     assert_eq!(echo["headers"]["x-spin-checked"], "1");
 
     let resp = c
@@ -197,14 +202,7 @@ async fn a_bad_module_is_rejected_alone_and_the_previous_version_stays() {
         "{rejected:?}"
     );
     // Both routes keep their previous version; the others are untouched.
-    let echo: serde_json::Value = client()
-        .get(gw.url("/add/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo(&gw, "/add/x").await;
     assert_eq!(echo["headers"]["x-wasm"], "on");
     let denied = client()
         .get(gw.url("/deny/x"))

@@ -806,22 +806,12 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
     // ABI 0.2.0's names for the same.
-    linker.func_wrap(
-        "env",
-        "proxy_continue_request",
-        |mut c: Ctx<'_>| -> Answer {
+    for name in ["proxy_continue_request", "proxy_continue_response"] {
+        linker.func_wrap("env", name, |mut c: Ctx<'_>| -> Answer {
             c.data_mut().effects.continued = true;
             status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_continue_response",
-        |mut c: Ctx<'_>| -> Answer {
-            c.data_mut().effects.continued = true;
-            status(Status::Ok)
-        },
-    )?;
+        })?;
+    }
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
