@@ -250,15 +250,16 @@ impl ProxyHttp for Gateway {
         }
         self.head_arrived(ctx);
         if status == 101 && ctx.websocket == WebSocket::Sent {
-            // The upgrade the route asked for: its headers stay, the tunnel is counted.
+            // The upgrade the route asked for: its headers stay, the tunnel is counted, and
+            // the attempt is an answer like any other (health and the breaker hear of it).
             ctx.websocket = WebSocket::Open;
             crate::telemetry::metrics::METRICS
                 .websocket_connections
                 .with_label_values(&[&*ctx.exchange.route_id])
                 .inc();
-            return Ok(());
+        } else {
+            forward::settle_answer(upstream_response)?;
         }
-        forward::settle_answer(upstream_response)?;
         let Some(attempts) = &mut ctx.attempts else {
             return Ok(());
         };
@@ -390,47 +391,42 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         // A refusal a plugin made (while the body streamed, or on seeing the upstream's
         // answer) wins over the error it caused.
-        let (reply, local) = match ctx.refusal.take().map(|r| *r) {
-            Some(Flow::Respond(reply)) => (Some(reply), None),
-            Some(Flow::Answer(local)) => (None, Some(local)),
-            _ => (classify(e), None),
+        let answer = match ctx.refusal.take().map(|r| *r) {
+            Some(Flow::Continue) | None => classify(e).map(Flow::Respond),
+            refusal => refusal,
         };
-        if let Some(local) = local {
-            let code = local.status.as_u16();
-            if session
-                .response_written()
-                .is_none_or(|r| r.status.is_informational())
-            {
-                session.set_keepalive(None);
-                let plugins = ctx.route.clone();
-                let answer = answer::Answer::local(&local);
-                let _ = answer::send(
-                    session,
-                    answer,
-                    &mut ctx.exchange,
-                    plugins.as_ref().map(|r| &r.plugins),
-                )
-                .await;
+        let code = match &answer {
+            Some(Flow::Respond(reply)) => reply.status.as_u16(),
+            Some(Flow::Answer(local)) => local.status.as_u16(),
+            _ => 0,
+        };
+        // Only an interim answer (a 1xx) may have gone out: the final one is still owed.
+        let owed = session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational());
+        if owed && answer.is_some() {
+            // Pingora closes the client connection after a failed proxy attempt; say so, or
+            // a client would send its next request into a closing socket.
+            session.set_keepalive(None);
+            if ctx.exchange.request_id.is_empty() {
+                ctx.exchange.request_id = request_id(&session.req_header().headers);
             }
-            return FailToProxy {
-                error_code: code,
-                can_reuse_downstream: false,
-            };
-        }
-        let code = reply.as_ref().map_or(0, |r| r.status.as_u16());
-        if let Some(reply) = reply {
-            // Only an interim answer (a 1xx) may have gone out: the final one is still owed.
-            let interim_only = session
-                .response_written()
-                .is_none_or(|r| r.status.is_informational());
-            if interim_only {
-                // Pingora closes the client connection after a failed proxy attempt; say so,
-                // or a client would send its next request into a closing socket.
-                session.set_keepalive(None);
-                if ctx.exchange.request_id.is_empty() {
-                    ctx.exchange.request_id = request_id(&session.req_header().headers);
+            match answer {
+                Some(Flow::Respond(reply)) => {
+                    let _ = answer_error(session, &reply, ctx).await;
                 }
-                let _ = answer_error(session, &reply, ctx).await;
+                Some(Flow::Answer(local)) => {
+                    let route = ctx.route.clone();
+                    let plugins = route.as_ref().map(|r| &r.plugins);
+                    let _ = answer::send(
+                        session,
+                        answer::Answer::local(&local),
+                        &mut ctx.exchange,
+                        plugins,
+                    )
+                    .await;
+                }
+                _ => {}
             }
         }
         FailToProxy {

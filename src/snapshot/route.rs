@@ -180,8 +180,8 @@ impl CompiledRoute {
 }
 
 /// One plugin of a route: a registry entry, and where its errors are reported.
-pub struct Entry {
-    pub plugin: PluginUse,
+struct Entry {
+    plugin: PluginUse,
     /// The route field it comes from (`rate_limit`), or `plugins[i]`.
     field: Field,
     /// Whether the next version of the route may keep the plugin while the entry is the
@@ -223,7 +223,7 @@ impl Field {
 /// Every plugin a route runs of its own, as registry entries: its fixed fields first
 /// (`auth`, `rate_limit`, `request_headers`/`response_headers` are the registry's `auth`,
 /// `rate_limit` and `header_rewrite`), then its `plugins:` list.
-pub fn entries(spec: &Route) -> Vec<Entry> {
+fn entries(spec: &Route) -> Vec<Entry> {
     let entry = |name: &str, config: serde_json::Value, field, keep| Entry {
         plugin: PluginUse {
             name: name.into(),

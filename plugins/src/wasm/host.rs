@@ -153,6 +153,11 @@ fn status(s: Status) -> Answer {
     Ok(s as i32)
 }
 
+/// The answer of a host function whose work is done or failed with a status.
+fn done(result: Result<(), Status>) -> Answer {
+    status(result.err().unwrap_or(Status::Ok))
+}
+
 fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
     if let Some(memory) = caller.data().memory {
         return Some(memory);
@@ -325,8 +330,14 @@ enum Edit {
     Remove,
 }
 
-fn map_edit(host: &mut Host, map: MapType, edit: Edit, key: &[u8], value: &[u8]) -> Status {
-    let result = match map {
+fn map_edit(
+    host: &mut Host,
+    map: MapType,
+    edit: Edit,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), Status> {
+    match map {
         MapType::RequestHeaders => match host.request.get() {
             Some(req) => edit_request(req, edit, key, value),
             None => Err(Status::NotFound),
@@ -336,8 +347,7 @@ fn map_edit(host: &mut Host, map: MapType, edit: Edit, key: &[u8], value: &[u8])
             None => Err(Status::NotFound),
         },
         MapType::HttpCallResponseHeaders | MapType::Other => Err(Status::BadArgument),
-    };
-    result.err().unwrap_or(Status::Ok)
+    }
 }
 
 fn edit_request(
@@ -561,7 +571,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             } else {
                 2
             };
-            status(write_u32(&mut c, ret, level).err().unwrap_or(Status::Ok))
+            done(write_u32(&mut c, ret, level))
         },
     )?;
     linker.func_wrap(
@@ -571,11 +581,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let nanos = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            status(
-                write(&mut c, ret, &nanos.to_le_bytes())
-                    .err()
-                    .unwrap_or(Status::Ok),
-            )
+            done(write(&mut c, ret, &nanos.to_le_bytes()))
         },
     )?;
     linker.func_wrap(
@@ -623,11 +629,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return status(Status::BadArgument);
             };
             match map_pairs(c.data_mut(), map) {
-                Some(bytes) => status(
-                    write_u32(&mut c, ret, bytes.len() as u32)
-                        .err()
-                        .unwrap_or(Status::Ok),
-                ),
+                Some(bytes) => done(write_u32(&mut c, ret, bytes.len() as u32)),
                 None => status(Status::NotFound),
             }
         },
@@ -645,7 +647,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 };
                 let key = bytes_or_fault!(&mut c, kp, kl);
                 let value = bytes_or_fault!(&mut c, vp, vl);
-                status(map_edit(c.data_mut(), map, edit, &key, &value))
+                done(map_edit(c.data_mut(), map, edit, &key, &value))
             },
         )?;
     }
@@ -657,7 +659,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return status(Status::BadArgument);
             };
             let key = bytes_or_fault!(&mut c, kp, kl);
-            status(map_edit(c.data_mut(), map, Edit::Remove, &key, &[]))
+            done(map_edit(c.data_mut(), map, Edit::Remove, &key, &[]))
         },
     )?;
     linker.func_wrap(
@@ -671,11 +673,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(pairs) = abi::decode_pairs(&bytes) else {
                 return status(Status::ParseFailure);
             };
-            status(
-                replace_map(c.data_mut(), map, pairs)
-                    .err()
-                    .unwrap_or(Status::Ok),
-            )
+            done(replace_map(c.data_mut(), map, pairs))
         },
     )?;
 
@@ -711,7 +709,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             };
             let wrote = write_u32(&mut c, ret_len, len as u32)
                 .and_then(|_| write_u32(&mut c, ret_flags, 0));
-            status(wrote.err().unwrap_or(Status::Ok))
+            done(wrote)
         },
     )?;
     linker.func_wrap(
@@ -774,7 +772,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             if given != Status::Ok as i32 {
                 return Ok(given);
             }
-            status(write_u32(&mut c, ret_cas, cas).err().unwrap_or(Status::Ok))
+            done(write_u32(&mut c, ret_cas, cas))
         },
     )?;
     linker.func_wrap(
@@ -896,11 +894,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             host.next_token = host.next_token.wrapping_add(1);
             let token = host.next_token;
             host.effects.calls.push(Callout { token, ..call });
-            status(
-                write_u32(&mut c, ret_token, token)
-                    .err()
-                    .unwrap_or(Status::Ok),
-            )
+            done(write_u32(&mut c, ret_token, token))
         },
     )?;
     linker.func_wrap("env", "proxy_done", |_c: Ctx<'_>| -> Answer {
