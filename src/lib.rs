@@ -20,6 +20,7 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod transcode;
 /// The plugin contract, the registry and the built-in plugins (SPEC §12).
 pub use gatehouse_plugins as plugins;
 /// Durations and sizes as written in config files (shared with plugins).

@@ -104,6 +104,44 @@ fn grpc_message(message: &str) -> String {
     out
 }
 
+/// The head of a gateway-made answer: the request id, the exchange's extra headers, the
+/// route's response edits, then `last`. Without a `length`, the body is streamed.
+pub fn head(
+    answer: &Answer<'_>,
+    length: Option<usize>,
+    last: &[(HeaderName, HeaderValue)],
+    ex: &mut Exchange,
+    plugins: Option<&PluginChain>,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 6))?;
+    if let Some(content_type) = &answer.content_type {
+        resp.insert_header(header::CONTENT_TYPE, content_type.clone())?;
+    }
+    for (name, value) in answer.headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    if let Some(length) = length {
+        resp.insert_header(header::CONTENT_LENGTH, length)?;
+    }
+    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+        resp.insert_header(super::identity::REQUEST_ID, id)?;
+    }
+    for (name, value) in &ex.response_headers {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &ex.response_headers_added {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    if let Some(plugins) = plugins {
+        // The gateway's own answer is final: a plugin edits it, but cannot replace it.
+        let _ = plugins.response(&mut resp, ex);
+    }
+    for (name, value) in last {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(resp)
+}
+
 /// Writes a complete answer: the request id, the exchange's extra headers, then the route's
 /// response edits, so `response_headers` apply to gateway-made answers too.
 pub async fn send(
@@ -123,30 +161,7 @@ async fn send_with(
     ex: &mut Exchange,
     plugins: Option<&PluginChain>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 6))?;
-    if let Some(content_type) = answer.content_type {
-        resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    }
-    for (name, value) in answer.headers {
-        resp.append_header(name.clone(), value.clone())?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
-    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
-        resp.insert_header(super::identity::REQUEST_ID, id)?;
-    }
-    for (name, value) in &ex.response_headers {
-        resp.insert_header(name.clone(), value.clone())?;
-    }
-    for (name, value) in &ex.response_headers_added {
-        resp.append_header(name.clone(), value.clone())?;
-    }
-    if let Some(plugins) = plugins {
-        // The gateway's own answer is final: a plugin edits it, but cannot replace it.
-        let _ = plugins.response(&mut resp, ex);
-    }
-    for (name, value) in last {
-        resp.insert_header(name.clone(), value.clone())?;
-    }
+    let resp = head(&answer, Some(answer.body.len()), last, ex, plugins)?;
     let head_only = session.req_header().method == Method::HEAD || answer.body.is_empty();
     if head_only && session.req_header().version == http::Version::HTTP_2 {
         // Pingora's session would send the head and end the stream with an empty DATA

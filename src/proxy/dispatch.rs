@@ -53,6 +53,9 @@ impl Gateway {
                 }
                 // Chosen once: retries go to other nodes of the same upstream.
                 let upstream = choice.choose(session.req_header(), &ctx.exchange).clone();
+                if let Some(transcoder) = route.transcoder.clone() {
+                    return self.transcode(session, ctx, transcoder, upstream).await;
+                }
                 if upstream.spec.scheme.grpc() && !answer::is_grpc(session.req_header()) {
                     // A gRPC server answers nothing else; such a request would only end in a
                     // reset stream, blamed on a healthy node.

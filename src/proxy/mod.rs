@@ -7,6 +7,7 @@
 //! - [`head_watch`]: the clock of each upstream response head;
 //! - [`forward`]: the request as the upstream sees it, the answer as the client may;
 //! - [`answer`]: answers the gateway writes itself, errors included;
+//! - [`transcoded`]: REST calls the gateway makes gRPC calls itself;
 //! - [`record`]: metrics, access log and span of a finished request.
 
 mod answer;
@@ -20,6 +21,7 @@ mod head_watch;
 mod identity;
 mod inflight;
 mod record;
+mod transcoded;
 
 pub use answer::error_body;
 use answer::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
@@ -73,6 +75,8 @@ pub struct Gateway {
     telemetry: Arc<Telemetry>,
     /// The clocks of upstream response heads (SPEC §8: `timeouts.read` bounds the head).
     heads: Arc<HeadWatch>,
+    /// The connections of the calls the gateway makes itself (transcoded ones), pooled.
+    connector: pingora::connectors::http::Connector,
 }
 
 impl Gateway {
@@ -88,6 +92,7 @@ impl Gateway {
             inflight,
             telemetry,
             heads: Arc::new(HeadWatch::new()),
+            connector: pingora::connectors::http::Connector::new(None),
         }
     }
 

@@ -8,11 +8,12 @@ mod depth;
 mod fields;
 mod global_rule;
 mod route;
+pub mod transcode;
 mod upstream;
 
 pub use auth::{AuthPolicy, Forward, Introspection, Jwt, JwtKey, ALGORITHMS};
 pub use catalog::{admit, Catalog, Rejection, Stored};
-pub use fields::{FieldError, SelectorText, Text};
+pub use fields::{FieldError, Problems, SelectorText, Text};
 pub use global_rule::GlobalRule;
 pub use route::{
     CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, Rewrite, Route,
@@ -23,7 +24,7 @@ pub use upstream::{
     UpstreamTls, HASH_KEY_FORMS,
 };
 
-use fields::{check_id, Problems};
+use fields::check_id;
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;

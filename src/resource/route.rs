@@ -1,6 +1,7 @@
 //! The `Route` resource: which requests it takes and where they go.
 
 use super::fields::{check_header_name, is_false, is_zero, Problems, SelectorText, Text};
+use super::transcode::GrpcTranscode;
 use crate::router::{HostPattern, PathPattern, ValueMatcher, METHODS};
 use crate::units::Span;
 use gatehouse_plugins::rate_limit::KEY_FORMS;
@@ -48,6 +49,9 @@ pub struct Route {
     /// like any request, then frames are relayed both ways.
     #[serde(default, skip_serializing_if = "is_false")]
     pub websocket: bool,
+    /// REST calls turned into gRPC calls to the route's gRPC upstream (SPEC §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_transcode: Option<GrpcTranscode>,
 }
 
 /// One entry of a route's `plugins:` list.
@@ -332,6 +336,33 @@ impl Route {
         if let Some(id) = &self.auth {
             if id.is_empty() {
                 p.add("auth", "must name an AuthPolicy");
+            }
+        }
+        if let Some(transcode) = &self.grpc_transcode {
+            self.check_transcode(transcode, p);
+        }
+    }
+
+    fn check_transcode(&self, transcode: &GrpcTranscode, p: &mut Problems) {
+        for (given, name) in [
+            (self.rewrite.is_some(), "rewrite"),
+            (self.direct_response.is_some(), "direct_response"),
+            (self.websocket, "websocket"),
+        ] {
+            if given {
+                p.add(
+                    "grpc_transcode",
+                    format!("a transcoded route cannot have `{name}`: the binding makes the call"),
+                );
+            }
+        }
+        let before = p.0.len();
+        transcode.check(p);
+        if p.0.len() == before && transcode.descriptors.is_some() {
+            // The descriptors are read now, so a selector that does not resolve is named by
+            // `validate` and `apply` as by the gateway.
+            if let Err(errors) = crate::transcode::Transcoder::compile(transcode, None) {
+                p.0.extend(errors);
             }
         }
     }

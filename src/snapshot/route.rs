@@ -1,10 +1,12 @@
 //! A route compiled for the request path.
 
 use super::{CompiledPolicy, GlobalPlugins};
+use crate::resource::transcode::GrpcTranscode;
 use crate::resource::PluginUse;
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::telemetry::metrics::RouteMetrics;
+use crate::transcode::Transcoder;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::Authenticator;
@@ -91,6 +93,8 @@ pub struct CompiledRoute {
     /// The path pattern reported as `http.route` in traces: the route's first path.
     pub pattern: Option<Arc<str>>,
     pub metrics: RouteMetrics,
+    /// REST calls made gRPC calls (SPEC §9), when the route has `grpc_transcode`.
+    pub transcoder: Option<Arc<Transcoder>>,
 }
 
 impl CompiledRoute {
@@ -118,6 +122,10 @@ impl CompiledRoute {
                 Some(Err(_)) => return Err(format!("auth: policy `{id}` was refused")),
                 None => return Err(format!("auth: no policy `{id}`")),
             },
+            None => None,
+        };
+        let transcoder = match &spec.grpc_transcode {
+            Some(t) => Some(Arc::new(transcoder(t, &action, previous)?)),
             None => None,
         };
         let own = own_plugins(&spec, previous, &Policies(policies))?;
@@ -164,6 +172,7 @@ impl CompiledRoute {
                 idle: t.idle.0,
             },
             retries: spec.retries.unwrap_or(0),
+            transcoder,
             spec,
         })
     }
@@ -264,6 +273,27 @@ fn entries(spec: &Route) -> Vec<Entry> {
 }
 
 /// A missing side of the header rules is no rules at all.
+/// The route's transcoding, which only a gRPC upstream can answer.
+fn transcoder(
+    spec: &GrpcTranscode,
+    action: &Action,
+    previous: Option<&CompiledRoute>,
+) -> Result<Transcoder, String> {
+    if let Action::Proxy(choice) = action {
+        if let Some(other) = choice.targets().find(|t| !t.spec.scheme.grpc()) {
+            return Err(format!(
+                "grpc_transcode: upstream `{}` must have scheme grpc or grpcs",
+                other.id
+            ));
+        }
+    }
+    let previous = previous.and_then(|p| p.transcoder.as_deref());
+    Transcoder::compile(spec, previous).map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        errors.join("; ")
+    })
+}
+
 fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
     if let Some(map) = value.as_object_mut() {
         map.retain(|_, v| !v.is_null());

@@ -1,0 +1,265 @@
+//! A gRPC answer turned into a REST one: length-prefixed messages read off the stream,
+//! each written as proto3 canonical JSON, and a non-OK `grpc-status` turned into the HTTP
+//! status of the google.rpc code mapping with the JSON error body of SPEC §9.
+
+use super::bindings::Binding;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use prost_reflect::{DynamicMessage, SerializeOptions};
+
+/// The largest message taken from an upstream (gRPC's own default receive limit is 4 MiB).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Splits a gRPC body stream into messages.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buffer: BytesMut,
+}
+
+/// Why a gRPC body cannot be read: the upstream's answer is invalid (a 502).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("a message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("a compressed message, though the gateway asked for none")]
+    Compressed,
+    #[error("the stream ended inside a message")]
+    Cut,
+}
+
+impl Frames {
+    pub fn push(&mut self, piece: &[u8]) {
+        self.buffer.extend_from_slice(piece);
+    }
+
+    /// The next whole message, if one is buffered.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buffer.len() < 5 {
+            return Ok(None);
+        }
+        let compressed = self.buffer[0];
+        let len = u32::from_be_bytes([
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+            self.buffer[4],
+        ]) as usize;
+        if compressed != 0 {
+            return Err(FrameError::Compressed);
+        }
+        if len > MAX_MESSAGE {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buffer.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buffer.advance(5);
+        Ok(Some(self.buffer.split_to(len).freeze()))
+    }
+
+    /// The stream ended: nothing may be left half-read.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buffer.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Cut)
+        }
+    }
+}
+
+/// One message framed for the wire: uncompressed, its length first.
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+/// A response message as JSON: the whole message, or its `response_body` field.
+pub fn to_json(binding: &Binding, message: &[u8]) -> Result<Vec<u8>, String> {
+    let decoded = DynamicMessage::decode(binding.method.output(), message).map_err(|e| {
+        format!(
+            "the answer is not a {}: {e}",
+            binding.method.output().full_name()
+        )
+    })?;
+    let mut out = Vec::with_capacity(message.len() * 2 + 16);
+    let options = SerializeOptions::new();
+    let mut ser = serde_json::Serializer::new(&mut out);
+    match &binding.response_body {
+        None => decoded.serialize_with_options(&mut ser, &options),
+        Some(field) => {
+            let value = decoded.get_field(field);
+            match value.as_message() {
+                Some(inner) => inner.serialize_with_options(&mut ser, &options),
+                None => {
+                    // A scalar or list field: its JSON form, taken from the whole message's.
+                    let options = options.skip_default_fields(false);
+                    let whole = decoded
+                        .serialize_with_options(serde_json::value::Serializer, &options)
+                        .map_err(|e| e.to_string())?;
+                    let part = whole.get(field.json_name()).cloned().unwrap_or_default();
+                    serde::Serialize::serialize(&part, &mut ser)
+                }
+            }
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// A call's outcome, read from the head (trailers-only) or the trailers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcStatus {
+    pub code: u16,
+    pub message: String,
+}
+
+impl GrpcStatus {
+    /// The status the headers carry, if any.
+    pub fn of(headers: &HeaderMap) -> Option<GrpcStatus> {
+        let code = headers.get("grpc-status")?;
+        let code = std::str::from_utf8(code.as_bytes())
+            .ok()
+            .and_then(|c| c.trim().parse::<u16>().ok())
+            .unwrap_or(2);
+        let message = headers
+            .get("grpc-message")
+            .map(|m| percent_decode(m.as_bytes()))
+            .unwrap_or_default();
+        Some(GrpcStatus { code, message })
+    }
+
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// The HTTP status and error code of the google.rpc mapping.
+    pub fn http(&self) -> (StatusCode, &'static str) {
+        let (status, name) = match self.code {
+            0 => (200, "ok"),
+            1 => (499, "cancelled"),
+            3 => (400, "invalid_argument"),
+            4 => (504, "deadline_exceeded"),
+            5 => (404, "not_found"),
+            6 => (409, "already_exists"),
+            7 => (403, "permission_denied"),
+            8 => (429, "resource_exhausted"),
+            9 => (400, "failed_precondition"),
+            10 => (409, "aborted"),
+            11 => (400, "out_of_range"),
+            12 => (501, "unimplemented"),
+            13 => (500, "internal"),
+            14 => (503, "unavailable"),
+            15 => (500, "data_loss"),
+            16 => (401, "unauthenticated"),
+            _ => (500, "unknown"),
+        };
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            name,
+        )
+    }
+
+    /// `{"error": CODE, "message": grpc-message, "request_id": ID, "grpc_status": N}`.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        let (_, name) = self.http();
+        let body = serde_json::json!({
+            "error": name,
+            "message": self.message,
+            "request_id": request_id,
+            "grpc_status": self.code,
+        });
+        body.to_string().into_bytes()
+    }
+}
+
+/// `grpc-message` is percent-encoded UTF-8; a broken escape is kept as it is.
+fn percent_decode(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_read_whole_across_pieces() {
+        let mut frames = Frames::default();
+        let wire = [frame(b"abc"), frame(b""), frame(b"de")].concat();
+        for piece in wire.chunks(2) {
+            frames.push(piece);
+        }
+        assert_eq!(frames.next_message().unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(frames.next_message().unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(frames.next_message().unwrap().as_deref(), Some(&b"de"[..]));
+        assert_eq!(frames.next_message().unwrap(), None);
+        assert!(frames.finish().is_ok());
+    }
+
+    #[test]
+    fn bad_frames_are_refused() {
+        let mut frames = Frames::default();
+        frames.push(&[1, 0, 0, 0, 1, 7]);
+        assert_eq!(frames.next_message(), Err(FrameError::Compressed));
+        let mut frames = Frames::default();
+        frames.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            frames.next_message(),
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut frames = Frames::default();
+        frames.push(&[0, 0, 0, 0, 9, 1]);
+        assert_eq!(frames.next_message(), Ok(None));
+        assert_eq!(frames.finish(), Err(FrameError::Cut));
+    }
+
+    #[test]
+    fn statuses_map_to_http_and_the_error_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-status", "5".parse().unwrap());
+        headers.insert("grpc-message", "no user %E2%9C%93 50%".parse().unwrap());
+        let status = GrpcStatus::of(&headers).unwrap();
+        assert_eq!(status.http(), (StatusCode::NOT_FOUND, "not_found"));
+        assert_eq!(status.message, "no user ✓ 50%");
+        let body: serde_json::Value = serde_json::from_slice(&status.body("r1")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "not_found", "message": "no user ✓ 50%",
+                "request_id": "r1", "grpc_status": 5})
+        );
+        for (code, http) in [
+            (3, 400),
+            (4, 504),
+            (7, 403),
+            (14, 503),
+            (16, 401),
+            (99, 500),
+        ] {
+            let s = GrpcStatus {
+                code,
+                message: String::new(),
+            };
+            assert_eq!(s.http().0.as_u16(), http, "{code}");
+        }
+        assert_eq!(GrpcStatus::of(&HeaderMap::new()), None);
+    }
+}
