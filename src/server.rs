@@ -202,6 +202,10 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         "health checks",
         crate::upstream::Prober::new(live.clone())?,
     ));
+    server.add_service(background_service(
+        "transcoding reflection",
+        crate::transcode::reflection::Reflector::new(live.clone())?,
+    ));
     server.add_service(background_service("upstream head clock", head_sweeper));
     server.add_service(background_service(
         "drain",

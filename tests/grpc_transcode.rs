@@ -339,3 +339,88 @@ async fn an_upstream_that_refuses_connections_is_a_502() {
         "{error}"
     );
 }
+
+/// A transcoded route reading its descriptors from the upstream's reflection service.
+fn reflected_route(upstream: &str, services: &str) -> String {
+    format!(
+        r#"kind: Route
+id: reflected
+match: {{ paths: ["/v1/**"] }}
+upstream: {upstream}
+grpc_transcode:
+  reflection: true
+{services}  rules:
+    - {{ selector: users.v1.UserService.DeleteUser, delete: "/v1/users/{{id}}" }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_reads_the_services_and_reads_them_again_when_the_nodes_change() {
+    use common::eventually;
+    use std::time::Duration;
+
+    // No node answers yet: the route says so rather than guessing.
+    let dead = free_addr();
+    let routes = format!(
+        "{}---\n{}",
+        upstream("users", dead.port()),
+        reflected_route("users", "  services: [users.v1.UserService]\n")
+    );
+    let gw = Gateway::builder().file("routes.yaml", routes).start().await;
+    let (status, error) = call(&gw, "GET", "/v1/users/7", None).await;
+    assert_eq!(
+        (status, &error["error"]),
+        (503, &json!("no_upstream")),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("reflection"),
+        "{error}"
+    );
+
+    // A server with `grpc.reflection.v1`, the services named by the route.
+    let first = PythonServer::start(&format!("{}/server.py", dir()), &["--reflection", "v1"]);
+    let routes = format!(
+        "{}---\n{}",
+        upstream("users", first.port),
+        reflected_route("users", "  services: [users.v1.UserService]\n")
+    );
+    gw.write_file("routes.yaml", &routes);
+    eventually(
+        Duration::from_secs(15),
+        "descriptors read by reflection",
+        || async { call(&gw, "GET", "/v1/users/7", None).await.0 == 200 },
+    )
+    .await;
+    let (_, user) = call(&gw, "GET", "/v1/users/7?view=v", None).await;
+    assert_eq!((&user["id"], &user["nickname"]), (&json!("7"), &json!("v")));
+    assert_eq!(
+        call(&gw, "DELETE", "/v1/users/5", None).await,
+        (200, json!({}))
+    );
+
+    // The node changes to a server with only `v1alpha`, and the route names no service:
+    // the services are listed, and the descriptors read again from the new node.
+    let second = server();
+    let routes = format!(
+        "{}---\n{}",
+        upstream("users", second.port),
+        reflected_route("users", "")
+    );
+    gw.write_file("routes.yaml", &routes);
+    let read_from_second = format!("127.0.0.1:{}", second.port);
+    eventually(
+        Duration::from_secs(15),
+        "a read from the new node",
+        || async {
+            gw.logs()
+                .lines()
+                .any(|l| l.contains("read by reflection") && l.contains(&read_from_second))
+        },
+    )
+    .await;
+    drop(first);
+    assert_eq!(call(&gw, "GET", "/v1/users/9", None).await.0, 200);
+    assert_eq!(call(&gw, "GET", "/v1/users/404", None).await.0, 404);
+}

@@ -12,6 +12,7 @@
 //! the call itself is made by the proxy, through the route's upstream and its attempts.
 
 pub mod bindings;
+pub mod reflection;
 pub mod request;
 pub mod response;
 pub mod template;
@@ -33,6 +34,8 @@ const MAX_DESCRIPTORS: u64 = 32 << 20;
 pub struct Transcoder {
     pub spec: GrpcTranscode,
     bindings: ArcSwapOption<Bindings>,
+    /// Where reading the descriptors by reflection stands (only its service touches it).
+    reflected: std::sync::Mutex<reflection::Reflected>,
 }
 
 impl Transcoder {
@@ -56,6 +59,7 @@ impl Transcoder {
         Ok(Transcoder {
             spec: spec.clone(),
             bindings: ArcSwapOption::new(bindings),
+            reflected: Default::default(),
         })
     }
 

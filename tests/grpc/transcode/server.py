@@ -2,6 +2,9 @@
 standard reflection service. Listens on 127.0.0.1 on a free port and prints `PORT <n>` once
 it serves; stops when its standard input closes.
 
+`--reflection v1` serves reflection as `grpc.reflection.v1` (the same messages under the
+newer name) instead of `grpc.reflection.v1alpha`, the only version grpcio-reflection has.
+
 `python3 server.py --descriptors OUT` instead writes the FileDescriptorSet of users.proto
 (with its imports, as `protoc --include_imports -o` does) to OUT and exits."""
 
@@ -37,8 +40,8 @@ def write_descriptors(out):
     sys.exit(code)
 
 
-def serve():
-    from grpc_reflection.v1alpha import reflection
+def serve(reflection_version):
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
 
     protos, services = grpc.protos_and_services("users.proto")
 
@@ -104,13 +107,22 @@ def serve():
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     services.add_UserServiceServicer_to_server(Users(), server)
-    reflection.enable_server_reflection(
-        (
-            protos.DESCRIPTOR.services_by_name["UserService"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    names = (protos.DESCRIPTOR.services_by_name["UserService"].full_name,)
+    if reflection_version == "v1":
+        servicer = reflection.ReflectionServicer(names)
+        handler = grpc.method_handlers_generic_handler(
+            "grpc.reflection.v1.ServerReflection",
+            {
+                "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                    servicer.ServerReflectionInfo,
+                    request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                    response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                )
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+    else:
+        reflection.enable_server_reflection(names + (reflection.SERVICE_NAME,), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)
@@ -126,5 +138,7 @@ def serve():
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--descriptors":
         write_descriptors(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--reflection":
+        serve(sys.argv[2])
     else:
-        serve()
+        serve("v1alpha")
