@@ -204,7 +204,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     ));
     server.add_service(background_service(
         "transcoding reflection",
-        crate::transcode::reflection::Reflector::new(live.clone())?,
+        crate::snapshot::Reflector::new(live.clone())?,
     ));
     server.add_service(background_service("upstream head clock", head_sweeper));
     server.add_service(background_service(

@@ -12,10 +12,13 @@
 #                     (one request header set from its configuration)
 #   $work/grpc/       a route for /bench.v1.Bench/{method} to a `scheme: grpc` upstream (an
 #                     nginx h2c server on $grpcup)
+#   $work/transcode/  a transcoded route `/v1/**` (grpc_transcode, descriptors of
+#                     tests/grpc/transcode/users.proto) to the Python gRPC server of
+#                     tests/grpc/transcode/server.py on $tcup
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
@@ -45,6 +48,20 @@ kind: Route
 id: grpc
 match: { paths: ["/bench.v1.Bench/{method}"] }
 upstream: bench-grpc
+YAML
+  cat > "$work/transcode/routes.yaml" <<YAML
+kind: Upstream
+id: users
+scheme: grpc
+nodes: [{ addr: "127.0.0.1:${tcup:-0}" }]
+---
+kind: Route
+id: transcode
+match: { paths: ["/v1/**"] }
+upstream: users
+grpc_transcode:
+  descriptors: "$work/users.pb"
+  services: [users.v1.UserService]
 YAML
   cat > "$work/wasm/routes.yaml" <<YAML
 $upstream_yaml

@@ -15,7 +15,8 @@
 # request_size_limit; requests carry an allowed Origin), wasm (a plain route with the
 # proxy-wasm plugin tests/wasm/add_header.wasm: gatehouse is its baseline), grpc (unary
 # gRPC calls over h2c, driven by h2load, through a `scheme: grpc` upstream: gatehouse is its
-# baseline), origin (the plain route with the
+# baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
+# the Python server of tests/grpc/transcode/server.py: gatehouse is its baseline), origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
 #
@@ -29,7 +30,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm grpc many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm grpc transcode many traced logged)
 for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
@@ -57,6 +58,17 @@ http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastc
 CONF
 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
 wait_port "$up"
+# The transcoding case's gRPC server (it stops when its standard input closes) and the
+# descriptor set of its service.
+tcup=0
+if [[ " ${cases[*]} " == *" transcode "* ]]; then
+  python3 tests/grpc/transcode/server.py --descriptors "$work/users.pb"
+  mkfifo "$work/tcin"
+  python3 tests/grpc/transcode/server.py < "$work/tcin" > "$work/tcup" & pids+=($!)
+  exec 7>"$work/tcin"  # held open until this script ends
+  for _ in $(seq 1 200); do grep -q PORT "$work/tcup" 2>/dev/null && break; sleep 0.05; done
+  tcup=$(awk '/PORT/ { print $2 }' "$work/tcup")
+fi
 # A unary call's body: one gRPC frame holding a small message.
 printf '\x00\x00\x00\x00\x0a\x0a\x08gatehous' > "$work/call.bin"
 
@@ -95,10 +107,11 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|wasm|grpc|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|grpc|transcode|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
       [ "$name" = wasm ] && routes=wasm
       [ "$name" = grpc ] && routes=grpc && target="/bench.v1.Bench/Unary"
+      [ "$name" = transcode ] && routes=transcode && target="/v1/users/7"
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"

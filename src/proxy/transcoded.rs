@@ -10,9 +10,10 @@ use super::answer::{self, answer_error, classify, Answer, CIRCUIT_OPEN, NO_UPSTR
 use super::attempt::{Attempts, Failure, Refused, Replay, Retry};
 use super::ctx::RequestCtx;
 use super::Gateway;
+use crate::snapshot::Transcoder;
 use crate::transcode::bindings::{Binding, Found};
+use crate::transcode::request;
 use crate::transcode::response::{self, Frames, GrpcStatus};
-use crate::transcode::{request, Transcoder};
 use crate::upstream::UpstreamTarget;
 use bytes::Bytes;
 use gatehouse_plugins::{ErrorAnswer, Flow};

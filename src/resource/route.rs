@@ -358,10 +358,10 @@ impl Route {
         }
         let before = p.0.len();
         transcode.check(p);
-        if p.0.len() == before && transcode.descriptors.is_some() {
+        if p.0.len() == before {
             // The descriptors are read now, so a selector that does not resolve is named by
             // `validate` and `apply` as by the gateway.
-            if let Err(errors) = crate::transcode::Transcoder::compile(transcode, None) {
+            if let Err(errors) = transcode.resolve() {
                 p.0.extend(errors);
             }
         }

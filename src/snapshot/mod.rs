@@ -3,13 +3,17 @@
 
 mod auth;
 mod global;
+mod reflector;
 mod route;
 mod source;
+mod transcoder;
 
 pub use auth::compile_policy;
 pub use global::{CompiledGlobalRule, GlobalPlugins};
+pub use reflector::Reflector;
 pub use route::{Action, CompiledRoute, PathRewrite, RouteTimeouts};
 pub use source::{SourceHealth, SourceKind, SourceReport};
+pub use transcoder::Transcoder;
 
 use crate::resource::{AuthPolicy, Catalog, Kind, Rejection};
 use crate::router::Router;

@@ -1,12 +1,12 @@
 //! A route compiled for the request path.
 
+use super::Transcoder;
 use super::{CompiledPolicy, GlobalPlugins};
 use crate::resource::transcode::GrpcTranscode;
 use crate::resource::PluginUse;
 use crate::resource::{DirectResponse, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::telemetry::metrics::RouteMetrics;
-use crate::transcode::Transcoder;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::Authenticator;

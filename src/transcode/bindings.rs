@@ -2,9 +2,8 @@
 //! methods' annotations and the route's `rules`) resolved against the descriptors once, when
 //! the route compiles, and matched per request by HTTP method and path.
 
+use super::rule::{check_rule, BindingError, HttpRule};
 use super::template::PathTemplate;
-use crate::resource::transcode::{check_rule, GrpcTranscode, HttpRule};
-use crate::resource::FieldError;
 use http::Method;
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MethodDescriptor, SerializeOptions};
 
@@ -60,18 +59,20 @@ impl Bindings {
     /// Resolves the route's `grpc_transcode` against `pool`; each error names the field at
     /// fault (a service, a rule's selector, a method's annotation).
     pub fn resolve(
-        spec: &GrpcTranscode,
+        services: &[String],
+        rules: &[HttpRule],
         pool: &DescriptorPool,
-    ) -> Result<Bindings, Vec<FieldError>> {
+    ) -> Result<Bindings, Vec<BindingError>> {
         let mut errors = Vec::new();
+        let names = services;
         let mut services = Vec::new();
-        if spec.services.is_empty() {
+        if names.is_empty() {
             services.extend(pool.services());
         }
-        for (i, name) in spec.services.iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
             match pool.get_service_by_name(name) {
                 Some(service) => services.push(service),
-                None => errors.push(FieldError::new(
+                None => errors.push(BindingError::new(
                     format!("grpc_transcode.services[{i}]"),
                     format!("`{name}` is not a service of the descriptors"),
                 )),
@@ -79,7 +80,7 @@ impl Bindings {
         }
         let http = pool.get_extension_by_name("google.api.http");
         let mut bindings = Vec::new();
-        for (i, rule) in spec.rules.iter().enumerate() {
+        for (i, rule) in rules.iter().enumerate() {
             let field = format!("grpc_transcode.rules[{i}]");
             let method = services
                 .iter()
@@ -87,7 +88,7 @@ impl Bindings {
                 .find(|m| m.full_name() == rule.selector);
             match method {
                 Some(method) => bind(&field, rule, &method, &mut bindings, &mut errors),
-                None => errors.push(FieldError::new(
+                None => errors.push(BindingError::new(
                     format!("{field}.selector"),
                     format!(
                         "`{}` is not a method of the transcoded services",
@@ -105,14 +106,14 @@ impl Bindings {
             let field = format!("{} (google.api.http)", method.full_name());
             match annotation(&options.get_extension(http)) {
                 Ok(rule) => bind(&field, &rule, &method, &mut bindings, &mut errors),
-                Err(e) => errors.push(FieldError::new(field, e)),
+                Err(e) => errors.push(BindingError::new(field, e)),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         if bindings.is_empty() {
-            return Err(vec![FieldError::new(
+            return Err(vec![BindingError::new(
                 "grpc_transcode",
                 "no method is bound: annotate methods with google.api.http or give `rules`",
             )]);
@@ -167,17 +168,17 @@ fn bind(
     rule: &HttpRule,
     method: &MethodDescriptor,
     out: &mut Vec<Binding>,
-    errors: &mut Vec<FieldError>,
+    errors: &mut Vec<BindingError>,
 ) {
-    let mut problems = crate::resource::Problems::default();
+    let mut problems = Vec::new();
     // The selector was matched already; an annotation has none.
     let rule_checked = HttpRule {
         selector: method.full_name().to_owned(),
         ..rule.clone()
     };
     check_rule(field, &rule_checked, 0, &mut problems);
-    if !problems.0.is_empty() {
-        errors.extend(problems.0);
+    if !problems.is_empty() {
+        errors.extend(problems);
         return;
     }
     let all = std::iter::once((field.to_owned(), rule)).chain(
@@ -189,7 +190,7 @@ fn bind(
     for (field, rule) in all {
         match binding(rule, method) {
             Ok(b) => out.push(b),
-            Err(e) => errors.push(FieldError::new(field, e)),
+            Err(e) => errors.push(BindingError::new(field, e)),
         }
     }
 }

@@ -3,78 +3,28 @@
 //! `google.api.http` annotations and the route's own `rules`.
 //!
 //! - [`template`]: path templates, parsed once and matched per request;
-//! - [`bindings`]: the bindings resolved against the descriptors;
+//! - [`rule`]: a `google.api.http` rule and the checks of its syntax;
+//! - [`bindings`]: the rules resolved against the descriptors;
 //! - [`request`]: a REST request into a request message's bytes;
 //! - [`response`]: gRPC frames and statuses into JSON and HTTP statuses;
-//! - [`reflection`]: the descriptors read from an upstream's server reflection.
+//! - [`reflection`]: the client that reads descriptors from a server's reflection service.
 //!
-//! Everything here is pure but for reading a descriptor file and the reflection client:
-//! the call itself is made by the proxy, through the route's upstream and its attempts.
+//! Everything here knows protobuf and HTTP, not the gateway: a route's `Transcoder` and the
+//! service that keeps reflected descriptors fresh live in `snapshot`, and the call itself
+//! is made by the proxy, through the route's upstream and its attempts.
 
 pub mod bindings;
 pub mod reflection;
 pub mod request;
 pub mod response;
+pub mod rule;
 pub mod template;
 
-use crate::resource::transcode::GrpcTranscode;
-use crate::resource::FieldError;
-use arc_swap::ArcSwapOption;
 use base64::Engine;
-use bindings::Bindings;
 use prost_reflect::DescriptorPool;
-use std::sync::Arc;
 
 /// The largest descriptor set read, from a file or inline.
 const MAX_DESCRIPTORS: u64 = 32 << 20;
-
-/// A route's transcoding: its bindings, fixed when read from a descriptor set, replaced
-/// whenever reflection reads the upstream's services again.
-#[derive(Debug)]
-pub struct Transcoder {
-    pub spec: GrpcTranscode,
-    bindings: ArcSwapOption<Bindings>,
-    /// Where reading the descriptors by reflection stands (only its service touches it).
-    reflected: std::sync::Mutex<reflection::Reflected>,
-}
-
-impl Transcoder {
-    /// Builds the route's transcoding. With `descriptors`, the set is read and every
-    /// binding resolved now, each error named; with `reflection`, the bindings come later,
-    /// from the reflection service, and a previous version's are kept meanwhile.
-    pub fn compile(
-        spec: &GrpcTranscode,
-        previous: Option<&Transcoder>,
-    ) -> Result<Transcoder, Vec<FieldError>> {
-        let bindings = match &spec.descriptors {
-            Some(source) => {
-                let pool = load(source)
-                    .map_err(|e| vec![FieldError::new("grpc_transcode.descriptors", e)])?;
-                Some(Arc::new(Bindings::resolve(spec, &pool)?))
-            }
-            None => previous
-                .filter(|p| p.spec.reflection)
-                .and_then(|p| p.bindings.load_full()),
-        };
-        Ok(Transcoder {
-            spec: spec.clone(),
-            bindings: ArcSwapOption::new(bindings),
-            reflected: Default::default(),
-        })
-    }
-
-    /// The bindings in force; `None` while reflection has not answered yet.
-    pub fn bindings(&self) -> Option<Arc<Bindings>> {
-        self.bindings.load_full()
-    }
-
-    /// Resolves descriptors read by reflection and puts their bindings in force.
-    pub fn learn(&self, pool: &DescriptorPool) -> Result<(), Vec<FieldError>> {
-        let bindings = Bindings::resolve(&self.spec, pool)?;
-        self.bindings.store(Some(Arc::new(bindings)));
-        Ok(())
-    }
-}
 
 /// Reads a FileDescriptorSet: `base64:…` inline, or a file's path.
 pub fn load(source: &str) -> Result<DescriptorPool, String> {
