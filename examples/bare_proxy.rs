@@ -2,7 +2,7 @@
 //! every request to one upstream, built with the same allocator and runtime settings as
 //! gatehouse. Used by `benches/load/compare.sh`.
 //!
-//! Usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract]
+//! Usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract|grpc]
 //!
 //! With `contract`, it also does what SPEC §4 asks of every proxied request, the cheapest
 //! way Pingora allows: upstream timeouts, `X-Request-Id` both ways and `X-Forwarded-*`,
@@ -10,6 +10,9 @@
 //! does; Pingora's own `insert_header` costs about 2,000 instructions a header).
 //! The difference between the two modes is the price of that contract; the difference
 //! between `contract` and gatehouse is the price of gatehouse's own machinery.
+//!
+//! With `grpc`, it takes h2c from clients and speaks HTTP/2 by prior knowledge to the
+//! upstream: the floor of a gRPC call through Pingora.
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -33,6 +36,7 @@ struct Bare {
     upstream: SocketAddr,
     contract: bool,
     timeouts: bool,
+    grpc: bool,
 }
 
 #[async_trait]
@@ -49,6 +53,9 @@ impl ProxyHttp for Bare {
         _ctx: &mut String,
     ) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.grpc {
+            peer.options.set_http_version(2, 2);
+        }
         if self.timeouts {
             peer.options.connection_timeout = Some(Duration::from_secs(5));
             peer.options.read_timeout = Some(Duration::from_secs(60));
@@ -112,7 +119,7 @@ fn bad_header() -> Box<pingora::Error> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract]");
+        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS] [contract|grpc]");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -122,6 +129,7 @@ fn main() {
     let timeouts = args
         .get(4)
         .is_some_and(|m| m == "contract" || m == "timeouts");
+    let grpc = args.get(4).is_some_and(|m| m == "grpc");
     let conf = ServerConf {
         threads,
         work_stealing: false,
@@ -132,14 +140,21 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let upstream = upstream.parse().expect("UPSTREAM_ADDR is ip:port");
-    let mut proxy = pingora::proxy::http_proxy_service(
+    let mut logic = pingora::proxy::http_proxy(
         &server.configuration,
         Bare {
             upstream,
             contract,
             timeouts,
+            grpc,
         },
     );
+    if grpc {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        logic.server_options = Some(options);
+    }
+    let mut proxy = pingora::services::listening::Service::new("bare".to_string(), logic);
     proxy.add_tcp(listen);
     server.add_service(proxy);
     server.run_forever();

@@ -239,7 +239,7 @@ async fn requests_that_do_not_fit_are_refused_naming_the_field_and_unbound_paths
             "address.city",
         ),
         ("POST", "/v1/users", Some(r#"{"nope": 1}"#), "nope"),
-        ("POST", "/v1/users", Some("{not json"), "User"),
+        ("POST", "/v1/users", Some("{not json"), "JSON"),
         (
             "PATCH",
             "/v1/users/5",

@@ -9,7 +9,8 @@
 # requests served. Kernel time (syscalls, TCP) is not counted: this measures what the
 # proxy's own code costs, which is what optimisations of that code change.
 #
-# Cases: pingap (when installed), bare (examples/bare_proxy.rs), contract (the same doing SPEC §4's per-request
+# Cases: pingap (when installed), bare (examples/bare_proxy.rs), bare-grpc (the same taking
+# unary gRPC calls over h2c to the h2c upstream: the grpc case's floor), contract (the same doing SPEC §4's per-request
 # headers and timeouts), gatehouse (a plain route), full (RS256 JWT + rate limit + weighted
 # split + header rewrite), plugged (a plain route with cors + ip_restriction +
 # request_size_limit; requests carry an allowed Origin), wasm (a plain route with the
@@ -30,7 +31,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm grpc transcode many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm bare-grpc grpc transcode many traced logged)
 for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
@@ -86,7 +87,7 @@ grind() { # name port -- command...
 # Traffic for SECONDS: wrk over HTTP/1.1, or h2load's unary gRPC calls over h2c (one stream
 # at a time on each connection, like the HTTP/1.1 cases).
 drive() {
-  if [ "$name" = grpc ]; then
+  if [ "$name" = grpc ] || [ "$name" = bare-grpc ]; then
     h2load -c"$CONNECTIONS" -m1 -D "$1" -d "$work/call.bin" \
       -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$p$target"
   else
@@ -100,6 +101,9 @@ for name in "${cases[@]}"; do
   target="/bench"; script=()
   case $name in
     bare) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 ;;
+    bare-grpc)
+      target="/bench.v1.Bench/Unary"
+      grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$grpcup" 1 grpc ;;
     pingap)
       command -v pingap >/dev/null || { echo "pingap: not installed (cargo install pingap --version 0.13.1 --locked), skipped" >&2; continue; }
       mkdir -p "$work/pingap"
@@ -144,7 +148,7 @@ YAML
   callgrind_control --zero "$started" >/dev/null 2>&1
   out=$(drive "$SECONDS_PER_CASE")
   callgrind_control --dump="$name" "$started" >/dev/null 2>&1
-  if [ "$name" = grpc ]; then
+  if [ "$name" = grpc ] || [ "$name" = bare-grpc ]; then
     if ! grep -qE "^requests: .* 0 failed, 0 errored" <<<"$out"; then echo "$name: errors during the run:" >&2; echo "$out" >&2; exit 1; fi
     requests=$(awk '/^requests:/ { print $8 }' <<<"$out")
   else

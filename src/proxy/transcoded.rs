@@ -110,6 +110,16 @@ impl Gateway {
         let Some(route) = ctx.route.clone() else {
             return Ok(Ok(Vec::new()));
         };
+        let req = session.req_header();
+        let expects = req.version == http::Version::HTTP_11
+            && req
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects {
+            // The client waits to be asked for its body: the gateway reads it itself.
+            session.write_continue_response().await?;
+        }
         let mut body = Vec::new();
         loop {
             let piece = tokio::time::timeout(route.timeouts.read, session.read_request_body());
@@ -243,8 +253,11 @@ impl Gateway {
     ) -> Result<RequestHeader> {
         let client = session.req_header();
         let mut head = RequestHeader::build(Method::POST, binding.grpc_path.as_bytes(), None)?;
+        // What arrived holds no hop-by-hop header but `Connection: keep-alive|close`, which
+        // HTTP/1 keeps for Pingora: none of them is metadata, and HTTP/2 refuses them.
+        let hop = crate::edge::headers::hop_by_hop(&client.headers);
         for (name, value) in client.headers.iter() {
-            if !is_rest_only(name) {
+            if !is_rest_only(name) && !hop.contains(name) {
                 head.append_header(name.clone(), value.clone())?;
             }
         }
@@ -373,8 +386,23 @@ impl Gateway {
         let mut frames = Frames::default();
         let mut pending: Vec<Bytes> = Vec::new();
         let mut array = JsonArray::default();
+        let mut watching = true;
         loop {
-            let piece = match up.read_response_body().await {
+            // A quiet stream may send nothing for long: the client leaving ends the call
+            // (dropping it resets the stream upstream) rather than waiting for the next
+            // message.
+            let read = loop {
+                tokio::select! {
+                    read = up.read_response_body() => break read,
+                    idle = session.downstream_session.read_body_or_idle(true), if watching => {
+                        if idle.is_err() {
+                            return Ok(true);
+                        }
+                        watching = false;
+                    }
+                }
+            };
+            let piece = match read {
                 Ok(piece) => piece,
                 Err(e) if !array.opened => return self.upstream_cut(session, ctx, e).await,
                 Err(_) => {
@@ -524,7 +552,14 @@ impl JsonArray {
         };
         let route = ctx.route.clone();
         let plugins = route.as_ref().map(|r| &r.plugins);
-        let head = answer::head(&answer, None, &[], &mut ctx.exchange, plugins)?;
+        let mut head = answer::head(&answer, None, &[], &mut ctx.exchange, plugins)?;
+        match session.req_header().version {
+            // Chunked, so the connection carries the next request once the array ends.
+            http::Version::HTTP_11 => head.insert_header(header::TRANSFER_ENCODING, "chunked")?,
+            // An HTTP/1.0 client reads the array to the connection's end.
+            http::Version::HTTP_10 | http::Version::HTTP_09 => session.set_keepalive(None),
+            _ => {}
+        }
         session.write_response_header(Box::new(head), false).await?;
         session
             .write_response_body(Some(Bytes::from_static(b"[")), false)

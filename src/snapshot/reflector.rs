@@ -51,24 +51,15 @@ impl Reflected {
 /// The background service that reads routes' descriptors by reflection.
 pub struct Reflector {
     live: Arc<Live>,
+    /// HTTP/2 by prior knowledge, for `scheme: grpc`; a TLS node gets a client of its own.
     plain: reqwest::Client,
-    tls: reqwest::Client,
-    insecure: reqwest::Client,
 }
 
 impl Reflector {
     pub fn new(live: Arc<Live>) -> anyhow::Result<Reflector> {
-        let builder = || {
-            reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-        };
         Ok(Reflector {
             live,
-            plain: builder().http2_prior_knowledge().build()?,
-            tls: builder().build()?,
-            insecure: builder().danger_accept_invalid_certs(true).build()?,
+            plain: base_client().http2_prior_knowledge().build()?,
         })
     }
 
@@ -112,14 +103,22 @@ impl Reflector {
             lock(&transcoder.reflected).busy = false;
             return;
         };
-        let (client, scheme) = match &upstream.tls {
-            None => (self.plain.clone(), "http"),
-            Some(tls) if tls.verify => (self.tls.clone(), "https"),
-            Some(_) => (self.insecure.clone(), "https"),
+        // Over TLS the node is named and trusted as the calls name and trust it: its `sni`,
+        // the system's roots, `verify` as configured.
+        let client = match &upstream.tls {
+            None => Ok((self.plain.clone(), format!("http://{node}"))),
+            Some(tls) => tls_client(&tls.sni, tls.verify, node),
+        };
+        let (client, base) = match client {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.id, error = %e, "no client for reflection");
+                lock(&transcoder.reflected).busy = false;
+                return;
+            }
         };
         let route_services = transcoder.spec.services.clone();
         tokio::spawn(async move {
-            let base = format!("{scheme}://{node}");
             let result = read(&client, &base, &route_services).await;
             let mut state = lock(&transcoder.reflected);
             state.busy = false;
@@ -151,6 +150,32 @@ impl Reflector {
             }
         });
     }
+}
+
+/// A client for one read from a TLS node: the name it is asked by is `sni` (resolved to the
+/// node itself), its certificate checked against the system's roots unless `verify` is off.
+fn tls_client(
+    sni: &str,
+    verify: bool,
+    node: SocketAddr,
+) -> reqwest::Result<(reqwest::Client, String)> {
+    let mut builder = base_client()
+        .tls_built_in_native_certs(true)
+        .danger_accept_invalid_certs(!verify);
+    let base = if sni.is_empty() {
+        format!("https://{node}")
+    } else {
+        builder = builder.resolve(sni, node);
+        format!("https://{sni}:{}", node.port())
+    };
+    Ok((builder.build()?, base))
+}
+
+fn base_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
 }
 
 fn lock(state: &Mutex<Reflected>) -> std::sync::MutexGuard<'_, Reflected> {

@@ -30,8 +30,10 @@ impl Transcoder {
     ) -> Result<Transcoder, Vec<FieldError>> {
         let bindings = match spec.resolve()? {
             Some(bindings) => Some(Arc::new(bindings)),
+            // Bindings read for the same services and rules stay until they are read again;
+            // others would serve rules the operator has just removed.
             None => previous
-                .filter(|p| p.spec.reflection)
+                .filter(|p| p.spec == *spec)
                 .and_then(|p| p.bindings.load_full()),
         };
         Ok(Transcoder {

@@ -109,6 +109,25 @@ impl Bindings {
                 Err(e) => errors.push(BindingError::new(field, e)),
             }
         }
+        for (i, later) in bindings.iter().enumerate() {
+            let earlier = bindings[..i].iter().find(|b| {
+                b.http_method == later.http_method && b.template.same_paths(&later.template)
+            });
+            // The same method bound the same way twice (a rule repeating an annotation) is
+            // harmless: the first is found first.
+            if let Some(earlier) = earlier.filter(|e| e.method != later.method) {
+                errors.push(BindingError::new(
+                    "grpc_transcode",
+                    format!(
+                        "{} {} is bound to both {} and {}",
+                        later.http_method,
+                        later.template,
+                        earlier.method.full_name(),
+                        later.method.full_name()
+                    ),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }

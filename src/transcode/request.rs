@@ -10,6 +10,15 @@ use super::bindings::{field_path, is_scalar, Binding, BodyTarget};
 use prost::Message;
 use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+/// The most JSON values a request body may hold. Each becomes a value of a dynamic message,
+/// some hundreds of bytes in memory: this keeps a 4 MiB body of `null`s from costing the
+/// gateway gigabytes.
+pub const MAX_JSON_VALUES: usize = 100_000;
+/// The deepest field path a query parameter may name (`a.b.c`): a message that contains
+/// itself would otherwise let a parameter nest as deep as the head is long.
+pub const MAX_FIELD_DEPTH: usize = 32;
 
 /// Why a request does not fit its method: a 400 naming the field when one is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,9 +41,15 @@ pub fn encode(
     body: &[u8],
 ) -> Result<Vec<u8>, BadRequest> {
     let input = binding.method.input();
+    match &binding.body {
+        BodyTarget::Whole if !is_blank(body) => survey(body, Shape::Message(input.clone()))?,
+        BodyTarget::Field(field) if !is_blank(body) => survey(body, Shape::Field(field.clone()))?,
+        _ => {}
+    }
     let mut out = match &binding.body {
         BodyTarget::Whole if !is_blank(body) => decode_json(&input, body)?.encode_to_vec(),
         BodyTarget::Field(field) if !is_blank(body) => {
+            // The survey saw one JSON value, so nothing can close this object early.
             // `{"field": BODY}`: the body read as that field, errors named under it.
             let mut wrapped = Vec::with_capacity(body.len() + field.name().len() + 5);
             wrapped.extend_from_slice(b"{\"");
@@ -52,7 +67,15 @@ pub fn encode(
         set(&mut params, fields, value, &name)?;
     }
     if let (Some(query), false) = (query, matches!(binding.body, BodyTarget::Whole)) {
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (key, value) = (query_text(key)?, query_text(value)?);
+            if key.split('.').count() > MAX_FIELD_DEPTH {
+                return Err(bad(format!(
+                    "query parameter `{}…`: deeper than {MAX_FIELD_DEPTH} fields",
+                    &key[..key.len().min(64)]
+                )));
+            }
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
             let fields = field_path(&input, &path)
                 .map_err(|e| bad(format!("query parameter `{key}`: {e}")))?;
@@ -80,6 +103,179 @@ pub fn encode(
 
 fn is_blank(body: &[u8]) -> bool {
     body.iter().all(u8::is_ascii_whitespace)
+}
+
+/// A query string's name or value, `+` and percent escapes decoded; refused when the bytes
+/// are not UTF-8, rather than two different values both reaching the method as U+FFFD.
+fn query_text(raw: &str) -> Result<String, BadRequest> {
+    if !raw.contains(['%', '+']) {
+        return Ok(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad("a query parameter is not UTF-8"))
+}
+
+/// Reads a body once before it is decoded: exactly one JSON value, at most
+/// [`MAX_JSON_VALUES`] values in all, and no field twice in one object, whether by the same
+/// key or by its proto and its JSON name (the proto3 JSON mapping refuses both; the decoder
+/// would keep the last, so what a body plugin read first and what the method got would
+/// differ). `shape` is what the body is read as: the request message, or one field of it.
+fn survey(body: &[u8], shape: Shape) -> Result<(), BadRequest> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut count = 0;
+    Survey {
+        count: &mut count,
+        shape,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(|e| bad(format!("the body is not JSON that fits: {e}")))
+}
+
+/// What a JSON value stands for, as far as telling its fields apart goes.
+#[derive(Clone)]
+enum Shape {
+    /// A message other than a well-known type: its keys name fields.
+    Message(MessageDescriptor),
+    /// A field's value: a list's elements or a map's values have the element's shape.
+    Field(FieldDescriptor),
+    /// Anything else (scalars, well-known types, a map's keys): keys are only compared.
+    Opaque,
+}
+
+impl Shape {
+    fn of_kind(kind: Kind) -> Shape {
+        match kind {
+            Kind::Message(m) if !m.full_name().starts_with("google.protobuf.") => Shape::Message(m),
+            _ => Shape::Opaque,
+        }
+    }
+
+    /// The shape of an element of a list, or a value of a map or an object, when this is
+    /// a field: a list's elements are the field's kind.
+    fn element(&self) -> Shape {
+        match self {
+            Shape::Field(f) if f.is_map() => match f.kind() {
+                Kind::Message(entry) => Shape::of_kind(entry.map_entry_value_field().kind()),
+                _ => Shape::Opaque,
+            },
+            Shape::Field(f) => Shape::of_kind(f.kind()),
+            _ => Shape::Opaque,
+        }
+    }
+}
+
+struct Survey<'a> {
+    count: &'a mut usize,
+    shape: Shape,
+}
+
+impl Survey<'_> {
+    fn one<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        *self.count += 1;
+        if *self.count > MAX_JSON_VALUES {
+            return Err(E::custom(format!("more than {MAX_JSON_VALUES} values")));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Survey<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Survey<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_str<E: serde::de::Error>(mut self, _: &str) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.one()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.one()?;
+        let element = self.shape.element();
+        while seq
+            .next_element_seed(Survey {
+                count: self.count,
+                shape: element.clone(),
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        self.one()?;
+        let shape = match &self.shape {
+            // A field holding a message (not a map) is that message.
+            Shape::Field(f) if !f.is_map() => Shape::of_kind(f.kind()),
+            other => other.clone(),
+        };
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut fields: HashSet<u32> = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let (value, field) = match &shape {
+                Shape::Message(m) => {
+                    let field = m
+                        .get_field_by_json_name(&key)
+                        .or_else(|| m.get_field_by_name(&key));
+                    match field {
+                        Some(f) => (Shape::Field(f.clone()), Some(f.number())),
+                        // Unknown: the decoder names it.
+                        None => (Shape::Opaque, None),
+                    }
+                }
+                // A map field's object: its values have the map's value shape.
+                Shape::Field(_) => (self.shape.element(), None),
+                Shape::Opaque => (Shape::Opaque, None),
+            };
+            if field.is_some_and(|n| !fields.insert(n)) || !keys.insert(key.clone()) {
+                return Err(A::Error::custom(format!("field `{key}` is given twice")));
+            }
+            map.next_value_seed(Survey {
+                count: self.count,
+                shape: value,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads JSON into a message of `desc`; the error names the field at fault.
@@ -148,6 +344,11 @@ fn set(
             Value::Object(o) => o,
             _ => return Err(bad(format!("field `{name}` is set twice"))),
         };
+    }
+    if !last.is_list() && object.contains_key(last.name()) {
+        // `?view=a&view=b`, or a field by its proto and its JSON name: a route matching
+        // one value must not let the method see another.
+        return Err(bad(format!("field `{name}` is set twice")));
     }
     if last.is_list() {
         match object

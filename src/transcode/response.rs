@@ -5,10 +5,16 @@
 use super::bindings::Binding;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use prost_reflect::{DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 
-/// The largest message taken from an upstream (gRPC's own default receive limit is 4 MiB).
-pub const MAX_MESSAGE: usize = 16 << 20;
+/// The largest message taken from an upstream: gRPC's own default receive limit.
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// The most values (fields, list and map entries) one answer message may hold: each becomes
+/// a value of a dynamic message, tens to hundreds of bytes in memory, so a 4 MiB answer of
+/// empty messages would otherwise cost the gateway hundreds of MiB.
+pub const MAX_VALUES: usize = 500_000;
+/// The deepest nesting of messages read (prost's own decoding limit).
+const MAX_DEPTH: usize = 100;
 
 /// Splits a gRPC body stream into messages.
 #[derive(Debug, Default)]
@@ -76,8 +82,79 @@ pub fn frame(message: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Counts the values an encoded message of `desc` holds before it is decoded, walking the
+/// wire format with the descriptor; an error past [`MAX_VALUES`] or [`MAX_DEPTH`].
+pub fn check_size(desc: &MessageDescriptor, message: &[u8]) -> Result<(), String> {
+    let mut left = MAX_VALUES;
+    count(desc, message, &mut left, 0)
+}
+
+fn count(
+    desc: &MessageDescriptor,
+    mut buf: &[u8],
+    left: &mut usize,
+    depth: usize,
+) -> Result<(), String> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    if depth > MAX_DEPTH {
+        return Err(format!("messages nest deeper than {MAX_DEPTH}"));
+    }
+    let spend = |n: usize, left: &mut usize| {
+        *left = left
+            .checked_sub(n)
+            .ok_or_else(|| format!("the answer holds more than {MAX_VALUES} values"))?;
+        Ok::<(), String>(())
+    };
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        spend(1, left)?;
+        let skip = |buf: &mut &[u8], n: usize| {
+            if buf.len() < n {
+                return Err("a field runs past the message".to_string());
+            }
+            *buf = &buf[n..];
+            Ok(())
+        };
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(|e| e.to_string())?;
+            }
+            WireType::SixtyFourBit => skip(&mut buf, 8)?,
+            WireType::ThirtyTwoBit => skip(&mut buf, 4)?,
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf).map_err(|e| e.to_string())? as usize;
+                if buf.len() < len {
+                    return Err("a field runs past the message".into());
+                }
+                let (inner, rest) = buf.split_at(len);
+                buf = rest;
+                match desc.get_field(tag).map(|f| (f.kind(), f.is_list())) {
+                    Some((Kind::Message(m), _)) => count(&m, inner, left, depth + 1)?,
+                    // Packed scalars: a value per varint's last byte, or per fixed width.
+                    Some((Kind::Double | Kind::Fixed64 | Kind::Sfixed64, true)) => {
+                        spend(len / 8, left)?
+                    }
+                    Some((Kind::Float | Kind::Fixed32 | Kind::Sfixed32, true)) => {
+                        spend(len / 4, left)?
+                    }
+                    Some((Kind::String | Kind::Bytes, _)) | None => {}
+                    Some((_, true)) => {
+                        spend(inner.iter().filter(|b| *b & 0x80 == 0).count(), left)?
+                    }
+                    Some(_) => {}
+                }
+            }
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err("a group, which proto3 has not".into())
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A response message as JSON: the whole message, or its `response_body` field.
 pub fn to_json(binding: &Binding, message: &[u8]) -> Result<Vec<u8>, String> {
+    check_size(&binding.method.output(), message)?;
     let decoded = DynamicMessage::decode(binding.method.output(), message).map_err(|e| {
         format!(
             "the answer is not a {}: {e}",

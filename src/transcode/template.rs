@@ -37,6 +37,8 @@ pub struct Variable {
 /// A parsed path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
+    /// As written, for messages.
+    text: String,
     segments: Vec<Segment>,
     variables: Vec<Variable>,
     verb: Option<String>,
@@ -60,6 +62,7 @@ impl PathTemplate {
             .strip_prefix('/')
             .ok_or_else(|| fail("must start with `/`"))?;
         let mut template = PathTemplate {
+            text: text.to_owned(),
             segments: Vec::new(),
             variables: Vec::new(),
             verb: None,
@@ -133,6 +136,11 @@ impl PathTemplate {
         Ok(template)
     }
 
+    /// Whether both match exactly the same paths (whatever their variables are called).
+    pub fn same_paths(&self, other: &PathTemplate) -> bool {
+        self.segments == other.segments && self.verb == other.verb
+    }
+
     /// The variables, in the order [`PathTemplate::matches`] captures them.
     pub fn variables(&self) -> &[Variable] {
         &self.variables
@@ -180,8 +188,9 @@ impl PathTemplate {
         if at != parts.len() {
             return None;
         }
-        let values = self
-            .variables
+        // A value that is not UTF-8 once decoded fits no field a path may set (bytes come
+        // base64): the path matches nothing rather than reaching a method mangled.
+        self.variables
             .iter()
             .map(|v| {
                 let end = v.end.unwrap_or(parts.len()).min(parts.len());
@@ -191,12 +200,17 @@ impl PathTemplate {
                     if i > 0 {
                         value.push('/');
                     }
-                    value.push_str(&decode(part, end - start > 1 || v.end.is_none()));
+                    value.push_str(&decode(part, end - start > 1 || v.end.is_none())?);
                 }
-                value
+                Some(value)
             })
-            .collect();
-        Some(values)
+            .collect()
+    }
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -215,10 +229,11 @@ fn is_ident(s: &str) -> bool {
 }
 
 /// Percent-decodes a segment; for a value of several segments `%2F` stays encoded, so the
-/// value's own slashes and the path's are told apart (as grpc-gateway does).
-fn decode(segment: &str, keep_slash: bool) -> String {
+/// value's own slashes and the path's are told apart (as grpc-gateway does). `None` when
+/// the bytes are not UTF-8.
+fn decode(segment: &str, keep_slash: bool) -> Option<String> {
     if !segment.contains('%') {
-        return segment.to_owned();
+        return Some(segment.to_owned());
     }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -241,7 +256,7 @@ fn decode(segment: &str, keep_slash: bool) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -305,6 +320,11 @@ mod tests {
         assert_eq!(
             matches("/v1/users/{id}", "/v1/users/100%"),
             Some(vec!["100%".into()])
+        );
+        assert_eq!(
+            matches("/v1/users/{id}", "/v1/users/a%FF"),
+            None,
+            "not UTF-8"
         );
     }
 
