@@ -105,6 +105,7 @@ pub fn launch(options: DemoOptions) -> anyhow::Result<Launch> {
                     nodes: vec![NodeSpec {
                         addr: addr.to_string(),
                         weight: 1,
+                        metadata: Default::default(),
                     }],
                     ..(**u).clone()
                 };

@@ -129,7 +129,7 @@ async fn call(gw: &Gateway, method: &str, path: &str, body: Option<&str>) -> (u1
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
 }
 
@@ -370,14 +370,13 @@ async fn answer(
         Mode::Forever | Mode::OneThenSilence => {
             let mut ticks = 0u64;
             loop {
-                if ticks == 0 || matches!(mode, Mode::Forever) {
-                    if send
+                if (ticks == 0 || matches!(mode, Mode::Forever))
+                    && send
                         .send_data(grpc_frame(0, &node(&format!("tick {ticks}"))), false)
                         .is_err()
-                    {
-                        seen.resets.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
+                {
+                    seen.resets.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
                 ticks += 1;
                 let wait = tokio::time::sleep(Duration::from_millis(50));

@@ -15,6 +15,30 @@ pub use crate::wire::error_body;
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 /// The error type for "the upstream's circuit is open", mapped to 503 `circuit_open`.
 pub const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit_open");
+/// The error type for "the request's lane tag is too long to be one", mapped to 400.
+pub const BAD_LANE_TAG: ErrorType = ErrorType::Custom("bad_lane_tag");
+
+/// The error of an attempt that could not start.
+pub fn refused(refused: super::attempt::Refused, upstream: &str) -> Box<Error> {
+    use super::attempt::Refused;
+    match refused {
+        Refused::CircuitOpen => Error::explain(
+            CIRCUIT_OPEN,
+            format!("upstream `{upstream}` has its circuit open"),
+        ),
+        Refused::NoNode => Error::explain(
+            NO_UPSTREAM,
+            format!("upstream `{upstream}` has no healthy node for the request"),
+        ),
+        Refused::BadTag => Error::explain(
+            BAD_LANE_TAG,
+            format!(
+                "the lane tag is longer than {} bytes",
+                crate::resource::MAX_LANE_TAG
+            ),
+        ),
+    }
+}
 
 /// Everything a gateway-made answer carries.
 pub struct Answer<'a> {
@@ -220,6 +244,14 @@ pub fn classify(e: &Error) -> Option<ErrorAnswer> {
             "no_upstream",
             "no upstream node is available",
         ),
+        (t, _) if *t == BAD_LANE_TAG => Some(ErrorAnswer::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "the lane tag is longer than {} bytes",
+                crate::resource::MAX_LANE_TAG
+            ),
+        )),
         (t, _) if *t == CIRCUIT_OPEN => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "circuit_open",

@@ -7,7 +7,9 @@
 //! can be read, and tested, without a socket. A retry budget (SPEC §11) belongs here too.
 
 use crate::snapshot::RouteTimeouts;
-use crate::upstream::{now_ms, Node, NodeLease, Pass, UpstreamTarget};
+use crate::upstream::{
+    now_ms, Breaker, LaneChoice, LaneRefusal, Node, NodeLease, Pass, UpstreamTarget,
+};
 use gatehouse_plugins::Exchange;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -39,6 +41,9 @@ pub struct Attempts {
     retrying_status: bool,
     /// A kept connection already turned out stale once for this request.
     stale_retried: bool,
+    /// The request's lane (on an upstream with lanes), chosen at its first attempt.
+    lane: Option<LaneChoice>,
+    lane_chosen: bool,
 }
 
 /// Why no attempt could start.
@@ -46,8 +51,10 @@ pub struct Attempts {
 pub enum Refused {
     /// The upstream's circuit is open: 503 `circuit_open`.
     CircuitOpen,
-    /// No node is healthy: 503 `no_upstream`.
+    /// No node is healthy (or the request's lane has none): 503 `no_upstream`.
     NoNode,
+    /// The request's lane tag is too long to be one: 400.
+    BadTag,
 }
 
 /// Whether a request can be sent again without repeating a side effect twice.
@@ -139,7 +146,17 @@ impl Attempts {
             pass: None,
             retrying_status: false,
             stale_retried: false,
+            lane: None,
+            lane_chosen: false,
         }
+    }
+
+    /// The breaker the request passes: its lane's own, or the upstream's.
+    fn breaker(&self) -> Option<&Arc<Breaker>> {
+        self.lane
+            .as_ref()
+            .and_then(|l| l.breaker.as_ref())
+            .or(self.upstream.breaker.as_ref())
     }
 
     pub fn upstream(&self) -> &Arc<UpstreamTarget> {
@@ -158,14 +175,25 @@ impl Attempts {
     /// Starts an attempt: through the breaker, onto a healthy node (another one than the
     /// last when another exists), leased for as long as the attempt lasts.
     pub fn start(&mut self, req: &RequestHeader, ex: &Exchange) -> Result<&Arc<Node>, Refused> {
+        if !self.lane_chosen {
+            self.lane = self.upstream.lane(req).map_err(|r| match r {
+                LaneRefusal::TagTooLong => Refused::BadTag,
+                LaneRefusal::NoLane => Refused::NoNode,
+            })?;
+            self.lane_chosen = true;
+        }
         // A retry after a stale kept connection still holds its pass: the upstream never
         // saw that attempt.
-        if let (Some(breaker), None) = (&self.upstream.breaker, &self.pass) {
-            self.pass = Some(breaker.admit(now_ms()).ok_or(Refused::CircuitOpen)?);
+        if self.pass.is_none() {
+            if let Some(breaker) = self.breaker() {
+                let pass = breaker.admit(now_ms()).ok_or(Refused::CircuitOpen)?;
+                self.pass = Some(pass);
+            }
         }
+        let lane = self.lane.as_ref().and_then(|l| l.name.as_deref());
         let node = self
             .upstream
-            .pick(req, ex, self.node.as_deref())
+            .pick_in(lane, req, ex, self.node.as_deref())
             .ok_or(Refused::NoNode)?;
         // Replaces (and so ends) the lease of a previous attempt.
         self.lease = self.upstream.lease(&node);
@@ -232,8 +260,10 @@ impl Attempts {
         }
         if f.not_the_node {
             // Neither health nor the breaker hears of it, and nothing is tried again.
-            if let (Some(breaker), Some(pass)) = (&self.upstream.breaker, self.pass.take()) {
-                breaker.release(pass);
+            if let Some(pass) = self.pass.take() {
+                if let Some(breaker) = self.breaker() {
+                    breaker.release(pass);
+                }
             }
             return Retry::No;
         }
@@ -282,8 +312,10 @@ impl Attempts {
 
     /// Tells the breaker how the current attempt ended.
     fn record(&mut self, ok: bool) {
-        if let (Some(breaker), Some(pass)) = (&self.upstream.breaker, self.pass.take()) {
-            breaker.record(pass, ok, now_ms());
+        if let Some(pass) = self.pass.take() {
+            if let Some(breaker) = self.breaker() {
+                breaker.record(pass, ok, now_ms());
+            }
         }
     }
 }
@@ -487,6 +519,37 @@ mod tests {
             other.start(&get(), &exchange()).unwrap_err(),
             Refused::CircuitOpen
         );
+    }
+
+    #[test]
+    fn each_lane_has_its_own_nodes_and_breaker() {
+        let up = upstream(
+            "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }, { addr: \"127.0.0.1:2\", metadata: { lane: s } },\n\
+             { addr: \"127.0.0.1:3\", metadata: { lane: s } }]\nlanes: { header: x-lane }\n\
+             circuit_breaker: { error_rate: 0.5, min_requests: 2, window: 10s, open_for: 60s }\n",
+        );
+        let mut tagged = get();
+        tagged.insert_header("x-lane", "s").unwrap();
+        // Balancing within the lane: both of its nodes, never the baseline's.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let mut a = Attempts::new(up.clone(), 0);
+            seen.insert(a.start(&tagged, &exchange()).unwrap().addr.port());
+        }
+        assert_eq!(seen, [2, 3].into());
+        // The lane's failures open the lane's circuit, not the baseline's.
+        for _ in 0..2 {
+            let mut a = Attempts::new(up.clone(), 0);
+            a.start(&tagged, &exchange()).unwrap();
+            assert!(!a.connect_failed());
+        }
+        let mut a = Attempts::new(up.clone(), 0);
+        assert_eq!(
+            a.start(&tagged, &exchange()).unwrap_err(),
+            Refused::CircuitOpen
+        );
+        let mut a = Attempts::new(up, 0);
+        assert_eq!(a.start(&get(), &exchange()).unwrap().addr.port(), 1);
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod record;
 mod transcoded;
 
 pub use answer::error_body;
-use answer::{answer_error, classify, CIRCUIT_OPEN, NO_UPSTREAM};
-use attempt::{Attempts, Failure, Refused, Retry};
+use answer::{answer_error, classify};
+use attempt::{Attempts, Failure, Retry};
 pub use ctx::RequestCtx;
 use ctx::WebSocket;
 pub use head_watch::Sweeper as HeadSweeper;
@@ -163,16 +163,7 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no upstream was chosen");
         };
         if let Err(refused) = attempts.start(session.req_header(), &ctx.exchange) {
-            let id = &attempts.upstream().id;
-            return match refused {
-                Refused::CircuitOpen => Error::e_explain(
-                    CIRCUIT_OPEN,
-                    format!("upstream `{id}` has its circuit open"),
-                ),
-                Refused::NoNode => {
-                    Error::e_explain(NO_UPSTREAM, format!("upstream `{id}` has no healthy node"))
-                }
-            };
+            return Err(answer::refused(refused, &attempts.upstream().id));
         }
         let mut timeouts = route.timeouts;
         if ctx.websocket == WebSocket::Sent {

@@ -6,8 +6,8 @@
 //! engine: the HTTP status of a REST answer is the call's `grpc-status`, which arrives in
 //! the trailers, after the body, when the engine would have sent the head long before.
 
-use super::answer::{self, answer_error, classify, Answer, CIRCUIT_OPEN, NO_UPSTREAM};
-use super::attempt::{Attempts, Failure, Refused, Replay, Retry};
+use super::answer::{self, answer_error, classify, Answer};
+use super::attempt::{Attempts, Failure, Replay, Retry};
 use super::ctx::RequestCtx;
 use super::Gateway;
 use crate::snapshot::Transcoder;
@@ -175,11 +175,7 @@ impl Gateway {
             return Outcome::Failed(internal("no upstream was chosen"));
         };
         if let Err(refused) = attempts.start(session.req_header(), &ctx.exchange) {
-            let id = &attempts.upstream().id;
-            let e = match refused {
-                Refused::CircuitOpen => Error::explain(CIRCUIT_OPEN, format!("`{id}` is open")),
-                Refused::NoNode => Error::explain(NO_UPSTREAM, format!("`{id}`: no node")),
-            };
+            let e = answer::refused(refused, &attempts.upstream().id);
             return Outcome::Failed(classify(&e).unwrap_or_else(|| internal("no node")));
         }
         let peer = attempts.peer(&route.timeouts);

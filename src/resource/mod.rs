@@ -20,8 +20,8 @@ pub use route::{
     RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
 };
 pub use upstream::{
-    split_host_port, ActiveCheck, Balancing, Discovery, NodeSpec, Pool, Scheme, Upstream,
-    UpstreamTls, HASH_KEY_FORMS,
+    split_host_port, ActiveCheck, Balancing, Discovery, LaneFallback, Lanes, NodeSpec, Pool,
+    Scheme, Upstream, UpstreamTls, HASH_KEY_FORMS, MAX_LANE_TAG,
 };
 
 use fields::check_id;

@@ -28,7 +28,46 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreaker>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Pool>,
+    /// Traffic lanes (SPEC §10): a tagged request goes to its lane's nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<Lanes>,
 }
+
+/// Which request header names a lane, which node metadata key a node's lane is, and what
+/// a request tagged with a lane that has no node gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lanes {
+    #[serde(default = "Lanes::default_header")]
+    pub header: String,
+    #[serde(default = "Lanes::default_metadata")]
+    pub metadata: String,
+    #[serde(default)]
+    pub fallback: LaneFallback,
+}
+
+impl Lanes {
+    fn default_header() -> String {
+        "X-Traffic-Tag".into()
+    }
+    fn default_metadata() -> String {
+        "lane".into()
+    }
+}
+
+/// Where a request tagged with a lane that has no node goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaneFallback {
+    /// To the nodes that are in no lane.
+    #[default]
+    Baseline,
+    /// Nowhere: 503 `no_upstream`.
+    Refuse,
+}
+
+/// The longest lane tag a request may carry.
+pub const MAX_LANE_TAG: usize = 128;
 
 /// The selectors `hash_key` takes: anything a request carries except the route, which
 /// would send every request to one node.
@@ -48,6 +87,9 @@ pub struct NodeSpec {
     pub addr: String,
     #[serde(default = "one")]
     pub weight: u32,
+    /// What the registry's metadata says of an instance, for a static node: its lane.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, Text>,
 }
 
 fn one() -> u32 {
@@ -198,6 +240,25 @@ impl Upstream {
             }
             if node.weight == 0 || node.weight > 10_000 {
                 p.add(format!("nodes[{i}].weight"), "must be between 1 and 10000");
+            }
+            for (key, value) in &node.metadata {
+                if key.is_empty() {
+                    p.add(format!("nodes[{i}].metadata"), "a key must not be empty");
+                }
+                if value.as_str().len() > MAX_LANE_TAG {
+                    p.add(
+                        format!("nodes[{i}].metadata.{key}"),
+                        format!("at most {MAX_LANE_TAG} bytes"),
+                    );
+                }
+            }
+        }
+        if let Some(lanes) = &self.lanes {
+            if let Err(e) = super::fields::check_header_name(&lanes.header) {
+                p.add("lanes.header", e);
+            }
+            if lanes.metadata.is_empty() {
+                p.add("lanes.metadata", "must name a metadata key");
             }
         }
         if let Some(d) = &self.discovery {

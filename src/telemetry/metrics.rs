@@ -29,6 +29,7 @@ pub struct Metrics {
     pub plugin_errors: IntCounterVec,
     /// WebSocket tunnels open, by route id.
     pub websocket_connections: IntGaugeVec,
+    pub lane_requests: IntCounterVec,
     /// Requests answered, by route id (empty when none matched) and status code.
     pub requests: IntCounterVec,
     /// From a request's arrival to its last byte, by route id.
@@ -94,6 +95,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route"],
     )
     .expect("valid metric");
+    let lane_requests = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_lane_requests_total",
+            "Requests sent to an upstream with lanes, by the lane they went to",
+        ),
+        &["upstream", "lane"],
+    )
+    .expect("valid metric");
     let auth_failures = IntCounterVec::new(
         Opts::new(
             "gatehouse_auth_failures_total",
@@ -157,6 +166,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(auth_failures.clone()),
         Box::new(plugin_errors.clone()),
         Box::new(websocket_connections.clone()),
+        Box::new(lane_requests.clone()),
         Box::new(requests.clone()),
         Box::new(request_duration.clone()),
         Box::new(upstream_duration.clone()),
@@ -178,6 +188,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         auth_failures,
         plugin_errors,
         websocket_connections,
+        lane_requests,
         requests,
         request_duration,
         upstream_duration,

@@ -237,6 +237,7 @@ mod tests {
                         nodes: vec![crate::resource::NodeSpec {
                             addr: "127.0.0.1:1".into(),
                             weight: 1,
+                            metadata: Default::default(),
                         }],
                         discovery: None,
                         scheme: Default::default(),
@@ -246,6 +247,7 @@ mod tests {
                         health_check: None,
                         circuit_breaker: None,
                         pool: None,
+                        lanes: None,
                     },
                 ))),
                 weight: *w as f64,

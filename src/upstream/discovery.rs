@@ -14,7 +14,7 @@
 //! A background service applies both to the snapshot in force every [`TICK`]: an upstream
 //! seen for the first time, or a directory that changed, gets its nodes (re)computed.
 
-use super::{now_ms, InForce, Instance, UpstreamTarget};
+use super::{now_ms, InForce, Instance, LaneSpec, UpstreamTarget};
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
 use crate::etcd::{EtcdSettings, RegistryEtcd};
 use crate::resource::{Discovery, Scheme};
@@ -64,8 +64,13 @@ impl Directory {
     }
 
     /// The instances of `discovery.service` that match its metadata, with endpoints of the
-    /// upstream's scheme.
-    pub fn instances(&self, discovery: &Discovery, scheme: Scheme) -> Vec<Instance> {
+    /// upstream's scheme, each in the lane its metadata names (with `lanes`).
+    pub fn instances(
+        &self,
+        discovery: &Discovery,
+        scheme: Scheme,
+        lanes: Option<&LaneSpec>,
+    ) -> Vec<Instance> {
         let Some(service) = &discovery.service else {
             return Vec::new();
         };
@@ -92,6 +97,9 @@ impl Directory {
                     .and_then(|w| w.parse().ok())
                     .filter(|w| (1..=10_000).contains(w))
                     .unwrap_or(1);
+                let lane = lanes.and_then(|l| {
+                    l.lane_of(r.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                });
                 r.endpoints
                     .iter()
                     .filter_map(move |e| e.strip_prefix(wanted))
@@ -100,7 +108,11 @@ impl Directory {
                         let hostport = hostport.split('/').next().unwrap_or(hostport);
                         hostport.parse::<SocketAddr>().ok()
                     })
-                    .map(move |addr| Instance { addr, weight })
+                    .map(move |addr| Instance {
+                        addr,
+                        weight,
+                        lane: lane.clone(),
+                    })
             })
             .collect()
     }
@@ -131,7 +143,11 @@ impl DiscoveryService {
             if discovery.service.is_some()
                 && upstream.discovered.swap(generation, Ordering::AcqRel) != generation
             {
-                let instances = self.directory.instances(discovery, upstream.spec.scheme);
+                let instances = self.directory.instances(
+                    discovery,
+                    upstream.spec.scheme,
+                    upstream.lanes.as_ref(),
+                );
                 if upstream.set_instances(instances) {
                     tracing::info!(
                         upstream = %upstream.id,
@@ -155,7 +171,11 @@ async fn lookup(upstream: &UpstreamTarget, name: &str, port: u16) {
     match tokio::net::lookup_host((name, port)).await {
         Ok(addrs) => {
             let instances = addrs
-                .map(|addr| Instance { addr, weight: 1 })
+                .map(|addr| Instance {
+                    addr,
+                    weight: 1,
+                    lane: None,
+                })
                 .collect::<Vec<_>>();
             if instances.is_empty() {
                 tracing::warn!(upstream = %upstream.id, name, "DNS: no address; keeping the last set");
@@ -294,19 +314,19 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            addrs(directory.instances(&discovery("{}"), Scheme::Http)),
+            addrs(directory.instances(&discovery("{}"), Scheme::Http, None)),
             [(9001, 1), (9003, 3)]
         );
         assert_eq!(
-            addrs(directory.instances(&discovery("{ version: v2 }"), Scheme::Http)),
+            addrs(directory.instances(&discovery("{ version: v2 }"), Scheme::Http, None)),
             [(9003, 3)]
         );
         assert_eq!(
-            addrs(directory.instances(&discovery("{ region: bj }"), Scheme::Http)),
+            addrs(directory.instances(&discovery("{ region: bj }"), Scheme::Http, None)),
             []
         );
         assert_eq!(
-            addrs(directory.instances(&discovery("{}"), Scheme::Https)),
+            addrs(directory.instances(&discovery("{}"), Scheme::Https, None)),
             [(9443, 3)]
         );
     }

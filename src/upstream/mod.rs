@@ -7,6 +7,7 @@ mod discovery;
 mod grpc_health;
 mod health;
 mod keepalive;
+mod lanes;
 mod probe;
 
 pub use balance::{smooth_schedule, Picker};
@@ -15,6 +16,7 @@ pub use choice::UpstreamChoice;
 pub use discovery::{Directory, DiscoveryService, Registration};
 pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use keepalive::KeptConnections;
+pub use lanes::{LaneChoice, LaneRefusal, LaneSpec};
 pub use probe::Prober;
 
 use crate::resource::{split_host_port, Balancing, Upstream, HASH_KEY_FORMS};
@@ -49,6 +51,8 @@ pub struct Node {
     /// that replaces this one when only its weight changes, as those are the same
     /// connections.
     pub kept: Arc<KeptConnections>,
+    /// The lane the node is in (`lanes.metadata` of its metadata), on an upstream with lanes.
+    pub lane: Option<Arc<str>>,
 }
 
 impl Node {
@@ -60,14 +64,21 @@ impl Node {
             health: NodeHealth::default(),
             inflight: AtomicU32::new(0),
             kept: Arc::default(),
+            lane: None,
         }
+    }
+
+    /// The node, in `lane`.
+    pub fn in_lane(mut self, lane: Option<Arc<str>>) -> Node {
+        self.lane = lane;
+        self
     }
 
     /// The same instance with another weight: its kept connections stay counted.
     fn reweighted(&self, weight: u32) -> Node {
         Node {
             kept: self.kept.clone(),
-            ..Node::new(self.addr, weight, self.label.clone())
+            ..Node::new(self.addr, weight, self.label.clone()).in_lane(self.lane.clone())
         }
     }
 }
@@ -106,6 +117,8 @@ pub struct UpstreamTarget {
     pub(crate) discovered: AtomicU64,
     /// When the next DNS lookup is due (ms).
     next_lookup: AtomicU64,
+    /// `lanes`, if set.
+    pub lanes: Option<LaneSpec>,
 }
 
 /// One set of nodes and how to choose among them.
@@ -113,6 +126,8 @@ pub struct UpstreamTarget {
 pub struct Members {
     pub nodes: Box<[Arc<Node>]>,
     balance: Balance,
+    /// The same nodes split by lane, on an upstream with `lanes`.
+    lanes: Option<Box<lanes::LaneGroups>>,
 }
 
 /// How a node is chosen.
@@ -136,7 +151,25 @@ impl std::fmt::Debug for Balance {
 }
 
 impl Members {
-    fn new(spec: &Upstream, nodes: Vec<Arc<Node>>) -> Members {
+    /// The nodes of `spec`, split by lane when it has lanes (each lane keeping its breaker
+    /// from `previous`).
+    fn new(spec: &Upstream, nodes: Vec<Arc<Node>>, previous: Option<&Members>) -> Members {
+        let lanes = spec.lanes.as_ref().map(|_| {
+            Box::new(lanes::LaneGroups::new(
+                spec,
+                &nodes,
+                breaker_policy(spec),
+                previous.and_then(|p| p.lanes.as_deref()),
+            ))
+        });
+        Members {
+            lanes,
+            ..Members::plain(spec, nodes)
+        }
+    }
+
+    /// One set of nodes, whatever lanes they are in.
+    fn plain(spec: &Upstream, nodes: Vec<Arc<Node>>) -> Members {
         let weights: Vec<u32> = nodes.iter().map(|n| n.weight).collect();
         let balance = match spec.lb {
             Balancing::Random => Balance::Picker(Picker::random(&weights)),
@@ -164,6 +197,7 @@ impl Members {
         Members {
             nodes: nodes.into(),
             balance,
+            lanes: None,
         }
     }
 
@@ -220,11 +254,22 @@ impl Members {
     }
 }
 
-/// A discovered instance: where it is and its weight.
+/// A discovered instance: where it is, its weight, and its lane (on an upstream with lanes).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instance {
     pub addr: SocketAddr,
     pub weight: u32,
+    pub lane: Option<Arc<str>>,
+}
+
+/// The upstream's `circuit_breaker` settings.
+fn breaker_policy(spec: &Upstream) -> Option<BreakerPolicy> {
+    spec.circuit_breaker.as_ref().map(|c| BreakerPolicy {
+        error_rate: c.error_rate,
+        min_requests: c.min_requests,
+        window: c.window.0,
+        open_for: c.open_for.0,
+    })
 }
 
 /// The addresses of a static node: an IP literal as it is, a name through the system
@@ -251,6 +296,7 @@ impl UpstreamTarget {
     /// (`spawn_blocking`), never on an async runtime's worker. Address literals are parsed
     /// without a lookup.
     pub fn compile(spec: Arc<Upstream>) -> UpstreamTarget {
+        let lanes = LaneSpec::of(&spec);
         let mut nodes = Vec::with_capacity(spec.nodes.len());
         for node in &spec.nodes {
             let resolved = split_host_port(&node.addr)
@@ -259,11 +305,12 @@ impl UpstreamTarget {
             match resolved {
                 Ok(addrs) => {
                     let label: Arc<str> = node.addr.as_str().into();
-                    nodes.extend(
-                        addrs
-                            .into_iter()
-                            .map(|addr| Arc::new(Node::new(addr, node.weight, label.clone()))),
-                    )
+                    let lane = lanes.as_ref().and_then(|l| {
+                        l.lane_of(node.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    });
+                    nodes.extend(addrs.into_iter().map(|addr| {
+                        Arc::new(Node::new(addr, node.weight, label.clone()).in_lane(lane.clone()))
+                    }))
                 }
                 Err(e) => tracing::warn!(upstream = %spec.id, "node left out: {e}"),
             }
@@ -292,14 +339,7 @@ impl UpstreamTarget {
             .as_ref()
             .and_then(|p| p.max_idle)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-        let breaker = spec.circuit_breaker.as_ref().map(|c| {
-            Arc::new(Breaker::new(BreakerPolicy {
-                error_rate: c.error_rate,
-                min_requests: c.min_requests,
-                window: c.window.0,
-                open_for: c.open_for.0,
-            }))
-        });
+        let breaker = breaker_policy(&spec).map(|p| Arc::new(Breaker::new(p)));
         let tls = spec.scheme.tls().then(|| {
             let tls = spec.tls.as_ref();
             let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
@@ -322,7 +362,7 @@ impl UpstreamTarget {
         UpstreamTarget {
             metrics: UpstreamMetrics::new(id.clone()),
             id,
-            members: ArcSwap::from_pointee(Members::new(&spec, nodes)),
+            members: ArcSwap::from_pointee(Members::new(&spec, nodes, None)),
             discovered: AtomicU64::new(u64::MAX),
             next_lookup: AtomicU64::new(
                 now_ms()
@@ -339,6 +379,7 @@ impl UpstreamTarget {
             max_idle,
             pool_key: POOL_KEYS.fetch_add(2, Ordering::Relaxed),
             breaker,
+            lanes,
         }
     }
 
@@ -370,14 +411,18 @@ impl UpstreamTarget {
                 .map(|node| {
                     old.nodes
                         .iter()
-                        .find(|o| o.addr == node.addr && o.weight == node.weight)
+                        .find(|o| {
+                            o.addr == node.addr && o.weight == node.weight && o.lane == node.lane
+                        })
                         .unwrap_or(node)
                         .clone()
                 })
                 .collect()
         };
-        self.members = ArcSwap::from_pointee(Members::new(&self.spec, nodes));
-        if self.spec.circuit_breaker == previous.spec.circuit_breaker {
+        let same_breaker = self.spec.circuit_breaker == previous.spec.circuit_breaker;
+        let kept = same_breaker.then_some(&**old);
+        self.members = ArcSwap::from_pointee(Members::new(&self.spec, nodes, kept));
+        if same_breaker {
             self.breaker.clone_from(&previous.breaker);
         }
         self
@@ -404,24 +449,64 @@ impl UpstreamTarget {
                 .nodes
                 .iter()
                 .zip(&instances)
-                .all(|(n, i)| n.addr == i.addr && n.weight == i.weight);
+                .all(|(n, i)| n.addr == i.addr && n.weight == i.weight && n.lane == i.lane);
         if same {
             return false;
         }
         let nodes = instances
             .into_iter()
             .map(|i| {
-                let same_addr = current.nodes.iter().find(|n| n.addr == i.addr);
+                let same_addr = current
+                    .nodes
+                    .iter()
+                    .find(|n| n.addr == i.addr && n.lane == i.lane);
                 match same_addr {
                     Some(n) if n.weight == i.weight => n.clone(),
                     Some(n) => Arc::new(n.reweighted(i.weight)),
-                    None => Arc::new(Node::new(i.addr, i.weight, i.addr.to_string().into())),
+                    None => Arc::new(
+                        Node::new(i.addr, i.weight, i.addr.to_string().into()).in_lane(i.lane),
+                    ),
                 }
             })
             .collect();
         self.members
-            .store(Arc::new(Members::new(&self.spec, nodes)));
+            .store(Arc::new(Members::new(&self.spec, nodes, Some(&current))));
         true
+    }
+
+    /// The lane of a request, on an upstream with lanes (counted there); `Ok(None)` on one
+    /// without.
+    pub fn lane(&self, req: &RequestHeader) -> Result<Option<LaneChoice>, LaneRefusal> {
+        let Some(spec) = &self.lanes else {
+            return Ok(None);
+        };
+        let members = self.members.load();
+        match &members.lanes {
+            Some(groups) => groups.choose(spec, req).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`UpstreamTarget::pick`] among the nodes of `lane` (`None`: the nodes in no lane,
+    /// on an upstream with lanes). A lane gone since it was chosen falls back as a lane
+    /// without nodes does.
+    pub fn pick_in(
+        &self,
+        lane: Option<&str>,
+        req: &RequestHeader,
+        ex: &Exchange,
+        avoid: Option<&Node>,
+    ) -> Option<Arc<Node>> {
+        let members = self.members.load();
+        let group = match (&members.lanes, &self.lanes) {
+            (Some(groups), Some(spec)) => match groups.members(lane) {
+                Some(group) => group,
+                None if spec.falls_back() => groups.members(None)?,
+                None => return None,
+            },
+            _ => &**members,
+        };
+        group.pick(req, ex, avoid).map(|i| group.nodes[i].clone())
     }
 
     /// The node for a request: a healthy one, other than `avoid` (the node that just
