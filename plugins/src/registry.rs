@@ -61,12 +61,45 @@ pub trait PluginFactory: Send + Sync {
     ) -> Result<Box<dyn Plugin>, ConfigError> {
         self.build(config)
     }
+
+    /// The resources `config` names (an upstream a mirror sends to), so admission checks
+    /// they exist, keeps them while the route uses them, and compiles the route again when
+    /// they change. A plugin that names any is built again with every compile of its route.
+    fn references(&self, _config: &Config) -> Vec<Reference> {
+        Vec::new()
+    }
+}
+
+/// A resource a plugin's configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// An upstream, by id; `field` is where the config names it (`upstream`).
+    Upstream { field: String, id: String },
 }
 
 /// The compiled resources a plugin may refer to by id when it is built.
 pub trait Resources {
     /// The auth policy `id`, compiled; `None` when there is none (or it was refused).
     fn auth_policy(&self, id: &str) -> Option<Arc<crate::auth::Authenticator>>;
+
+    /// The upstream `id`, as a plugin may send to it off the request path.
+    fn upstream(&self, _id: &str) -> Option<Arc<dyn UpstreamSender>> {
+        None
+    }
+}
+
+/// An upstream a plugin sends requests of its own to (a mirror's copies): the gateway
+/// picks a healthy node, connects as it does for proxied requests (TLS, pools, timeouts),
+/// and reads the answer to its end.
+pub trait UpstreamSender: Send + Sync {
+    /// Sends `head` and `body`; the answer's status, or why there is none. Bounded by
+    /// `timeout` as a whole.
+    fn send(
+        &self,
+        head: pingora_http::RequestHeader,
+        body: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, String>> + Send>>;
 }
 
 /// No resources: what a plugin listed in `plugins:` is checked against at admission.
@@ -92,6 +125,8 @@ impl Registry {
         };
         registry.add(crate::auth::Factory);
         registry.add(crate::cors::Factory);
+        registry.add(crate::fault::Factory);
+        registry.add(crate::mirror::Factory);
         registry.add(crate::headers::Factory);
         registry.add(crate::ip_restriction::Factory);
         registry.add(crate::rate_limit::Factory);
@@ -105,9 +140,17 @@ impl Registry {
         self.factories.insert(factory.name(), Arc::new(factory));
     }
 
-    /// Builds the plugin `name` from `config`.
+    /// Builds the plugin `name` from `config` alone, as admission checks it: a plugin that
+    /// names other resources is checked without them (they are checked as references).
     pub fn build(&self, name: &str, config: &Config) -> Result<Box<dyn Plugin>, BuildError> {
-        self.build_with(name, config, &NoResources)
+        Ok(self.factory(name)?.build(config)?)
+    }
+
+    fn factory(&self, name: &str) -> Result<&Arc<dyn PluginFactory>, BuildError> {
+        self.factories.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.factories.keys().copied().collect();
+            BuildError::Unknown(name.to_string(), known.join(", "))
+        })
     }
 
     /// Builds the plugin `name` from `config`, with compiled resources in reach.
@@ -117,11 +160,15 @@ impl Registry {
         config: &Config,
         resources: &dyn Resources,
     ) -> Result<Box<dyn Plugin>, BuildError> {
-        let factory = self.factories.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.factories.keys().copied().collect();
-            BuildError::Unknown(name.to_string(), known.join(", "))
-        })?;
-        Ok(factory.build_with(config, resources)?)
+        Ok(self.factory(name)?.build_with(config, resources)?)
+    }
+
+    /// The resources the plugin `name`'s `config` names (none for an unknown plugin).
+    pub fn references(&self, name: &str, config: &Config) -> Vec<Reference> {
+        self.factories
+            .get(name)
+            .map(|f| f.references(config))
+            .unwrap_or_default()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
@@ -170,8 +217,8 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "no plugin is named `corz` (known: auth, cors, header_rewrite, ip_restriction, \
-             rate_limit, request_size_limit, wasm)"
+            "no plugin is named `corz` (known: auth, cors, fault, header_rewrite, ip_restriction, \
+             mirror, rate_limit, request_size_limit, wasm)"
         );
     }
 

@@ -203,28 +203,11 @@ impl Attempts {
     /// Where the current attempt goes, as Pingora's peer: the node, the upstream's TLS and
     /// pool, the route's timeouts.
     pub fn peer(&self, timeouts: &RouteTimeouts) -> HttpPeer {
-        let upstream = &*self.upstream;
         let addr = self.node.as_ref().map_or(UNSPECIFIED, |n| n.addr);
-        let mut peer = match &upstream.tls {
-            Some(tls) => {
-                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
-                peer.options.verify_cert = tls.verify;
-                peer.options.verify_hostname = tls.verify;
-                peer
-            }
-            None => HttpPeer::new(addr, false, String::new()),
-        };
-        if upstream.spec.scheme.grpc() {
-            // gRPC is HTTP/2 only: by ALPN over TLS, by prior knowledge without.
-            peer.options.set_http_version(2, 2);
-        }
-        peer.group_key = upstream.pool_key(self.lease.as_ref());
+        let mut peer = self.upstream.peer(addr, self.lease.as_ref());
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.read);
         peer.options.write_timeout = Some(timeouts.write);
-        if let Some(idle) = upstream.idle_timeout {
-            peer.options.idle_timeout = Some(idle);
-        }
         peer
     }
 

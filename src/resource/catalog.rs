@@ -215,7 +215,7 @@ impl Catalog {
         self.routes
             .values()
             .filter(|s| match key.kind {
-                Kind::Upstream => s.value.upstream_refs().any(|(_, id)| id == key.id),
+                Kind::Upstream => s.value.upstream_refs().any(|(_, id)| *id == *key.id),
                 Kind::AuthPolicy => s.value.auth.as_deref() == Some(key.id.as_str()),
                 Kind::Route | Kind::GlobalRule => false,
             })
@@ -311,7 +311,7 @@ impl Catalog {
     fn missing_refs(&self, route: &Route) -> Vec<FieldError> {
         let mut missing: Vec<FieldError> = route
             .upstream_refs()
-            .filter(|(_, id)| !self.upstreams.contains_key(*id))
+            .filter(|(_, id)| !self.upstreams.contains_key(&**id))
             .map(|(field, id)| {
                 FieldError::new(field.to_string(), format!("unknown upstream `{id}`"))
             })
@@ -397,8 +397,9 @@ pub fn admit<'d>(
             .value
             .auth
             .iter()
-            .map(|id| (Kind::AuthPolicy, id.as_str()));
+            .map(|id| (Kind::AuthPolicy, std::borrow::Cow::Borrowed(id.as_str())));
         for (kind, id) in upstreams.chain(policies) {
+            let id = &*id;
             let (in_next, in_previous) = match kind {
                 Kind::AuthPolicy => (
                     next.policies.contains_key(id),

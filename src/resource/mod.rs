@@ -16,8 +16,8 @@ pub use catalog::{admit, Catalog, Rejection, Stored};
 pub use fields::{FieldError, Problems, SelectorText, Text};
 pub use global_rule::GlobalRule;
 pub use route::{
-    CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, Rewrite, Route,
-    RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
+    CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, RefField, Rewrite,
+    Route, RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
 };
 pub use upstream::{
     split_host_port, ActiveCheck, Balancing, Discovery, LaneFallback, Lanes, NodeSpec, Pool,

@@ -7,6 +7,7 @@ use crate::units::Span;
 use gatehouse_plugins::rate_limit::KEY_FORMS;
 use gatehouse_plugins::selector::{Forms, SelectorKind};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,11 +225,13 @@ pub struct DirectResponse {
 }
 
 /// The field of a route that names an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefField {
     Upstream,
     Weight(usize),
     Canary(usize),
+    /// A field of the config of `plugins[i]` (a mirror's `upstream`).
+    Plugin(usize, String),
 }
 
 impl std::fmt::Display for RefField {
@@ -237,6 +240,7 @@ impl std::fmt::Display for RefField {
             RefField::Upstream => f.write_str("upstream"),
             RefField::Weight(i) => write!(f, "weights[{i}].upstream"),
             RefField::Canary(i) => write!(f, "canary[{i}].upstream"),
+            RefField::Plugin(i, field) => write!(f, "plugins[{i}].config.{field}"),
         }
     }
 }
@@ -255,25 +259,50 @@ pub const MAX_RETRIES: u32 = 10;
 
 impl Route {
     /// The upstream ids this route names, for reference checks, with the field naming each
-    /// (rendered only when a reference is reported).
-    pub fn upstream_refs(&self) -> impl Iterator<Item = (RefField, &str)> {
+    /// (rendered only when a reference is reported): its targets, and the upstreams its
+    /// plugins send to.
+    pub fn upstream_refs(&self) -> impl Iterator<Item = (RefField, Cow<'_, str>)> {
         let direct = self
             .upstream
             .iter()
-            .map(|u| (RefField::Upstream, u.as_str()));
+            .map(|u| (RefField::Upstream, Cow::Borrowed(u.as_str())));
         let weighted = self
             .weights
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, w)| (RefField::Weight(i), w.upstream.as_str()));
+            .map(|(i, w)| (RefField::Weight(i), Cow::Borrowed(w.upstream.as_str())));
         let canary = self
             .canary
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, c)| (RefField::Canary(i), c.upstream.as_str()));
-        direct.chain(weighted).chain(canary)
+            .map(|(i, c)| (RefField::Canary(i), Cow::Borrowed(c.upstream.as_str())));
+        direct
+            .chain(weighted)
+            .chain(canary)
+            .chain(self.plugin_upstreams())
+    }
+
+    /// The upstreams the route's plugins name, by their factories' say.
+    fn plugin_upstreams(&self) -> impl Iterator<Item = (RefField, Cow<'_, str>)> {
+        use gatehouse_plugins::registry::{self, Reference};
+        let refs: Vec<(RefField, Cow<'_, str>)> = self
+            .plugins
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                registry::global()
+                    .references(&p.name, &p.config)
+                    .into_iter()
+                    .map(move |r| match r {
+                        Reference::Upstream { field, id } => {
+                            (RefField::Plugin(i, field), Cow::Owned(id))
+                        }
+                    })
+            })
+            .collect();
+        refs.into_iter()
     }
 
     /// Field checks that need nothing but the route itself.

@@ -7,10 +7,9 @@
 //! predicates hold wins.
 
 mod pattern;
-mod value;
 
+pub use gatehouse_plugins::matcher::ValueMatcher;
 pub use pattern::{normalize_host, HostPattern, PathPattern, Segment};
-pub use value::ValueMatcher;
 
 use http::{HeaderMap, HeaderName, Method};
 use smallvec::SmallVec;

@@ -189,6 +189,7 @@ impl Snapshot {
                     && old.globals.same(&global_plugins)
                     && old
                         .upstreams()
+                        .chain(&old.followed)
                         .all(|u| upstreams.get(&*u.id).is_some_and(|now| Arc::ptr_eq(u, now)))
                     && match (&old.auth, &old.spec.auth) {
                         (Some(auth), Some(id)) => policies

@@ -4,13 +4,13 @@ use super::Transcoder;
 use super::{CompiledPolicy, GlobalPlugins};
 use crate::resource::transcode::GrpcTranscode;
 use crate::resource::PluginUse;
-use crate::resource::{DirectResponse, Route};
+use crate::resource::{DirectResponse, RefField, Route};
 use crate::router::{RouteMatcher, RouteSpec};
 use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::Authenticator;
-use gatehouse_plugins::registry::{self, BuildError, Resources};
+use gatehouse_plugins::registry::{self, BuildError, Resources, UpstreamSender};
 use gatehouse_plugins::{LocalAnswer, Plugin, PluginChain};
 use http::{HeaderName, HeaderValue, StatusCode};
 use std::collections::HashMap;
@@ -95,6 +95,8 @@ pub struct CompiledRoute {
     pub metrics: RouteMetrics,
     /// REST calls made gRPC calls (SPEC §9), when the route has `grpc_transcode`.
     pub transcoder: Option<Arc<Transcoder>>,
+    /// The upstreams the route's plugins send to (a mirror's).
+    pub followed: Vec<Arc<UpstreamTarget>>,
 }
 
 impl CompiledRoute {
@@ -128,7 +130,20 @@ impl CompiledRoute {
             Some(t) => Some(Arc::new(transcoder(t, &action, previous)?)),
             None => None,
         };
-        let own = own_plugins(&spec, previous, &Policies(policies))?;
+        let compiled = Compiled {
+            policies,
+            upstreams,
+        };
+        let own = own_plugins(&spec, previous, &compiled)?;
+        // The upstreams the route's plugins send to: a change of one compiles the route
+        // again, so its plugins send to the version in force.
+        let followed = spec
+            .upstream_refs()
+            .filter_map(|(field, id)| match field {
+                RefField::Plugin(..) => upstreams.get(&*id).cloned(),
+                _ => None,
+            })
+            .collect();
         let mut plugins: Vec<Box<dyn Plugin>> = globals.entries().collect();
         plugins.extend(own.iter().map(|p| Box::new(p.clone()) as Box<dyn Plugin>));
         let t = spec.timeouts.unwrap_or_default();
@@ -173,6 +188,7 @@ impl CompiledRoute {
             },
             retries: spec.retries.unwrap_or(0),
             transcoder,
+            followed,
             spec,
         })
     }
@@ -263,10 +279,14 @@ fn entries(spec: &Route) -> Vec<Entry> {
         out.push(entry("header_rewrite", config, Field::Headers, true));
     }
     for (at, plugin) in spec.plugins.iter().enumerate() {
+        // A plugin that names other resources follows them: built again with the route.
+        let follows = !registry::global()
+            .references(&plugin.name, &plugin.config)
+            .is_empty();
         out.push(Entry {
             plugin: plugin.clone(),
             field: Field::Listed(at),
-            keep: true,
+            keep: !follows,
         });
     }
     out
@@ -301,12 +321,20 @@ fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
     value
 }
 
-/// The compiled auth policies, as the registry's plugins see them.
-struct Policies<'a>(&'a HashMap<String, CompiledPolicy>);
+/// The compiled auth policies and upstreams, as the registry's plugins see them.
+struct Compiled<'a> {
+    policies: &'a HashMap<String, CompiledPolicy>,
+    upstreams: &'a HashMap<String, Arc<UpstreamTarget>>,
+}
 
-impl Resources for Policies<'_> {
+impl Resources for Compiled<'_> {
     fn auth_policy(&self, id: &str) -> Option<Arc<Authenticator>> {
-        self.0.get(id)?.auth.as_ref().ok().cloned()
+        self.policies.get(id)?.auth.as_ref().ok().cloned()
+    }
+
+    fn upstream(&self, id: &str) -> Option<Arc<dyn UpstreamSender>> {
+        let target = self.upstreams.get(id)?.clone();
+        Some(Arc::new(crate::upstream::Sender(target)))
     }
 }
 

@@ -203,7 +203,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(gatehouse_plugins::metrics::REGISTRY.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
 }

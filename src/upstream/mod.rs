@@ -9,6 +9,7 @@ mod health;
 mod keepalive;
 mod lanes;
 mod probe;
+mod sender;
 
 pub use balance::{smooth_schedule, Picker};
 pub use breaker::{Breaker, BreakerPolicy, Pass};
@@ -18,12 +19,14 @@ pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use keepalive::KeptConnections;
 pub use lanes::{LaneChoice, LaneRefusal, LaneSpec};
 pub use probe::Prober;
+pub use sender::Sender;
 
 use crate::resource::{split_host_port, Balancing, Upstream, HASH_KEY_FORMS};
 use crate::telemetry::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;
 use gatehouse_plugins::selector::{Selected, Selector};
 use gatehouse_plugins::Exchange;
+use pingora::prelude::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_ketama::{Bucket, Continuum};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -544,6 +547,29 @@ impl UpstreamTarget {
             counted,
             connection,
         })
+    }
+
+    /// Pingora's peer for a request to the node at `addr` holding `lease`: the upstream's
+    /// TLS, HTTP version and pool (the caller sets the timeouts).
+    pub fn peer(&self, addr: SocketAddr, lease: Option<&NodeLease>) -> HttpPeer {
+        let mut peer = match &self.tls {
+            Some(tls) => {
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer
+            }
+            None => HttpPeer::new(addr, false, String::new()),
+        };
+        if self.spec.scheme.grpc() {
+            // gRPC is HTTP/2 only: by ALPN over TLS, by prior knowledge without.
+            peer.options.set_http_version(2, 2);
+        }
+        peer.group_key = self.pool_key(lease);
+        if let Some(idle) = self.idle_timeout {
+            peer.options.idle_timeout = Some(idle);
+        }
+        peer
     }
 
     /// The pool key for Pingora (`HttpPeer::group_key`) of a request holding `lease`.

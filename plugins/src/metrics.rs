@@ -1,0 +1,34 @@
+//! The metrics built-in plugins keep themselves, in a registry of their own that the
+//! gateway's `/metrics` serves beside its own: what they count happens off the request
+//! path too (a mirror copy's outcome), where the gateway does not see it.
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use std::sync::LazyLock;
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// `gatehouse_mirror_requests_total{route,result}`: `sent`, `failed`, `dropped`.
+pub static MIRROR_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "gatehouse_mirror_requests_total",
+        "Request copies the mirror plugin sent, failed to send, or dropped",
+        &["route", "result"],
+    )
+});
+
+/// `gatehouse_faults_injected_total{route,fault}`: `abort`, `delay`.
+pub static FAULTS_INJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "gatehouse_faults_injected_total",
+        "Faults the fault plugin injected",
+        &["route", "fault"],
+    )
+});
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY
+        .register(Box::new(counter.clone()))
+        .expect("registered once");
+    counter
+}
