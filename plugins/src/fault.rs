@@ -231,7 +231,9 @@ mod tests {
             ),
             (json!({}), ""),
         ] {
-            let err = Factory.build(&config).err().expect("refused");
+            let Err(err) = Factory.build(&config) else {
+                panic!("accepted: {config}");
+            };
             assert_eq!(err.field, field, "{config}");
         }
     }
