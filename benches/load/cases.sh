@@ -15,10 +15,14 @@
 #   $work/transcode/  a transcoded route `/v1/**` (grpc_transcode, descriptors of
 #                     tests/grpc/transcode/users.proto) to the Python gRPC server of
 #                     tests/grpc/transcode/server.py on $tcup
+#   $work/lanes/      the plain route to the same node in an upstream with `lanes` (one
+#                     more node in a lane; requests carry the tag of the baseline's none)
+#   $work/mirrored/   the plain route with the mirror plugin copying 10 % of requests to a
+#                     second nginx server on $mirrorup
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
@@ -62,6 +66,32 @@ upstream: users
 grpc_transcode:
   descriptors: "$work/users.pb"
   services: [users.v1.UserService]
+YAML
+  cat > "$work/lanes/routes.yaml" <<YAML
+kind: Upstream
+id: backend
+nodes: [{ addr: "127.0.0.1:$up" }, { addr: "127.0.0.1:${mirrorup:-0}", metadata: { lane: stress } }]
+lanes: { header: X-Traffic-Tag, metadata: lane, fallback: baseline }
+---
+kind: Route
+id: plain
+match: { paths: ["/**"] }
+upstream: backend
+YAML
+  cat > "$work/mirrored/routes.yaml" <<YAML
+$upstream_yaml
+---
+kind: Upstream
+id: shadow
+nodes: [{ addr: "127.0.0.1:${mirrorup:-0}" }]
+---
+kind: Route
+id: mirrored
+match: { paths: ["/**"] }
+upstream: backend
+plugins:
+  - name: mirror
+    config: { upstream: shadow, sample: 0.1 }
 YAML
   cat > "$work/wasm/routes.yaml" <<YAML
 $upstream_yaml

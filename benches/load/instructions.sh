@@ -16,7 +16,9 @@
 # request_size_limit; requests carry an allowed Origin), wasm (a plain route with the
 # proxy-wasm plugin tests/wasm/add_header.wasm: gatehouse is its baseline), grpc (unary
 # gRPC calls over h2c, driven by h2load, through a `scheme: grpc` upstream: gatehouse is its
-# baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
+# baseline), lanes (the plain route to an upstream with `lanes`: gatehouse is its baseline),
+# mirrored (the plain route copying 10 % of requests to another nginx server with the mirror
+# plugin: gatehouse is its baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
 # the Python server of tests/grpc/transcode/server.py: gatehouse is its baseline), origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
@@ -31,7 +33,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm bare-grpc grpc transcode many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm lanes mirrored bare-grpc grpc transcode many traced logged)
 for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
@@ -48,12 +50,13 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-up=$(free_port); otlp=$(free_port); grpcup=$(free_port)
+up=$(free_port); otlp=$(free_port); grpcup=$(free_port); mirrorup=$(free_port)
 cat > "$work/up.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
   server { listen 127.0.0.1:$up; keepalive_requests 1000000; location / { return 200 'ok'; } }
+  server { listen 127.0.0.1:$mirrorup; keepalive_requests 1000000; location / { return 200 'shadow'; } }
   server { listen 127.0.0.1:$otlp; keepalive_requests 1000000; client_max_body_size 64m; location / { return 200; } }
   server { listen 127.0.0.1:$grpcup http2; keepalive_requests 1000000; location / { default_type application/grpc; add_trailer grpc-status 0 always; return 200 'ok'; } } }
 CONF
@@ -111,11 +114,13 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|wasm|grpc|transcode|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|lanes|mirrored|grpc|transcode|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
       [ "$name" = wasm ] && routes=wasm
       [ "$name" = grpc ] && routes=grpc && target="/bench.v1.Bench/Unary"
       [ "$name" = transcode ] && routes=transcode && target="/v1/users/7"
+      [ "$name" = lanes ] && routes=lanes
+      [ "$name" = mirrored ] && routes=mirrored
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"

@@ -202,6 +202,24 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(200));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn delays_fall_about_as_often_as_asked() {
+        let plugin = Factory
+            .build(&json!({"delay": {"duration": "1s", "percent": 40}}))
+            .unwrap();
+        let mut delayed = 0;
+        for _ in 0..2000 {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            let started = tokio::time::Instant::now();
+            run(&*plugin, &mut req).await;
+            if started.elapsed() >= Duration::from_secs(1) {
+                delayed += 1;
+            }
+        }
+        // 40 % of 2,000 is 800; 5 standard deviations (about 21.9 each) either side.
+        assert!((690..=910).contains(&delayed), "{delayed}");
+    }
+
     #[test]
     fn bad_settings_are_refused_naming_the_field() {
         for (config, field) in [

@@ -159,9 +159,10 @@ fn tls_client(
     verify: bool,
     node: SocketAddr,
 ) -> reqwest::Result<(reqwest::Client, String)> {
-    let mut builder = base_client()
-        .tls_built_in_native_certs(true)
-        .danger_accept_invalid_certs(!verify);
+    let mut builder = base_client().danger_accept_invalid_certs(!verify);
+    for root in SYSTEM_ROOTS.iter() {
+        builder = builder.add_root_certificate(root.clone());
+    }
     let base = if sni.is_empty() {
         format!("https://{node}")
     } else {
@@ -170,6 +171,17 @@ fn tls_client(
     };
     Ok((builder.build()?, base))
 }
+
+/// The system's trusted roots (what Pingora's TLS trusts for the calls), read once: a read
+/// by reflection trusts the node as the calls do.
+static SYSTEM_ROOTS: std::sync::LazyLock<Vec<reqwest::Certificate>> =
+    std::sync::LazyLock::new(|| {
+        rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+            .collect()
+    });
 
 fn base_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
