@@ -15,31 +15,6 @@ fn registration(id: &str, version: &str, region: &str, up: &TestUpstream) -> Str
     )
 }
 
-/// `etcdctl lease grant`: the lease id, in the hex etcdctl prints.
-fn grant(etcd: &Etcd, ttl: u32) -> String {
-    let out = etcd.ctl(&["lease", "grant", &ttl.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.split_whitespace()
-        .nth(1)
-        .expect("lease <id> granted with TTL(..)")
-        .to_string()
-}
-
-fn put_with_lease(etcd: &Etcd, lease: &str, key: &str, value: &str) {
-    let lease = format!("--lease={lease}");
-    let out = etcd.ctl(&["put", &lease, key, value]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn registered_instances_take_traffic_until_their_lease_goes() {
     let etcd = Etcd::start();
@@ -57,16 +32,14 @@ async fn registered_instances_take_traffic_until_their_lease_goes() {
     // Nothing registered yet: no node.
     assert_eq!(served_by(&gw, "/all", &[]).await.0, 503);
 
-    let lease1 = grant(&etcd, 30);
-    let lease2 = grant(&etcd, 30);
-    put_with_lease(
-        &etcd,
+    let lease1 = etcd.grant(30);
+    let lease2 = etcd.grant(30);
+    etcd.put_with_lease(
         &lease1,
         "/microservices/users/i-1",
         &registration("i-1", "v1", "sh", &v1),
     );
-    put_with_lease(
-        &etcd,
+    etcd.put_with_lease(
         &lease2,
         "/microservices/users/i-2",
         &registration("i-2", "v2", "sh", &v2),
@@ -196,15 +169,13 @@ async fn editing_a_discovered_upstream_fails_no_request_and_keeps_its_state() {
         ))
         .start()
         .await;
-    let lease = grant(&etcd, 60);
-    put_with_lease(
-        &etcd,
+    let lease = etcd.grant(60);
+    etcd.put_with_lease(
         &lease,
         "/microservices/users/i-1",
         &registration("i-1", "v1", "sh", &v1),
     );
-    put_with_lease(
-        &etcd,
+    etcd.put_with_lease(
         &lease,
         "/microservices/users/i-2",
         &registration("i-2", "v2", "sh", &v2),

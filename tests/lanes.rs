@@ -20,30 +20,8 @@ fn registration(id: &str, lane: Option<&str>, up: &TestUpstream) -> String {
     )
 }
 
-/// `etcdctl lease grant`: the lease id, in the hex etcdctl prints.
-fn grant(etcd: &Etcd, ttl: u32) -> String {
-    let out = etcd.ctl(&["lease", "grant", &ttl.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .expect("lease <id> granted with TTL(..)")
-        .to_string()
-}
-
 fn register(etcd: &Etcd, lease: &str, id: &str, value: &str) {
-    let lease = format!("--lease={lease}");
-    let key = format!("/microservices/users/{id}");
-    let out = etcd.ctl(&["put", &lease, &key, value]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    etcd.put_with_lease(lease, &format!("/microservices/users/{id}"), value);
 }
 
 /// Sends `n` requests with `tag` (none when `None`); which upstream answered each, counted.
@@ -84,9 +62,9 @@ async fn lanes_follow_the_registry_and_no_request_crosses_one() {
         .start()
         .await;
 
-    let lease = grant(&etcd, 60);
+    let lease = etcd.grant(60);
     register(&etcd, &lease, "base", &registration("base", None, &base));
-    let stress_lease = grant(&etcd, 60);
+    let stress_lease = etcd.grant(60);
     register(
         &etcd,
         &stress_lease,
@@ -128,7 +106,7 @@ async fn lanes_follow_the_registry_and_no_request_crosses_one() {
         BTreeMap::from([("base".to_string(), 20)])
     );
     // A lane that registers takes its traffic from then on, while traffic flows.
-    let canary_lease = grant(&etcd, 60);
+    let canary_lease = etcd.grant(60);
     let flowing = {
         let gw_url = gw.url("/users");
         tokio::spawn(async move {

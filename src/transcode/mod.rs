@@ -52,3 +52,42 @@ pub fn load(source: &str) -> Result<DescriptorPool, String> {
     DescriptorPool::decode(bytes.as_slice())
         .map_err(|e| format!("is not a FileDescriptorSet (protoc --include_imports -o): {e}"))
 }
+
+/// Percent-decodes `raw`: `%XY` escapes (a broken one kept as it is), `+` as a space when
+/// `plus_is_space` (query strings), `%2F` left encoded when `keep_slash` (a path value over
+/// several segments, whose own slashes must stay apart from the path's).
+pub(crate) fn percent_decode(raw: &[u8], plus_is_space: bool, keep_slash: bool) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => match (hex(raw.get(i + 1)), hex(raw.get(i + 2))) {
+                (Some(h), Some(l)) if !(keep_slash && h == 2 && l == 0xf) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn escapes_are_decoded_and_broken_ones_kept() {
+        assert_eq!(
+            percent_decode(b"a%20b%2fc%zz%4", false, false),
+            b"a b/c%zz%4"
+        );
+        assert_eq!(percent_decode(b"a+b%2Bc", true, false), b"a b+c");
+        assert_eq!(percent_decode(b"a+b%2Fc", false, true), b"a+b%2Fc");
+    }
+}

@@ -111,25 +111,8 @@ fn query_text(raw: &str) -> Result<String, BadRequest> {
     if !raw.contains(['%', '+']) {
         return Ok(raw.to_owned());
     }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| bad("a query parameter is not UTF-8"))
+    let decoded = super::percent_decode(raw.as_bytes(), true, false);
+    String::from_utf8(decoded).map_err(|_| bad("a query parameter is not UTF-8"))
 }
 
 /// Reads a body once before it is decoded: exactly one JSON value, at most

@@ -235,28 +235,7 @@ fn decode(segment: &str, keep_slash: bool) -> Option<String> {
     if !segment.contains('%') {
         return Some(segment.to_owned());
     }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                let byte = (h * 16 + l) as u8;
-                if !(keep_slash && byte == b'/') {
-                    out.push(byte);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(super::percent_decode(segment.as_bytes(), false, keep_slash)).ok()
 }
 
 #[cfg(test)]

@@ -159,6 +159,32 @@ impl Etcd {
         );
     }
 
+    /// `etcdctl lease grant`: the lease id, in the hex etcdctl prints.
+    pub fn grant(&self, ttl: u32) -> String {
+        let out = self.ctl(&["lease", "grant", &ttl.to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("lease <id> granted with TTL(..)")
+            .to_string()
+    }
+
+    /// Puts `key` bound to `lease`, as a registering service does.
+    pub fn put_with_lease(&self, lease: &str, key: &str, value: &str) {
+        let lease = format!("--lease={lease}");
+        let out = self.ctl(&["put", &lease, key, value]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn delete(&self, key: &str) {
         let out = self.ctl(&["del", key]);
         assert!(
