@@ -121,10 +121,15 @@ impl PluginFactory for Factory {
         }
         let abort = match settings.abort {
             Some(a) => {
+                // 204 and 304 carry no body, and an abort answers the JSON error.
                 let status = StatusCode::from_u16(a.status)
                     .ok()
-                    .filter(|s| (200..=599).contains(&s.as_u16()))
-                    .ok_or_else(|| ConfigError::new("abort.status", "must be 200-599"))?;
+                    .filter(|s| {
+                        (200..=599).contains(&s.as_u16()) && !matches!(s.as_u16(), 204 | 304)
+                    })
+                    .ok_or_else(|| {
+                        ConfigError::new("abort.status", "must be 200-599, other than 204 and 304")
+                    })?;
                 Some((status, percent("abort.percent", a.percent)?))
             }
             None => None,
@@ -233,6 +238,10 @@ mod tests {
             ),
             (
                 json!({"abort": {"status": 99, "percent": 1}}),
+                "abort.status",
+            ),
+            (
+                json!({"abort": {"status": 204, "percent": 1}}),
                 "abort.status",
             ),
             (

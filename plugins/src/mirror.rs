@@ -58,6 +58,39 @@ impl Settings {
 
 /// The most copies a route may hold waiting or in flight.
 const MAX_QUEUE: u32 = 100_000;
+/// The longest a copy may take.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// The header every copy carries.
+const MIRROR_MARK: &str = "x-gatehouse-mirror";
+
+/// Each route's copy slots, by route and mirror upstream: a route compiled again (its
+/// mirror plugin built anew) takes the slots of the version before, still held by the
+/// copies in flight, so `queue` bounds the route across reloads. Read when a route is
+/// compiled, never per request.
+type Kept = std::collections::HashMap<(String, String), (std::sync::Weak<Semaphore>, u32)>;
+static SLOTS: std::sync::LazyLock<std::sync::Mutex<Kept>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The slots of `route`'s copies to `upstream`: the ones still alive with the same size,
+/// or new ones.
+fn slots(route: Option<&str>, upstream: &str, queue: u32) -> Arc<Semaphore> {
+    let Some(route) = route else {
+        return Arc::new(Semaphore::new(queue as usize));
+    };
+    let mut all = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|_, (slots, _)| slots.strong_count() > 0);
+    let key = (route.to_owned(), upstream.to_owned());
+    let kept = all
+        .get(&key)
+        .filter(|(_, size)| *size == queue)
+        .and_then(|(slots, _)| slots.upgrade());
+    if let Some(kept) = kept {
+        return kept;
+    }
+    let fresh = Arc::new(Semaphore::new(queue as usize));
+    all.insert(key, (Arc::downgrade(&fresh), queue));
+    fresh
+}
 
 pub struct Mirror {
     /// `None` when built only to check the config (admission).
@@ -98,7 +131,7 @@ impl Mirror {
             Mirror::count(route, "dropped");
             return;
         };
-        let _ = head.insert_header("x-gatehouse-mirror", "1");
+        let _ = head.insert_header(MIRROR_MARK, "1");
         let _ = head.insert_header(header::CONTENT_LENGTH, body.len());
         head.remove_header(&header::TRANSFER_ENCODING);
         let (route, timeout) = (route.clone(), self.timeout);
@@ -125,6 +158,11 @@ impl Plugin for Mirror {
     }
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
+        if req.headers.contains_key(MIRROR_MARK) {
+            // A copy is never copied again: a mirror upstream that leads back here (directly
+            // or through other gateways) would otherwise turn one request into endless ones.
+            return Access::Now(Flow::Continue);
+        }
         let sampled = self.sample >= 1.0 || fastrand::f64() < self.sample;
         if !sampled || !self.matcher.holds(req) {
             return Access::Now(Flow::Continue);
@@ -192,8 +230,11 @@ impl Factory {
                 format!("must be between 1 and {MAX_QUEUE}"),
             ));
         }
-        if settings.timeout.0.is_zero() {
-            return Err(ConfigError::new("timeout", "must be more than 0s"));
+        if settings.timeout.0.is_zero() || settings.timeout.0 > MAX_TIMEOUT {
+            return Err(ConfigError::new(
+                "timeout",
+                "must be more than 0s and at most 5m",
+            ));
         }
         Ok(settings)
     }
@@ -201,14 +242,20 @@ impl Factory {
     fn mirror(
         settings: Settings,
         target: Option<Arc<dyn UpstreamSender>>,
+        route: Option<&str>,
     ) -> Result<Box<dyn Plugin>, ConfigError> {
+        let slots = match target {
+            // Only a plugin that sends holds the route's slots.
+            Some(_) => slots(route, &settings.upstream, settings.queue),
+            None => Arc::new(Semaphore::new(settings.queue as usize)),
+        };
         Ok(Box::new(Mirror {
             target,
             sample: settings.sample,
             matcher: RequestMatch::compile(&settings.matcher)?,
             max_body: settings.max_body.0,
             timeout: settings.timeout.0,
-            slots: Arc::new(Semaphore::new(settings.queue as usize)),
+            slots,
         }))
     }
 }
@@ -219,7 +266,7 @@ impl PluginFactory for Factory {
     }
 
     fn build(&self, config: &Config) -> Result<Box<dyn Plugin>, ConfigError> {
-        Factory::mirror(Factory::settings(config)?, None)
+        Factory::mirror(Factory::settings(config)?, None, None)
     }
 
     fn build_with(
@@ -231,7 +278,7 @@ impl PluginFactory for Factory {
         let target = resources.upstream(&settings.upstream).ok_or_else(|| {
             ConfigError::new("upstream", format!("no upstream `{}`", settings.upstream))
         })?;
-        Factory::mirror(settings, Some(target))
+        Factory::mirror(settings, Some(target), resources.route())
     }
 
     fn references(&self, config: &Config) -> Vec<Reference> {

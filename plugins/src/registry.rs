@@ -86,6 +86,12 @@ pub trait Resources {
     fn upstream(&self, _id: &str) -> Option<Arc<dyn UpstreamSender>> {
         None
     }
+
+    /// The id of the route the plugin is built for, when it is a route's: state a plugin
+    /// keeps per route across its rebuilds is found by it.
+    fn route(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// An upstream a plugin sends requests of its own to (a mirror's copies): the gateway

@@ -131,6 +131,7 @@ impl CompiledRoute {
             None => None,
         };
         let compiled = Compiled {
+            route: &spec.id,
             policies,
             upstreams,
         };
@@ -323,6 +324,7 @@ fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
 
 /// The compiled auth policies and upstreams, as the registry's plugins see them.
 struct Compiled<'a> {
+    route: &'a str,
     policies: &'a HashMap<String, CompiledPolicy>,
     upstreams: &'a HashMap<String, Arc<UpstreamTarget>>,
 }
@@ -335,6 +337,10 @@ impl Resources for Compiled<'_> {
     fn upstream(&self, id: &str) -> Option<Arc<dyn UpstreamSender>> {
         let target = self.upstreams.get(id)?.clone();
         Some(Arc::new(crate::upstream::Sender(target)))
+    }
+
+    fn route(&self) -> Option<&str> {
+        Some(self.route)
     }
 }
 

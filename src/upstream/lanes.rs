@@ -80,14 +80,15 @@ impl LaneSpec {
         self.fallback == LaneFallback::Baseline
     }
 
-    /// The lane a node's metadata puts it in.
+    /// The lane a node's metadata puts it in. An empty value is no lane: a registry often
+    /// writes the key with nothing behind it, and no tag could name such a lane.
     pub fn lane_of<'m>(
         &self,
         metadata: impl IntoIterator<Item = (&'m str, &'m str)>,
     ) -> Option<Arc<str>> {
         metadata
             .into_iter()
-            .find(|(k, _)| *k == self.key)
+            .find(|(k, v)| *k == self.key && !v.is_empty())
             .map(|(_, v)| Arc::from(v))
     }
 }

@@ -404,7 +404,11 @@ impl UpstreamTarget {
                 .as_ref()
                 .is_some_and(|d| d.service.is_some());
         let nodes: Vec<Arc<Node>> = if same_query {
-            self.discovered = AtomicU64::new(previous.discovered.load(Ordering::Acquire));
+            // New lane rules put the same instances in other lanes: the nodes serve on until
+            // discovery, not told it has seen this generation, works them out again.
+            if self.spec.lanes == previous.spec.lanes {
+                self.discovered = AtomicU64::new(previous.discovered.load(Ordering::Acquire));
+            }
             old.nodes.to_vec()
         } else {
             self.members
