@@ -489,7 +489,24 @@ async fn client_resets(health: &str) {
             "the node was ejected by a client's reset: {r}"
         );
     }
-    let last = seen(&mut c, gw.addr).await.unwrap();
+    // Each cancel reaches the server when it next looks (the stream's next message, 100 ms
+    // apart): under load that may be after the last call above, so the counts are read
+    // until every call has ended upstream, for a bounded time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut last = seen(&mut c, gw.addr).await.unwrap();
+    while std::time::Instant::now() < deadline {
+        let ended = |k: &str| last[k].as_i64().unwrap_or(0);
+        let count_ended = ended("count_cancelled") + ended("count_completed");
+        let chat_ended = ended("chat_cancelled") + ended("chat_ended");
+        if ended("block_cancelled") + ended("block_completed") >= 1
+            && count_ended >= 1
+            && chat_ended >= 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = seen(&mut c, gw.addr).await.unwrap();
+    }
     assert_eq!(
         last["block_cancelled"], 1,
         "unary cancel reached upstream: {last}"

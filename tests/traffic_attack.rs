@@ -211,13 +211,14 @@ async fn a_route_holds_at_most_queue_copies_of_a_hanging_mirror_across_reloads()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_body_is_copied_whole_under_max_body_and_dropped_over_it() {
     let main = TestUpstream::start("main").await;
-    let (recorder, seen) = recorder().await;
+    let recorder = common::recorder::Recorder::start(Duration::ZERO).await;
+    let seen = recorder.seen.clone();
     let gw = Gateway::builder()
         .file(
             "r.yaml",
             [
                 upstream("main", main.addr),
-                upstream("shadow", recorder),
+                upstream("shadow", recorder.addr),
                 route(
                     "m",
                     "/m",
@@ -264,60 +265,6 @@ async fn a_chunked_body_is_copied_whole_under_max_body_and_dropped_over_it() {
         1.0
     );
     assert_eq!(main.hits(), 2, "both client requests went on");
-}
-
-/// An HTTP/1.1 upstream that records each request's head (lower case) and body, and
-/// answers 200 at once.
-async fn recorder() -> (
-    std::net::SocketAddr,
-    Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let record = record.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    let mut body = vec![0; length];
-                    if reader.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    record.lock().unwrap().push((
-                        head.to_ascii_lowercase(),
-                        String::from_utf8_lossy(&body).into(),
-                    ));
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if reader.get_mut().write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
 }
 
 // ---------------------------------------------------------------------------------------

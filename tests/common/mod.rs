@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod idp;
 pub mod otlp;
 pub mod python;
+pub mod recorder;
 pub mod traffic;
 pub mod upstream;
 
