@@ -14,6 +14,7 @@ use crate::matcher::{MatchSpec, RequestMatch};
 use crate::metrics::MIRROR_REQUESTS;
 use crate::registry::UpstreamSender;
 use crate::registry::{self, Config, ConfigError, PluginFactory, Reference, Resources};
+use crate::request::{declared_length, has_body};
 use crate::units::{ByteSize, Span};
 use crate::{Access, Exchange, Flow, Plugin, Stage};
 use bytes::Bytes;
@@ -109,14 +110,6 @@ struct Copy {
     body: Vec<u8>,
 }
 
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
 impl Mirror {
     fn count(route: &str, result: &str) {
         MIRROR_REQUESTS.with_label_values(&[route, result]).inc();
@@ -171,11 +164,7 @@ impl Plugin for Mirror {
             self.dispatch(req.clone(), Bytes::new(), &ex.route_id);
             return Access::Now(Flow::Continue);
         }
-        let declared = req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = declared_length(req).and_then(|l| usize::try_from(l).ok());
         if declared.is_some_and(|length| length > self.max_body) {
             Mirror::count(&ex.route_id, "dropped");
             return Access::Now(Flow::Continue);

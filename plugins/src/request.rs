@@ -1,7 +1,7 @@
 //! Reading parts of a request that several features key on (auth token sources, sticky
 //! splits, canary rules, consistent hashing), parsed one way everywhere.
 
-use http::header::COOKIE;
+use http::header::{CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use pingora_http::RequestHeader;
 
 /// The value of cookie `name`, as sent, from any of the request's `Cookie` headers.
@@ -15,6 +15,23 @@ pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v)
         })
+}
+
+/// Whether a request carries a body: chunked, or a `Content-Length` other than 0.
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// The body length a request declares in `Content-Length`, when it is a number.
+pub fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The raw (not percent-decoded) value of query parameter `name`.

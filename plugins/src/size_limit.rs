@@ -8,7 +8,7 @@ use crate::registry::{self, Config, ConfigError, PluginFactory};
 use crate::units::ByteSize;
 use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage};
 use bytes::Bytes;
-use http::{header, StatusCode};
+use http::StatusCode;
 use pingora_http::RequestHeader;
 use serde::Deserialize;
 
@@ -43,12 +43,7 @@ impl Plugin for SizeLimit {
     }
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, _ex: &'a mut Exchange) -> Access<'a> {
-        let declared = req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        match declared {
+        match crate::request::declared_length(req) {
             Some(length) if length > self.max_body => Access::Now(self.too_large()),
             _ => Access::Now(Flow::Continue),
         }

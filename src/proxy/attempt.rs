@@ -121,6 +121,25 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The failure of a call the gateway makes itself with the request's body held whole
+    /// (a transcoded one): nothing is truncated, and Pingora has no say.
+    pub fn of_call(e: &Error, reused: bool, replay: Replay, client_answered: bool) -> Failure {
+        Failure {
+            replay,
+            reused,
+            connection_lost: matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            ),
+            client_answered,
+            body_truncated: false,
+            engine_would_retry: false,
+            not_the_node: false,
+        }
+    }
+}
+
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -304,13 +323,7 @@ impl Attempts {
 }
 
 /// Whether a request carries a body (so a retry would have to replay it).
-pub fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
+pub use gatehouse_plugins::request::has_body;
 
 #[cfg(test)]
 mod tests {

@@ -214,23 +214,12 @@ impl Gateway {
             }
             Err(e) => {
                 let e = e.into_up();
-                let failure = Failure {
-                    // The message is held whole: only a method's own effects forbid a replay.
-                    replay: Replay {
-                        idempotent: session.req_header().method.is_idempotent(),
-                        has_body: false,
-                    },
-                    reused,
-                    connection_lost: matches!(
-                        e.etype(),
-                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-                    ),
-                    client_answered: false,
-                    body_truncated: false,
-                    engine_would_retry: false,
-                    not_the_node: false,
+                // The message is held whole: only a method's own effects forbid a replay.
+                let replay = Replay {
+                    idempotent: session.req_header().method.is_idempotent(),
+                    has_body: false,
                 };
-                match attempts.failed(failure) {
+                match attempts.failed(Failure::of_call(&e, reused, replay, false)) {
                     Retry::Again | Retry::Fresh => Outcome::Again,
                     Retry::AsDecided | Retry::No => Outcome::Failed(upstream_failure(e)),
                 }
@@ -352,21 +341,7 @@ impl Gateway {
             Err(e) => return answer_error(session, &bad_answer(&e), ctx).await,
         };
         self.release(up, ctx).await;
-        let answer = Answer {
-            status: StatusCode::OK,
-            headers: &metadata,
-            content_type: Some(HeaderValue::from_static("application/json")),
-            body: Bytes::from(json),
-        };
-        let plugins = ctx.route.clone();
-        answer::send(
-            session,
-            answer,
-            &mut ctx.exchange,
-            plugins.as_ref().map(|r| &r.plugins),
-        )
-        .await?;
-        Ok(true)
+        send_json(session, ctx, StatusCode::OK, &metadata, json).await
     }
 
     /// A server-streaming call, as a JSON array written as its messages come. A failure
@@ -472,16 +447,8 @@ impl Gateway {
         status: &GrpcStatus,
     ) -> Result<bool> {
         let (code, _) = status.http();
-        let answer = Answer {
-            status: code,
-            headers: &[],
-            content_type: Some(HeaderValue::from_static("application/json")),
-            body: Bytes::from(status.body(&ctx.exchange.request_id)),
-        };
-        let route = ctx.route.clone();
-        let plugins = route.as_ref().map(|r| &r.plugins);
-        answer::send(session, answer, &mut ctx.exchange, plugins).await?;
-        Ok(true)
+        let body = status.body(&ctx.exchange.request_id);
+        send_json(session, ctx, code, &[], body).await
     }
 
     /// The upstream failed after its head: the node hears of it, the client gets a 502 or
@@ -494,19 +461,11 @@ impl Gateway {
     ) -> Result<bool> {
         let e = e.into_up();
         if let Some(attempts) = ctx.attempts.as_mut() {
-            let failure = Failure {
-                replay: Replay {
-                    idempotent: false,
-                    has_body: true,
-                },
-                reused: false,
-                connection_lost: false,
-                client_answered: true,
-                body_truncated: false,
-                engine_would_retry: false,
-                not_the_node: false,
+            let replay = Replay {
+                idempotent: false,
+                has_body: true,
             };
-            attempts.failed(failure);
+            attempts.failed(Failure::of_call(&e, false, replay, true));
         }
         answer_error(session, &upstream_failure(e), ctx).await
     }
@@ -614,6 +573,26 @@ impl JsonArray {
             .await?;
         Ok(true)
     }
+}
+
+/// Writes a whole JSON answer, through the route's response edits.
+async fn send_json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Vec<u8>,
+) -> Result<bool> {
+    let answer = Answer {
+        status,
+        headers,
+        content_type: Some(HeaderValue::from_static("application/json")),
+        body: Bytes::from(body),
+    };
+    let route = ctx.route.clone();
+    let plugins = route.as_ref().map(|r| &r.plugins);
+    answer::send(session, answer, &mut ctx.exchange, plugins).await?;
+    Ok(true)
 }
 
 /// Sends the call's head and its one message, then reads the answer's head.

@@ -66,13 +66,16 @@ impl GrpcTranscode {
         };
         let pool = crate::transcode::load(source)
             .map_err(|e| vec![FieldError::new("grpc_transcode.descriptors", e)])?;
-        Bindings::resolve(&self.services, &self.rules, &pool)
-            .map(Some)
-            .map_err(|errors| {
-                errors
-                    .into_iter()
-                    .map(|e| FieldError::new(e.field, e.message))
-                    .collect()
-            })
+        self.bind(&pool).map(Some)
+    }
+
+    /// Resolves every binding against `pool` (a descriptor set's, or what reflection read).
+    pub fn bind(&self, pool: &prost_reflect::DescriptorPool) -> Result<Bindings, Vec<FieldError>> {
+        Bindings::resolve(&self.services, &self.rules, pool).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(e.field, e.message))
+                .collect()
+        })
     }
 }

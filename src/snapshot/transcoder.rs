@@ -50,13 +50,7 @@ impl Transcoder {
 
     /// Resolves descriptors read by reflection and puts their bindings in force.
     pub fn learn(&self, pool: &DescriptorPool) -> Result<(), Vec<FieldError>> {
-        let bindings =
-            Bindings::resolve(&self.spec.services, &self.spec.rules, pool).map_err(|errors| {
-                errors
-                    .into_iter()
-                    .map(|e| FieldError::new(e.field, e.message))
-                    .collect::<Vec<_>>()
-            })?;
+        let bindings = self.spec.bind(pool)?;
         self.bindings.store(Some(Arc::new(bindings)));
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The gRPC health-checking protocol (`grpc.health.v1.Health/Check`) as an active probe
 //! sends and reads it: one request message in one gRPC frame, one answer.
 
+use crate::transcode::response::{frame, Frames};
 use prost::Message;
 
 /// The path of the check.
@@ -22,16 +23,11 @@ struct HealthCheckResponse {
 const SERVING: i32 = 1;
 
 /// The request body: `HealthCheckRequest { service }` in an uncompressed gRPC frame.
-pub fn request(service: &str) -> Vec<u8> {
+pub fn request(service: &str) -> bytes::Bytes {
     let message = HealthCheckRequest {
         service: service.to_string(),
-    }
-    .encode_to_vec();
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0);
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    body
+    };
+    frame(&message.encode_to_vec())
 }
 
 /// Whether a node's answer passes: a gRPC answer (not a page that happens to decode) whose
@@ -63,16 +59,12 @@ pub async fn passed(resp: reqwest::Response) -> bool {
 /// Whether an answer's body says SERVING. A failed call (an unknown service answers
 /// NOT_FOUND with no message) has no frame, and so is not serving.
 pub fn serving(body: &[u8]) -> bool {
-    let Some((&0, rest)) = body.split_first() else {
-        return false;
-    };
-    let Some(len) = rest.get(..4) else {
-        return false;
-    };
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    rest.get(4..4 + len)
-        .and_then(|m| HealthCheckResponse::decode(m).ok())
-        .is_some_and(|r| r.status == SERVING)
+    let mut frames = Frames::default();
+    frames.push(body);
+    matches!(
+        frames.next_message(),
+        Ok(Some(m)) if HealthCheckResponse::decode(&m[..]).is_ok_and(|r| r.status == SERVING)
+    )
 }
 
 #[cfg(test)]
@@ -81,8 +73,11 @@ mod tests {
 
     #[test]
     fn a_check_is_framed_and_only_serving_passes() {
-        assert_eq!(request(""), [0, 0, 0, 0, 0]);
-        assert_eq!(request("a.B"), [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']);
+        assert_eq!(&request("")[..], [0, 0, 0, 0, 0]);
+        assert_eq!(
+            &request("a.B")[..],
+            [0, 0, 0, 0, 5, 0x0a, 3, b'a', b'.', b'B']
+        );
         let answer = |status: i32| {
             let m = HealthCheckResponse { status }.encode_to_vec();
             let mut b = vec![0];
