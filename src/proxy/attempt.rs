@@ -554,12 +554,14 @@ mod tests {
         // stale connection must not need a second.
         let up = upstream(
             "id: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\n\
-             circuit_breaker: { error_rate: 0.5, min_requests: 1, window: 10s, open_for: 1ms }\n",
+             circuit_breaker: { error_rate: 0.5, min_requests: 1, window: 10s, open_for: 200ms }\n",
         );
         let mut opener = Attempts::new(up.clone(), 0);
         started(&mut opener);
         opener.connect_failed();
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        // Past `open_for`, so the next request is the probe; a probe that has not reported
+        // within `open_for` is given up, so what follows must take less than 200 ms.
+        std::thread::sleep(std::time::Duration::from_millis(210));
         let mut probe = Attempts::new(up.clone(), 0);
         started(&mut probe);
         let mut stale = failure(GET);
