@@ -91,7 +91,7 @@ grind() { # name port -- command...
 # at a time on each connection, like the HTTP/1.1 cases).
 drive() {
   if [ "$name" = grpc ] || [ "$name" = bare-grpc ]; then
-    h2load -c"$CONNECTIONS" -m1 -D "$1" -d "$work/call.bin" \
+    h2load -c"$CONNECTIONS" -m"${STREAMS:-1}" -D "$1" -d "$work/call.bin" \
       -H 'content-type: application/grpc' -H 'te: trailers' "http://127.0.0.1:$p$target"
   else
     wrk -t1 -c"$CONNECTIONS" -d"${1}s" "${script[@]}" "http://127.0.0.1:$p$target"

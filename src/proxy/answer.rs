@@ -1,6 +1,8 @@
 //! Answers the gateway writes itself: its JSON errors (SPEC §4) and direct responses.
 
 use super::ctx::RequestCtx;
+use crate::resource::FallbackReason;
+use crate::snapshot::{FallbackAnswer, FALLBACK_HEADER};
 use bytes::Bytes;
 use gatehouse_plugins::{ErrorAnswer, Exchange, LocalAnswer, PluginChain, Tally};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
@@ -15,6 +17,14 @@ pub use crate::wire::error_body;
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 /// The error type for "the upstream's circuit is open", mapped to 503 `circuit_open`.
 pub const CIRCUIT_OPEN: ErrorType = ErrorType::Custom("circuit_open");
+/// The error type for "the upstream has its concurrency limit in flight", mapped to 503
+/// `overloaded`.
+pub const OVERLOADED: ErrorType = ErrorType::Custom("overloaded");
+/// The error types for "the upstream answered with an error of its own that the route's
+/// `fallback` stands in for": 502 `upstream_error` and 504 `upstream_timeout` (answered
+/// by the fallback, never written as such).
+pub const UPSTREAM_FAILED: ErrorType = ErrorType::Custom("upstream_failed");
+pub const UPSTREAM_TIMED_OUT: ErrorType = ErrorType::Custom("upstream_timed_out");
 /// The error type for "the request's lane tag is too long to be one", mapped to 400.
 pub const BAD_LANE_TAG: ErrorType = ErrorType::Custom("bad_lane_tag");
 
@@ -25,6 +35,10 @@ pub fn refused(refused: super::attempt::Refused, upstream: &str) -> Box<Error> {
         Refused::CircuitOpen => Error::explain(
             CIRCUIT_OPEN,
             format!("upstream `{upstream}` has its circuit open"),
+        ),
+        Refused::Overloaded => Error::explain(
+            OVERLOADED,
+            format!("upstream `{upstream}` has its concurrency limit in flight"),
         ),
         Refused::NoNode => Error::explain(
             NO_UPSTREAM,
@@ -221,6 +235,16 @@ pub async fn answer_error(
             .inc(),
         None => {}
     }
+    if let Some(reason) = fallback_reason(reply) {
+        let route = ctx.route.clone();
+        if let Some(fallback) = route.as_ref().and_then(|r| r.fallback.as_deref()) {
+            if fallback.take(reason) {
+                let plugins = route.as_ref().map(|r| &r.plugins);
+                send_fallback(session, fallback, reason, ctx, plugins).await?;
+                return Ok(true);
+            }
+        }
+    }
     let plugins = ctx.route.as_ref().map(|r| &r.plugins);
     if is_grpc(session.req_header()) {
         // Counted as what it is, whatever the wire says.
@@ -232,6 +256,98 @@ pub async fn answer_error(
         send(session, answer, &mut ctx.exchange, plugins).await?;
     }
     Ok(true)
+}
+
+/// The error that has a route's fallback answer for an upstream's own error answer
+/// (`status` 5xx), when the route's `fallback` lists its reason.
+pub fn stands_in(route: &crate::snapshot::CompiledRoute, status: u16) -> Option<Box<Error>> {
+    let fallback = route.fallback.as_deref()?;
+    let (reason, etype) = match status {
+        504 => (FallbackReason::UpstreamTimeout, UPSTREAM_TIMED_OUT),
+        500..=599 => (FallbackReason::UpstreamError, UPSTREAM_FAILED),
+        _ => return None,
+    };
+    fallback
+        .covers(reason)
+        .then(|| Error::explain(etype, format!("the upstream answered {status}")))
+}
+
+/// Whether an error is one [`stands_in`] made.
+pub fn is_stand_in(e: &Error) -> bool {
+    *e.etype() == UPSTREAM_FAILED || *e.etype() == UPSTREAM_TIMED_OUT
+}
+
+/// Which of a route's `fallback.on` reasons an error answer is, if any: a rate limit's
+/// refusal (whichever plugin made it), or one of the gateway's own errors by its code.
+fn fallback_reason(reply: &ErrorAnswer) -> Option<FallbackReason> {
+    if reply.tally == Some(Tally::RateLimited) {
+        return Some(FallbackReason::RateLimited);
+    }
+    FallbackReason::parse(reply.code).filter(|r| *r != FallbackReason::RateLimited)
+}
+
+/// One gRPC message of no bytes: the answer's message with every field at its default.
+const EMPTY_MESSAGE: [u8; 5] = [0; 5];
+
+/// Writes a route's fallback for `reason`, marked with `X-Gatehouse-Fallback`. A gRPC call
+/// gets it as gRPC: a 2xx `status` is an OK call answering one message with every field
+/// at its default (proto3's empty answer); any other status ends the call with its gRPC
+/// status (SPEC §9's table) and `body` as the message.
+async fn send_fallback(
+    session: &mut Session,
+    fallback: &FallbackAnswer,
+    reason: FallbackReason,
+    ctx: &mut RequestCtx,
+    plugins: Option<&PluginChain>,
+) -> Result<()> {
+    let marker = [(FALLBACK_HEADER, HeaderValue::from_static(reason.name()))];
+    if !is_grpc(session.req_header()) {
+        let answer = Answer {
+            status: fallback.status,
+            headers: &fallback.headers,
+            content_type: None,
+            body: fallback.body.clone(),
+        };
+        return send_with(session, answer, &marker, &mut ctx.exchange, plugins).await;
+    }
+    let grpc = |status: u16, message: &str| {
+        [
+            (
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from(status),
+            ),
+            (
+                HeaderName::from_static("grpc-message"),
+                HeaderValue::from_str(&grpc_message(message))
+                    .unwrap_or(HeaderValue::from_static("")),
+            ),
+        ]
+    };
+    let answer = Answer {
+        status: StatusCode::OK,
+        headers: &fallback.headers,
+        content_type: Some(HeaderValue::from_static("application/grpc")),
+        body: Bytes::new(),
+    };
+    if !fallback.status.is_success() {
+        ctx.refused_as = Some(fallback.status.as_u16());
+        let body = String::from_utf8_lossy(&fallback.body);
+        let [status, message] = grpc(grpc_status(fallback.status), &body);
+        let last = [marker[0].clone(), status, message];
+        return send_with(session, answer, &last, &mut ctx.exchange, plugins).await;
+    }
+    let resp = head(&answer, None, &marker, &mut ctx.exchange, plugins)?;
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from(0u16));
+    session
+        .downstream_session
+        .response_duplex_vec(vec![
+            HttpTask::Header(Box::new(resp), false),
+            HttpTask::Body(Some(Bytes::from_static(&EMPTY_MESSAGE)), false),
+            HttpTask::Trailer(Some(Box::new(trailers))),
+        ])
+        .await?;
+    Ok(())
 }
 
 /// The gateway error for a proxying failure; `None` when the client is gone.
@@ -252,6 +368,21 @@ pub fn classify(e: &Error) -> Option<ErrorAnswer> {
                 crate::resource::MAX_LANE_TAG
             ),
         )),
+        (t, _) if *t == UPSTREAM_FAILED => reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream answered with an error",
+        ),
+        (t, _) if *t == UPSTREAM_TIMED_OUT => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream answered that it timed out",
+        ),
+        (t, _) if *t == OVERLOADED => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the upstream has as many requests in flight as it takes; try again later",
+        ),
         (t, _) if *t == CIRCUIT_OPEN => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "circuit_open",
@@ -315,6 +446,7 @@ mod tests {
         );
         assert_eq!(code(&Error::new(NO_UPSTREAM)), Some((503, "no_upstream")));
         assert_eq!(code(&Error::new(CIRCUIT_OPEN)), Some((503, "circuit_open")));
+        assert_eq!(code(&Error::new(OVERLOADED)), Some((503, "overloaded")));
         assert_eq!(code(&Error::new_down(ErrorType::ConnectionClosed)), None);
     }
 }

@@ -4,11 +4,15 @@
 //! one than the node that just failed, when there is one), and reports how it ended; the
 //! outcome feeds passive health and the breaker, and decides whether the request is tried
 //! again. The proxy phases only translate Pingora's events into these calls, so the rules
-//! can be read, and tested, without a socket. A retry budget (SPEC §11) belongs here too.
+//! can be read, and tested, without a socket. The protections of SPEC §11 are applied here
+//! too: the request's place under the upstream's concurrency limit (taken at its first
+//! attempt, held until it ends), the latency of each answer (for slow calls and an
+//! adaptive limit), and the retry budget every retry must fit.
 
 use crate::snapshot::RouteTimeouts;
 use crate::upstream::{
-    now_ms, Breaker, LaneChoice, LaneRefusal, Node, NodeLease, Pass, UpstreamTarget,
+    now_ms, Breaker, LaneChoice, LaneRefusal, Node, NodeLease, Outcome, Pass, Permit,
+    UpstreamTarget,
 };
 use gatehouse_plugins::Exchange;
 use pingora::http::RequestHeader;
@@ -17,6 +21,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// No attempt started yet: a peer that cannot be reached.
 const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -43,7 +48,12 @@ pub struct Attempts {
     stale_retried: bool,
     /// The request's lane (on an upstream with lanes), chosen at its first attempt.
     lane: Option<LaneChoice>,
-    lane_chosen: bool,
+    /// The first attempt was made: the lane is chosen, the request counted.
+    begun: bool,
+    /// The request's place under the upstream's concurrency limit, until it ends.
+    permit: Option<Permit>,
+    /// When the current attempt was sent: the clock of the upstream's latency.
+    sent: Option<Instant>,
 }
 
 /// Why no attempt could start.
@@ -51,6 +61,9 @@ pub struct Attempts {
 pub enum Refused {
     /// The upstream's circuit is open: 503 `circuit_open`.
     CircuitOpen,
+    /// The upstream has as many requests in flight as its concurrency limit: 503
+    /// `overloaded`.
+    Overloaded,
     /// No node is healthy (or the request's lane has none): 503 `no_upstream`.
     NoNode,
     /// The request's lane tag is too long to be one: 400.
@@ -166,7 +179,9 @@ impl Attempts {
             retrying_status: false,
             stale_retried: false,
             lane: None,
-            lane_chosen: false,
+            begun: false,
+            permit: None,
+            sent: None,
         }
     }
 
@@ -194,12 +209,8 @@ impl Attempts {
     /// Starts an attempt: through the breaker, onto a healthy node (another one than the
     /// last when another exists), leased for as long as the attempt lasts.
     pub fn start(&mut self, req: &RequestHeader, ex: &Exchange) -> Result<&Arc<Node>, Refused> {
-        if !self.lane_chosen {
-            self.lane = self.upstream.lane(req).map_err(|r| match r {
-                LaneRefusal::TagTooLong => Refused::BadTag,
-                LaneRefusal::NoLane => Refused::NoNode,
-            })?;
-            self.lane_chosen = true;
+        if !self.begun {
+            self.begin(req)?;
         }
         // A retry after a stale kept connection still holds its pass: the upstream never
         // saw that attempt.
@@ -217,6 +228,33 @@ impl Attempts {
         // Replaces (and so ends) the lease of a previous attempt.
         self.lease = self.upstream.lease(&node);
         Ok(self.node.insert(node))
+    }
+
+    /// The first attempt: the request's lane, its place under the concurrency limit, and
+    /// its count for the retry budget.
+    fn begin(&mut self, req: &RequestHeader) -> Result<(), Refused> {
+        self.lane = self.upstream.lane(req).map_err(|r| match r {
+            LaneRefusal::TagTooLong => Refused::BadTag,
+            LaneRefusal::NoLane => Refused::NoNode,
+        })?;
+        self.begun = true;
+        if let Some(limit) = &self.upstream.concurrency {
+            self.permit = Some(limit.acquire().ok_or(Refused::Overloaded)?);
+        }
+        if let Some(budget) = &self.upstream.retry_budget {
+            budget.request(now_ms());
+        }
+        Ok(())
+    }
+
+    /// The current attempt is being sent now.
+    pub fn sending(&mut self, now: Instant) {
+        self.sent = Some(now);
+    }
+
+    /// When the current attempt was sent, if it was.
+    pub fn sent(&self) -> Option<Instant> {
+        self.sent
     }
 
     /// Where the current attempt goes, as Pingora's peer: the node, the upstream's TLS and
@@ -240,14 +278,26 @@ impl Attempts {
     /// and try another node: a 502 or 503, while retries remain, for a request that is safe
     /// to send again (a 504 is not sent again: the node may still be working on it).
     pub fn answered(&mut self, status: u16, req: &RequestHeader) -> bool {
-        self.record(status < 500);
+        let now = Instant::now();
+        let took = self.sent.map(|sent| now.saturating_duration_since(sent));
+        if let Some(took) = took {
+            self.upstream.metrics.observe(took.as_secs_f64());
+            if let (Some(permit), true) = (&self.permit, status < 500) {
+                permit.answered(took, now);
+            }
+        }
+        self.record(status < 500, took.unwrap_or_default());
         if !matches!(status, 502..=504) {
             return false;
         }
         if let Some(node) = &self.node {
             self.upstream.failed(node);
         }
-        if status != 504 && self.failed < self.allowed && Replay::of(req).safe() {
+        if status != 504
+            && self.failed < self.allowed
+            && Replay::of(req).safe()
+            && self.budget_allows()
+        {
             self.failed += 1;
             self.retrying_status = true;
             return true;
@@ -298,10 +348,19 @@ impl Attempts {
         }
     }
 
-    /// Counts a failed attempt; whether another one is allowed.
+    /// Counts a failed attempt; whether another one is allowed (by `retries`, then by the
+    /// upstream's retry budget).
     fn count_retry(&mut self) -> bool {
         self.failed += 1;
-        self.failed <= self.allowed
+        self.failed <= self.allowed && self.budget_allows()
+    }
+
+    /// Whether the upstream's retry budget takes one more retry (counted if so).
+    fn budget_allows(&self) -> bool {
+        self.upstream
+            .retry_budget
+            .as_ref()
+            .is_none_or(|b| b.try_retry(now_ms()))
     }
 
     /// The current attempt failed on its node: passive health and the breaker hear of it.
@@ -309,14 +368,19 @@ impl Attempts {
         if let Some(node) = &self.node {
             self.upstream.failed(node);
         }
-        self.record(false);
+        let took = self.sent.map(|s| s.elapsed()).unwrap_or_default();
+        self.record(false, took);
     }
 
-    /// Tells the breaker how the current attempt ended.
-    fn record(&mut self, ok: bool) {
+    /// Tells the breaker how the current attempt ended, after `took`.
+    fn record(&mut self, ok: bool, took: std::time::Duration) {
         if let Some(pass) = self.pass.take() {
             if let Some(breaker) = self.breaker() {
-                breaker.record(pass, ok, now_ms());
+                let outcome = Outcome {
+                    ok,
+                    took_ms: took.as_millis() as u64,
+                };
+                breaker.record(pass, outcome, now_ms());
             }
         }
     }

@@ -37,8 +37,6 @@ pub struct RequestCtx {
     pub arrived: Instant,
     /// The request's trace context, once its head was read.
     pub trace: Option<RequestTrace>,
-    /// When the request was last sent upstream.
-    pub upstream_sent: Option<Instant>,
     /// The clock of the upstream response head being awaited.
     pub(super) head_clock: Option<Ticket>,
     /// A plugin refused the request (while its body streamed, or on seeing the upstream's
@@ -81,7 +79,6 @@ impl RequestCtx {
             request_id_value: None,
             arrived: Instant::now(),
             trace: None,
-            upstream_sent: None,
             head_clock: None,
             refusal: None,
             websocket: WebSocket::No,

@@ -122,7 +122,9 @@ impl Gateway {
             Ok(())
         })?;
         route.plugins.upstream_request(upstream_request, ex);
-        ctx.upstream_sent = Some(Instant::now());
+        if let Some(attempts) = ctx.attempts.as_mut() {
+            attempts.sending(Instant::now());
+        }
         Ok(())
     }
 }

@@ -259,10 +259,6 @@ impl ProxyHttp for Gateway {
         let Some(attempts) = &mut ctx.attempts else {
             return Ok(());
         };
-        if let Some(sent) = ctx.upstream_sent {
-            let took = sent.elapsed().as_secs_f64();
-            attempts.upstream().metrics.observe(took);
-        }
         if attempts.answered(status, session.req_header()) {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -270,6 +266,14 @@ impl ProxyHttp for Gateway {
             );
             e.set_retry(true);
             return Err(e);
+        }
+        if let Some(stand_in) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| answer::stands_in(r, status))
+        {
+            // The route's fallback answers instead (written by `fail_to_proxy`).
+            return Err(stand_in);
         }
         Ok(())
     }
@@ -283,6 +287,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if answer::is_stand_in(&e) {
+            // The answer was counted as such; only the fallback is left to write.
+            e.set_retry(false);
+            return e;
+        }
         if ctx.refusal.is_some() {
             // A plugin refused the body: nothing to say of the node, nothing to try again.
             self.head_arrived(ctx);

@@ -35,12 +35,12 @@ impl Gateway {
             return;
         }
         let req = session.req_header();
-        let node = ctx.upstream_sent.and(
-            ctx.attempts
-                .as_ref()
-                .and_then(Attempts::node)
-                .map(|n| n.addr),
-        );
+        let node = ctx
+            .attempts
+            .as_ref()
+            .filter(|a| a.sent().is_some())
+            .and_then(Attempts::node)
+            .map(|n| n.addr);
         let now = SystemTime::now();
         let arrived_at = now.checked_sub(elapsed).unwrap_or(now);
         let trace_id = ctx.trace.as_ref().map(|t| t.trace_id);

@@ -201,12 +201,6 @@ impl Gateway {
         match sent {
             Ok(()) => {
                 let status = up.response_header().map_or(0, |r| r.status.as_u16());
-                if let Some(sent) = ctx.upstream_sent {
-                    attempts
-                        .upstream()
-                        .metrics
-                        .observe(sent.elapsed().as_secs_f64());
-                }
                 if attempts.answered(status, session.req_header()) {
                     return Outcome::Again;
                 }
@@ -265,7 +259,7 @@ impl Gateway {
             Error::because(ErrorType::InvalidHTTPHeader, "no authority for the call", e)
         })?;
         head.set_uri(uri);
-        // Sets `upstream_sent`, the clock of the upstream's latency.
+        // Starts the clock of the upstream's latency.
         self.forward(session, &mut head, ctx)?;
         Ok(head)
     }

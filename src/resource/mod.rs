@@ -16,12 +16,13 @@ pub use catalog::{admit, Catalog, Rejection, Stored};
 pub use fields::{FieldError, Problems, SelectorText, Text};
 pub use global_rule::GlobalRule;
 pub use route::{
-    CanaryMatch, CanaryRule, DirectResponse, HeaderRules, PluginUse, RateLimit, RefField, Rewrite,
-    Route, RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
+    CanaryMatch, CanaryRule, DirectResponse, Fallback, FallbackReason, HeaderRules, PluginUse,
+    RateLimit, RefField, Rewrite, Route, RouteMatch, Timeouts, WeightedUpstream, STICKY_FORMS,
 };
 pub use upstream::{
-    split_host_port, ActiveCheck, Balancing, Discovery, LaneFallback, Lanes, NodeSpec, Pool,
-    Scheme, Upstream, UpstreamTls, HASH_KEY_FORMS, MAX_LANE_TAG,
+    split_host_port, ActiveCheck, AdaptiveConcurrency, Balancing, CircuitBreaker, Concurrency,
+    Discovery, LaneFallback, Lanes, NodeSpec, Pool, RetryBudget, Scheme, SlowCall, Upstream,
+    UpstreamTls, HASH_KEY_FORMS, MAX_LANE_TAG,
 };
 
 use fields::check_id;

@@ -53,6 +53,69 @@ pub struct Route {
     /// REST calls turned into gRPC calls to the route's gRPC upstream (SPEC §9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_transcode: Option<GrpcTranscode>,
+    /// The degraded answer given instead of the listed errors (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+/// A route's degraded answer: what its clients get instead of an error for the listed
+/// reasons (an empty list rather than a 503, say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Reasons, from [`FallbackReason`]'s names; strings, so an unknown one is named.
+    pub on: Vec<String>,
+    #[serde(default = "Fallback::default_status")]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Text>,
+    #[serde(default)]
+    pub body: String,
+}
+
+impl Fallback {
+    fn default_status() -> u16 {
+        200
+    }
+}
+
+/// Why a request failed, as `fallback.on` names it: the error codes of SPEC §4 a fallback
+/// may stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackReason {
+    CircuitOpen,
+    Overloaded,
+    RateLimited,
+    NoUpstream,
+    UpstreamTimeout,
+    UpstreamError,
+}
+
+impl FallbackReason {
+    pub const ALL: [FallbackReason; 6] = [
+        FallbackReason::CircuitOpen,
+        FallbackReason::Overloaded,
+        FallbackReason::RateLimited,
+        FallbackReason::NoUpstream,
+        FallbackReason::UpstreamTimeout,
+        FallbackReason::UpstreamError,
+    ];
+
+    /// The reason's name: the error code of the answer it stands in for.
+    pub fn name(self) -> &'static str {
+        match self {
+            FallbackReason::CircuitOpen => "circuit_open",
+            FallbackReason::Overloaded => "overloaded",
+            FallbackReason::RateLimited => "rate_limited",
+            FallbackReason::NoUpstream => "no_upstream",
+            FallbackReason::UpstreamTimeout => "upstream_timeout",
+            FallbackReason::UpstreamError => "upstream_error",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FallbackReason> {
+        FallbackReason::ALL.into_iter().find(|r| r.name() == name)
+    }
 }
 
 /// One entry of a route's `plugins:` list.
@@ -369,6 +432,47 @@ impl Route {
         }
         if let Some(transcode) = &self.grpc_transcode {
             self.check_transcode(transcode, p);
+        }
+        if let Some(fallback) = &self.fallback {
+            self.check_fallback(fallback, p);
+        }
+    }
+
+    fn check_fallback(&self, fallback: &Fallback, p: &mut Problems) {
+        if self.direct_response.is_some() {
+            p.add("fallback", "does not apply to a `direct_response` route");
+        }
+        if fallback.on.is_empty() {
+            p.add("fallback.on", "name at least one reason");
+        }
+        for (i, name) in fallback.on.iter().enumerate() {
+            if FallbackReason::parse(name).is_none() {
+                let names: Vec<&str> = FallbackReason::ALL.iter().map(|r| r.name()).collect();
+                p.add(
+                    format!("fallback.on[{i}]"),
+                    format!("`{name}` is not one of {}", names.join(", ")),
+                );
+            } else if fallback.on[..i].contains(name) {
+                p.add(
+                    format!("fallback.on[{i}]"),
+                    format!("`{name}` is listed twice"),
+                );
+            }
+        }
+        if !(200..=599).contains(&fallback.status) {
+            p.add("fallback.status", "must be between 200 and 599");
+        }
+        if matches!(fallback.status, 204 | 304) && !fallback.body.is_empty() {
+            p.add("fallback.body", "a 204 or 304 answer has no body");
+        }
+        for (name, value) in &fallback.headers {
+            let field = format!("fallback.headers.{name}");
+            if let Err(e) = check_header_name(name) {
+                p.add(&field, e);
+            }
+            if http::HeaderValue::from_str(value.as_str()).is_err() {
+                p.add(field, "not a valid header value");
+            }
         }
     }
 

@@ -602,3 +602,91 @@ fn global_rules_have_a_kind_and_a_collection() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn protection_settings_are_accepted_and_checked_naming_the_field() {
+    let good = "kind: Upstream\nid: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\ncircuit_breaker: { error_rate: 0.5, min_requests: 20, window: 10s, open_for: 5s, slow_call: { threshold: 800ms, ratio: 0.5 } }\nconcurrency: { adaptive: { min: 5, max: 1000 } }\nretry_budget: { ratio: 0.2, min_per_second: 10 }\n";
+    assert!(
+        errors("a.yaml", good).is_empty(),
+        "{:?}",
+        errors("a.yaml", good)
+    );
+    let fixed = "kind: Upstream\nid: u\nnodes: [{ addr: \"127.0.0.1:1\" }]\nconcurrency: { max: 200 }\nretry_budget: { ratio: 0 }\n";
+    assert!(
+        errors("a.yaml", fixed).is_empty(),
+        "{:?}",
+        errors("a.yaml", fixed)
+    );
+    let cases = [
+        ("retry_budget: { ratio: 1.5 }", "retry_budget.ratio: must be between 0 and 1"),
+        ("retry_budget: { ratio: -0.1 }", "retry_budget.ratio: must be between 0 and 1"),
+        (
+            "concurrency: { adaptive: { min: 10, max: 5 } }",
+            "concurrency.adaptive.min: must not be more than `max` (5)",
+        ),
+        ("concurrency: { adaptive: { min: 0, max: 5 } }", "concurrency.adaptive.min: must be at least 1"),
+        ("concurrency: { max: 0 }", "concurrency.max: must be at least 1"),
+        ("concurrency: {}", "concurrency: give `max` or `adaptive`"),
+        (
+            "concurrency: { max: 5, adaptive: { min: 1, max: 5 } }",
+            "concurrency: give `max` or `adaptive`, not both",
+        ),
+        (
+            "circuit_breaker: { error_rate: 0.5, min_requests: 1, window: 1s, open_for: 1s, slow_call: { threshold: 0s, ratio: 2 } }",
+            "circuit_breaker.slow_call.threshold: must be more than 0s",
+        ),
+        (
+            "circuit_breaker: { error_rate: 0.5, min_requests: 1, window: 1s, open_for: 1s, slow_call: { threshold: 1s, ratio: 2 } }",
+            "circuit_breaker.slow_call.ratio: must be in (0, 1]",
+        ),
+    ];
+    for (field, expected) in cases {
+        let text =
+            format!("kind: Upstream\nid: u\nnodes: [{{ addr: \"127.0.0.1:1\" }}]\n{field}\n");
+        let errs = errors("a.yaml", &text);
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{field}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_fallback_is_checked_naming_the_field_and_a_bad_one_is_rejected_alone() {
+    let route = |fallback: &str| {
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/a] }}\nupstream: u1\nfallback: {fallback}\n---\nkind: Route\nid: r2\nmatch: {{ paths: [/b] }}\nupstream: u1\n")
+    };
+    let good = route("{ on: [circuit_open, upstream_error], headers: { Content-Type: application/json }, body: '{\"items\": []}' }");
+    let (catalog, rejections) = admit(&docs("a.yaml", &good), &Catalog::default());
+    assert!(rejections.is_empty(), "{rejections:?}");
+    assert_eq!(
+        catalog.routes["r1"].value.fallback.as_ref().unwrap().status,
+        200,
+        "status defaults to 200"
+    );
+    let cases = [
+        ("{ on: [circuit_open, teapot] }", "fallback.on[1]: `teapot` is not one of circuit_open, overloaded, rate_limited, no_upstream, upstream_timeout, upstream_error"),
+        ("{ on: [] }", "fallback.on: name at least one reason"),
+        ("{ on: [overloaded, overloaded] }", "fallback.on[1]: `overloaded` is listed twice"),
+        ("{ on: [overloaded], status: 199 }", "fallback.status: must be between 200 and 599"),
+        ("{ on: [overloaded], status: 600 }", "fallback.status: must be between 200 and 599"),
+        ("{ on: [overloaded], status: 204, body: x }", "fallback.body: a 204 or 304 answer has no body"),
+        ("{ on: [overloaded], headers: { \"bad name\": x } }", "fallback.headers.bad name"),
+    ];
+    for (fallback, expected) in cases {
+        let (catalog, rejections) = admit(&docs("a.yaml", &route(fallback)), &Catalog::default());
+        let errs: Vec<String> = rejections
+            .iter()
+            .flat_map(|r| r.lines().collect::<Vec<_>>())
+            .collect();
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{fallback}: {errs:?}"
+        );
+        assert!(!catalog.routes.contains_key("r1"), "{fallback}");
+        assert!(
+            catalog.routes.contains_key("r2"),
+            "the other route stays: {fallback}"
+        );
+    }
+}

@@ -31,6 +31,46 @@ pub struct Upstream {
     /// Traffic lanes (SPEC §10): a tagged request goes to its lane's nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lanes: Option<Lanes>,
+    /// How many requests may be in flight to the upstream at once (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// How many retries the upstream takes, as a share of its requests (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// A cap on the requests in flight to an upstream: fixed, or found from latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConcurrency>,
+}
+
+/// The bounds of a limit the gateway finds from the upstream's latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrency {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// Retries stay under `ratio` of the upstream's requests, plus `min_per_second` so a
+/// quiet upstream can still be retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    #[serde(default = "RetryBudget::default_min_per_second")]
+    pub min_per_second: u32,
+}
+
+impl RetryBudget {
+    fn default_min_per_second() -> u32 {
+        10
+    }
 }
 
 /// Which request header names a lane, which node metadata key a node's lane is, and what
@@ -216,6 +256,16 @@ pub struct CircuitBreaker {
     pub min_requests: u32,
     pub window: Span,
     pub open_for: Span,
+    /// Also open when this share of the window's calls took longer than `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_call: Option<SlowCall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowCall {
+    pub threshold: Span,
+    pub ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,6 +397,41 @@ impl Upstream {
                     "circuit_breaker",
                     "window and open_for must be more than 0s",
                 );
+            }
+            if let Some(slow) = &cb.slow_call {
+                if slow.threshold.0.is_zero() {
+                    p.add(
+                        "circuit_breaker.slow_call.threshold",
+                        "must be more than 0s",
+                    );
+                }
+                if !(slow.ratio > 0.0 && slow.ratio <= 1.0) {
+                    p.add("circuit_breaker.slow_call.ratio", "must be in (0, 1]");
+                }
+            }
+        }
+        if let Some(c) = &self.concurrency {
+            match (c.max, &c.adaptive) {
+                (None, None) => p.add("concurrency", "give `max` or `adaptive`"),
+                (Some(_), Some(_)) => p.add("concurrency", "give `max` or `adaptive`, not both"),
+                (Some(0), None) => p.add("concurrency.max", "must be at least 1"),
+                (None, Some(a)) => {
+                    if a.min == 0 {
+                        p.add("concurrency.adaptive.min", "must be at least 1");
+                    }
+                    if a.min > a.max {
+                        p.add(
+                            "concurrency.adaptive.min",
+                            format!("must not be more than `max` ({})", a.max),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(budget) = &self.retry_budget {
+            if !(0.0..=1.0).contains(&budget.ratio) {
+                p.add("retry_budget.ratio", "must be between 0 and 1");
             }
         }
     }

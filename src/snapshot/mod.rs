@@ -2,6 +2,7 @@
 //! resources and swapped atomically. A request loads it once and finishes on it.
 
 mod auth;
+mod fallback;
 mod global;
 mod reflector;
 mod route;
@@ -9,6 +10,7 @@ mod source;
 mod transcoder;
 
 pub use auth::compile_policy;
+pub use fallback::{FallbackAnswer, FALLBACK_HEADER};
 pub use global::{CompiledGlobalRule, GlobalPlugins};
 pub use reflector::Reflector;
 pub use route::{Action, CompiledRoute, PathRewrite, RouteTimeouts};

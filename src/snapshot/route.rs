@@ -97,6 +97,8 @@ pub struct CompiledRoute {
     pub transcoder: Option<Arc<Transcoder>>,
     /// The upstreams the route's plugins send to (a mirror's).
     pub followed: Vec<Arc<UpstreamTarget>>,
+    /// `fallback`, if set.
+    pub fallback: Option<Box<super::FallbackAnswer>>,
 }
 
 impl CompiledRoute {
@@ -169,8 +171,13 @@ impl CompiledRoute {
             case_insensitive: m.case_insensitive,
         })
         .map_err(|e| format!("match: {e}"))?;
+        let fallback = match &spec.fallback {
+            Some(f) => Some(Box::new(super::FallbackAnswer::compile(&spec.id, f)?)),
+            None => None,
+        };
         let id: Arc<str> = spec.id.as_str().into();
         Ok(CompiledRoute {
+            fallback,
             metrics: RouteMetrics::new(id.clone()),
             pattern: spec.matcher.paths.first().map(|p| Arc::from(p.as_str())),
             id,

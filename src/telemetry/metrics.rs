@@ -30,6 +30,14 @@ pub struct Metrics {
     /// WebSocket tunnels open, by route id.
     pub websocket_connections: IntGaugeVec,
     pub lane_requests: IntCounterVec,
+    /// The concurrency limit in force, by upstream id (SPEC §11).
+    pub concurrency_limit: IntGaugeVec,
+    /// Requests refused past an upstream's concurrency limit, by upstream id.
+    pub overloaded: IntCounterVec,
+    /// Retries a retry budget did not allow, by upstream id.
+    pub retry_budget_exhausted: IntCounterVec,
+    /// Requests answered with their route's fallback, by route id and reason.
+    pub fallback: IntCounterVec,
     /// Requests answered, by route id (empty when none matched) and status code.
     pub requests: IntCounterVec,
     /// From a request's arrival to its last byte, by route id.
@@ -103,6 +111,38 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["upstream", "lane"],
     )
     .expect("valid metric");
+    let concurrency_limit = IntGaugeVec::new(
+        Opts::new(
+            "gatehouse_upstream_concurrency_limit",
+            "Requests an upstream may have in flight at once",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric");
+    let overloaded = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_overloaded_total",
+            "Requests refused past an upstream's concurrency limit",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric");
+    let retry_budget_exhausted = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_retry_budget_exhausted_total",
+            "Retries an upstream's retry budget did not allow",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric");
+    let fallback = IntCounterVec::new(
+        Opts::new(
+            "gatehouse_fallback_total",
+            "Requests answered with their route's fallback",
+        ),
+        &["route", "reason"],
+    )
+    .expect("valid metric");
     let auth_failures = IntCounterVec::new(
         Opts::new(
             "gatehouse_auth_failures_total",
@@ -167,6 +207,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(plugin_errors.clone()),
         Box::new(websocket_connections.clone()),
         Box::new(lane_requests.clone()),
+        Box::new(concurrency_limit.clone()),
+        Box::new(overloaded.clone()),
+        Box::new(retry_budget_exhausted.clone()),
+        Box::new(fallback.clone()),
         Box::new(requests.clone()),
         Box::new(request_duration.clone()),
         Box::new(upstream_duration.clone()),
@@ -189,6 +233,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         plugin_errors,
         websocket_connections,
         lane_requests,
+        concurrency_limit,
+        overloaded,
+        retry_budget_exhausted,
+        fallback,
         requests,
         request_duration,
         upstream_duration,

@@ -3,9 +3,11 @@
 //!
 //! Per upstream, not per node: a node that fails alone is ejected by health checks, while
 //! the breaker protects an upstream that fails as a whole (an overloaded service, a bad
-//! deploy) and its callers. Errors are 5xx answers and connection failures or timeouts.
-//! The window is a ring of ten buckets of atomic counters, so recording a request takes no
-//! lock.
+//! deploy) and its callers. Errors are 5xx answers and connection failures or timeouts;
+//! with `slow_call`, calls slower than its threshold open the circuit too when they are
+//! that share of the window (as Sentinel's slow-call ratio does), and a slow probe keeps it
+//! open. The window is a ring of ten buckets of atomic counters, so recording a request
+//! takes no lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -22,6 +24,24 @@ pub struct BreakerPolicy {
     pub min_requests: u32,
     pub window: Duration,
     pub open_for: Duration,
+    /// `slow_call`, if set.
+    pub slow: Option<SlowPolicy>,
+}
+
+/// `circuit_breaker.slow_call`, compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct SlowPolicy {
+    /// A call that took longer than this is slow (ms).
+    pub threshold_ms: u64,
+    pub ratio: f64,
+}
+
+/// How a call went, as the breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// How long the call took (ms): from sending it to its answer's head, or to its failure.
+    pub took_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +50,7 @@ struct Bucket {
     slice: AtomicU64,
     requests: AtomicU32,
     errors: AtomicU32,
+    slow: AtomicU32,
 }
 
 /// How a request got through the breaker.
@@ -39,6 +60,13 @@ pub enum Pass {
     Normal,
     /// The circuit was open long enough: this request decides whether it closes.
     Probe,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    requests: u32,
+    errors: u32,
+    slow: u32,
 }
 
 #[derive(Debug)]
@@ -99,10 +127,14 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, pass: Pass, ok: bool, now: u64) {
+    pub fn record(&self, pass: Pass, outcome: Outcome, now: u64) {
+        let slow = self
+            .policy
+            .slow
+            .is_some_and(|s| outcome.took_ms > s.threshold_ms);
         if pass == Pass::Probe {
             self.probing.store(false, Ordering::Release);
-            if ok {
+            if outcome.ok && !slow {
                 self.reset();
                 self.state.store(CLOSED, Ordering::Release);
             } else {
@@ -117,33 +149,52 @@ impl Breaker {
             // A bucket from an older lap of the ring: start it over.
             bucket.requests.store(0, Ordering::Relaxed);
             bucket.errors.store(0, Ordering::Relaxed);
+            bucket.slow.store(0, Ordering::Relaxed);
         }
         bucket.requests.fetch_add(1, Ordering::Relaxed);
-        if ok {
+        if outcome.ok && !slow {
             return;
         }
-        bucket.errors.fetch_add(1, Ordering::Relaxed);
-        let (requests, errors) = self.totals(slice);
-        if self.state.load(Ordering::Acquire) == CLOSED
-            && requests >= self.policy.min_requests
-            && f64::from(errors) > self.policy.error_rate * f64::from(requests)
-        {
+        if !outcome.ok {
+            bucket.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if slow {
+            bucket.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            return;
+        }
+        let t = self.totals(slice);
+        if t.requests < self.policy.min_requests {
+            return;
+        }
+        let requests = f64::from(t.requests);
+        let erring = f64::from(t.errors) > self.policy.error_rate * requests;
+        let slowing = self
+            .policy
+            .slow
+            .is_some_and(|s| f64::from(t.slow) >= s.ratio * requests);
+        if erring || slowing {
             self.since.store(now, Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
-            tracing::warn!(requests, errors, "circuit opened");
+            tracing::warn!(
+                requests = t.requests,
+                errors = t.errors,
+                slow = t.slow,
+                "circuit opened"
+            );
         }
     }
 
-    /// Requests and errors within the window ending at `slice`.
-    fn totals(&self, slice: u64) -> (u32, u32) {
+    /// Requests, errors and slow calls within the window ending at `slice`.
+    fn totals(&self, slice: u64) -> Totals {
         self.buckets
             .iter()
             .filter(|b| slice.saturating_sub(b.slice.load(Ordering::Acquire)) < BUCKETS)
-            .fold((0, 0), |(r, e), b| {
-                (
-                    r + b.requests.load(Ordering::Relaxed),
-                    e + b.errors.load(Ordering::Relaxed),
-                )
+            .fold(Totals::default(), |t, b| Totals {
+                requests: t.requests + b.requests.load(Ordering::Relaxed),
+                errors: t.errors + b.errors.load(Ordering::Relaxed),
+                slow: t.slow + b.slow.load(Ordering::Relaxed),
             })
     }
 
@@ -151,6 +202,7 @@ impl Breaker {
         for b in &self.buckets {
             b.requests.store(0, Ordering::Relaxed);
             b.errors.store(0, Ordering::Relaxed);
+            b.slow.store(0, Ordering::Relaxed);
         }
     }
 
@@ -169,7 +221,25 @@ mod tests {
             min_requests: 4,
             window: Duration::from_secs(10),
             open_for: Duration::from_secs(5),
+            slow: None,
         })
+    }
+
+    const OK: Outcome = Outcome {
+        ok: true,
+        took_ms: 1,
+    };
+    const ERROR: Outcome = Outcome {
+        ok: false,
+        took_ms: 1,
+    };
+
+    fn outcome(ok: bool) -> Outcome {
+        if ok {
+            OK
+        } else {
+            ERROR
+        }
     }
 
     #[test]
@@ -178,23 +248,23 @@ mod tests {
         let t = 100_000;
         for ok in [false, false, false] {
             assert_eq!(b.admit(t), Some(Pass::Normal));
-            b.record(Pass::Normal, ok, t);
+            b.record(Pass::Normal, outcome(ok), t);
         }
         assert!(!b.is_open(), "fewer than min_requests");
-        b.record(Pass::Normal, true, t);
+        b.record(Pass::Normal, OK, t);
         assert!(
             !b.is_open(),
             "3 of 4 is over 0.5 only once the 4th error arrives"
         );
-        b.record(Pass::Normal, false, t);
+        b.record(Pass::Normal, ERROR, t);
         assert!(b.is_open());
         assert_eq!(b.admit(t + 4_999), None);
         assert_eq!(b.admit(t + 5_000), Some(Pass::Probe));
         assert_eq!(b.admit(t + 5_001), None, "one probe at a time");
-        b.record(Pass::Probe, false, t + 5_100);
+        b.record(Pass::Probe, ERROR, t + 5_100);
         assert_eq!(b.admit(t + 6_000), None, "a failed probe opens it again");
         assert_eq!(b.admit(t + 10_100), Some(Pass::Probe));
-        b.record(Pass::Probe, true, t + 10_200);
+        b.record(Pass::Probe, OK, t + 10_200);
         assert_eq!(b.admit(t + 10_201), Some(Pass::Normal));
     }
 
@@ -202,13 +272,13 @@ mod tests {
     fn old_errors_leave_the_window() {
         let b = breaker();
         for _ in 0..3 {
-            b.record(Pass::Normal, false, 0);
+            b.record(Pass::Normal, ERROR, 0);
         }
         // 20 s later the old errors are outside the 10 s window.
         for _ in 0..3 {
-            b.record(Pass::Normal, true, 20_000);
+            b.record(Pass::Normal, OK, 20_000);
         }
-        b.record(Pass::Normal, false, 20_000);
+        b.record(Pass::Normal, ERROR, 20_000);
         assert!(!b.is_open());
     }
 
@@ -216,10 +286,65 @@ mod tests {
     fn a_probe_that_never_reports_is_replaced() {
         let b = breaker();
         for _ in 0..4 {
-            b.record(Pass::Normal, false, 0);
+            b.record(Pass::Normal, ERROR, 0);
         }
         assert_eq!(b.admit(5_000), Some(Pass::Probe));
         assert_eq!(b.admit(9_999), None);
         assert_eq!(b.admit(10_000), Some(Pass::Probe));
+    }
+
+    #[test]
+    fn slow_calls_open_it_at_their_ratio_and_a_slow_probe_keeps_it_open() {
+        let b = Breaker::new(BreakerPolicy {
+            slow: Some(SlowPolicy {
+                threshold_ms: 800,
+                ratio: 0.5,
+            }),
+            ..breaker().policy
+        });
+        let slow = Outcome {
+            ok: true,
+            took_ms: 801,
+        };
+        let at_threshold = Outcome {
+            ok: true,
+            took_ms: 800,
+        };
+        let t = 100_000;
+        b.record(Pass::Normal, slow, t);
+        b.record(Pass::Normal, at_threshold, t);
+        b.record(Pass::Normal, OK, t);
+        assert!(!b.is_open(), "fewer than min_requests");
+        b.record(Pass::Normal, OK, t);
+        assert!(!b.is_open(), "one slow call in four is under half");
+        b.record(Pass::Normal, slow, t);
+        assert!(
+            !b.is_open(),
+            "a slow call that succeeds is no error: 2 of 5 slow"
+        );
+        b.record(Pass::Normal, slow, t);
+        assert!(b.is_open(), "3 of 6 calls slow: half");
+        assert_eq!(b.admit(t + 5_000), Some(Pass::Probe));
+        b.record(Pass::Probe, slow, t + 5_900);
+        assert_eq!(b.admit(t + 6_000), None, "a slow probe opens it again");
+        assert_eq!(b.admit(t + 10_900), Some(Pass::Probe));
+        b.record(Pass::Probe, OK, t + 10_950);
+        assert_eq!(b.admit(t + 10_951), Some(Pass::Normal));
+    }
+
+    #[test]
+    fn without_slow_call_a_slow_success_is_a_success() {
+        let b = breaker();
+        for _ in 0..10 {
+            b.record(
+                Pass::Normal,
+                Outcome {
+                    ok: true,
+                    took_ms: 60_000,
+                },
+                0,
+            );
+        }
+        assert!(!b.is_open());
     }
 }

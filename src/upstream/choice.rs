@@ -248,6 +248,8 @@ mod tests {
                         circuit_breaker: None,
                         pool: None,
                         lanes: None,
+                        concurrency: None,
+                        retry_budget: None,
                     },
                 ))),
                 weight: *w as f64,

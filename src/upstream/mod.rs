@@ -3,26 +3,30 @@
 mod balance;
 mod breaker;
 mod choice;
+mod concurrency;
 mod discovery;
 mod grpc_health;
 mod health;
 mod keepalive;
 mod lanes;
 mod probe;
+mod retry_budget;
 mod sender;
 
 pub use balance::{smooth_schedule, Picker};
-pub use breaker::{Breaker, BreakerPolicy, Pass};
+pub use breaker::{Breaker, BreakerPolicy, Outcome, Pass, SlowPolicy};
 pub use choice::UpstreamChoice;
+pub use concurrency::{ConcurrencyLimit, Permit};
 pub use discovery::{Directory, DiscoveryService, Registration};
 pub use health::{now_ms, NodeHealth, PassivePolicy};
 pub use keepalive::KeptConnections;
 pub use lanes::{LaneChoice, LaneRefusal, LaneSpec};
 pub use probe::Prober;
+pub use retry_budget::RetryBudget;
 pub use sender::Sender;
 
 use crate::resource::{split_host_port, Balancing, Upstream, HASH_KEY_FORMS};
-use crate::telemetry::metrics::UpstreamMetrics;
+use crate::telemetry::metrics::{UpstreamMetrics, METRICS};
 use arc_swap::ArcSwap;
 use gatehouse_plugins::selector::{Selected, Selector};
 use gatehouse_plugins::Exchange;
@@ -122,6 +126,11 @@ pub struct UpstreamTarget {
     next_lookup: AtomicU64,
     /// `lanes`, if set.
     pub lanes: Option<LaneSpec>,
+    /// `concurrency`, if set; shared with the next version of the upstream while its
+    /// settings do not change.
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    /// `retry_budget`, if set; shared like the breaker.
+    pub retry_budget: Option<Arc<RetryBudget>>,
 }
 
 /// One set of nodes and how to choose among them.
@@ -272,6 +281,24 @@ fn breaker_policy(spec: &Upstream) -> Option<BreakerPolicy> {
         min_requests: c.min_requests,
         window: c.window.0,
         open_for: c.open_for.0,
+        slow: c.slow_call.as_ref().map(|s| SlowPolicy {
+            threshold_ms: s.threshold.0.as_millis() as u64,
+            ratio: s.ratio,
+        }),
+    })
+}
+
+/// The upstream's `concurrency` limit, with its metrics resolved.
+fn concurrency_limit(spec: &Upstream) -> Option<ConcurrencyLimit> {
+    let c = spec.concurrency.as_ref()?;
+    let gauge = METRICS.concurrency_limit.with_label_values(&[&spec.id]);
+    let refused = METRICS.overloaded.with_label_values(&[&spec.id]);
+    Some(match (c.max, c.adaptive) {
+        (_, Some(a)) => {
+            ConcurrencyLimit::adaptive(a.min, a.max, std::time::Instant::now(), gauge, refused)
+        }
+        // Admission requires one of the two; an upstream compiled without it has no cap.
+        (max, None) => ConcurrencyLimit::fixed(max.unwrap_or(u32::MAX), gauge, refused),
     })
 }
 
@@ -362,6 +389,13 @@ impl UpstreamTarget {
             }
         });
         let id: Arc<str> = spec.id.as_str().into();
+        let concurrency = concurrency_limit(&spec).map(Arc::new);
+        let retry_budget = spec.retry_budget.as_ref().map(|b| {
+            let exhausted = METRICS
+                .retry_budget_exhausted
+                .with_label_values(&[&spec.id]);
+            Arc::new(RetryBudget::new(b.ratio, b.min_per_second, exhausted))
+        });
         UpstreamTarget {
             metrics: UpstreamMetrics::new(id.clone()),
             id,
@@ -383,6 +417,8 @@ impl UpstreamTarget {
             pool_key: POOL_KEYS.fetch_add(2, Ordering::Relaxed),
             breaker,
             lanes,
+            concurrency,
+            retry_budget,
         }
     }
 
@@ -431,6 +467,12 @@ impl UpstreamTarget {
         self.members = ArcSwap::from_pointee(Members::new(&self.spec, nodes, kept));
         if same_breaker {
             self.breaker.clone_from(&previous.breaker);
+        }
+        if self.spec.concurrency == previous.spec.concurrency {
+            self.concurrency.clone_from(&previous.concurrency);
+        }
+        if self.spec.retry_budget == previous.spec.retry_budget {
+            self.retry_budget.clone_from(&previous.retry_budget);
         }
         self
     }

@@ -46,6 +46,21 @@ def main():
         out["deadline"] = outcome(
             lambda: stub.Unary(protos.Msg(text="slow", n=3000), timeout=0.3).text
         )
+    elif case.startswith("fallback:"):
+        # A call on the route picked by `x-variant`, with what the answer says of a fallback.
+        def unary():
+            reply, call = stub.Unary.with_call(
+                protos.Msg(text="hi"), metadata=(("x-variant", case[9:]),), timeout=5
+            )
+            head = dict(call.initial_metadata())
+            return {
+                "text": reply.text,
+                "n": reply.n,
+                "fallback": head.get("x-gatehouse-fallback"),
+                "degraded": head.get("x-degraded"),
+            }
+
+        out = outcome(unary)
     else:
         out[case] = outcome(lambda: stub.Unary(protos.Msg(text=case), timeout=5).text)
     print(json.dumps(out))
