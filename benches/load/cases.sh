@@ -19,10 +19,13 @@
 #                     more node in a lane; requests carry the tag of the baseline's none)
 #   $work/mirrored/   the plain route with the mirror plugin copying 10 % of requests to a
 #                     second nginx server on $mirrorup
+#   $work/protected/  the plain route to an upstream with a circuit breaker with slow_call,
+#                     an adaptive concurrency limit (min 16, so 8 connections never meet
+#                     it) and a retry budget
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored" "$work/protected"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
@@ -66,6 +69,17 @@ upstream: users
 grpc_transcode:
   descriptors: "$work/users.pb"
   services: [users.v1.UserService]
+YAML
+  cat > "$work/protected/routes.yaml" <<YAML
+$upstream_yaml
+circuit_breaker: { error_rate: 0.5, min_requests: 20, window: 10s, open_for: 5s, slow_call: { threshold: 800ms, ratio: 0.5 } }
+concurrency: { adaptive: { min: 16, max: 1000 } }
+retry_budget: { ratio: 0.2, min_per_second: 10 }
+---
+kind: Route
+id: plain
+match: { paths: ["/**"] }
+upstream: backend
 YAML
   cat > "$work/lanes/routes.yaml" <<YAML
 kind: Upstream

@@ -18,7 +18,9 @@
 # gRPC calls over h2c, driven by h2load, through a `scheme: grpc` upstream: gatehouse is its
 # baseline), lanes (the plain route to an upstream with `lanes`: gatehouse is its baseline),
 # mirrored (the plain route copying 10 % of requests to another nginx server with the mirror
-# plugin: gatehouse is its baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
+# plugin: gatehouse is its baseline), protected (the plain route to an upstream with a
+# slow-call breaker, an adaptive concurrency limit and a retry budget: gatehouse is its
+# baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
 # the Python server of tests/grpc/transcode/server.py: gatehouse is its baseline), origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
@@ -33,7 +35,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm lanes mirrored bare-grpc grpc transcode many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm lanes mirrored protected bare-grpc grpc transcode many traced logged)
 for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
@@ -114,13 +116,14 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|wasm|lanes|mirrored|grpc|transcode|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|lanes|mirrored|protected|grpc|transcode|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
       [ "$name" = wasm ] && routes=wasm
       [ "$name" = grpc ] && routes=grpc && target="/bench.v1.Bench/Unary"
       [ "$name" = transcode ] && routes=transcode && target="/v1/users/7"
       [ "$name" = lanes ] && routes=lanes
       [ "$name" = mirrored ] && routes=mirrored
+      [ "$name" = protected ] && routes=protected
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"
