@@ -197,11 +197,18 @@ impl ServeHttp for AdminApi {
             "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
             "/metrics" => {
                 let metrics = &crate::telemetry::metrics::METRICS;
-                // Node health is read when scraped: always current, and no series is left
-                // behind for a node that is gone.
+                // Node health and concurrency limits are read when scraped: always
+                // current, and no series is left behind for a node or upstream that is gone.
                 metrics.node_healthy.reset();
+                metrics.concurrency_limit.reset();
                 let now = crate::upstream::now_ms();
                 for (id, upstream) in &self.live.load().upstreams {
+                    if let Some(limit) = &upstream.concurrency {
+                        metrics
+                            .concurrency_limit
+                            .with_label_values(&[id.as_str()])
+                            .set(i64::from(limit.limit()));
+                    }
                     for node in upstream.members().nodes.iter() {
                         metrics
                             .node_healthy

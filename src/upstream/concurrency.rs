@@ -17,7 +17,7 @@
 //! two more; the limit is worked out again by whichever request ends a window, under a
 //! per-upstream lock it only tries (a request never waits for it).
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -46,8 +46,6 @@ pub struct ConcurrencyLimit {
     inflight: AtomicU32,
     limit: AtomicU32,
     adaptive: Option<Gradient>,
-    /// `gatehouse_upstream_concurrency_limit{upstream}`.
-    gauge: IntGauge,
     /// `gatehouse_overloaded_total{upstream}`.
     refused: IntCounter,
 }
@@ -62,32 +60,22 @@ pub struct Permit {
 
 impl ConcurrencyLimit {
     /// A fixed cap of `max` requests.
-    pub fn fixed(max: u32, gauge: IntGauge, refused: IntCounter) -> ConcurrencyLimit {
-        gauge.set(i64::from(max));
+    pub fn fixed(max: u32, refused: IntCounter) -> ConcurrencyLimit {
         ConcurrencyLimit {
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(max),
             adaptive: None,
-            gauge,
             refused,
         }
     }
 
     /// A limit between `min` and `max` found from latency; it starts at `min`, measuring
     /// the upstream's latency without load.
-    pub fn adaptive(
-        min: u32,
-        max: u32,
-        now: Instant,
-        gauge: IntGauge,
-        refused: IntCounter,
-    ) -> ConcurrencyLimit {
-        gauge.set(i64::from(min));
+    pub fn adaptive(min: u32, max: u32, now: Instant, refused: IntCounter) -> ConcurrencyLimit {
         ConcurrencyLimit {
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(min),
             adaptive: Some(Gradient::new(min, max, now)),
-            gauge,
             refused,
         }
     }
@@ -109,6 +97,7 @@ impl ConcurrencyLimit {
         })
     }
 
+    /// The limit in force (read by `/metrics` when scraped).
     pub fn limit(&self) -> u32 {
         self.limit.load(Ordering::Acquire)
     }
@@ -221,7 +210,6 @@ impl Gradient {
         self.window_end
             .store(now + window.as_micros() as u64, Ordering::Release);
         limit.limit.store(next, Ordering::Release);
-        limit.gauge.set(i64::from(next));
     }
 
     /// The limit after a window of `count` samples summing to `sum` µs.
@@ -269,7 +257,6 @@ mod tests {
             min,
             max,
             now,
-            IntGauge::new("limit", "limit").unwrap(),
             IntCounter::new("refused", "refused").unwrap(),
         ))
     }
@@ -278,7 +265,6 @@ mod tests {
     fn a_fixed_limit_refuses_past_max_and_takes_requests_again_as_permits_return() {
         let limit = Arc::new(ConcurrencyLimit::fixed(
             2,
-            IntGauge::new("limit", "limit").unwrap(),
             IntCounter::new("refused", "refused").unwrap(),
         ));
         let a = limit.acquire().unwrap();

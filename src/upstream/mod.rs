@@ -291,14 +291,13 @@ fn breaker_policy(spec: &Upstream) -> Option<BreakerPolicy> {
 /// The upstream's `concurrency` limit, with its metrics resolved.
 fn concurrency_limit(spec: &Upstream) -> Option<ConcurrencyLimit> {
     let c = spec.concurrency.as_ref()?;
-    let gauge = METRICS.concurrency_limit.with_label_values(&[&spec.id]);
     let refused = METRICS.overloaded.with_label_values(&[&spec.id]);
     Some(match (c.max, c.adaptive) {
         (_, Some(a)) => {
-            ConcurrencyLimit::adaptive(a.min, a.max, std::time::Instant::now(), gauge, refused)
+            ConcurrencyLimit::adaptive(a.min, a.max, std::time::Instant::now(), refused)
         }
         // Admission requires one of the two; an upstream compiled without it has no cap.
-        (max, None) => ConcurrencyLimit::fixed(max.unwrap_or(u32::MAX), gauge, refused),
+        (max, None) => ConcurrencyLimit::fixed(max.unwrap_or(u32::MAX), refused),
     })
 }
 
