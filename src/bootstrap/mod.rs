@@ -318,6 +318,18 @@ impl Bootstrap {
             }
             _ => {}
         }
+        if let Some(cache) = self.provider.etcd.as_ref().and_then(|e| e.cache.as_ref()) {
+            let dir = cache.parent().filter(|d| !d.as_os_str().is_empty());
+            if cache.file_name().is_none() || dir.is_some_and(|d| !d.is_dir()) {
+                return Err((
+                    "provider.etcd.cache",
+                    format!(
+                        "`{}` must name a file in an existing directory",
+                        cache.display()
+                    ),
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&self.telemetry.otlp.sample_ratio) {
             return Err((
                 "telemetry.otlp.sample_ratio",

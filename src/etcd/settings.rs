@@ -24,6 +24,10 @@ pub struct EtcdSettings {
     /// certificate when etcd asks for one.
     #[serde(default)]
     pub tls: Option<EtcdTls>,
+    /// The last-known-good cache (SPEC §13): every applied snapshot is written there, and
+    /// an instance that starts while etcd is unreachable serves from it.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
 }
 
 impl EtcdSettings {
@@ -37,6 +41,7 @@ impl EtcdSettings {
             password: None,
             timeout: default_etcd_timeout(),
             tls: None,
+            cache: None,
         }
     }
 }

@@ -10,7 +10,13 @@
 //! Every read is judged against what was accepted before ([`Trust`]): an etcd whose cluster
 //! id changed or whose revision went back is not applied. The snapshot in force stays and
 //! the source reports why, until `POST /admin/resync` or a restart accepts the store.
+//!
+//! With `cache`, every applied snapshot is also written to the last-known-good cache
+//! ([`super::cache`]); an instance whose first connection to etcd fails serves from it
+//! (`from_cache`), trusting it as a read of that cluster at that revision, until etcd
+//! answers and its contents replace it in one swap.
 
+use super::cache::{self, CacheWriter, Saved};
 use super::Ingest;
 use crate::etcd::EtcdSettings;
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
@@ -18,6 +24,7 @@ use crate::resource::Document;
 use crate::snapshot::SourceKind;
 use crate::store::document_of;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::BTreeMap;
@@ -99,6 +106,13 @@ struct Memory {
     trust: Option<Trust>,
     /// The resync request a coming read carries out.
     resync: Option<u64>,
+    /// The values of the store by key, as stored, for the last-known-good cache (kept only
+    /// with a cache).
+    raw: BTreeMap<String, Bytes>,
+    /// The last-known-good cache was tried (once, at the first lost connection).
+    cache_tried: bool,
+    /// Why the cache was refused, said with every lost connection until etcd answers.
+    cache_refused: Option<String>,
 }
 
 impl Memory {
@@ -134,6 +148,7 @@ impl EtcdProvider {
     async fn loaded(
         &self,
         memory: &mut Memory,
+        cache: Option<&CacheWriter>,
         revision: i64,
         cluster_id: u64,
         entries: Vec<Entry>,
@@ -155,8 +170,17 @@ impl EtcdProvider {
             Err(e) => return Handled::Failed(e),
         };
         memory.trust = Some(seen);
+        memory.cache_refused = None;
         let health = self.ingest.source();
         health.healthy();
+        health.set_from_cache(false);
+        if let Some(writer) = cache {
+            memory.raw = entries
+                .iter()
+                .map(|e| (e.key.clone(), Bytes::copy_from_slice(&e.value)))
+                .collect();
+            self.save(writer, memory);
+        }
         if let Some(ticket) = memory.resync.take() {
             health.resync_done(ticket);
             tracing::info!(revision, "etcd: resync accepted");
@@ -169,6 +193,7 @@ impl EtcdProvider {
     async fn changed(
         &self,
         memory: &mut Memory,
+        cache: Option<&CacheWriter>,
         revision: Option<i64>,
         changes: Vec<Change>,
     ) -> Handled {
@@ -178,9 +203,13 @@ impl EtcdProvider {
             match change {
                 Change::Put(Entry { key, value }) => {
                     let document = document_of(prefix, &key, &value);
+                    if cache.is_some() {
+                        memory.raw.insert(key.clone(), Bytes::from(value));
+                    }
                     mirror.insert(key, document);
                 }
                 Change::Delete { key } => {
+                    memory.raw.remove(&key);
                     mirror.remove(&key);
                 }
             }
@@ -192,7 +221,73 @@ impl EtcdProvider {
         if let (Some(trust), Some(revision)) = (memory.trust.as_mut(), revision) {
             trust.revision = trust.revision.max(revision);
         }
+        if let Some(writer) = cache {
+            self.save(writer, memory);
+        }
         Handled::Done
+    }
+
+    /// Hands what is in force to the cache writer.
+    fn save(&self, writer: &CacheWriter, memory: &Memory) {
+        if let Some(trust) = memory.trust {
+            writer.save(Saved {
+                prefix: self.settings.prefix.clone(),
+                cluster_id: trust.cluster_id,
+                revision: trust.revision,
+                entries: memory.raw.clone(),
+            });
+        }
+    }
+
+    /// etcd could not be reached before anything was read from it: the last-known-good
+    /// cache, if there is one and it holds up, is applied and trusted as a read of its
+    /// cluster at its revision. Tried once; a refusal is remembered, and the instance waits
+    /// for etcd (not ready).
+    async fn serve_cache(&self, memory: &mut Memory) {
+        let Some(path) = self.settings.cache.clone() else {
+            return;
+        };
+        if memory.cache_tried || memory.trust.is_some() {
+            return;
+        }
+        memory.cache_tried = true;
+        let prefix = self.settings.prefix.clone();
+        let read = tokio::task::spawn_blocking(move || cache::read(&path, &prefix)).await;
+        let last = match read {
+            Ok(Ok(last)) => last,
+            Ok(Err(e)) => {
+                tracing::error!("etcd: the last-known-good cache is refused: {e}");
+                memory.cache_refused = Some(e.to_string());
+                return;
+            }
+            Err(e) => {
+                memory.cache_refused = Some(e.to_string());
+                return;
+            }
+        };
+        let prefix = &self.settings.prefix;
+        let mirror = last
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
+            .collect();
+        match self.apply(mirror, Some(last.revision as u64)).await {
+            Ok(mirror) => memory.mirror = mirror,
+            Err(e) => {
+                memory.cache_refused = Some(e.to_string());
+                return;
+            }
+        }
+        memory.trust = Some(Trust {
+            cluster_id: last.cluster_id,
+            revision: last.revision,
+        });
+        self.ingest.source().set_from_cache(true);
+        tracing::warn!(
+            revision = last.revision,
+            keys = last.entries.len(),
+            "etcd unreachable at start: serving the last-known-good cache until it answers"
+        );
     }
 }
 
@@ -206,6 +301,7 @@ impl BackgroundService for EtcdProvider {
             "etcd",
         );
         let mut memory = Memory::default();
+        let cache = self.settings.cache.clone().map(CacheWriter::start);
         loop {
             let event = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -223,18 +319,25 @@ impl BackgroundService for EtcdProvider {
                     cluster_id,
                     entries,
                 } => {
-                    self.loaded(&mut memory, revision, cluster_id, entries)
+                    self.loaded(&mut memory, cache.as_ref(), revision, cluster_id, entries)
                         .await
                 }
                 WatchEvent::Changed { revision, changes } => {
-                    self.changed(&mut memory, revision, changes).await
+                    self.changed(&mut memory, cache.as_ref(), revision, changes)
+                        .await
                 }
                 WatchEvent::Lost { error, retry_in } => {
                     tracing::warn!(
                         retry_in_ms = retry_in.as_millis() as u64,
                         "etcd unavailable, serving the last snapshot: {error}"
                     );
-                    health.lost(error.to_string());
+                    self.serve_cache(&mut memory).await;
+                    match &memory.cache_refused {
+                        Some(refused) => health.lost(format!(
+                            "{error}; the last-known-good cache is refused: {refused}"
+                        )),
+                        None => health.lost(error.to_string()),
+                    }
                     continue;
                 }
             };

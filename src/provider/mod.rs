@@ -1,5 +1,6 @@
 //! Where resources come from, and how a change becomes the snapshot in force.
 
+pub mod cache;
 pub mod etcd;
 pub mod file;
 

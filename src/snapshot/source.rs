@@ -31,8 +31,8 @@ pub struct SourceReport {
     pub since: String,
     /// Why the snapshot in force may not reflect the source; `null` while it does.
     pub error: Option<String>,
-    /// The snapshot in force was read from a local cache rather than the source. Always
-    /// false until a cache exists.
+    /// The snapshot in force was read from the last-known-good cache: the source has not
+    /// answered since this instance started.
     pub from_cache: bool,
 }
 
@@ -41,6 +41,7 @@ struct State {
     connected: bool,
     since: SystemTime,
     error: Option<String>,
+    from_cache: bool,
 }
 
 /// Shared between the provider (writer), the admin API (reader, resync requests) and the
@@ -65,6 +66,7 @@ impl SourceHealth {
                 connected: false,
                 since: SystemTime::now(),
                 error: None,
+                from_cache: false,
             }),
             resync: Notify::new(),
             requested: AtomicU64::new(0),
@@ -93,6 +95,11 @@ impl SourceHealth {
         self.set(true, Some(error.into()));
     }
 
+    /// Whether the snapshot in force came from the last-known-good cache.
+    pub fn set_from_cache(&self, from_cache: bool) {
+        self.lock().from_cache = from_cache;
+    }
+
     /// Connected, and no reason to doubt what the source holds.
     pub fn is_up(&self) -> bool {
         let state = self.lock();
@@ -106,7 +113,7 @@ impl SourceHealth {
             connected: state.connected,
             since: humantime::format_rfc3339_millis(state.since).to_string(),
             error: state.error.clone(),
-            from_cache: false,
+            from_cache: state.from_cache,
         }
     }
 

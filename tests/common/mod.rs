@@ -113,6 +113,7 @@ pub struct GatewayBuilder {
     etcd: Option<(String, String)>,
     etcd_user: Option<(String, String)>,
     etcd_ca: Option<String>,
+    etcd_cache: Option<PathBuf>,
     env: Vec<(String, String)>,
     program: Option<PathBuf>,
 }
@@ -152,6 +153,12 @@ impl GatewayBuilder {
     /// The CA that signed etcd's certificate.
     pub fn etcd_ca(mut self, ca: &str) -> Self {
         self.etcd_ca = Some(ca.to_string());
+        self
+    }
+
+    /// The last-known-good cache file of the etcd provider.
+    pub fn etcd_cache(mut self, path: &Path) -> Self {
+        self.etcd_cache = Some(path.to_path_buf());
         self
     }
 
@@ -214,6 +221,9 @@ impl GatewayBuilder {
                 };
                 if let Some(ca) = &self.etcd_ca {
                     user.push_str(&format!(", tls: {{ ca: \"{ca}\" }}"));
+                }
+                if let Some(cache) = &self.etcd_cache {
+                    user.push_str(&format!(", cache: \"{}\"", cache.display()));
                 }
                 format!(
                     "  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s{user} }}"
@@ -288,6 +298,7 @@ impl Gateway {
             etcd: None,
             etcd_user: None,
             etcd_ca: None,
+            etcd_cache: None,
             env: Vec::new(),
             program: None,
         }
