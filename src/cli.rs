@@ -44,11 +44,15 @@ enum Command {
         #[command(flatten)]
         etcd: EtcdArgs,
     },
-    /// Print resources stored in etcd: `get routes`, `get upstreams ID`.
+    /// Print resources stored in etcd (`get routes`, `get upstreams ID`), or the gateway
+    /// instances registered there (`get instances [-o json]`).
     Get {
-        /// routes, upstreams, auth or global_rules
+        /// routes, upstreams, auth, global_rules or instances
         kind: String,
         id: Option<String>,
+        /// For `instances`: `table` (default) or `json`.
+        #[arg(short = 'o', long = "output", default_value = "table")]
+        output: String,
         #[command(flatten)]
         etcd: EtcdArgs,
     },
@@ -133,7 +137,17 @@ pub fn main_with(plugins: Registry) -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Validate { paths }) => return validate(paths),
         Some(Command::Apply { files, etcd }) => return block_on(apply(files, etcd.settings())),
-        Some(Command::Get { kind, id, etcd }) => return block_on(get(kind, id, etcd.settings())),
+        Some(Command::Get {
+            kind,
+            id,
+            output,
+            etcd,
+        }) => {
+            if kind == crate::fleet::INSTANCES {
+                return block_on(instances(output, etcd.settings()));
+            }
+            return block_on(get(kind, id, etcd.settings()));
+        }
         Some(Command::Delete { kind, id, etcd }) => {
             return block_on(delete(kind, id, etcd.settings()))
         }
@@ -273,6 +287,28 @@ async fn get(kind: String, id: Option<String>, settings: EtcdSettings) -> anyhow
         print!("{text}");
         if !text.ends_with('\n') {
             println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get instances`: the fleet, as a table with a `LAGGING` column or as JSON.
+async fn instances(output: String, settings: EtcdSettings) -> anyhow::Result<ExitCode> {
+    if output != "table" && output != "json" {
+        anyhow::bail!("-o takes `table` or `json`, not `{output}`");
+    }
+    let mut store = Store::open(&settings).await?;
+    let fleet = crate::fleet::read(&mut store.client, &settings.prefix).await?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&fleet.instances)?);
+    } else {
+        print!("{}", crate::fleet::table(&fleet));
+        let lagging = fleet.instances.iter().filter(|i| i.lagging).count();
+        if lagging > 0 {
+            eprintln!(
+                "{lagging} instance(s) lag the newest change (revision {})",
+                fleet.config_revision
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod demo;
 pub mod edge;
 pub mod etcd;
+pub mod fleet;
 pub mod interpolate;
 pub mod provider;
 pub mod proxy;

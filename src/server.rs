@@ -123,6 +123,23 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
                 "etcd provider",
                 EtcdProvider::new(etcd.clone(), ingest),
             ));
+            let me = crate::fleet::InstanceRecord {
+                id: config.instance_id(),
+                addr: config
+                    .listen
+                    .first()
+                    .map(|l| l.addr.to_string())
+                    .unwrap_or_default(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: 0,
+                source_connected: false,
+                started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                    .to_string(),
+            };
+            server.add_service(background_service(
+                "instance registration",
+                crate::fleet::Registration::new(etcd.clone(), live.clone(), me),
+            ));
             Writes::etcd(etcd.clone())
         }
         (None, None) => bail!("provider: give one of `file` or `etcd`"),

@@ -93,6 +93,7 @@ impl Store {
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let cluster_id = resp.header().map_or(0, |h| h.cluster_id());
+        // The fleet's records share the prefix but are not resources.
         let entries = resp
             .kvs()
             .iter()
@@ -102,6 +103,7 @@ impl Store {
                     kv.value().to_vec(),
                 )
             })
+            .filter(|(key, _)| !crate::fleet::is_instance_key(&self.prefix, key))
             .collect();
         Ok(Contents {
             revision,

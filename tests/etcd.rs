@@ -32,8 +32,8 @@ async fn puts_updates_and_deletes_take_effect() {
     let status = gw.status().await;
     assert_eq!(
         status["revision"].as_u64().unwrap(),
-        etcd.revision(),
-        "the revision in force is etcd's"
+        etcd.resources_revision(PREFIX).await,
+        "the revision in force is that of etcd's newest resource"
     );
 
     // A YAML value, with kind and id that agree with the key.
@@ -49,8 +49,11 @@ async fn puts_updates_and_deletes_take_effect() {
     etcd.delete("/gatehouse/routes/r1");
     wait_status(&gw, "/uno", 404).await;
     assert_eq!(status_of(&gw, "/two").await, 200);
+    // The last change was a deletion: the revision in force is past every key's.
+    let deleted_at = etcd.revision();
     eventually(WAIT, "the status to follow etcd", || async {
-        gw.status().await["revision"].as_u64().unwrap() == etcd.revision()
+        let revision = gw.status().await["revision"].as_u64().unwrap();
+        revision > etcd.resources_revision(PREFIX).await && revision <= deleted_at
     })
     .await;
 }
@@ -174,7 +177,7 @@ async fn compaction_during_a_watch_loses_nothing() {
         gw.logs()
     );
     eventually(WAIT, "the revision in force to be etcd's", || async {
-        gw.status().await["revision"].as_u64().unwrap() == etcd.revision()
+        gw.status().await["revision"].as_u64().unwrap() == etcd.resources_revision(PREFIX).await
     })
     .await;
     assert_eq!(gw.status().await["routes"], 201, "every route is in force");
@@ -514,7 +517,7 @@ async fn admin_writes_validate_then_write_to_etcd() {
         "in force when the write answers"
     );
 
-    let before = etcd.revision();
+    let before = etcd.resources_revision(PREFIX).await;
     let resp = admin(reqwest::Method::PUT, "/admin/routes/r2")
         .body(
             "{\"match\": {\"paths\": [\"bad\"], \"methods\": [\"FETCH\"]}, \"upstream\": \"svc\"}",
@@ -544,7 +547,11 @@ async fn admin_writes_validate_then_write_to_etcd() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400, "references are checked too");
-    assert_eq!(etcd.revision(), before, "etcd untouched by invalid writes");
+    assert_eq!(
+        etcd.resources_revision(PREFIX).await,
+        before,
+        "etcd untouched by invalid writes"
+    );
 
     let resp = admin(reqwest::Method::DELETE, "/admin/upstreams/svc")
         .send()

@@ -284,7 +284,7 @@ async fn global_rules_from_etcd_keys_the_admin_api_and_the_command_line() {
     assert_eq!(list[0]["id"], "x");
     assert_eq!(list[0]["plugins"][0]["config"]["deny"][0], "127.0.0.0/8");
 
-    let before = etcd.revision();
+    let before = etcd.resources_revision(PREFIX).await;
     let resp = admin(reqwest::Method::PUT, "/admin/global_rules/y")
         .body(r#"{"plugins": [{"name": "request_size_limit", "config": {"max_body": "lots"}}]}"#)
         .send()
@@ -300,7 +300,7 @@ async fn global_rules_from_etcd_keys_the_admin_api_and_the_command_line() {
         "{body}"
     );
     assert_eq!(
-        etcd.revision(),
+        etcd.resources_revision(PREFIX).await,
         before,
         "etcd untouched by an invalid write"
     );

@@ -124,32 +124,6 @@ impl AdminApi {
             return not_found();
         }
         match (method, collection, id) {
-            (&Method::GET, Some("status"), None) => {
-                #[derive(Serialize)]
-                struct Status<'a> {
-                    revision: u64,
-                    routes: usize,
-                    upstreams: usize,
-                    auth: usize,
-                    global_rules: usize,
-                    rejected: &'a [crate::resource::Rejection],
-                    loaded_at: String,
-                    source: SourceReport,
-                }
-                json(
-                    StatusCode::OK,
-                    &Status {
-                        revision: snapshot.revision,
-                        routes: snapshot.catalog.len(Kind::Route),
-                        upstreams: snapshot.catalog.len(Kind::Upstream),
-                        auth: snapshot.catalog.len(Kind::AuthPolicy),
-                        global_rules: snapshot.catalog.len(Kind::GlobalRule),
-                        rejected: &snapshot.rejected,
-                        loaded_at: humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
-                        source: self.live.source().report(),
-                    },
-                )
-            }
             (_, Some(collection), _) => {
                 let Some(kind) = Kind::from_collection(collection) else {
                     return not_found();
@@ -247,6 +221,9 @@ impl ServeHttp for AdminApi {
                     if rest == "resync" {
                         return self.resync(&method).await;
                     }
+                    if rest == "status" && method == Method::GET {
+                        return self.status().await;
+                    }
                     match (&method, &self.writes, write_target(rest)) {
                         (&Method::PUT, Writes::Etcd(_), Some(key)) => self.put(session, key).await,
                         (&Method::DELETE, Writes::Etcd(_), Some(key)) => self.delete(key).await,
@@ -272,7 +249,69 @@ fn write_target(rest: &str) -> Option<ObjectKey> {
     })
 }
 
+/// How long `/admin/status` waits for etcd's list of instances.
+const FLEET_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl AdminApi {
+    /// `/admin/status`: the snapshot in force, its source, and (with etcd) the fleet.
+    async fn status(&self) -> Response<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Status<'a> {
+            revision: u64,
+            routes: usize,
+            upstreams: usize,
+            auth: usize,
+            global_rules: usize,
+            rejected: &'a [crate::resource::Rejection],
+            loaded_at: String,
+            source: SourceReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            fleet: Option<serde_json::Value>,
+        }
+        let fleet = match &self.writes {
+            Writes::File => None,
+            Writes::Etcd(etcd) => Some(self.fleet(&etcd.settings.prefix).await),
+        };
+        let snapshot = self.live.load();
+        json(
+            StatusCode::OK,
+            &Status {
+                revision: snapshot.revision,
+                routes: snapshot.catalog.len(Kind::Route),
+                upstreams: snapshot.catalog.len(Kind::Upstream),
+                auth: snapshot.catalog.len(Kind::AuthPolicy),
+                global_rules: snapshot.catalog.len(Kind::GlobalRule),
+                rejected: &snapshot.rejected,
+                loaded_at: humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
+                source: self.live.source().report(),
+                fleet,
+            },
+        )
+    }
+
+    /// The instances registered in etcd, or why they cannot be listed now.
+    async fn fleet(&self, prefix: &str) -> serde_json::Value {
+        let listed = tokio::time::timeout(FLEET_WITHIN, async {
+            let mut guard = match self.connected().await {
+                Ok(guard) => guard,
+                Err(_) => return Err("etcd cannot be reached".to_string()),
+            };
+            let store = guard.as_mut().expect("connected");
+            let read = crate::fleet::read(&mut store.client, prefix).await;
+            if read.is_err() {
+                // A broken connection is opened again next time.
+                *guard = None;
+            }
+            read.map_err(|e| e.to_string())
+        })
+        .await;
+        match listed {
+            Ok(Ok(fleet)) => serde_json::to_value(fleet).unwrap_or_default(),
+            Ok(Err(error)) => serde_json::json!({ "error": error }),
+            Err(_) => serde_json::json!({ "error": "etcd did not answer in time" }),
+        }
+    }
+
     /// Validates with the same admission as every source, then writes to etcd.
     async fn put(&self, session: &mut ServerSession, key: ObjectKey) -> Response<Vec<u8>> {
         let Writes::Etcd(etcd) = &self.writes else {

@@ -49,6 +49,9 @@ pub struct Bootstrap {
     pub provider: Provider,
     #[serde(default)]
     pub registry: Option<Registry>,
+    /// Who this instance is in the fleet (SPEC §13).
+    #[serde(default)]
+    pub instance: InstanceSettings,
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
@@ -112,6 +115,31 @@ impl Default for Shutdown {
             grace: Span::secs(0),
             timeout: Span::secs(30),
         }
+    }
+}
+
+/// `instance`: the id the instance registers under in etcd.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// Default: the host name and the port of the first listener (`web-1:8080`).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl Bootstrap {
+    /// The instance's id in the fleet.
+    pub fn instance_id(&self) -> String {
+        if let Some(id) = &self.instance.id {
+            return id.clone();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "gatehouse".into());
+        let port = self.listen.first().map_or(0, |l| l.addr.port());
+        format!("{host}:{port}")
     }
 }
 
@@ -327,6 +355,18 @@ impl Bootstrap {
                         "`{}` must name a file in an existing directory",
                         cache.display()
                     ),
+                ));
+            }
+        }
+        if let Some(id) = &self.instance.id {
+            if id.is_empty()
+                || id.len() > 128
+                || id.contains(['/', ' '])
+                || id.chars().any(char::is_control)
+            {
+                return Err((
+                    "instance.id",
+                    "must be 1 to 128 characters, without `/`, spaces or control characters".into(),
                 ));
             }
         }

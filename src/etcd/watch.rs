@@ -25,13 +25,36 @@ pub const MAX_FOLDED: usize = 1024;
 pub struct Entry {
     pub key: String,
     pub value: Vec<u8>,
+    /// The revision of the key's last change.
+    pub mod_revision: i64,
 }
 
 /// One change to a key, in the order etcd made them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Put(Entry),
-    Delete { key: String },
+    Delete {
+        key: String,
+        /// The revision of the deletion.
+        revision: i64,
+    },
+}
+
+impl Change {
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(entry) => &entry.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision etcd made this change at.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Change::Put(entry) => entry.mod_revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
 }
 
 /// What following the prefix brought.
@@ -165,6 +188,7 @@ impl PrefixWatch {
                     .map(|kv| Entry {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
                     })
                     .collect();
                 // The connection proved itself; a later failure starts from the first delay.
@@ -294,8 +318,12 @@ impl Batch {
                 EventType::Put => Change::Put(Entry {
                     key,
                     value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
                 }),
-                EventType::Delete => Change::Delete { key },
+                EventType::Delete => Change::Delete {
+                    key,
+                    revision: kv.mod_revision(),
+                },
             });
         }
         self.changed = true;

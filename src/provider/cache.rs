@@ -44,6 +44,8 @@ struct CachedEntry {
     /// Values are YAML or JSON text; one that is not UTF-8 would be refused by admission
     /// anyway, and is kept so (with its bad bytes replaced).
     value: String,
+    /// The revision of the key's last change.
+    mod_revision: i64,
 }
 
 /// A snapshot read back from the cache.
@@ -108,6 +110,7 @@ pub fn read(path: &Path, prefix: &str) -> Result<LastGood, CacheError> {
             .map(|e| Entry {
                 key: e.key,
                 value: e.value.into_bytes(),
+                mod_revision: e.mod_revision,
             })
             .collect(),
     })
@@ -127,7 +130,8 @@ pub struct Saved {
     pub prefix: String,
     pub cluster_id: u64,
     pub revision: i64,
-    pub entries: BTreeMap<String, Bytes>,
+    /// Each key's value as stored, and the revision of its last change.
+    pub entries: BTreeMap<String, (Bytes, i64)>,
 }
 
 /// Writes `saved` to `path`: whole to a temporary file beside it, flushed, renamed over it.
@@ -135,9 +139,10 @@ pub fn write(path: &Path, saved: &Saved) -> std::io::Result<()> {
     let entries: Vec<CachedEntry> = saved
         .entries
         .iter()
-        .map(|(key, value)| CachedEntry {
+        .map(|(key, (value, mod_revision))| CachedEntry {
             key: key.clone(),
             value: String::from_utf8_lossy(value).into_owned(),
+            mod_revision: *mod_revision,
         })
         .collect();
     let file = CacheFile {
@@ -219,10 +224,13 @@ mod tests {
             cluster_id: 42,
             revision: 7,
             entries: BTreeMap::from([
-                ("/gh/routes/a".into(), Bytes::from_static(b"kind: Route\n")),
+                (
+                    "/gh/routes/a".into(),
+                    (Bytes::from_static(b"kind: Route\n"), 5),
+                ),
                 (
                     "/gh/upstreams/u".into(),
-                    Bytes::from_static(b"{\"nodes\": []}"),
+                    (Bytes::from_static(b"{\"nodes\": []}"), 6),
                 ),
             ]),
         }
@@ -238,6 +246,7 @@ mod tests {
         assert_eq!(back.entries.len(), 2);
         assert_eq!(back.entries[0].key, "/gh/routes/a");
         assert_eq!(back.entries[0].value, b"kind: Route\n");
+        assert_eq!(back.entries[1].mod_revision, 6);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left");
     }

@@ -20,6 +20,7 @@ use super::cache::{self, CacheWriter, Saved};
 use super::Ingest;
 use crate::etcd::EtcdSettings;
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
+use crate::fleet::is_instance_key;
 use crate::resource::Document;
 use crate::snapshot::SourceKind;
 use crate::store::document_of;
@@ -108,7 +109,7 @@ struct Memory {
     resync: Option<u64>,
     /// The values of the store by key, as stored, for the last-known-good cache (kept only
     /// with a cache).
-    raw: BTreeMap<String, Bytes>,
+    raw: BTreeMap<String, (Bytes, i64)>,
     /// The last-known-good cache was tried (once, at the first lost connection).
     cache_tried: bool,
     /// Why the cache was refused, said with every lost connection until etcd answers.
@@ -161,11 +162,16 @@ impl EtcdProvider {
             return Handled::Untrusted(distrust);
         }
         let prefix = &self.settings.prefix;
+        // The fleet's records share the prefix but are not resources.
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| !is_instance_key(prefix, &e.key))
+            .collect();
         let mirror = entries
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        memory.mirror = match self.apply(mirror, Some(revision as u64)).await {
+        memory.mirror = match self.apply(mirror, Some(in_force(&entries, revision))).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -177,7 +183,10 @@ impl EtcdProvider {
         if let Some(writer) = cache {
             memory.raw = entries
                 .iter()
-                .map(|e| (e.key.clone(), Bytes::copy_from_slice(&e.value)))
+                .map(|e| {
+                    let value = Bytes::copy_from_slice(&e.value);
+                    (e.key.clone(), (value, e.mod_revision))
+                })
                 .collect();
             self.save(writer, memory);
         }
@@ -198,23 +207,41 @@ impl EtcdProvider {
         changes: Vec<Change>,
     ) -> Handled {
         let prefix = &self.settings.prefix;
+        // An instance's record coming or going changes no resource: nothing to apply.
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| !is_instance_key(prefix, c.key()))
+            .collect();
+        if changes.is_empty() {
+            return Handled::Done;
+        }
+        // The snapshot is that of its newest change: every instance applying these changes
+        // reports the same revision, whatever else was written around them (instances'
+        // records) and however the responses were folded.
+        let applied = changes.iter().map(Change::revision).max().or(revision);
         let mut mirror = std::mem::take(&mut memory.mirror);
         for change in changes {
             match change {
-                Change::Put(Entry { key, value }) => {
+                Change::Put(Entry {
+                    key,
+                    value,
+                    mod_revision,
+                }) => {
                     let document = document_of(prefix, &key, &value);
                     if cache.is_some() {
-                        memory.raw.insert(key.clone(), Bytes::from(value));
+                        memory
+                            .raw
+                            .insert(key.clone(), (Bytes::from(value.clone()), mod_revision));
                     }
                     mirror.insert(key, document);
                 }
-                Change::Delete { key } => {
+                Change::Delete { key, .. } => {
                     memory.raw.remove(&key);
                     mirror.remove(&key);
                 }
             }
         }
-        memory.mirror = match self.apply(mirror, revision.map(|r| r as u64)).await {
+        memory.mirror = match self.apply(mirror, applied.map(|r| r as u64)).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -271,7 +298,10 @@ impl EtcdProvider {
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        match self.apply(mirror, Some(last.revision as u64)).await {
+        match self
+            .apply(mirror, Some(in_force(&last.entries, last.revision)))
+            .await
+        {
             Ok(mirror) => memory.mirror = mirror,
             Err(e) => {
                 memory.cache_refused = Some(e.to_string());
@@ -289,6 +319,19 @@ impl EtcdProvider {
             "etcd unreachable at start: serving the last-known-good cache until it answers"
         );
     }
+}
+
+/// The revision a full read is in force as: that of the newest change among its resources
+/// (`read_at`, the revision it was read at, when there is none), so instances holding the
+/// same resources say the same revision however many records of instances were written
+/// around them.
+fn in_force(entries: &[Entry], read_at: i64) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.mod_revision)
+        .max()
+        .unwrap_or(read_at)
+        .max(0) as u64
 }
 
 #[async_trait]

@@ -320,6 +320,11 @@ impl Live {
         outcome.is_ok_and(|seen| seen.is_ok())
     }
 
+    /// Follows the revision in force as snapshots are applied.
+    pub fn subscribe_revision(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
     /// True once a first snapshot has been loaded from the provider.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

@@ -209,10 +209,10 @@ async fn follow_registry(registry: RegistryEtcd, directory: &Directory) {
             WatchEvent::Changed { changes, .. } => {
                 for change in &changes {
                     match change {
-                        Change::Put(Entry { key, value }) => {
+                        Change::Put(Entry { key, value, .. }) => {
                             add(&mut services, &prefix, key, value)
                         }
-                        Change::Delete { key } => remove(&mut services, &prefix, key),
+                        Change::Delete { key, .. } => remove(&mut services, &prefix, key),
                     }
                 }
             }

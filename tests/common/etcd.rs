@@ -204,6 +204,32 @@ impl Etcd {
             .collect()
     }
 
+    /// The revision of the newest change to the resources under `prefix` (instances'
+    /// records left out): the revision a gateway holding them all says it has in force.
+    pub async fn resources_revision(&self, prefix: &str) -> u64 {
+        let mut client = etcd_client::Client::connect([self.url()], None)
+            .await
+            .expect("etcd answers");
+        let resp = client
+            .get(
+                format!("{prefix}/"),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .expect("get");
+        let records = format!("{prefix}/instances/");
+        resp.kvs()
+            .iter()
+            .filter(|kv| !kv.key().starts_with(records.as_bytes()))
+            .map(|kv| kv.mod_revision() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The current revision.
     pub fn revision(&self) -> u64 {
         let out = self.ctl(&["get", "/", "--prefix", "--limit", "1", "-w", "json"]);

@@ -1,0 +1,254 @@
+//! A fleet of gateway processes on one etcd (SPEC §13): each registers itself with its
+//! revision in force, a change reaches every record, `gatehouse get instances` and
+//! `/admin/status` list them and flag the one that lags, and a stopped instance's record
+//! goes.
+
+mod common;
+
+use common::{bin, eventually, signal, status_of, wait_status, Etcd, Gateway, TestUpstream};
+use etcd_client::{Client, GetOptions, WatchOptions};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "/gatehouse";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn route(path: &str, upstream: &str) -> String {
+    format!("{{\"match\": {{\"paths\": [\"{path}\"]}}, \"upstream\": \"{upstream}\"}}")
+}
+
+/// The records under `{PREFIX}/instances/`, by id.
+async fn records(client: &mut Client) -> BTreeMap<String, serde_json::Value> {
+    let resp = client
+        .get(
+            format!("{PREFIX}/instances/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            let record: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+            (record["id"].as_str().unwrap().to_string(), record)
+        })
+        .collect()
+}
+
+fn get_instances(etcd: &Etcd, output: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args([
+            "get",
+            "instances",
+            "--etcd",
+            &etcd.url(),
+            "--prefix",
+            PREFIX,
+        ])
+        .args(output)
+        .output()
+        .unwrap()
+}
+
+async fn fleet_of(n: usize, etcd: &Etcd) -> Vec<Gateway> {
+    let mut gateways = Vec::new();
+    for i in 0..n {
+        gateways.push(
+            Gateway::builder()
+                .etcd(&etcd.url(), PREFIX)
+                .config(&format!("instance: {{ id: gw-{i} }}"))
+                .api_key("k")
+                .start()
+                .await,
+        );
+    }
+    gateways
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_report_the_same_revision_soon_after_a_change() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    let gateways = fleet_of(3, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    eventually(WAIT, "three connected records", || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            records.len() == 3 && records.values().all(|r| r["source_connected"] == true)
+        }
+    })
+    .await;
+    let records_now = records(&mut client).await;
+    let gw0 = &records_now["gw-0"];
+    assert_eq!(gw0["addr"], gateways[0].addr.to_string());
+    assert_eq!(gw0["source_connected"], true);
+    assert_eq!(gw0["version"], env!("CARGO_PKG_VERSION"));
+    assert!(gw0["started_at"].as_str().unwrap().ends_with('Z'));
+
+    // Each change: every record at its revision, timed from the put.
+    let mut took = Vec::new();
+    for n in 0..3 {
+        let mut events = client
+            .watch(
+                format!("{PREFIX}/instances/"),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let put_at = Instant::now();
+        let revision = client
+            .put(
+                format!("{PREFIX}/routes/r{n}"),
+                route(&format!("/r{n}"), "svc"),
+                None,
+            )
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let mut at: BTreeMap<String, i64> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while at.values().filter(|r| **r >= revision).count() < 3 {
+            let resp = tokio::time::timeout_at(deadline, events.message())
+                .await
+                .expect("every record follows the change")
+                .unwrap()
+                .unwrap();
+            for event in resp.events() {
+                if let Some(kv) = event.kv() {
+                    let record: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                    at.insert(
+                        record["id"].as_str().unwrap().to_string(),
+                        record["revision"].as_i64().unwrap(),
+                    );
+                }
+            }
+        }
+        took.push(put_at.elapsed());
+        for gw in &gateways {
+            assert_eq!(status_of(gw, &format!("/r{n}")).await, 200);
+        }
+    }
+    took.sort();
+    println!("from a put to three records at its revision: {took:?}");
+    assert!(
+        took[1] < Duration::from_millis(100),
+        "three instances report a change's revision within 100 ms: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stopped_one_goes() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    let mut gateways = fleet_of(3, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    eventually(WAIT, "three records", || {
+        let mut client = client.clone();
+        async move { records(&mut client).await.len() == 3 }
+    })
+    .await;
+
+    // gw-2 hangs (SIGSTOP): it misses the next change, its record stays until its lease ends.
+    signal(gateways[2].pid(), "STOP");
+    let revision = client
+        .put(
+            format!("{PREFIX}/routes/later"),
+            route("/later", "svc"),
+            None,
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision() as u64;
+    wait_status(&gateways[0], "/later", 200).await;
+    eventually(WAIT, "gw-0 and gw-1 at the new revision", || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            ["gw-0", "gw-1"]
+                .iter()
+                .all(|id| records[*id]["revision"] == revision)
+        }
+    })
+    .await;
+
+    let out = get_instances(&etcd, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].ends_with("LAGGING"),
+        "{table}"
+    );
+    let row = |id: &str| *lines.iter().find(|l| l.starts_with(id)).unwrap();
+    assert!(row("gw-0").ends_with("no"), "{table}");
+    assert!(row("gw-2").ends_with("yes"), "{table}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 instance(s) lag"));
+
+    let out = get_instances(&etcd, &["-o", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 3);
+    let lagging: Vec<&str> = listed
+        .iter()
+        .filter(|i| i["lagging"] == true)
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lagging, ["gw-2"]);
+
+    let status = gateways[0].status().await;
+    let fleet = &status["fleet"];
+    assert_eq!(fleet["instances"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(fleet["config_revision"].as_u64(), Some(revision));
+
+    // It comes back and catches up.
+    signal(gateways[2].pid(), "CONT");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let records = records(&mut client).await;
+        if records
+            .get("gw-2")
+            .is_some_and(|r| r["revision"] == revision)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gw-2 did not catch up: {records:?}\n{}",
+            gateways[2].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A stopped instance's record goes at once (its lease is revoked).
+    gateways[1].terminate();
+    eventually(Duration::from_secs(3), "gw-1's record to go", || {
+        let mut client = client.clone();
+        async move { !records(&mut client).await.contains_key("gw-1") }
+    })
+    .await;
+    // Records are no resources: nothing was rejected anywhere.
+    let status = gateways[0].status().await;
+    assert_eq!(status["rejected"].as_array().unwrap().len(), 0, "{status}");
+    let out = Command::new(bin())
+        .args(["get", "routes", "--etcd", &etcd.url(), "--prefix", PREFIX])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("instances"));
+}
