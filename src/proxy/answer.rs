@@ -158,7 +158,8 @@ pub fn head(
     for (name, value) in answer.headers {
         resp.append_header(name.clone(), value.clone())?;
     }
-    if let Some(length) = length {
+    // A 204 or 304 has no body, and says no length (RFC 9110).
+    if let Some(length) = length.filter(|_| !matches!(answer.status.as_u16(), 204 | 304)) {
         resp.insert_header(header::CONTENT_LENGTH, length)?;
     }
     if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
@@ -323,9 +324,10 @@ async fn send_fallback(
             ),
         ]
     };
+    // gRPC sets its own content type; the fallback's is for HTTP clients.
     let answer = Answer {
         status: StatusCode::OK,
-        headers: &fallback.headers,
+        headers: &fallback.grpc_headers,
         content_type: Some(HeaderValue::from_static("application/grpc")),
         body: Bytes::new(),
     };

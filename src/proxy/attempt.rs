@@ -52,8 +52,12 @@ pub struct Attempts {
     begun: bool,
     /// The request's place under the upstream's concurrency limit, until it ends.
     permit: Option<Permit>,
-    /// When the current attempt was sent: the clock of the upstream's latency.
+    /// When the current attempt began, and when the request was all sent: the clock of
+    /// the upstream's latency, which a client's slow upload must not run.
+    began: Option<Instant>,
     sent: Option<Instant>,
+    /// The request was counted by the upstream's retry budget (at its first send).
+    counted: bool,
 }
 
 /// Why no attempt could start.
@@ -181,7 +185,9 @@ impl Attempts {
             lane: None,
             begun: false,
             permit: None,
+            began: None,
             sent: None,
+            counted: false,
         }
     }
 
@@ -225,6 +231,8 @@ impl Attempts {
             .upstream
             .pick_in(lane, req, ex, self.node.as_deref())
             .ok_or(Refused::NoNode)?;
+        self.began = Some(Instant::now());
+        self.sent = None;
         // Replaces (and so ends) the lease of a previous attempt.
         self.lease = self.upstream.lease(&node);
         Ok(self.node.insert(node))
@@ -241,15 +249,21 @@ impl Attempts {
         if let Some(limit) = &self.upstream.concurrency {
             self.permit = Some(limit.acquire().ok_or(Refused::Overloaded)?);
         }
-        if let Some(budget) = &self.upstream.retry_budget {
-            budget.request(now_ms());
-        }
         Ok(())
     }
 
-    /// The current attempt is being sent now.
+    /// The current attempt's request is on its way upstream (its head; called again when
+    /// the last of a body went, so the latency clock starts once the client is done).
+    /// A request is counted by the retry budget when it is first sent, so requests
+    /// refused before (an open circuit, no node) pay for no retries.
     pub fn sending(&mut self, now: Instant) {
         self.sent = Some(now);
+        if !self.counted {
+            self.counted = true;
+            if let Some(budget) = &self.upstream.retry_budget {
+                budget.request(now_ms());
+            }
+        }
     }
 
     /// When the current attempt was sent, if it was.
@@ -368,7 +382,12 @@ impl Attempts {
         if let Some(node) = &self.node {
             self.upstream.failed(node);
         }
-        let took = self.sent.map(|s| s.elapsed()).unwrap_or_default();
+        // A connect failure is timed from the attempt's start.
+        let took = self
+            .sent
+            .or(self.began)
+            .map(|s| s.elapsed())
+            .unwrap_or_default();
         self.record(false, took);
     }
 
@@ -378,7 +397,7 @@ impl Attempts {
             if let Some(breaker) = self.breaker() {
                 let outcome = Outcome {
                     ok,
-                    took_ms: took.as_millis() as u64,
+                    took_us: took.as_micros() as u64,
                 };
                 breaker.record(pass, outcome, now_ms());
             }

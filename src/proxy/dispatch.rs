@@ -21,6 +21,11 @@ impl Gateway {
         route: Arc<CompiledRoute>,
     ) -> Result<bool> {
         ctx.exchange.route_id = route.id.clone();
+        // Each write to the client is bounded too: one that stops reading cannot hold the
+        // request (and its place under a concurrency limit) for ever.
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(route.timeouts.write));
         let route = &*ctx.route.insert(route);
         if !route.plugins.is_empty() {
             let flow = route

@@ -211,6 +211,13 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            // The upstream's latency is timed from here: a client's slow upload (or a
+            // streaming call's requests) is not the upstream being slow.
+            if let Some(attempts) = ctx.attempts.as_mut().filter(|a| a.sent().is_some()) {
+                attempts.sending(std::time::Instant::now());
+            }
+        }
         match &ctx.route {
             Some(route) if route.plugins.wants_request_body() => body_piece(
                 &route.plugins,

@@ -276,6 +276,16 @@ impl Gateway {
             return answer_error(session, &internal("no head"), ctx).await;
         };
         if head.status != StatusCode::OK {
+            let status = head.status.as_u16();
+            let stand_in = ctx
+                .route
+                .as_ref()
+                .and_then(|r| answer::stands_in(r, status))
+                .and_then(|e| classify(&e));
+            if let Some(reply) = stand_in {
+                // The route's fallback answers an upstream's own 5xx, as for REST upstreams.
+                return answer_error(session, &reply, ctx).await;
+            }
             // Not a gRPC answer (a proxy's between them): the status gRPC reads from it.
             let status = GrpcStatus {
                 code: grpc_code_of_http(head.status.as_u16()),

@@ -470,6 +470,16 @@ impl Route {
             if let Err(e) = check_header_name(name) {
                 p.add(&field, e);
             }
+            const FRAMING: [&str; 5] = [
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "keep-alive",
+                "upgrade",
+            ];
+            if FRAMING.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                p.add(&field, "the gateway frames the answer itself");
+            }
             if http::HeaderValue::from_str(value.as_str()).is_err() {
                 p.add(field, "not a valid header value");
             }

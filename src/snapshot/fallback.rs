@@ -14,6 +14,8 @@ pub const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-gatehouse-fal
 pub struct FallbackAnswer {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `headers` without `Content-Type`: the metadata of a gRPC call's fallback.
+    pub grpc_headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     /// For each reason of [`FallbackReason::ALL`], in order: its counter, when the route
     /// lists it.
@@ -42,8 +44,14 @@ impl FallbackAnswer {
             reasons[index(reason)] =
                 Some(METRICS.fallback.with_label_values(&[route, reason.name()]));
         }
+        let grpc_headers = headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::CONTENT_TYPE)
+            .cloned()
+            .collect();
         Ok(FallbackAnswer {
             status,
+            grpc_headers,
             headers,
             body: Bytes::from(spec.body.clone()),
             reasons,

@@ -31,8 +31,8 @@ pub struct BreakerPolicy {
 /// `circuit_breaker.slow_call`, compiled.
 #[derive(Debug, Clone, Copy)]
 pub struct SlowPolicy {
-    /// A call that took longer than this is slow (ms).
-    pub threshold_ms: u64,
+    /// A call that took longer than this is slow (µs).
+    pub threshold_us: u64,
     pub ratio: f64,
 }
 
@@ -40,8 +40,8 @@ pub struct SlowPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub ok: bool,
-    /// How long the call took (ms): from sending it to its answer's head, or to its failure.
-    pub took_ms: u64,
+    /// How long the call took (µs): from sending it to its answer's head, or to its failure.
+    pub took_us: u64,
 }
 
 #[derive(Debug, Default)]
@@ -131,7 +131,7 @@ impl Breaker {
         let slow = self
             .policy
             .slow
-            .is_some_and(|s| outcome.took_ms > s.threshold_ms);
+            .is_some_and(|s| outcome.took_us > s.threshold_us);
         if pass == Pass::Probe {
             self.probing.store(false, Ordering::Release);
             if outcome.ok && !slow {
@@ -227,11 +227,11 @@ mod tests {
 
     const OK: Outcome = Outcome {
         ok: true,
-        took_ms: 1,
+        took_us: 1_000,
     };
     const ERROR: Outcome = Outcome {
         ok: false,
-        took_ms: 1,
+        took_us: 1_000,
     };
 
     fn outcome(ok: bool) -> Outcome {
@@ -297,18 +297,18 @@ mod tests {
     fn slow_calls_open_it_at_their_ratio_and_a_slow_probe_keeps_it_open() {
         let b = Breaker::new(BreakerPolicy {
             slow: Some(SlowPolicy {
-                threshold_ms: 800,
+                threshold_us: 800_000,
                 ratio: 0.5,
             }),
             ..breaker().policy
         });
         let slow = Outcome {
             ok: true,
-            took_ms: 801,
+            took_us: 800_001,
         };
         let at_threshold = Outcome {
             ok: true,
-            took_ms: 800,
+            took_us: 800_000,
         };
         let t = 100_000;
         b.record(Pass::Normal, slow, t);
@@ -340,7 +340,7 @@ mod tests {
                 Pass::Normal,
                 Outcome {
                     ok: true,
-                    took_ms: 60_000,
+                    took_us: 60_000_000,
                 },
                 0,
             );

@@ -18,7 +18,7 @@
 //! per-upstream lock it only tries (a request never waits for it).
 
 use prometheus::IntCounter;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,19 +82,61 @@ impl ConcurrencyLimit {
 
     /// A place for one more request, or `None` past the limit (counted as a refusal).
     pub fn acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.acquire_at(Instant::now)
+    }
+
+    /// [`ConcurrencyLimit::acquire`], reading the clock (only on a refusal) with `clock`.
+    fn acquire_at(self: &Arc<Self>, clock: impl FnOnce() -> Instant) -> Option<Permit> {
+        let Some(gradient) = &self.adaptive else {
+            if !self.admit() {
+                self.refused.inc();
+                return None;
+            }
+            return Some(Permit {
+                limit: self.clone(),
+                epoch: 0,
+            });
+        };
+        let epoch = gradient.epoch.load(Ordering::Acquire);
+        let admitted = if gradient.measuring.load(Ordering::Acquire) {
+            // Measuring `min_rtt`: at most `min` requests of this measurement at once,
+            // whatever older requests (a tunnel, a long poll) still hold their places.
+            let fresh = gradient.fresh.fetch_add(1, Ordering::AcqRel);
+            if fresh >= gradient.min {
+                gradient.fresh.fetch_sub(1, Ordering::AcqRel);
+                false
+            } else {
+                self.inflight.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+        } else if self.admit() {
+            gradient.fresh.fetch_add(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        };
+        if !admitted {
+            self.refused.inc();
+            gradient.stalled(clock(), self);
+            return None;
+        }
+        gradient
+            .peak
+            .fetch_max(self.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(Permit {
+            limit: self.clone(),
+            epoch,
+        })
+    }
+
+    /// Takes a place under `limit`, or leaves everything as it was.
+    fn admit(&self) -> bool {
         let before = self.inflight.fetch_add(1, Ordering::AcqRel);
         if before >= self.limit.load(Ordering::Acquire) {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
-            self.refused.inc();
-            return None;
+            return false;
         }
-        Some(Permit {
-            limit: self.clone(),
-            epoch: self
-                .adaptive
-                .as_ref()
-                .map_or(0, |g| g.epoch.load(Ordering::Acquire)),
-        })
+        true
     }
 
     /// The limit in force (read by `/metrics` when scraped).
@@ -126,8 +168,22 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limit.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(gradient) = &self.limit.adaptive {
+            if self.epoch == gradient.epoch.load(Ordering::Acquire) {
+                // Counted among this measurement's requests (a newer measurement started
+                // its count from zero).
+                let _ = gradient
+                    .fresh
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+        }
     }
 }
+
+/// How long past its end a window may go without a sample while requests are refused
+/// before the limit is raised anyway: every place held by requests that do not end soon
+/// (tunnels, long polls) would otherwise freeze it.
+const STALL: Duration = Duration::from_secs(1);
 
 /// The adaptive limit's controller.
 #[derive(Debug)]
@@ -137,10 +193,17 @@ struct Gradient {
     /// The current window's samples: their sum (µs) and count.
     sum: AtomicU64,
     count: AtomicU64,
+    /// The most requests in flight seen in the current window: a limit the traffic never
+    /// came near is not raised (it would let a burst through whole after a quiet spell).
+    peak: AtomicU32,
     /// When the current window ends (µs since `EPOCH`).
     window_end: AtomicU64,
     /// Bumped when a measurement of `min_rtt` begins.
     epoch: AtomicU32,
+    /// `min_rtt` is being measured.
+    measuring: AtomicBool,
+    /// Requests in flight admitted since the current measurement began.
+    fresh: AtomicU32,
     control: Mutex<Control>,
 }
 
@@ -171,8 +234,11 @@ impl Gradient {
             max,
             sum: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            peak: AtomicU32::new(0),
             window_end: AtomicU64::new(now + MIN_WINDOW.as_micros() as u64),
             epoch: AtomicU32::new(0),
+            measuring: AtomicBool::new(true),
+            fresh: AtomicU32::new(0),
             control: Mutex::new(Control {
                 limit: f64::from(min),
                 min_rtt: None,
@@ -203,17 +269,62 @@ impl Gradient {
         }
         let sum = self.sum.swap(0, Ordering::AcqRel);
         let count = self.count.swap(0, Ordering::AcqRel);
-        let next = self.update(&mut control, sum, count, now);
+        let peak = self.peak.swap(0, Ordering::AcqRel);
+        let next = self.update(&mut control, sum, count, peak, now);
+        self.next_window(&control, now);
+        limit.limit.store(next, Ordering::Release);
+    }
+
+    fn next_window(&self, control: &Control, now: u64) {
         let window = control.min_rtt.map_or(MIN_WINDOW, |rtt| {
             Duration::from_micros(rtt as u64).max(MIN_WINDOW)
         });
         self.window_end
             .store(now + window.as_micros() as u64, Ordering::Release);
-        limit.limit.store(next, Ordering::Release);
     }
 
-    /// The limit after a window of `count` samples summing to `sum` µs.
-    fn update(&self, c: &mut Control, sum: u64, count: u64, now: u64) -> u32 {
+    /// A request was refused: if no answer has ended a window for [`STALL`], the places
+    /// are held by requests that do not end, and the limit moves without samples. A
+    /// measurement of `min_rtt` that cannot finish is given up (the last `min_rtt` stays);
+    /// otherwise the limit gets its headroom, as after a window at unloaded latency.
+    fn stalled(&self, now: Instant, limit: &ConcurrencyLimit) {
+        let now = micros(now);
+        if now < self.window_end.load(Ordering::Acquire) + STALL.as_micros() as u64 {
+            return;
+        }
+        let Ok(mut c) = self.control.try_lock() else {
+            return;
+        };
+        if now < self.window_end.load(Ordering::Acquire) + STALL.as_micros() as u64 {
+            return;
+        }
+        if let Some((resume, sum, count)) = c.measuring.as_ref().map(|m| (m.resume, m.sum, m.count))
+        {
+            if c.min_rtt.is_none() && count > 0 {
+                // The first measurement: what it has is better than nothing.
+                c.min_rtt = Some(sum as f64 / count as f64);
+            }
+            if c.min_rtt.is_some() {
+                c.limit = resume;
+                self.end_measuring(&mut c, now);
+            }
+        } else {
+            c.limit = (c.limit + c.limit.sqrt()).min(f64::from(self.max));
+        }
+        self.next_window(&c, now);
+        limit.limit.store(c.limit.round() as u32, Ordering::Release);
+    }
+
+    fn end_measuring(&self, c: &mut Control, now: u64) {
+        c.measuring = None;
+        self.measuring.store(false, Ordering::Release);
+        let jitter = 1.0 + fastrand::f64() * 0.15;
+        c.next_measure = now + (MIN_RTT_INTERVAL.as_micros() as f64 * jitter) as u64;
+    }
+
+    /// The limit after a window of `count` samples summing to `sum` µs, in which at most
+    /// `peak` requests were in flight.
+    fn update(&self, c: &mut Control, sum: u64, count: u64, peak: u32, now: u64) -> u32 {
         let (min, max) = (f64::from(self.min), f64::from(self.max));
         if let Some(m) = &mut c.measuring {
             m.sum += sum;
@@ -223,25 +334,30 @@ impl Gradient {
             }
             c.min_rtt = Some(m.sum as f64 / m.count as f64);
             c.limit = m.resume;
-            c.measuring = None;
-            let jitter = 1.0 + fastrand::f64() * 0.15;
-            c.next_measure = now + (MIN_RTT_INTERVAL.as_micros() as f64 * jitter) as u64;
+            self.end_measuring(c, now);
             return c.limit.round() as u32;
         }
         if let (Some(min_rtt), true) = (c.min_rtt, count > 0) {
             let sampled = (sum as f64 / count as f64).max(1.0);
             let gradient = (min_rtt * (1.0 + BUFFER) / sampled).clamp(0.5, 2.0);
             let scaled = c.limit * gradient;
-            c.limit = (scaled + scaled.sqrt()).clamp(min, max);
+            let mut next = scaled + scaled.sqrt();
+            if f64::from(peak) * 2.0 < c.limit {
+                // The traffic came nowhere near the limit: no sign it may grow.
+                next = next.min(c.limit);
+            }
+            c.limit = next.clamp(min, max);
         }
         if now >= c.next_measure {
-            // Measure `min_rtt` again: pinned at `min`, with only requests sent from now.
+            // Measure `min_rtt` again: at most `min` of the requests sent from now.
             c.measuring = Some(Measuring {
                 resume: c.limit,
                 sum: 0,
                 count: 0,
             });
             self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.fresh.store(0, Ordering::Release);
+            self.measuring.store(true, Ordering::Release);
             return self.min;
         }
         c.limit.round() as u32
@@ -291,8 +407,11 @@ mod tests {
             let l = f64::from(limit.limit());
             let latency = service.mul_f64((l / capacity).max(1.0));
             now += latency.max(MIN_WINDOW) + Duration::from_millis(1);
-            for _ in 0..limit.limit() {
-                let permit = limit.acquire().unwrap();
+            // A full load: the limit's worth in flight at once, then their answers.
+            let permits: Vec<Permit> = (0..limit.limit())
+                .map(|_| limit.acquire().unwrap())
+                .collect();
+            for permit in &permits {
                 permit.answered(latency, now);
             }
         }
@@ -376,5 +495,73 @@ mod tests {
         }
         let c = limit.adaptive.as_ref().unwrap().control.lock().unwrap();
         assert!(c.measuring.as_ref().is_some_and(|m| m.count <= 1));
+    }
+
+    #[test]
+    fn a_limit_the_traffic_never_comes_near_does_not_grow() {
+        let start = Instant::now();
+        let limit = adaptive(5, 1000, start);
+        let (mut now, _) = settle(&limit, 1e9, Duration::from_millis(10), start, 5);
+        let before = limit.limit();
+        // One request at a time, answered as fast as unloaded, for many windows.
+        for _ in 0..200 {
+            now += Duration::from_millis(20);
+            limit
+                .acquire()
+                .unwrap()
+                .answered(Duration::from_millis(10), now);
+        }
+        assert!(
+            limit.limit() <= before,
+            "{} grew from {before}",
+            limit.limit()
+        );
+    }
+
+    #[test]
+    fn requests_that_never_end_hold_neither_a_measurement_nor_the_limit() {
+        let start = Instant::now();
+        let limit = adaptive(2, 1000, start);
+        let (now, settled) = settle(&limit, 1e9, Duration::from_millis(10), start, 30);
+        assert!(settled > 10);
+        // `settled` long requests (tunnels) take every place, then min_rtt is measured again.
+        let tunnels: Vec<Permit> = (0..settled).map(|_| limit.acquire().unwrap()).collect();
+        let later = now + MIN_RTT_INTERVAL.mul_f64(1.2);
+        tunnels[0].answered(Duration::from_millis(10), later);
+        assert_eq!(limit.limit(), 2, "measuring");
+        // The measurement takes `min` requests of its own, whatever the tunnels hold.
+        let fresh: Vec<Permit> = (0..2).map(|_| limit.acquire().unwrap()).collect();
+        assert!(limit.acquire_at(|| later).is_none(), "past min of its own");
+        // Its requests never answer either: a second later the measurement is given up
+        // and the limit it had comes back.
+        let stalled = later + STALL + Duration::from_millis(200);
+        assert!(limit.acquire_at(|| stalled).is_none());
+        assert!(
+            limit.limit() >= settled,
+            "back to the limit before the measurement: {} for {settled}",
+            limit.limit()
+        );
+        drop(fresh);
+        drop(tunnels);
+        assert!(limit.acquire().is_some());
+    }
+
+    #[test]
+    fn a_limit_held_by_requests_that_never_end_is_raised_after_a_stall() {
+        let start = Instant::now();
+        let limit = adaptive(2, 1000, start);
+        let (now, _) = settle(&limit, 2.0, Duration::from_millis(10), start, 30);
+        let held = limit.limit();
+        let long: Vec<Permit> = (0..held).map(|_| limit.acquire().unwrap()).collect();
+        assert!(limit.acquire_at(|| now).is_none());
+        let stalled = now + STALL + Duration::from_secs(1);
+        assert!(limit.acquire_at(|| stalled).is_none());
+        assert!(
+            limit.limit() > held,
+            "raised past {held}: {}",
+            limit.limit()
+        );
+        assert!(limit.acquire().is_some());
+        drop(long);
     }
 }

@@ -282,7 +282,7 @@ fn breaker_policy(spec: &Upstream) -> Option<BreakerPolicy> {
         window: c.window.0,
         open_for: c.open_for.0,
         slow: c.slow_call.as_ref().map(|s| SlowPolicy {
-            threshold_ms: s.threshold.0.as_millis() as u64,
+            threshold_us: s.threshold.0.as_micros() as u64,
             ratio: s.ratio,
         }),
     })

@@ -46,6 +46,19 @@ async fn send(
         String::new(),
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     );
+    // A copy is refused as a request would be: past the upstream's concurrency limit or
+    // with its circuit open (a copy never probes a circuit).
+    let _permit = match &target.concurrency {
+        Some(limit) => Some(
+            limit
+                .acquire()
+                .ok_or("the upstream has its concurrency limit in flight")?,
+        ),
+        None => None,
+    };
+    if target.breaker.as_ref().is_some_and(|b| b.is_open()) {
+        return Err("the upstream's circuit is open".into());
+    }
     let lane = target.lane(&head).map_err(|e| format!("{e:?}"))?;
     let lane = lane.as_ref().and_then(|l| l.name.as_deref());
     let node = target
