@@ -13,11 +13,11 @@ const PREFIX: &str = "/gatehouse";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn route(path: &str, upstream: &str) -> String {
-    format!("{{\"match\": {{\"paths\": [\"{path}\"]}}, \"upstream\": \"{upstream}\"}}")
+    common::etcd::route_value(path, upstream)
 }
 
 fn upstream(addr: std::net::SocketAddr) -> String {
-    format!("nodes: [{{ addr: \"{addr}\" }}]\n")
+    common::etcd::upstream_value(addr)
 }
 
 /// The revision the cache file says it holds, once it exists.

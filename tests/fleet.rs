@@ -15,7 +15,7 @@ const PREFIX: &str = "/gatehouse";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn route(path: &str, upstream: &str) -> String {
-    format!("{{\"match\": {{\"paths\": [\"{path}\"]}}, \"upstream\": \"{upstream}\"}}")
+    common::etcd::route_value(path, upstream)
 }
 
 /// The records under `{PREFIX}/instances/`, by id.

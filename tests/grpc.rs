@@ -15,23 +15,7 @@ fn dir() -> String {
 
 /// Runs the Python client's `case` against the gateway; its JSON answer.
 fn client(gw: &Gateway, case: &str) -> serde_json::Value {
-    let target = gw
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let out = Command::new("python3")
-        .arg(format!("{}/client.py", dir()))
-        .args([&target, case])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    common::grpc_client::call(gw, case)
 }
 
 /// The Python gRPC server of `tests/grpc/server.py`.

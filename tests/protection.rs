@@ -5,7 +5,6 @@
 mod common;
 
 use common::{client, eventually, Gateway, TestUpstream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn upstream(id: &str, nodes: &[&TestUpstream], extra: &str) -> String {
@@ -342,28 +341,9 @@ async fn each_reason_gets_the_routes_fallback_marked_and_counted() {
     }
 }
 
-fn grpc_dir() -> String {
-    format!("{}/tests/grpc", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A unary call of the Python client of `tests/grpc/client.py` with `x-variant: variant`.
+/// A unary call of the Python gRPC client with `x-variant: variant`.
 fn grpc_call(gw: &Gateway, variant: &str) -> serde_json::Value {
-    let target = gw
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let out = Command::new("python3")
-        .arg(format!("{}/client.py", grpc_dir()))
-        .args([&target, &format!("fallback:{variant}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::grpc_client::call(gw, &format!("fallback:{variant}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

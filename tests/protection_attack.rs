@@ -442,26 +442,9 @@ async fn one_request_at_a_time_does_not_run_the_adaptive_limit_up_to_max() {
     );
 }
 
+/// A unary call of the Python gRPC client with `x-variant: variant`.
 fn grpc_call(gw: &Gateway, variant: &str) -> serde_json::Value {
-    let target = gw
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let out = Command::new("python3")
-        .arg(format!(
-            "{}/tests/grpc/client.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&target, &format!("fallback:{variant}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::grpc_client::call(gw, &format!("fallback:{variant}"))
 }
 
 /// The docs' own fallback example carries `headers: { Content-Type: application/json }`. A

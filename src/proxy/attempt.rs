@@ -208,8 +208,13 @@ impl Attempts {
         self.node.as_ref()
     }
 
-    pub fn lease(&self) -> Option<&NodeLease> {
-        self.lease.as_ref()
+    /// Whether the current attempt's connection is used once and closed (`Connection:
+    /// close`): one over `pool.max_idle`, or the one more try after a stale kept
+    /// connection, which must neither find another stale one in the pool nor leave its own
+    /// there for the next such try.
+    pub fn one_shot(&self) -> bool {
+        self.lease.as_ref().is_some_and(NodeLease::one_shot)
+            || (self.stale_retried && !self.upstream.spec.scheme.grpc())
     }
 
     /// Starts an attempt: through the breaker, onto a healthy node (another one than the
@@ -276,6 +281,11 @@ impl Attempts {
     pub fn peer(&self, timeouts: &RouteTimeouts) -> HttpPeer {
         let addr = self.node.as_ref().map_or(UNSPECIFIED, |n| n.addr);
         let mut peer = self.upstream.peer(addr, self.lease.as_ref());
+        if self.one_shot() {
+            // A new connection, from the pool of one-shot ones, which holds none idle (the
+            // pool of kept ones may hold another connection the upstream closed).
+            peer.group_key = self.upstream.pool_key(self.lease.as_ref()) | 1;
+        }
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.read);
         peer.options.write_timeout = Some(timeouts.write);

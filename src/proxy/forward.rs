@@ -11,7 +11,6 @@ use super::identity::{
 use super::Gateway;
 use crate::edge::headers as edge_headers;
 use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
-use crate::upstream::NodeLease;
 use crate::wire::push_ip;
 use http::{header, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -66,11 +65,7 @@ impl Gateway {
         // The request's own authority: absolute-form and HTTP/2 targets were moved into
         // `Host` when the head was read.
         let host = session.req_header().headers.get(header::HOST).cloned();
-        let one_shot = ctx
-            .attempts
-            .as_ref()
-            .and_then(Attempts::lease)
-            .is_some_and(NodeLease::one_shot);
+        let one_shot = ctx.attempts.as_ref().is_some_and(Attempts::one_shot);
         let request_id = ctx
             .request_id_value
             .as_ref()
@@ -89,7 +84,8 @@ impl Gateway {
                 h.try_insert(header::TE, HeaderValue::from_static("trailers"))?;
             }
             if one_shot {
-                // Over `pool.max_idle`: the upstream closes this connection after answering.
+                // Over `pool.max_idle`, or the try after a stale kept connection: the
+                // upstream closes this connection after answering.
                 h.try_insert(header::CONNECTION, HeaderValue::from_static("close"))?;
             }
             if let Some(id) = request_id {

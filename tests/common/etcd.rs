@@ -243,3 +243,13 @@ impl Drop for Etcd {
         self.kill9();
     }
 }
+
+/// A route's value as stored in etcd: JSON, `path` to `upstream`.
+pub fn route_value(path: &str, upstream: &str) -> String {
+    format!("{{\"match\": {{\"paths\": [\"{path}\"]}}, \"upstream\": \"{upstream}\"}}")
+}
+
+/// An upstream's value as stored in etcd: one node at `addr`.
+pub fn upstream_value(addr: std::net::SocketAddr) -> String {
+    format!("nodes: [{{ addr: \"{addr}\" }}]\n")
+}

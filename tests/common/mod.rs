@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod etcd_cluster;
+pub mod grpc_client;
 pub mod idp;
 pub mod otlp;
 pub mod python;
@@ -16,6 +18,9 @@ pub use traffic::Traffic;
 
 #[allow(unused_imports)]
 pub use etcd::Etcd;
+
+#[allow(unused_imports)]
+pub use etcd_cluster::EtcdCluster;
 
 #[allow(unused_imports)]
 pub use upstream::{Echo, TestUpstream};
@@ -110,7 +115,7 @@ pub struct GatewayBuilder {
     extra: String,
     api_key: String,
     tls: Option<(SocketAddr, String, String)>,
-    etcd: Option<(String, String)>,
+    etcd: Option<(Vec<String>, String)>,
     etcd_user: Option<(String, String)>,
     etcd_ca: Option<String>,
     etcd_cache: Option<PathBuf>,
@@ -145,8 +150,13 @@ impl GatewayBuilder {
     }
 
     /// Resources from etcd at `url` under `prefix`, instead of files.
-    pub fn etcd(mut self, url: &str, prefix: &str) -> Self {
-        self.etcd = Some((url.to_string(), prefix.to_string()));
+    pub fn etcd(self, url: &str, prefix: &str) -> Self {
+        self.etcd_endpoints(&[url.to_string()], prefix)
+    }
+
+    /// Resources from the etcd cluster whose members answer at `urls`, under `prefix`.
+    pub fn etcd_endpoints(mut self, urls: &[String], prefix: &str) -> Self {
+        self.etcd = Some((urls.to_vec(), prefix.to_string()));
         self
     }
 
@@ -214,7 +224,9 @@ impl GatewayBuilder {
             None => String::new(),
         };
         let provider = match &self.etcd {
-            Some((url, prefix)) => {
+            Some((urls, prefix)) => {
+                let endpoints: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+                let endpoints = endpoints.join(", ");
                 let mut user = match &self.etcd_user {
                     Some((u, p)) => format!(", username: \"{u}\", password: \"{p}\""),
                     None => String::new(),
@@ -226,7 +238,7 @@ impl GatewayBuilder {
                     user.push_str(&format!(", cache: \"{}\"", cache.display()));
                 }
                 format!(
-                    "  etcd: {{ endpoints: [\"{url}\"], prefix: \"{prefix}\", timeout: 1s{user} }}"
+                    "  etcd: {{ endpoints: [{endpoints}], prefix: \"{prefix}\", timeout: 1s{user} }}"
                 )
             }
             None => format!(
