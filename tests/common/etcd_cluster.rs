@@ -95,6 +95,33 @@ impl EtcdCluster {
         })
     }
 
+    /// Hands the leadership to member `to` (`etcdctl move-leader`, sent to the leader) and
+    /// waits (bounded) until it leads.
+    pub fn move_leader(&self, to: usize) {
+        let from = self.leader();
+        if from == to {
+            return;
+        }
+        let id = self
+            .statuses()
+            .iter()
+            .find(|s| s.index == to)
+            .unwrap_or_else(|| panic!("member {to} answers"))
+            .member_id;
+        let out = self.ctl(
+            &[self.members[from].url()],
+            &["move-leader", &format!("{id:x}")],
+        );
+        assert!(
+            out.status.success(),
+            "etcdctl move-leader: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait(&format!("member {to} to lead"), |c| {
+            (leader_of(&c.statuses()) == Some(to)).then_some(())
+        });
+    }
+
     /// `kill -9` of member `i`: no goodbye to its peers or clients.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -133,9 +160,21 @@ impl EtcdCluster {
         resp.header().expect("a response header").revision()
     }
 
-    /// How many watches member `i` serves now (etcd's `etcd_debugging_mvcc_watcher_total`):
-    /// which member a gateway's watch is on.
-    pub fn watchers(&self, i: usize) -> u64 {
+    /// The member serving the one watch on the cluster (a gateway's), once exactly one
+    /// running member serves one (waits, bounded).
+    pub fn watched(&self) -> usize {
+        self.wait("exactly one member to serve a watch", |c| {
+            let serving: Vec<usize> = c
+                .alive()
+                .into_iter()
+                .filter(|&i| c.watchers(i) > 0)
+                .collect();
+            (serving.len() == 1).then(|| serving[0])
+        })
+    }
+
+    /// How many watches member `i` serves now (etcd's `etcd_debugging_mvcc_watcher_total`).
+    fn watchers(&self, i: usize) -> u64 {
         let mut stream = std::net::TcpStream::connect(self.members[i].client).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
