@@ -35,4 +35,7 @@ pub enum EtcdError {
     /// etcd closed the watch without an error (the connection is no longer usable).
     #[error("the watch stream ended")]
     WatchEnded,
+    /// A broken watch could not be opened again on any member.
+    #[error("the watch broke and could not be opened again: {0}")]
+    Resume(String),
 }

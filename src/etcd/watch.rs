@@ -113,8 +113,31 @@ enum State {
         /// Boxed: the other states are as large as the client alone.
         stream: Box<WatchStream>,
         cluster_id: u64,
+        /// The revision of the newest change handed over (or of the full read).
+        revision: i64,
+        /// When the watch was opened.
+        opened: Instant,
+        /// When it first broke, if it was opened again since.
+        broken_since: Option<Instant>,
+    },
+    /// The watch's stream broke (its member died, say): it is opened again at once, from
+    /// the revision after `revision`, on whichever member the client reaches. Nothing is
+    /// missed and nothing read again; a revision compacted meanwhile means a full read, as
+    /// for any watch.
+    Resuming {
+        client: Client,
+        revision: i64,
+        cluster_id: u64,
+        broken_since: Instant,
     },
 }
+
+/// How long a broken watch is tried again before the connection counts as lost (a full
+/// read after the backoff): time to try every member of a cluster a few times (the client
+/// picks among them), short enough that a hung etcd is still reported soon.
+const RESUME_WITHIN: Duration = Duration::from_millis(500);
+/// The pause between two tries to open a broken watch again.
+const RESUME_PAUSE: Duration = Duration::from_millis(2);
 
 impl PrefixWatch {
     /// Follows every key that starts with `prefix` (exactly as given, usually ending in
@@ -217,13 +240,96 @@ impl PrefixWatch {
                     client: client.clone(),
                     stream: Box::new(stream),
                     cluster_id: *cluster_id,
+                    revision: *revision,
+                    opened: Instant::now(),
+                    broken_since: None,
                 };
                 Ok(None)
+            }
+            State::Resuming {
+                client,
+                revision,
+                cluster_id,
+                broken_since,
+            } => {
+                let left = RESUME_WITHIN.saturating_sub(broken_since.elapsed());
+                if left.is_zero() {
+                    return Err(EtcdError::Resume(format!(
+                        "no member took it within {RESUME_WITHIN:?}"
+                    )));
+                }
+                // The member that answers must hold the same store, at least as far as
+                // the watch got: an etcd restarted empty or restored from a backup (or
+                // another cluster) is read whole instead, for the caller to judge. The
+                // member answers from its own copy (serializable), so an election going on
+                // does not hold the question up.
+                let probe = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1)
+                    .with_serializable();
+                let probed =
+                    tokio::time::timeout(left, client.get(self.prefix.as_str(), Some(probe)));
+                match probed.await {
+                    Ok(Ok(answer)) => {
+                        let header = answer.header();
+                        let same = header.is_some_and(|h| {
+                            h.cluster_id() == *cluster_id && h.revision() >= *revision
+                        });
+                        if !same {
+                            tracing::warn!(
+                                "{}: the member that answers holds another store; reading \
+                                 everything again",
+                                self.label
+                            );
+                            self.state = State::Connected {
+                                client: client.clone(),
+                            };
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!("{}: no member answers yet: {e}", self.label);
+                        tokio::time::sleep(RESUME_PAUSE).await;
+                        return Ok(None);
+                    }
+                    // Out of time: the next step says so.
+                    Err(_) => return Ok(None),
+                }
+                let left = RESUME_WITHIN.saturating_sub(broken_since.elapsed());
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(*revision + 1);
+                let opened =
+                    tokio::time::timeout(left, client.watch(self.prefix.as_str(), Some(options)));
+                match opened.await {
+                    Ok(Ok(stream)) => {
+                        self.state = State::Watching {
+                            client: client.clone(),
+                            stream: Box::new(stream),
+                            cluster_id: *cluster_id,
+                            revision: *revision,
+                            opened: Instant::now(),
+                            broken_since: Some(*broken_since),
+                        };
+                        Ok(None)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!("{}: the watch could not be opened again: {e}", self.label);
+                        tokio::time::sleep(RESUME_PAUSE).await;
+                        Ok(None)
+                    }
+                    // Out of time: the next step says so.
+                    Err(_) => Ok(None),
+                }
             }
             State::Watching {
                 client,
                 stream,
                 cluster_id,
+                revision,
+                opened,
+                broken_since,
             } => {
                 let cluster_id = *cluster_id;
                 let mut batch = Batch::default();
@@ -232,7 +338,39 @@ impl PrefixWatch {
                 // Responses already waiting are folded in without awaiting, so this call
                 // is either still waiting for the first one or done.
                 while let Some(received) = message.take() {
-                    let response = received?.ok_or(EtcdError::WatchEnded)?;
+                    let response = match received {
+                        Ok(Some(response)) => response,
+                        broken => {
+                            let why = match broken {
+                                Err(e) => e.to_string(),
+                                _ => EtcdError::WatchEnded.to_string(),
+                            };
+                            // A watch that lived a while broke anew; one that broke again
+                            // at once goes on with the time it had.
+                            let since = match *broken_since {
+                                Some(since) if opened.elapsed() < RESUME_WITHIN => since,
+                                _ => Instant::now(),
+                            };
+                            if since.elapsed() >= RESUME_WITHIN {
+                                return Err(EtcdError::Resume(why));
+                            }
+                            tracing::info!(
+                                revision = *revision,
+                                "{}: the watch broke ({why}); opening it again",
+                                self.label
+                            );
+                            // What was folded so far is handed over; the watch goes on
+                            // after it.
+                            let revision = batch.last_change().unwrap_or(*revision);
+                            self.state = State::Resuming {
+                                client: client.clone(),
+                                revision,
+                                cluster_id,
+                                broken_since: since,
+                            };
+                            return Ok(batch.into_event());
+                        }
+                    };
                     if let Some(lost) = LostPlace::of(&response, cluster_id) {
                         lost.log(self.label);
                         self.state = State::Connected {
@@ -245,6 +383,9 @@ impl PrefixWatch {
                     if folded < MAX_FOLDED {
                         message = ready_now(stream.message());
                     }
+                }
+                if let Some(last) = batch.last_change() {
+                    *revision = last;
                 }
                 Ok(batch.into_event())
             }
@@ -328,6 +469,11 @@ impl Batch {
         }
         self.changed = true;
         self.revision = response.header().map(|h| h.revision()).or(self.revision);
+    }
+
+    /// The revision of the newest change folded in.
+    fn last_change(&self) -> Option<i64> {
+        self.changes.iter().map(Change::revision).max()
     }
 
     fn into_event(self) -> Option<WatchEvent> {
