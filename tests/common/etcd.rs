@@ -54,26 +54,17 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
         let (client, peer) = (self.url(), format!("http://{}", self.peer));
-        let mut command = Command::new("etcd");
+        let mut command = member_command(
+            "gatehouse-test",
+            &self.dir.path().join("data"),
+            &client,
+            &peer,
+            &format!("gatehouse-test={peer}"),
+        );
         if let Some((_, cert, key)) = &self.tls {
             command.args(["--cert-file", cert, "--key-file", key]);
         }
         let child = command
-            .args(["--name", "gatehouse-test", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("gatehouse-test={peer}")])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -242,6 +233,35 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// An `etcd` member named `name`, its data in `data`, listening for clients on `client`
+/// and for its peers on `peer`, in the cluster `initial` (`name=peer-url,...`).
+pub fn member_command(
+    name: &str,
+    data: &std::path::Path,
+    client: &str,
+    peer: &str,
+    initial: &str,
+) -> Command {
+    let mut command = Command::new("etcd");
+    command
+        .args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", initial]);
+    command
 }
 
 /// A route's value as stored in etcd: JSON, `path` to `upstream`.

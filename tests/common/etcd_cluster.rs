@@ -222,30 +222,21 @@ impl EtcdCluster {
             .open(self.dir.path().join(format!("{}.log", member.name)))
             .unwrap();
         let (client, peer) = (member.url(), format!("http://{}", member.peer));
-        let child = Command::new("etcd")
-            .args(["--name", &member.name, "--data-dir"])
-            .arg(self.dir.path().join(&member.name))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &token])
-            .args(["--heartbeat-interval", HEARTBEAT_MS])
-            .args(["--election-timeout", ELECTION_MS])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("etcd is installed (Debian package etcd-server)");
+        let child = super::etcd::member_command(
+            &member.name,
+            &self.dir.path().join(&member.name),
+            &client,
+            &peer,
+            &initial.join(","),
+        )
+        .args(["--initial-cluster-state", "new"])
+        .args(["--initial-cluster-token", &token])
+        .args(["--heartbeat-interval", HEARTBEAT_MS])
+        .args(["--election-timeout", ELECTION_MS])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("etcd is installed (Debian package etcd-server)");
         self.members[i].child = Some(child);
     }
 
