@@ -303,6 +303,11 @@ impl BackgroundService for FileProvider {
             None
         };
         let mut events = watcher.is_some();
+        if events {
+            // A file written between the first read and the watch's setup raised no event:
+            // read once more now that every later change will.
+            self.reload_off_runtime(false).await;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
