@@ -89,6 +89,7 @@ fn limit(c: &mut Criterion) {
             .unwrap(),
         ),
         key: LimitKey::ClientIp,
+        shared: None,
     };
     let mut req = RequestHeader::build("GET", b"/", None).unwrap();
     let mut ex = Exchange::new("bench".into(), "id".into(), "10.0.0.1".parse().unwrap());

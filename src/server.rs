@@ -103,6 +103,17 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     ));
     let draining = Arc::new(Draining::default());
 
+    // Before the first configuration is compiled: `scope: cluster` limits are built with it.
+    if let Some(redis) = &config.redis {
+        let store = crate::fleet::limits::RedisLimits::new(&redis.url, redis.timeout.0)
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        crate::fleet::limits::install(store.clone());
+        server.add_service(background_service(
+            "redis",
+            crate::fleet::limits::RedisKeeper::new(store),
+        ));
+    }
+
     let live = Arc::new(Live::new());
     let ingest = Ingest::new(live.clone());
     let writes = match (&config.provider.file, &config.provider.etcd) {

@@ -2,7 +2,7 @@
 //! gateway's `/metrics` serves beside its own: what they count happens off the request
 //! path too (a mirror copy's outcome), where the gateway does not see it.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::sync::LazyLock;
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -23,6 +23,20 @@ pub static FAULTS_INJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "Faults the fault plugin injected",
         &["route", "fault"],
     )
+});
+
+/// `gatehouse_rate_limit_store_errors_total`: requests a `scope: cluster` limit decided
+/// without the shared store (by `on_store_error`), because it failed or did not answer.
+pub static RATE_LIMIT_STORE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    let counter = IntCounter::new(
+        "gatehouse_rate_limit_store_errors_total",
+        "Requests a cluster rate limit decided without its shared store",
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(counter.clone()))
+        .expect("registered once");
+    counter
 });
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

@@ -92,6 +92,17 @@ pub trait Resources {
     fn route(&self) -> Option<&str> {
         None
     }
+
+    /// The id of the global rule the plugin is built for, when it is a global rule's.
+    fn global_rule(&self) -> Option<&str> {
+        None
+    }
+
+    /// The store the fleet shares rate limit buckets in (`rate_limit.scope: cluster`), when
+    /// the gateway has one.
+    fn limit_store(&self) -> Option<Arc<dyn crate::rate_limit::shared::LimitStore>> {
+        None
+    }
 }
 
 /// An upstream a plugin sends requests of its own to (a mirror's copies): the gateway

@@ -267,6 +267,9 @@ impl AdminApi {
             source: SourceReport,
             #[serde(skip_serializing_if = "Option::is_none")]
             fleet: Option<serde_json::Value>,
+            /// The shared limit store's connection, when the bootstrap has one.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            redis: Option<crate::fleet::limits::StoreStatus>,
         }
         let fleet = match &self.writes {
             Writes::File => None,
@@ -285,6 +288,7 @@ impl AdminApi {
                 loaded_at: humantime::format_rfc3339_millis(snapshot.loaded_at).to_string(),
                 source: self.live.source().report(),
                 fleet,
+                redis: crate::fleet::limits::installed().map(|store| store.status()),
             },
         )
     }

@@ -52,6 +52,9 @@ pub struct Bootstrap {
     /// Who this instance is in the fleet (SPEC §13).
     #[serde(default)]
     pub instance: InstanceSettings,
+    /// Where `rate_limit.scope: cluster` limits keep their buckets (SPEC §13).
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     #[serde(default)]
@@ -125,6 +128,21 @@ pub struct InstanceSettings {
     /// Default: the host name and the port of the first listener (`web-1:8080`).
     #[serde(default)]
     pub id: Option<String>,
+}
+
+/// `redis`: the store the fleet's shared rate limits live in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// The longest a request waits for its limiter step; past it, `on_store_error` decides.
+    #[serde(default = "redis_timeout")]
+    pub timeout: Span,
+}
+
+fn redis_timeout() -> Span {
+    Span(std::time::Duration::from_millis(50))
 }
 
 impl Bootstrap {
@@ -356,6 +374,14 @@ impl Bootstrap {
                         cache.display()
                     ),
                 ));
+            }
+        }
+        if let Some(redis) = &self.redis {
+            if let Err(e) = redis::Client::open(redis.url.as_str()) {
+                return Err(("redis.url", e.to_string()));
+            }
+            if redis.timeout.0.is_zero() {
+                return Err(("redis.timeout", "must be more than 0s".into()));
             }
         }
         if let Some(id) = &self.instance.id {

@@ -6,6 +6,7 @@
 //! the store skip them ([`is_instance_key`]), so an instance writing its record never
 //! changes the configuration the others watch.
 
+pub mod limits;
 mod registration;
 
 pub use registration::Registration;

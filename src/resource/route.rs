@@ -129,18 +129,33 @@ pub struct PluginUse {
 }
 
 impl PluginUse {
-    /// Builds the plugin from the registry in force; the error names the field at fault.
+    /// Builds the plugin from the registry in force, from its configuration alone (as
+    /// admission checks it); the error names the field at fault.
     pub fn build(&self, at: usize) -> Result<Box<dyn gatehouse_plugins::Plugin>, (String, String)> {
-        use gatehouse_plugins::registry::{self, BuildError};
-        registry::global()
-            .build(&self.name, &self.config)
-            .map_err(|e| match e {
-                BuildError::Unknown(..) => (format!("plugins[{at}].name"), e.to_string()),
-                BuildError::Config(c) if c.field.is_empty() => {
-                    (format!("plugins[{at}].config"), c.message)
-                }
-                BuildError::Config(c) => (format!("plugins[{at}].config.{}", c.field), c.message),
-            })
+        let built = gatehouse_plugins::registry::global().build(&self.name, &self.config);
+        built.map_err(|e| Self::located(at, e))
+    }
+
+    /// Builds the plugin with the compiled resources it may use; errors as [`Self::build`].
+    pub fn build_with(
+        &self,
+        at: usize,
+        resources: &dyn gatehouse_plugins::registry::Resources,
+    ) -> Result<Box<dyn gatehouse_plugins::Plugin>, (String, String)> {
+        let registry = gatehouse_plugins::registry::global();
+        let built = registry.build_with(&self.name, &self.config, resources);
+        built.map_err(|e| Self::located(at, e))
+    }
+
+    fn located(at: usize, e: gatehouse_plugins::registry::BuildError) -> (String, String) {
+        use gatehouse_plugins::registry::BuildError;
+        match e {
+            BuildError::Unknown(..) => (format!("plugins[{at}].name"), e.to_string()),
+            BuildError::Config(c) if c.field.is_empty() => {
+                (format!("plugins[{at}].config"), c.message)
+            }
+            BuildError::Config(c) => (format!("plugins[{at}].config.{}", c.field), c.message),
+        }
     }
 }
 
@@ -201,6 +216,35 @@ pub struct RateLimit {
     /// Keys the limiter keeps at most; past it the stalest go (SPEC §8).
     #[serde(default = "default_max_keys")]
     pub max_keys: u32,
+    /// `local` (each instance counts alone) or `cluster` (the fleet counts in Redis).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scope: LimitScope,
+    /// What a `cluster` limit does when Redis gives no answer: `local`, `allow` or `deny`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_store_error: StoreErrorPolicy,
+}
+
+/// `rate_limit.scope` (SPEC §13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+/// `rate_limit.on_store_error` (SPEC §13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorPolicy {
+    #[default]
+    Local,
+    Allow,
+    Deny,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_limit_key() -> SelectorText {

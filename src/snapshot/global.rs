@@ -1,6 +1,9 @@
 //! Global rules compiled: the plugins every route runs before its own (SPEC §12).
 
 use crate::resource::GlobalRule;
+use gatehouse_plugins::auth::Authenticator;
+use gatehouse_plugins::rate_limit::shared::LimitStore;
+use gatehouse_plugins::registry::Resources;
 use gatehouse_plugins::Plugin;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,12 +56,33 @@ impl std::fmt::Debug for GlobalPlugins {
     }
 }
 
+/// What a global rule's plugins may use: the fleet's limit store. No auth policy or
+/// upstream: a rule runs on every route, so it names none.
+struct RuleResources<'a> {
+    rule: &'a str,
+}
+
+impl Resources for RuleResources<'_> {
+    fn auth_policy(&self, _id: &str) -> Option<Arc<Authenticator>> {
+        None
+    }
+
+    fn global_rule(&self) -> Option<&str> {
+        Some(self.rule)
+    }
+
+    fn limit_store(&self) -> Option<Arc<dyn LimitStore>> {
+        crate::fleet::limits::shared_store()
+    }
+}
+
 /// Builds a rule's plugins; the error names the entry at fault (`plugins[0].config.allow`).
 pub fn build(rule: &GlobalRule) -> Result<Arc<[Arc<dyn Plugin>]>, String> {
+    let resources = RuleResources { rule: &rule.id };
     let mut plugins = Vec::with_capacity(rule.plugins.len());
     for (at, plugin) in rule.plugins.iter().enumerate() {
         let built = plugin
-            .build(at)
+            .build_with(at, &resources)
             .map_err(|(field, e)| format!("{field}: {e}"))?;
         plugins.push(Arc::from(built));
     }

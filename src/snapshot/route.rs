@@ -10,6 +10,7 @@ use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::{UpstreamChoice, UpstreamTarget};
 use bytes::Bytes;
 use gatehouse_plugins::auth::Authenticator;
+use gatehouse_plugins::rate_limit::shared::LimitStore;
 use gatehouse_plugins::registry::{self, BuildError, Resources, UpstreamSender};
 use gatehouse_plugins::{LocalAnswer, Plugin, PluginChain};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -348,6 +349,10 @@ impl Resources for Compiled<'_> {
 
     fn route(&self) -> Option<&str> {
         Some(self.route)
+    }
+
+    fn limit_store(&self) -> Option<Arc<dyn LimitStore>> {
+        crate::fleet::limits::shared_store()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod idp;
 pub mod otlp;
 pub mod python;
 pub mod recorder;
+pub mod redis;
 pub mod traffic;
 pub mod upstream;
 

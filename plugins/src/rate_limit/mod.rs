@@ -5,8 +5,14 @@
 //! `max_keys` keys in a bounded cache (S3-FIFO: when it is full, keys seen once go before
 //! keys in steady use, so a flood of made-up keys cannot push a busy client's bucket out and
 //! hand it a fresh one).
+//!
+//! With `scope: cluster` the buckets live in a store the fleet shares ([`shared`]); the
+//! instance's own limiter then only stands in when the store fails (`on_store_error: local`).
+
+pub mod shared;
 
 use crate::digest::Digester;
+use crate::registry::{Config, ConfigError, Resources};
 use crate::selector::{Forms, Selected, Selector, SelectorKind};
 use crate::{Access, ErrorAnswer, Exchange, Flow, Plugin, Stage, Tally};
 use governor::clock::{Clock, DefaultClock};
@@ -18,6 +24,7 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_http::RequestHeader;
 use quick_cache::sync::Cache;
+use shared::{OnStoreError, Scope, SharedLimit, Verdict};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -195,6 +202,8 @@ impl RateLimitState {
 pub struct RateLimitPlugin {
     pub state: Arc<RateLimitState>,
     pub key: LimitKey,
+    /// The fleet's buckets, for `scope: cluster`.
+    pub shared: Option<SharedLimit>,
 }
 
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -206,13 +215,90 @@ fn seconds_up(d: Duration) -> u64 {
 }
 
 impl RateLimitPlugin {
+    #[cfg(test)]
     fn bucket(&self, req: &RequestHeader, ex: &Exchange) -> Bucket {
-        match self.key.select_or_client_ip(req, ex) {
-            Selected::ClientIp(ip) => Bucket::Ip(ip),
+        self.local_bucket(&self.key.select_or_client_ip(req, ex))
+    }
+
+    fn local_bucket(&self, selected: &Selected<'_>) -> Bucket {
+        match selected {
+            Selected::ClientIp(ip) => Bucket::Ip(*ip),
             // The limiter is the route's own: one bucket is the whole route.
             Selected::Route(_) => Bucket::Route,
             Selected::Text(key) => Bucket::text(key, &self.state.digester),
         }
+    }
+
+    /// The instance's own decision.
+    fn decide_locally(&self, bucket: &Bucket, ex: &mut Exchange) -> Flow {
+        let state = &self.state;
+        match state.limiter.check_key(bucket) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                // Until the bucket is full again.
+                let reset = state.interval * (state.burst - remaining.min(state.burst));
+                self.admitted(remaining, reset, ex)
+            }
+            Err(not_until) => self.refused(
+                not_until.wait_time_from(state.limiter.clock().now()),
+                "rate limit exceeded",
+            ),
+        }
+    }
+
+    /// The fleet's decision, or the policy's when the store gives none.
+    async fn decide_shared(
+        &self,
+        shared: &SharedLimit,
+        key: Vec<u8>,
+        bucket: Bucket,
+        ex: &mut Exchange,
+    ) -> Flow {
+        match shared.store.step(key, shared.quota).await {
+            Ok(Verdict {
+                admitted: true,
+                remaining,
+                reset,
+                ..
+            }) => self.admitted(remaining, reset, ex),
+            Ok(Verdict { wait, .. }) => self.refused(wait, "rate limit exceeded"),
+            Err(e) => {
+                crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
+                tracing::debug!(route = %ex.route_id, "{e}; on_store_error: {:?}", shared.on_error);
+                match shared.on_error {
+                    OnStoreError::Local => self.decide_locally(&bucket, ex),
+                    OnStoreError::Allow => Flow::Continue,
+                    OnStoreError::Deny => {
+                        self.refused(Duration::from_secs(1), "rate limit store unavailable")
+                    }
+                }
+            }
+        }
+    }
+
+    fn admitted(&self, remaining: u32, reset: Duration, ex: &mut Exchange) -> Flow {
+        ex.response_headers
+            .push((LIMIT, HeaderValue::from(self.state.burst)));
+        ex.response_headers
+            .push((REMAINING, HeaderValue::from(remaining)));
+        ex.response_headers
+            .push((RESET, HeaderValue::from(seconds_up(reset))));
+        Flow::Continue
+    }
+
+    fn refused(&self, wait: Duration, why: &str) -> Flow {
+        let retry = seconds_up(wait).max(1);
+        let reply = ErrorAnswer::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{why}; retry in {retry}s"),
+        )
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry))
+        .with_header(LIMIT, HeaderValue::from(self.state.burst))
+        .with_header(REMAINING, HeaderValue::from(0u32))
+        .with_header(RESET, HeaderValue::from(retry))
+        .counted_as(Tally::RateLimited);
+        Flow::Respond(reply)
     }
 }
 
@@ -238,35 +324,13 @@ impl Plugin for RateLimitPlugin {
     }
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
-        let state = &self.state;
-        let bucket = self.bucket(req, ex);
-        let limit = HeaderValue::from(state.burst);
-        match state.limiter.check_key(&bucket) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                // Until the bucket is full again.
-                let reset = state.interval * (state.burst - remaining.min(state.burst));
-                ex.response_headers.push((LIMIT, limit));
-                ex.response_headers
-                    .push((REMAINING, HeaderValue::from(remaining)));
-                ex.response_headers
-                    .push((RESET, HeaderValue::from(seconds_up(reset))));
-                Access::Now(Flow::Continue)
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(state.limiter.clock().now());
-                let retry = seconds_up(wait).max(1);
-                let reply = ErrorAnswer::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("rate limit exceeded; retry in {retry}s"),
-                )
-                .with_header(http::header::RETRY_AFTER, HeaderValue::from(retry))
-                .with_header(LIMIT, limit)
-                .with_header(REMAINING, HeaderValue::from(0u32))
-                .with_header(RESET, HeaderValue::from(retry))
-                .counted_as(Tally::RateLimited);
-                Access::Now(Flow::Respond(reply))
+        let selected = self.key.select_or_client_ip(req, ex);
+        let bucket = self.local_bucket(&selected);
+        match &self.shared {
+            None => Access::Now(self.decide_locally(&bucket, ex)),
+            Some(shared) => {
+                let key = shared.key(&selected);
+                Access::Wait(Box::pin(self.decide_shared(shared, key, bucket, ex)))
             }
         }
     }
@@ -288,6 +352,10 @@ struct Settings {
     key: String,
     #[serde(default = "max_keys")]
     max_keys: u32,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    on_store_error: OnStoreError,
 }
 
 fn client_ip() -> String {
@@ -298,16 +366,9 @@ fn max_keys() -> u32 {
     DEFAULT_MAX_KEYS as u32
 }
 
-impl crate::registry::PluginFactory for Factory {
-    fn name(&self) -> &'static str {
-        "rate_limit"
-    }
-
-    fn build(
-        &self,
-        config: &crate::registry::Config,
-    ) -> Result<Box<dyn Plugin>, crate::registry::ConfigError> {
-        use crate::registry::ConfigError;
+impl Factory {
+    /// The plugin with its local limiter; the shared part is added by [`Factory::build_with`].
+    fn local(config: &Config) -> Result<(RateLimitPlugin, Settings), ConfigError> {
         let s: Settings = crate::registry::decode(config)?;
         let key = Selector::parse_as(&s.key, KEY_FORMS)
             .map_err(|e| ConfigError::new("key", e.to_string()))?;
@@ -319,10 +380,57 @@ impl crate::registry::PluginFactory for Factory {
         }
         let state = RateLimitState::new(s.rate, s.per.0, burst, s.max_keys as usize)
             .ok_or_else(|| ConfigError::new("per", "must be more than 0s"))?;
-        Ok(Box::new(RateLimitPlugin {
+        let plugin = RateLimitPlugin {
             state: Arc::new(state),
             key,
-        }))
+            shared: None,
+        };
+        Ok((plugin, s))
+    }
+}
+
+impl crate::registry::PluginFactory for Factory {
+    fn name(&self) -> &'static str {
+        "rate_limit"
+    }
+
+    /// Checks the configuration alone, as admission does. Whether a shared store exists is
+    /// known only where the gateway compiles routes ([`Factory::build_with`]), so a
+    /// `scope: cluster` limit built here is checked, not fit to serve: it counts locally.
+    fn build(&self, config: &Config) -> Result<Box<dyn Plugin>, ConfigError> {
+        Ok(Box::new(Factory::local(config)?.0))
+    }
+
+    fn build_with(
+        &self,
+        config: &Config,
+        resources: &dyn Resources,
+    ) -> Result<Box<dyn Plugin>, ConfigError> {
+        let (mut plugin, settings) = Factory::local(config)?;
+        if settings.scope == Scope::Cluster {
+            // Counted from 0 on /metrics as soon as a limit may count anything.
+            std::sync::LazyLock::force(&crate::metrics::RATE_LIMIT_STORE_ERRORS);
+            let store = resources.limit_store().ok_or_else(|| {
+                ConfigError::new("scope", "`cluster` needs `redis` in the bootstrap")
+            })?;
+            let owner = match (resources.route(), resources.global_rule()) {
+                (Some(route), _) => format!("route:{route}"),
+                (None, Some(rule)) => format!("global:{rule}"),
+                (None, None) => "-".to_string(),
+            };
+            let quota = shared::Quota {
+                interval: plugin.state.interval,
+                burst: plugin.state.burst,
+            };
+            plugin.shared = Some(SharedLimit::new(
+                store,
+                &owner,
+                config,
+                quota,
+                settings.on_store_error,
+            ));
+        }
+        Ok(Box::new(plugin))
     }
 }
 
@@ -371,6 +479,7 @@ mod tests {
         let plugin = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(60), 3, DEFAULT_MAX_KEYS),
             key: LimitKey::ClientIp,
+            shared: None,
         };
         let mut e = ex("10.0.0.1");
         for expected_remaining in [2u32, 1, 0] {
@@ -403,6 +512,7 @@ mod tests {
         let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::ClientIp,
+            shared: None,
         };
         for i in 0..100u8 {
             check(&plugin, &mut ex(&format!("10.1.0.{i}"))).unwrap();
@@ -420,6 +530,7 @@ mod tests {
             RateLimitPlugin {
                 state: state.clone(),
                 key,
+                shared: None,
             }
             .stage()
         };
@@ -440,6 +551,7 @@ mod tests {
         let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::ClientIp,
+            shared: None,
         };
         let mut busy = ex("192.0.2.1");
         check(&plugin, &mut busy).unwrap();
@@ -463,6 +575,7 @@ mod tests {
         let plugin = RateLimitPlugin {
             state: state.clone(),
             key: LimitKey::Header(HeaderName::from_static("x-key")),
+            shared: None,
         };
         let e = ex("10.0.0.1");
         let short = vec![b'a'; MAX_KEY_BYTES];
@@ -487,6 +600,7 @@ mod tests {
         let plugin = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Header(HeaderName::from_static("x-key")),
+            shared: None,
         };
         let e = ex("10.0.0.1");
         let bare = RequestHeader::build("GET", b"/", None).unwrap();
@@ -501,6 +615,7 @@ mod tests {
         let consumer = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Consumer,
+            shared: None,
         };
         let mut e = ex("10.0.0.2");
         assert_eq!(consumer.bucket(&bare, &e), Bucket::Ip(e.client_ip));
@@ -513,6 +628,7 @@ mod tests {
         let route = RateLimitPlugin {
             state: limiter(1, Duration::from_secs(3600), 1, 100),
             key: LimitKey::Route,
+            shared: None,
         };
         assert_eq!(route.bucket(&bare, &e), Bucket::Route);
     }
