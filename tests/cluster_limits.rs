@@ -14,8 +14,10 @@ fn limited(id: &str, limit: &str) -> String {
     format!("kind: Route\nid: {id}\nmatch: {{ paths: [\"/{id}\"] }}\nupstream: up\nrate_limit: {{ {limit} }}\n")
 }
 
+/// The upstream `up`, `routes`, and `/free`, a route without a limit.
 fn routes(up: &TestUpstream, routes: &[String]) -> String {
     let mut text = up.resource("up");
+    text.push_str("---\nkind: Route\nid: free\nmatch: { paths: [\"/free\"] }\nupstream: up\n");
     for route in routes {
         text.push_str("---\n");
         text.push_str(route);
@@ -165,7 +167,6 @@ async fn a_paused_redis_leaves_each_route_to_its_policy_within_the_timeout() {
             ),
             limited("allow", &format!("{roomy}, on_store_error: allow")),
             limited("deny", &format!("{roomy}, on_store_error: deny")),
-            "kind: Route\nid: free\nmatch: { paths: [\"/free\"] }\nupstream: up\n".into(),
         ],
     );
     let gw = gateway(&redis, files, "50ms").await;
@@ -222,9 +223,16 @@ async fn a_paused_redis_leaves_each_route_to_its_policy_within_the_timeout() {
         errors
     );
 
-    // Killed: refused connections are answered by the policy at once, and the instance
-    // connects again when Redis is back (empty: it kept nothing).
+    // Killed: the instance notices without a request, refused connections are answered by
+    // the policy at once, and the instance connects again when Redis is back (empty: it
+    // kept nothing).
     redis.kill();
+    eventually(
+        Duration::from_secs(5),
+        "the status to say redis is gone",
+        || async { gw.status().await["redis"]["connected"] == false },
+    )
+    .await;
     let (deny, slowest) = probe(&gw, "/deny", 10).await;
     assert!(
         deny.iter().all(|s| *s == 429),
@@ -300,6 +308,9 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
                 "rate: 5, per: 1s, scope: cluster, on_store_error: sometimes",
             ),
             limited("bad-scope", "rate: 5, per: 1s, scope: planet"),
+            // Periods no clock can count are refused, not a panic of the reload.
+            limited("forever", "rate: 1, per: 2600000000h"),
+            limited("slow-refill", "rate: 1, per: 87600h, burst: 1000"),
             limited("fine", "rate: 5, per: 1s"),
         ],
     );
@@ -323,6 +334,8 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
     );
     assert!(error_of("bad-policy").contains("rate_limit.on_store_error"));
     assert!(error_of("bad-scope").contains("rate_limit.scope"));
+    assert!(error_of("forever").contains("rate_limit.per"));
+    assert!(error_of("slow-refill").contains("rate_limit.burst"));
     assert_eq!(
         client().get(gw.url("/fine")).send().await.unwrap().status(),
         200
@@ -355,4 +368,59 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{redis}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_demoted_to_a_replica_is_reported_and_left_until_it_leads_again() {
+    let redis = Redis::start();
+    let up = TestUpstream::start("up").await;
+    let files = routes(
+        &up,
+        &[limited(
+            "tight",
+            "rate: 1, per: 1h, burst: 1, key: \"header:X-Key\", scope: cluster, \
+             on_store_error: allow",
+        )],
+    );
+    let gw = gateway(&redis, files, "50ms").await;
+    connected(&gw).await;
+    let c = client();
+    let send = |key: &str| {
+        let request = c.get(gw.url("/tight")).header("x-key", key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        (send("a").await, send("a").await),
+        (200, 429),
+        "redis decides"
+    );
+
+    // What a failover does to the old primary behind the same address: it only reads now,
+    // so a request that would take from a bucket cannot be counted. (Its primary is a port
+    // where nothing listens, so it never syncs anything.)
+    let replica_of = redis.command(&["REPLICAOF", "127.0.0.1", "1"]);
+    assert_eq!(replica_of.as_deref(), Some("+OK"));
+    let errors = gw.metric("gatehouse_rate_limit_store_errors_total").await;
+    for _ in 0..3 {
+        assert_eq!(send("b").await, 200, "`allow` while redis cannot write");
+    }
+    assert!(gw.metric("gatehouse_rate_limit_store_errors_total").await >= errors + 3.0);
+    let status = gw.status().await;
+    let error = status["redis"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("read only replica"), "{status}");
+
+    // It leads again: a connection opened again writes, and the status clears.
+    assert_eq!(
+        redis.command(&["REPLICAOF", "NO", "ONE"]).as_deref(),
+        Some("+OK")
+    );
+    eventually(Duration::from_secs(10), "redis to count again", || async {
+        send("c").await == 200 && send("c").await == 429
+    })
+    .await;
+    assert!(gw.status().await["redis"]["error"].is_null());
+    assert!(gw.logs().contains("read only replica"), "the failure is logged");
 }

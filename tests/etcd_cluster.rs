@@ -62,6 +62,7 @@ async fn a_killed_leader_then_a_follower_cost_no_request_and_changes_apply_soon(
         .await;
     let gw = Gateway::builder()
         .etcd_endpoints(&cluster.urls(), PREFIX)
+        .env("GATEHOUSE_LOG", "info,gatehouse::etcd=debug")
         .start()
         .await;
     let traffic = Traffic::start(vec![gw.url("/steady"); 4], false);
@@ -106,6 +107,9 @@ async fn a_killed_leader_then_a_follower_cost_no_request_and_changes_apply_soon(
         "the leader stayed while a follower went"
     );
 
+    if after_follower > Duration::from_millis(90) {
+        println!("LOGS {}", gw.logs());
+    }
     let (ok, failed) = traffic.stop().await;
     println!(
         "with every member up a change was in force {calm:?} after its acknowledgement; \

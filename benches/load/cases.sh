@@ -22,14 +22,21 @@
 #   $work/protected/  the plain route to an upstream with a circuit breaker with slow_call,
 #                     an adaptive concurrency limit (min 16, so 8 connections never meet
 #                     it) and a retry budget
+#   $work/limited/    the plain route with a rate limit by client address that never refuses
+#   $work/shared/     the same limit with `scope: cluster`: one Redis step per request (the
+#                     bootstrap's `redis` points at a redis-server on $redisport)
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 write_gatehouse_cases() {
-  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored" "$work/protected"
+  mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored" "$work/protected" "$work/limited" "$work/shared"
   upstream_yaml="kind: Upstream
 id: backend
 nodes: [{ addr: \"127.0.0.1:$up\" }]"
   printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\n' "$upstream_yaml" > "$work/plain/routes.yaml"
+  # A million a second, a million at once: never refused, every request counted.
+  local limit="rate: 1000000, per: 1s, burst: 1000000, key: client_ip"
+  printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\nrate_limit: { %s }\n' "$upstream_yaml" "$limit" > "$work/limited/routes.yaml"
+  printf '%s\n---\nkind: Route\nid: plain\nmatch: { paths: ["/**"] }\nupstream: backend\nrate_limit: { %s, scope: cluster }\n' "$upstream_yaml" "$limit" > "$work/shared/routes.yaml"
   cat > "$work/plugged/routes.yaml" <<YAML
 $upstream_yaml
 ---

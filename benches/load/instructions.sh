@@ -21,11 +21,15 @@
 # plugin: gatehouse is its baseline), protected (the plain route to an upstream with a
 # slow-call breaker, an adaptive concurrency limit and a retry budget: gatehouse is its
 # baseline), transcode (REST calls `GET /v1/users/7` made gRPC calls by `grpc_transcode`, to
-# the Python server of tests/grpc/transcode/server.py: gatehouse is its baseline), origin (the plain route with the
+# the Python server of tests/grpc/transcode/server.py: gatehouse is its baseline), limited (the
+# plain route with a local rate limit that never refuses), shared (the same limit with
+# `scope: cluster`, one step in a local redis-server per request: limited is its baseline),
+# origin (the plain route with the
 # same requests: plugged's baseline), many (a plain route among 10,000 routes), traced (every span
 # exported over OTLP/HTTP to a local sink), logged (traced, and the JSON access log to a file).
 #
-# Needs: valgrind, nginx (nginx-light), wrk, h2load (nghttp2-client), python3, openssl.
+# Needs: valgrind, nginx (nginx-light), wrk, h2load (nghttp2-client), python3, openssl,
+# redis-server (for shared).
 # Usage: benches/load/instructions.sh [case...]   (default: all; SECONDS_PER_CASE=4,
 #        PROFILE=release)
 set -euo pipefail
@@ -35,7 +39,7 @@ source benches/load/cases.sh
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
 cases=("$@")
-[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm lanes mirrored protected bare-grpc grpc transcode many traced logged)
+[ ${#cases[@]} -eq 0 ] && cases=(pingap bare contract gatehouse origin full plugged wasm lanes mirrored protected limited shared bare-grpc grpc transcode many traced logged)
 for tool in valgrind callgrind_control nginx wrk h2load python3 openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install valgrind nginx-light wrk nghttp2-client python3 openssl)" >&2; exit 1; }
 done
@@ -74,6 +78,14 @@ if [[ " ${cases[*]} " == *" transcode "* ]]; then
   exec 7>"$work/tcin"  # held open until this script ends
   for _ in $(seq 1 200); do grep -q PORT "$work/tcup" 2>/dev/null && break; sleep 0.05; done
   tcup=$(awk '/PORT/ { print $2 }' "$work/tcup")
+fi
+# The shared limit case's Redis.
+redisport=0
+if [[ " ${cases[*]} " == *" shared "* ]]; then
+  command -v redis-server >/dev/null || { echo "missing redis-server (apt-get install redis-server)" >&2; exit 1; }
+  redisport=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$redisport" --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 & pids+=($!)
+  wait_port "$redisport"
 fi
 # A unary call's body: one gRPC frame holding a small message.
 printf '\x00\x00\x00\x00\x0a\x0a\x08gatehous' > "$work/call.bin"
@@ -116,7 +128,7 @@ for name in "${cases[@]}"; do
         "$up" "$p" > "$work/pingap/pingap.toml"
       grind "$name" pingap -c "$work/pingap/pingap.toml" ;;
     contract) grind "$name" $bin/examples/bare_proxy "127.0.0.1:$p" "127.0.0.1:$up" 1 contract ;;
-    gatehouse|origin|full|many|plugged|wasm|lanes|mirrored|protected|grpc|transcode|traced|logged)
+    gatehouse|origin|full|many|plugged|wasm|lanes|mirrored|protected|limited|shared|grpc|transcode|traced|logged)
       routes=plain; [ "$name" = full ] && routes=full; [ "$name" = many ] && routes=many
       [ "$name" = wasm ] && routes=wasm
       [ "$name" = grpc ] && routes=grpc && target="/bench.v1.Bench/Unary"
@@ -124,6 +136,9 @@ for name in "${cases[@]}"; do
       [ "$name" = lanes ] && routes=lanes
       [ "$name" = mirrored ] && routes=mirrored
       [ "$name" = protected ] && routes=protected
+      [ "$name" = limited ] && routes=limited
+      extra=""
+      [ "$name" = shared ] && routes=shared && extra="redis: { url: \"redis://127.0.0.1:$redisport/0\", timeout: 50ms }"
       [ "$name" = plugged ] && routes=plugged && script=(-H "Origin: https://app.example.com")
       [ "$name" = origin ] && script=(-H "Origin: https://app.example.com")
       telemetry="{ access_log: { target: off } }"
@@ -137,6 +152,7 @@ threads: 1
 admin: { listen: "127.0.0.1:$(free_port)" }
 provider: { file: { paths: ["$work/$routes"], watch: false } }
 telemetry: $telemetry
+$extra
 YAML
       GATEHOUSE_LOG=warn grind "$name" $bin/gatehouse run -c "$work/$name.yaml" \
         --upgrade-sock "$work/$name.sock" --pid-file "$work/$name.pid" ;;

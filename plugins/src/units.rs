@@ -4,11 +4,16 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
-/// A duration written as a number and a unit: `ms`, `s`, `m` or `h` (`1.5s` is allowed).
+/// A duration written as a number and a unit: `ms`, `s`, `m` or `h` (`1.5s` is allowed), at
+/// most [`Span::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(pub Duration);
 
 impl Span {
+    /// The longest duration a config may give: ten years. No timeout or limit needs more,
+    /// and every sum with an instant or count in nanoseconds stays far from overflowing.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
     pub const fn secs(s: u64) -> Span {
         Span(Duration::from_secs(s))
     }
@@ -37,7 +42,10 @@ impl Span {
                 ))
             }
         };
-        Ok(Span(Duration::from_secs_f64(number * scale)))
+        match Duration::try_from_secs_f64(number * scale) {
+            Ok(span) if span <= Span::MAX => Ok(Span(span)),
+            _ => Err(format!("`{text}` is longer than 87600h (ten years)")),
+        }
     }
 }
 
@@ -94,7 +102,10 @@ impl ByteSize {
                 ))
             }
         };
-        Ok(ByteSize(number * scale))
+        number
+            .checked_mul(scale)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
     }
 }
 
@@ -132,6 +143,15 @@ mod tests {
         assert!(Span::parse("10").unwrap_err().contains("no unit"));
         assert!(Span::parse("10d").unwrap_err().contains("unknown unit"));
         assert!(Span::parse("ms").is_err());
+    }
+
+    #[test]
+    fn spans_and_sizes_past_their_bounds_are_refused_not_a_panic() {
+        assert_eq!(Span::parse("87600h").unwrap().0, Span::MAX);
+        for text in ["87601h", "2600000000h", "9000000000000000h", "1e400s"] {
+            assert!(Span::parse(text).is_err(), "{text}");
+        }
+        assert!(ByteSize::parse("18446744073709551615MiB").is_err());
     }
 
     #[test]

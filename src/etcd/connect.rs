@@ -14,6 +14,20 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Connects to etcd with the configured credentials and TLS. `https://` endpoints use the
 /// configured CA (or the system's roots) and a client certificate when one is given.
 pub async fn connect(settings: &EtcdSettings) -> Result<Client, EtcdError> {
+    connect_to(settings, &settings.endpoints).await
+}
+
+/// Connects to one member only, the `member`-th endpoint (counting round the list). For a
+/// watch: etcd's client balances calls over every endpoint and keeps offering a dead one
+/// for a while, so a watch opened again after its member died could land on it again and
+/// again; a watch on one member moves on to the next when it breaks.
+pub async fn connect_member(settings: &EtcdSettings, member: usize) -> Result<Client, EtcdError> {
+    let endpoints = &settings.endpoints;
+    let endpoint = endpoints[member % endpoints.len().max(1)].clone();
+    connect_to(settings, &[endpoint]).await
+}
+
+async fn connect_to(settings: &EtcdSettings, endpoints: &[String]) -> Result<Client, EtcdError> {
     let timeout = settings.timeout.0;
     let mut options = ConnectOptions::new()
         .with_connect_timeout(timeout)
@@ -23,10 +37,10 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Client, EtcdError> {
     if let Some(user) = settings.username.as_deref().filter(|u| !u.is_empty()) {
         options = options.with_user(user, settings.password.clone().unwrap_or_default());
     }
-    if settings.endpoints.iter().any(|e| e.starts_with("https://")) {
+    if endpoints.iter().any(|e| e.starts_with("https://")) {
         options = options.with_tls(tls_options(settings)?);
     }
-    Ok(Client::connect(&settings.endpoints, Some(options)).await?)
+    Ok(Client::connect(endpoints, Some(options)).await?)
 }
 
 fn tls_options(settings: &EtcdSettings) -> Result<TlsOptions, EtcdError> {

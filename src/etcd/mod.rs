@@ -17,7 +17,7 @@ mod settings;
 mod watch;
 
 pub use backoff::Backoff;
-pub use connect::{connect, KEEPALIVE_INTERVAL};
+pub use connect::{connect, connect_member, KEEPALIVE_INTERVAL};
 pub use settings::{EtcdSettings, EtcdTls, RegistryEtcd};
 pub use watch::{Change, Entry, PrefixWatch, WatchEvent, MAX_FOLDED};
 

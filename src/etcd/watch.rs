@@ -8,7 +8,7 @@
 //! again a full read, so a caller never has to guess what changed while it was away.
 
 use super::EtcdSettings;
-use super::{connect, Backoff, EtcdError};
+use super::{connect_member, Backoff, EtcdError};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use std::future::Future;
 use std::pin::pin;
@@ -91,6 +91,9 @@ pub struct PrefixWatch {
     /// Names the caller in the loop's own logs (`etcd`, `registry`).
     label: &'static str,
     backoff: Backoff,
+    /// The member (an index into the endpoints, counting round) the watch connects to: the
+    /// next one after each failure.
+    member: usize,
     state: State,
 }
 
@@ -125,7 +128,8 @@ enum State {
     /// missed and nothing read again; a revision compacted meanwhile means a full read, as
     /// for any watch.
     Resuming {
-        client: Client,
+        /// The next member's client; `None` until it is connected.
+        client: Option<Client>,
         revision: i64,
         cluster_id: u64,
         broken_since: Instant,
@@ -133,8 +137,8 @@ enum State {
 }
 
 /// How long a broken watch is tried again before the connection counts as lost (a full
-/// read after the backoff): time to try every member of a cluster a few times (the client
-/// picks among them), short enough that a hung etcd is still reported soon.
+/// read after the backoff): time to try every member of a cluster a few times, one after
+/// the other, short enough that a hung etcd is still reported soon.
 const RESUME_WITHIN: Duration = Duration::from_millis(500);
 /// The pause between two tries to open a broken watch again.
 const RESUME_PAUSE: Duration = Duration::from_millis(2);
@@ -149,6 +153,7 @@ impl PrefixWatch {
             prefix: prefix.into(),
             label,
             backoff: Backoff::reconnect(),
+            member: 0,
             state: State::Disconnected { retry_at: None },
         }
     }
@@ -163,6 +168,8 @@ impl PrefixWatch {
                 Ok(Some(event)) => return event,
                 Ok(None) => {}
                 Err(error) => {
+                    // The next connection goes to the next member.
+                    self.member = self.member.wrapping_add(1);
                     let retry_in = self.back_off();
                     return WatchEvent::Lost { error, retry_in };
                 }
@@ -188,6 +195,13 @@ impl PrefixWatch {
         delay
     }
 
+    /// A watch being opened again goes on with the next member.
+    fn next_member_resumes(&mut self) {
+        if let State::Resuming { client, .. } = &mut self.state {
+            *client = None;
+        }
+    }
+
     /// Moves one state on; an event when there is one to hand over.
     async fn step(&mut self) -> Result<Option<WatchEvent>, EtcdError> {
         match &mut self.state {
@@ -195,7 +209,7 @@ impl PrefixWatch {
                 if let Some(at) = *retry_at {
                     tokio::time::sleep_until(at).await;
                 }
-                let client = connect(&self.settings).await?;
+                let client = connect_member(&self.settings, self.member).await?;
                 self.state = State::Connected { client };
                 Ok(None)
             }
@@ -258,6 +272,25 @@ impl PrefixWatch {
                         "no member took it within {RESUME_WITHIN:?}"
                     )));
                 }
+                // The member the watch was on failed it: the next one is asked.
+                let client = match client {
+                    Some(client) => client,
+                    None => {
+                        self.member = self.member.wrapping_add(1);
+                        match connect_member(&self.settings, self.member).await {
+                            Ok(next) => client.insert(next),
+                            Err(e) => {
+                                tracing::debug!(
+                                    "{}: member {} cannot be reached: {e}",
+                                    self.label,
+                                    self.member
+                                );
+                                tokio::time::sleep(RESUME_PAUSE).await;
+                                return Ok(None);
+                            }
+                        }
+                    }
+                };
                 // The member that answers must hold the same store, at least as far as
                 // the watch got: an etcd restarted empty or restored from a backup (or
                 // another cluster) is read whole instead, for the caller to judge. The
@@ -289,7 +322,12 @@ impl PrefixWatch {
                         }
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!("{}: no member answers yet: {e}", self.label);
+                        tracing::debug!(
+                            "{}: member {} does not answer: {e}",
+                            self.label,
+                            self.member
+                        );
+                        self.next_member_resumes();
                         tokio::time::sleep(RESUME_PAUSE).await;
                         return Ok(None);
                     }
@@ -316,6 +354,7 @@ impl PrefixWatch {
                     }
                     Ok(Err(e)) => {
                         tracing::debug!("{}: the watch could not be opened again: {e}", self.label);
+                        self.next_member_resumes();
                         tokio::time::sleep(RESUME_PAUSE).await;
                         Ok(None)
                     }
@@ -363,7 +402,7 @@ impl PrefixWatch {
                             // after it.
                             let revision = batch.last_change().unwrap_or(*revision);
                             self.state = State::Resuming {
-                                client: client.clone(),
+                                client: None,
                                 revision,
                                 cluster_id,
                                 broken_since: since,

@@ -8,10 +8,12 @@
 //!
 //! The store never makes a request wait past `redis.timeout`: a step without a connection
 //! fails at once, and one without an answer in time fails at the timeout, both to the
-//! route's `on_store_error`. A connection that broke or let a step time out is dropped and
-//! opened again in the background (a stopped or unreachable Redis would otherwise keep
-//! every request waiting for the full timeout), the script loaded with it, so a step is
-//! one round trip.
+//! route's `on_store_error`. A connection that broke, let a step time out, or reached a
+//! server that can no longer write (a demoted primary) is dropped and opened again in the
+//! background (a stopped or unreachable Redis would otherwise keep every request waiting
+//! for the full timeout), the script loaded with it, so a step is one round trip. A
+//! connection that never served a step is opened again only after a growing pause, so a
+//! Redis too slow for the timeout is not flooded with connections.
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -20,8 +22,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One GCRA step. KEYS[1]: the bucket. ARGV[1]: microseconds per request (the emission
 /// interval); ARGV[2]: the burst. The bucket holds its theoretical arrival time (TAT) in
@@ -78,7 +81,7 @@ pub fn shared_store() -> Option<Arc<dyn LimitStore>> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StoreStatus {
     pub connected: bool,
-    /// Why the last connection attempt or step failed, while not connected.
+    /// Why the last connection attempt or step failed, until a step succeeds again.
     pub error: Option<String>,
 }
 
@@ -93,8 +96,34 @@ struct Store {
     connection: ArcSwapOption<MultiplexedConnection>,
     /// Wakes the keeper when a step dropped the connection.
     broken: tokio::sync::Notify,
-    error: Mutex<Option<String>>,
+    /// Whether a step succeeded on the connection in use: only then is a connection that
+    /// breaks opened again at once (a Redis too slow for the timeout is not hammered with
+    /// new connections).
+    proven: AtomicBool,
+    /// Whether `error` holds something a successful step should clear: read on every
+    /// step, so a healthy store never takes the lock.
+    failing: AtomicBool,
+    error: Mutex<Failure>,
 }
+
+#[derive(Default)]
+struct Failure {
+    message: Option<String>,
+    /// When a failure was last logged: a failing step is logged at most every
+    /// [`LOG_EVERY`], however many requests meet it.
+    logged: Option<Instant>,
+}
+
+/// How often a recurring store failure is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often the keeper checks an idle connection, so a Redis that went away is noticed
+/// (and said in the status) before a request meets it.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Errors of a Redis that cannot serve steps on this connection any more, though the
+/// connection stands: a primary demoted to a replica (behind the same address after a
+/// failover), a primary that lost its own, a server still loading its data.
+const REOPEN_ON: [&str; 3] = ["READONLY", "MASTERDOWN", "LOADING"];
 
 impl RedisLimits {
     /// A store for `url` (`redis://host:port/db`), each step bounded by `timeout`. Connects
@@ -107,7 +136,12 @@ impl RedisLimits {
             script: Arc::new(Script::new(GCRA)),
             connection: ArcSwapOption::empty(),
             broken: tokio::sync::Notify::new(),
-            error: Mutex::new(Some("not connected yet".into())),
+            proven: AtomicBool::new(false),
+            failing: AtomicBool::new(true),
+            error: Mutex::new(Failure {
+                message: Some("not connected yet".into()),
+                logged: None,
+            }),
         })))
     }
 
@@ -117,23 +151,43 @@ impl RedisLimits {
 }
 
 impl Store {
-    pub fn status(&self) -> StoreStatus {
+    fn status(&self) -> StoreStatus {
         StoreStatus {
             connected: self.connection.load().is_some(),
-            error: self.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            error: self.failure().message.clone(),
         }
     }
 
-    fn note(&self, error: Option<String>) {
-        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    fn failure(&self) -> std::sync::MutexGuard<'_, Failure> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records why the store failed, logging it unless it was logged lately.
+    fn failed(&self, why: String) {
+        let mut failure = self.failure();
+        if failure.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            tracing::warn!("redis: {why}");
+            failure.logged = Some(Instant::now());
+        }
+        failure.message = Some(why);
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// A step succeeded: the connection has proved itself, and no failure stands.
+    fn succeeded(&self) {
+        if !self.proven.load(Ordering::Relaxed) {
+            self.proven.store(true, Ordering::Relaxed);
+        }
+        if self.failing.load(Ordering::Acquire) && self.failing.swap(false, Ordering::AcqRel) {
+            *self.failure() = Failure::default();
+        }
     }
 
     /// Drops `used` (unless another connection replaced it already) and wakes the keeper.
     fn drop_connection(&self, used: &Arc<MultiplexedConnection>, why: String) {
         let previous = self.connection.compare_and_swap(used, None::<Arc<_>>);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, used)) {
-            tracing::warn!("redis: {why}; connecting again");
-            self.note(Some(why));
+            self.failed(format!("{why}; connecting again"));
             self.broken.notify_one();
         }
     }
@@ -163,6 +217,34 @@ impl Store {
             Err(_) => Err(format!("no answer within {limit:?}")),
         }
     }
+
+    /// Asks the connection in use for a PING; drops it if none comes within the timeout
+    /// (a connection that cannot answer a step would not answer a PING either).
+    async fn check(&self) {
+        let Some(connection) = self.connection.load_full() else {
+            return;
+        };
+        let mut conn = (*connection).clone();
+        let limit = self.connect_timeout();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut conn);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.drop_connection(&connection, format!("a check failed: {e}")),
+            Err(_) => self.drop_connection(
+                &connection,
+                format!("a check had no answer within {limit:?}"),
+            ),
+        }
+    }
+}
+
+/// The emission interval in whole microseconds, rounded up: the store counts in the
+/// microseconds of Redis's clock, and a rounded interval must never admit more than the
+/// limit says.
+fn interval_micros(quota: Quota) -> u64 {
+    let micros = quota.interval.as_nanos().div_ceil(1000).max(1);
+    u64::try_from(micros).unwrap_or(u64::MAX)
 }
 
 impl LimitStore for RedisLimits {
@@ -175,26 +257,35 @@ impl LimitStore for RedisLimits {
         let script = store.script.clone();
         Box::pin(async move {
             let mut conn = (*connection).clone();
-            let interval = (quota.interval.as_micros() as u64).max(1);
             let mut invocation = script.key(key);
-            invocation.arg(interval).arg(quota.burst);
+            invocation.arg(interval_micros(quota)).arg(quota.burst);
             let answer = tokio::time::timeout(
                 timeout,
                 invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn),
             )
             .await;
             match answer {
-                Ok(Ok((admitted, remaining, wait, reset))) => Ok(Verdict {
-                    admitted: admitted == 1,
-                    remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
-                    wait: Duration::from_micros(wait.max(0) as u64),
-                    reset: Duration::from_micros(reset.max(0) as u64),
-                }),
-                Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
+                Ok(Ok((admitted, remaining, wait, reset))) => {
+                    store.succeeded();
+                    Ok(Verdict {
+                        admitted: admitted == 1,
+                        remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+                        wait: Duration::from_micros(wait.max(0) as u64),
+                        reset: Duration::from_micros(reset.max(0) as u64),
+                    })
+                }
+                Ok(Err(e))
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.code().is_some_and(|code| REOPEN_ON.contains(&code)) =>
+                {
                     store.drop_connection(&connection, e.to_string());
                     Err(StoreError::Failed(e.to_string()))
                 }
-                Ok(Err(e)) => Err(StoreError::Failed(e.to_string())),
+                Ok(Err(e)) => {
+                    store.failed(format!("a step failed: {e}"));
+                    Err(StoreError::Failed(e.to_string()))
+                }
                 Err(_) => {
                     store.drop_connection(
                         &connection,
@@ -207,8 +298,9 @@ impl LimitStore for RedisLimits {
     }
 }
 
-/// Keeps the store connected: opens the connection at start, and again whenever a step
-/// dropped it, backing off while Redis does not answer.
+/// Keeps the store connected: opens the connection at start, checks it every second while
+/// it stands, and opens it again when a step or a check dropped it. A connection that
+/// never served a step is opened again only after a growing pause.
 pub struct RedisKeeper {
     store: RedisLimits,
 }
@@ -224,27 +316,25 @@ impl BackgroundService for RedisKeeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let store = &self.store.0;
         let mut backoff = FIRST_BACKOFF;
-        let mut last_error: Option<String> = None;
+        let mut pause = None;
         loop {
+            if let Some(delay) = pause.take() {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
             if store.connection.load().is_none() {
                 match store.connect().await {
                     Ok(connection) => {
+                        store.proven.store(false, Ordering::Relaxed);
                         store.connection.store(Some(Arc::new(connection)));
-                        store.note(None);
+                        store.failure().message = None;
                         tracing::info!("redis: connected");
-                        backoff = FIRST_BACKOFF;
-                        last_error = None;
                     }
                     Err(e) => {
-                        if last_error.as_ref() != Some(&e) {
-                            tracing::warn!("redis: cannot connect: {e}");
-                        }
-                        store.note(Some(e.clone()));
-                        last_error = Some(e);
-                        tokio::select! {
-                            _ = shutdown.changed() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
+                        store.failed(format!("cannot connect: {e}"));
+                        pause = Some(backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
@@ -252,7 +342,15 @@ impl BackgroundService for RedisKeeper {
             }
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = store.broken.notified() => {}
+                _ = store.broken.notified() => {
+                    if store.proven.load(Ordering::Relaxed) {
+                        backoff = FIRST_BACKOFF;
+                    } else {
+                        pause = Some(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                _ = tokio::time::sleep(CHECK_EVERY) => store.check().await,
             }
         }
     }

@@ -36,6 +36,8 @@ use std::time::Duration;
 pub const MAX_KEY_BYTES: usize = 256;
 /// Keys one limiter keeps when its route does not say (`rate_limit.max_keys`).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// The longest a bucket may take to fill again.
+const MAX_REFILL: Duration = crate::units::Span::MAX;
 
 /// What requests are counted together: a request selector (`rate_limit.key`), of the
 /// forms [`KEY_FORMS`]. A request without the key's value is counted by client address
@@ -378,6 +380,14 @@ impl Factory {
                 return Err(ConfigError::new(field, "must be at least 1"));
             }
         }
+        // A full bucket's refill time, in nanoseconds, must fit the limiter's clock.
+        let refill = (s.per.0 / s.rate).as_nanos() * u128::from(burst);
+        if refill > MAX_REFILL.as_nanos() {
+            return Err(ConfigError::new(
+                "burst",
+                "a full bucket would take more than ten years to refill (`per` / `rate` × `burst`)",
+            ));
+        }
         let state = RateLimitState::new(s.rate, s.per.0, burst, s.max_keys as usize)
             .ok_or_else(|| ConfigError::new("per", "must be more than 0s"))?;
         let plugin = RateLimitPlugin {
@@ -422,10 +432,19 @@ impl crate::registry::PluginFactory for Factory {
                 interval: plugin.state.interval,
                 burst: plugin.state.burst,
             };
+            // What counts requests, not what the instance does alone (`max_keys`,
+            // `on_store_error`): changing those keeps the fleet's buckets.
+            let counting = format!(
+                "{}/{}/{}/{}",
+                settings.rate,
+                settings.per.0.as_nanos(),
+                quota.burst,
+                settings.key
+            );
             plugin.shared = Some(SharedLimit::new(
                 store,
                 &owner,
-                config,
+                &counting,
                 quota,
                 settings.on_store_error,
             ));

@@ -5,7 +5,6 @@
 //! store makes atomic and bounds by its own timeout. The gateway provides the store (Redis)
 //! through the registry's resources; when it fails, the route's `on_store_error` decides.
 
-use super::MAX_KEY_BYTES;
 use crate::selector::Selected;
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -89,16 +88,16 @@ pub struct SharedLimit {
 }
 
 impl SharedLimit {
-    /// `owner` names the route or global rule; `settings` is the limit's configuration as
-    /// written, so a changed limit starts fresh buckets as a local one does.
+    /// `owner` names the route or global rule; `settings` says how the limit counts (rate,
+    /// period, burst, key), so a changed limit starts fresh buckets as a local one does.
     pub fn new(
         store: Arc<dyn LimitStore>,
         owner: &str,
-        settings: &serde_json::Value,
+        settings: &str,
         quota: Quota,
         on_error: OnStoreError,
     ) -> SharedLimit {
-        let settings = hex::encode(&Sha256::digest(settings.to_string().as_bytes())[..6]);
+        let settings = hex::encode(&Sha256::digest(settings.as_bytes())[..6]);
         let namespace = format!("gatehouse:rl:{owner}:{settings}:").into_bytes();
         SharedLimit {
             store,
@@ -108,11 +107,13 @@ impl SharedLimit {
         }
     }
 
-    /// The store's key for a request's bucket. Long keys are kept as a digest that every
-    /// instance computes alike (the local limiter's digest is keyed per process), and each
-    /// kind of key has its own tag, so a header value cannot pose as a client address.
+    /// The store's key for a request's bucket. A key a client writes (a header's value, a
+    /// consumer id) is kept as a 128-bit SHA-256 digest, the same on every instance (the
+    /// local limiter's digest is keyed per process): whatever a client sends, a bucket's key
+    /// has one size, and no caller's id is written to Redis as sent. Each kind of key has
+    /// its own tag, so a header value cannot pose as a client address.
     pub(super) fn key(&self, selected: &Selected<'_>) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.namespace.len() + 48);
+        let mut key = Vec::with_capacity(self.namespace.len() + 40);
         key.extend_from_slice(&self.namespace);
         match selected {
             Selected::ClientIp(ip) => {
@@ -120,12 +121,8 @@ impl SharedLimit {
                 key.extend_from_slice(ip.to_string().as_bytes());
             }
             Selected::Route(_) => key.extend_from_slice(b"route"),
-            Selected::Text(text) if text.len() <= MAX_KEY_BYTES => {
-                key.extend_from_slice(b"k:");
-                key.extend_from_slice(text);
-            }
             Selected::Text(text) => {
-                key.extend_from_slice(b"d:");
+                key.extend_from_slice(b"k:");
                 key.extend_from_slice(hex::encode(&Sha256::digest(text)[..16]).as_bytes());
             }
         }
@@ -155,25 +152,18 @@ mod tests {
         }
     }
 
-    fn limit(owner: &str, settings: serde_json::Value) -> SharedLimit {
+    fn limit(owner: &str, settings: &str) -> SharedLimit {
         let quota = Quota {
             interval: Duration::from_millis(50),
             burst: 10,
         };
-        SharedLimit::new(
-            Arc::new(Never),
-            owner,
-            &settings,
-            quota,
-            OnStoreError::Local,
-        )
+        SharedLimit::new(Arc::new(Never), owner, settings, quota, OnStoreError::Local)
     }
 
     #[test]
-    fn keys_are_tagged_by_kind_and_long_ones_kept_as_a_stable_digest() {
-        let settings = serde_json::json!({ "rate": 20, "per": "1s" });
-        let a = limit("route:r", settings.clone());
-        let text = |t: &str| a.key(&Selected::Text(t.as_bytes()));
+    fn keys_are_tagged_by_kind_and_client_written_ones_kept_as_a_stable_digest() {
+        let a = limit("route:r", "20/1000000000/10/client_ip");
+        let text = |t: &[u8]| a.key(&Selected::Text(t));
         let ip = a.key(&Selected::ClientIp("10.0.0.1".parse().unwrap()));
         assert!(
             ip.ends_with(b":ip:10.0.0.1"),
@@ -182,32 +172,31 @@ mod tests {
         );
         assert_ne!(
             ip,
-            text("10.0.0.1"),
+            text(b"10.0.0.1"),
             "a header value cannot pose as an address"
         );
-        assert!(text("alice").ends_with(b":k:alice"));
         assert!(a.key(&Selected::Route("r")).ends_with(b":route"));
 
-        // A long key: a digest, the same in another process (a fresh limit), distinct per key.
-        let long = "x".repeat(MAX_KEY_BYTES + 1);
-        let digest = text(&long);
-        assert!(digest.len() < 100, "{} bytes", digest.len());
+        // Whatever its length, a written key is a digest of one size, the same in another
+        // process (a fresh limit), distinct per key, and not the key as sent.
+        let long = vec![b'x'; 30 * 1024];
+        assert_eq!(text(b"alice").len(), text(&long).len());
+        assert!(!String::from_utf8_lossy(&text(b"alice")).contains("alice"));
         assert_eq!(
-            digest,
-            limit("route:r", settings.clone()).key(&Selected::Text(long.as_bytes()))
+            text(&long),
+            limit("route:r", "20/1000000000/10/client_ip").key(&Selected::Text(&long))
         );
-        assert_ne!(digest, text(&"y".repeat(MAX_KEY_BYTES + 1)));
+        assert_ne!(text(&long), text(&vec![b'y'; 30 * 1024]));
 
-        // Another owner or other settings: other buckets.
-        let other_route = limit("route:s", settings.clone());
+        // Another owner or other counting: other buckets.
+        let route = |l: &SharedLimit| l.key(&Selected::Route("r"));
         assert_ne!(
-            other_route.key(&Selected::Route("s")),
-            a.key(&Selected::Route("r"))
+            route(&limit("route:s", "20/1000000000/10/client_ip")),
+            route(&a)
         );
-        let changed = limit("route:r", serde_json::json!({ "rate": 21, "per": "1s" }));
         assert_ne!(
-            changed.key(&Selected::Route("r")),
-            a.key(&Selected::Route("r"))
+            route(&limit("route:r", "21/1000000000/10/client_ip")),
+            route(&a)
         );
     }
 }
