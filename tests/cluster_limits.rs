@@ -179,8 +179,8 @@ async fn a_paused_redis_leaves_each_route_to_its_policy_within_the_timeout() {
         assert_eq!(probe(&gw, path, 1).await.0, [200], "{path} with redis up");
     }
     for path in ["/allow", "/deny"] {
-        let (statuses, slowest) = probe(&gw, path, 3).await;
-        assert_eq!(statuses, [200, 200, 200], "{path} with redis up");
+        let (statuses, slowest) = probe(&gw, path, 10).await;
+        assert_eq!(statuses, [200; 10], "{path} with redis up");
         usual = usual.max(slowest);
     }
 
@@ -422,5 +422,8 @@ async fn a_primary_demoted_to_a_replica_is_reported_and_left_until_it_leads_agai
     })
     .await;
     assert!(gw.status().await["redis"]["error"].is_null());
-    assert!(gw.logs().contains("read only replica"), "the failure is logged");
+    assert!(
+        gw.logs().contains("read only replica"),
+        "the failure is logged"
+    );
 }

@@ -112,7 +112,13 @@ awk -v s="${cpu[shared]}" -v l="${cpu[limited]}" 'BEGIN { printf "shared / limit
 sha=$(rcli SCRIPT LOAD "$(sed -n '/^pub const GCRA: &str = r#"$/,/^"#;$/p' src/fleet/limits.rs | sed '1d;$d')")
 for pipeline in 16 1; do
   rate=$(taskset -c 1 redis-benchmark -p "$redisport" -n 400000 -c 50 -P "$pipeline" -r 100000 -q \
-    EVALSHA "$sha" 1 "bench:__rand_int__" 1 1000000 | awk -F'[:,]' '/requests per second/ { gsub(/ requests per second.*/, "", $2); print $2 + 0; exit }')
+    EVALSHA "$sha" 1 "bench:__rand_int__" 1 1000000 2>&1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{ print $1 }')
   echo "one Redis core, limiter steps/s (pipeline $pipeline): $rate"
 done
-echo "bytes per bucket in Redis: $(rcli MEMORY USAGE "$(rcli --scan --pattern 'gatehouse:rl:*' | head -1)")"
+# What one bucket holds in Redis, for keys as the gateway writes them (one request an hour,
+# so the bucket stays).
+for key in "gatehouse:rl:route:orders:0123456789ab:ip:203.0.113.7" \
+  "gatehouse:rl:route:orders:0123456789ab:k:0123456789abcdef0123456789abcdef"; do
+  rcli EVALSHA "$sha" 1 "$key" 3600000000 1 >/dev/null
+  echo "bytes in Redis for ${key##*:rl:}: $(rcli MEMORY USAGE "$key")"
+done

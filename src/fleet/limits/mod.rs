@@ -13,7 +13,10 @@
 //! background (a stopped or unreachable Redis would otherwise keep every request waiting
 //! for the full timeout), the script loaded with it, so a step is one round trip. A
 //! connection that never served a step is opened again only after a growing pause, so a
-//! Redis too slow for the timeout is not flooded with connections.
+//! Redis too slow for the timeout is not flooded with connections. Each worker thread
+//! steps on a connection of its own ([`local`]); the shared one says whether Redis answers.
+
+mod local;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -22,7 +25,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -91,9 +94,16 @@ pub struct RedisLimits(Arc<Store>);
 
 struct Store {
     client: Client,
+    /// How connections are opened: the shared one and each worker thread's own.
+    config: AsyncConnectionConfig,
     timeout: Duration,
     script: Arc<Script>,
+    /// The shared connection: whether Redis is reachable now, and the steps of a thread
+    /// whose own connection is not open yet.
     connection: ArcSwapOption<MultiplexedConnection>,
+    /// Counts the shared connection's openings: a thread's own connection of an older
+    /// generation is opened again.
+    generation: AtomicU64,
     /// Wakes the keeper when a step dropped the connection.
     broken: tokio::sync::Notify,
     /// Whether a step succeeded on the connection in use: only then is a connection that
@@ -130,11 +140,18 @@ impl RedisLimits {
     /// later, in the background ([`RedisKeeper`]).
     pub fn new(url: &str, timeout: Duration) -> Result<RedisLimits, String> {
         let client = Client::open(url).map_err(|e| e.to_string())?;
+        let limit = timeout.max(MIN_CONNECT_TIMEOUT);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(Some(limit))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
         Ok(RedisLimits(Arc::new(Store {
             client,
+            config,
             timeout,
             script: Arc::new(Script::new(GCRA)),
             connection: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             broken: tokio::sync::Notify::new(),
             proven: AtomicBool::new(false),
             failing: AtomicBool::new(true),
@@ -199,14 +216,10 @@ impl Store {
     /// A new connection with the script loaded, within the connect timeout.
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
         let limit = self.connect_timeout();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(limit))
-            .set_pipeline_buffer_size(PIPELINE_BUFFER);
         let opened = async {
             let mut connection = self
                 .client
-                .get_multiplexed_async_connection_with_config(&config)
+                .get_multiplexed_async_connection_with_config(&self.config)
                 .await?;
             self.script.load_async(&mut connection).await?;
             Ok::<_, redis::RedisError>(connection)
@@ -255,8 +268,15 @@ impl LimitStore for RedisLimits {
         };
         let timeout = store.timeout;
         let script = store.script.clone();
+        let generation = store.generation.load(Ordering::Acquire);
+        let own = local::connection(
+            &store.client,
+            &store.config,
+            generation,
+            store.connect_timeout(),
+        );
         Box::pin(async move {
-            let mut conn = (*connection).clone();
+            let mut conn = own.unwrap_or_else(|| (*connection).clone());
             let mut invocation = script.key(key);
             invocation.arg(interval_micros(quota)).arg(quota.burst);
             let answer = tokio::time::timeout(
@@ -279,6 +299,7 @@ impl LimitStore for RedisLimits {
                         || e.is_connection_dropped()
                         || e.code().is_some_and(|code| REOPEN_ON.contains(&code)) =>
                 {
+                    local::forget(generation);
                     store.drop_connection(&connection, e.to_string());
                     Err(StoreError::Failed(e.to_string()))
                 }
@@ -287,6 +308,7 @@ impl LimitStore for RedisLimits {
                     Err(StoreError::Failed(e.to_string()))
                 }
                 Err(_) => {
+                    local::forget(generation);
                     store.drop_connection(
                         &connection,
                         format!("a step had no answer within {timeout:?}"),
@@ -328,6 +350,7 @@ impl BackgroundService for RedisKeeper {
                 match store.connect().await {
                     Ok(connection) => {
                         store.proven.store(false, Ordering::Relaxed);
+                        store.generation.fetch_add(1, Ordering::AcqRel);
                         store.connection.store(Some(Arc::new(connection)));
                         store.failure().message = None;
                         tracing::info!("redis: connected");
