@@ -109,7 +109,8 @@ awk -v s="${cpu[shared]}" -v l="${cpu[limited]}" 'BEGIN { printf "shared / limit
 
 # One Redis core running the limiter script alone: 100,000 keys, 50 clients, pipelined 16
 # deep (and, for the gateway's worst case, one command at a time).
-sha=$(rcli SCRIPT LOAD "$(sed -n '/^pub const GCRA: &str = r#"$/,/^"#;$/p' src/fleet/limits.rs | sed '1d;$d')")
+sha=$(rcli SCRIPT LOAD "$(sed -n '/^pub const GCRA: &str = r#"$/,/^"#;$/p' src/fleet/limits/mod.rs | sed '1d;$d')")
+[[ "$sha" =~ ^[0-9a-f]{40}$ ]] || { echo "the limiter script did not load: $sha" >&2; exit 1; }
 for pipeline in 16 1; do
   rate=$(taskset -c 1 redis-benchmark -p "$redisport" -n 400000 -c 50 -P "$pipeline" -r 100000 -q \
     EVALSHA "$sha" 1 "bench:__rand_int__" 1 1000000 2>&1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | awk '{ print $1 }')

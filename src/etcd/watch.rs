@@ -123,9 +123,11 @@ enum State {
         /// When it first broke, if it was opened again since.
         broken_since: Option<Instant>,
     },
-    /// The watch's stream broke (its member died, say): it is opened again at once, from
-    /// the revision after `revision`, on whichever member the client reaches. Nothing is
-    /// missed and nothing read again; a revision compacted meanwhile means a full read, as
+    /// The watch's stream broke (its member died, say): it is opened again at once on the
+    /// next member that answers, from the revision after `revision` when nothing was
+    /// written since (nothing read again); when something was, that member is read whole
+    /// instead (etcd would hand the missed changes to a watch opened in the past only at its
+    /// next sync, up to 100 ms later). A revision compacted meanwhile means a full read, as
     /// for any watch.
     Resuming {
         /// The next member's client; `None` until it is connected.
@@ -320,6 +322,24 @@ impl PrefixWatch {
                             };
                             return Ok(None);
                         }
+                        // Something was written since the watch's last change: etcd hands
+                        // a watch opened in the past its first changes only at its next
+                        // sync of such watches (every 100 ms), so what was missed is read
+                        // whole now instead, and the watch opened at the present.
+                        let now = header.map_or(*revision, |h| h.revision());
+                        if now > *revision {
+                            tracing::info!(
+                                revision = now,
+                                "{}: changes were made while the watch was down; reading \
+                                 everything at member {}",
+                                self.label,
+                                self.member % self.settings.endpoints.len().max(1)
+                            );
+                            self.state = State::Connected {
+                                client: client.clone(),
+                            };
+                            return Ok(None);
+                        }
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(
@@ -341,7 +361,44 @@ impl PrefixWatch {
                 let opened =
                     tokio::time::timeout(left, client.watch(self.prefix.as_str(), Some(options)));
                 match opened.await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok(mut stream)) => {
+                        // A write that landed between the question and the watch's
+                        // creation leaves the watch in the past too (see above): its
+                        // creation says the revision it was made at.
+                        let left = RESUME_WITHIN.saturating_sub(broken_since.elapsed());
+                        match tokio::time::timeout(left, stream.message()).await {
+                            Ok(Ok(Some(created)))
+                                if created.created()
+                                    && !created.canceled()
+                                    && created
+                                        .header()
+                                        .is_some_and(|h| h.revision() <= *revision) => {}
+                            Ok(Ok(Some(_))) => {
+                                tracing::info!(
+                                    "{}: changes were made while the watch was opened again; \
+                                     reading everything",
+                                    self.label
+                                );
+                                self.state = State::Connected {
+                                    client: client.clone(),
+                                };
+                                return Ok(None);
+                            }
+                            Ok(Ok(None)) | Ok(Err(_)) => {
+                                self.next_member_resumes();
+                                tokio::time::sleep(RESUME_PAUSE).await;
+                                return Ok(None);
+                            }
+                            // Out of time: the next step says so.
+                            Err(_) => return Ok(None),
+                        }
+                        tracing::info!(
+                            revision = *revision,
+                            "{}: the watch goes on at member {} ({:?} after it broke)",
+                            self.label,
+                            self.member % self.settings.endpoints.len().max(1),
+                            broken_since.elapsed()
+                        );
                         self.state = State::Watching {
                             client: client.clone(),
                             stream: Box::new(stream),
