@@ -1,4 +1,4 @@
-//! The command line: `run`, `validate`, `apply`, `get`, `delete`, `demo`. A library
+//! The command line: `run`, `validate`, `apply`, `get`, `delete`, `demo`, `import`. A library
 //! function rather than the binary's own code, so a program with plugins of its own runs
 //! the very same gateway: [`main_with`] installs its registry, then does what the
 //! `gatehouse` binary does.
@@ -63,6 +63,19 @@ enum Command {
         id: String,
         #[command(flatten)]
         etcd: EtcdArgs,
+    },
+    /// Translate Spring Cloud Gateway routes or a go-kratos gateway config into gatehouse
+    /// resources under DIR; list on stderr what could not be translated.
+    Import {
+        /// The format of the files: spring-cloud-gateway or kratos-gateway.
+        #[arg(long = "from", value_enum)]
+        from: crate::import::Dialect,
+        /// The configuration files, translated together.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The folder the resources are written to (created if missing).
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        output: PathBuf,
     },
     /// Start the gateway on the sample routes with two built-in demo upstreams.
     Demo {
@@ -151,6 +164,11 @@ pub fn main_with(plugins: Registry) -> ExitCode {
         Some(Command::Delete { kind, id, etcd }) => {
             return block_on(delete(kind, id, etcd.settings()))
         }
+        Some(Command::Import {
+            from,
+            files,
+            output,
+        }) => return import(from, files, output),
         Some(Command::Demo {
             listen,
             admin,
@@ -202,6 +220,31 @@ fn validate(paths: Vec<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::FAILURE
+}
+
+/// Writes the translated resources, lists what was not translated, and exits 0; exits 1
+/// with nothing written when an input does not parse or holds no route.
+fn import(from: crate::import::Dialect, files: Vec<PathBuf>, output: PathBuf) -> ExitCode {
+    match crate::import::run(from, &files, &output) {
+        Ok(outcome) => {
+            for report in &outcome.reports {
+                eprintln!("{report}");
+            }
+            println!(
+                "imported {} routes and {} upstreams into {}; {} items not translated or not exactly (listed on stderr)",
+                outcome.routes,
+                outcome.upstreams,
+                output.display(),
+                outcome.reports.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatehouse import: {e}");
+            eprintln!("nothing written");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs a command that talks to etcd; errors print and exit 1.

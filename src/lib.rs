@@ -12,6 +12,7 @@ pub mod demo;
 pub mod edge;
 pub mod etcd;
 pub mod fleet;
+pub mod import;
 pub mod interpolate;
 pub mod provider;
 pub mod proxy;
