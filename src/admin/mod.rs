@@ -1,5 +1,8 @@
 //! The admin listener: health, readiness, the configuration in force, and (etcd mode) writes.
 
+mod live;
+mod ui;
+
 use crate::etcd::EtcdSettings;
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
@@ -211,6 +214,9 @@ impl ServeHttp for AdminApi {
                     ),
                 }
             }
+            _ if path == "/ui" || path.starts_with("/ui/") => {
+                ui::serve(&path).unwrap_or_else(not_found)
+            }
             _ => match path.strip_prefix("/admin/") {
                 Some(rest) => {
                     let authorization =
@@ -223,6 +229,9 @@ impl ServeHttp for AdminApi {
                     }
                     if rest == "status" && method == Method::GET {
                         return self.status().await;
+                    }
+                    if rest == "live" && method == Method::GET {
+                        return json(StatusCode::OK, &live::upstreams(&self.live.load()));
                     }
                     match (&method, &self.writes, write_target(rest)) {
                         (&Method::PUT, Writes::Etcd(_), Some(key)) => self.put(session, key).await,

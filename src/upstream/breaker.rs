@@ -209,6 +209,15 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         self.state.load(Ordering::Acquire) != CLOSED
     }
+
+    /// The state by name, for operators: `closed`, `open` or `half_open` (a probe is out).
+    pub fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => "closed",
+            OPEN => "open",
+            _ => "half_open",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,168 @@
+"""Drives the dashboard in a real headless Chromium (Selenium), as an operator would.
+
+Usage: drive.py main|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR
+
+`main`: a wrong key shows nothing; the right one shows the overview, routes with their
+request rate, upstreams with node health, auth policies without secrets, the rejected
+objects; an invalid edit is refused with its errors shown and nothing written; a valid
+edit is written and in force through the proxy. `outage` (etcd stopped): the last
+snapshot is shown and the outage said. Prints `OK step` lines; any failure raises.
+"""
+
+import sys
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+mode, admin, proxy, key, shots = sys.argv[1:6]
+WAIT = 15
+
+
+def browser():
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860"):
+        options.add_argument(arg)
+    options.binary_location = "/usr/bin/chromium"
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def wait_for(driver, what, check):
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: check(d))
+    except Exception as e:
+        raise AssertionError(f"{what}: not seen within {WAIT}s; page text:\n{driver.find_element(By.TAG_NAME, 'body').text}") from e
+
+
+def text(driver, css):
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return found[0].text if found else ""
+
+
+def go(driver, view):
+    driver.find_element(By.CSS_SELECTOR, f'nav a[data-view="{view}"]').click()
+    wait_for(driver, f"the {view} view", lambda d: d.find_element(By.CSS_SELECTOR, f'nav a[data-view="{view}"]').get_attribute("class") == "active")
+
+
+def sign_in(driver, with_key):
+    driver.get(admin + "/ui/")
+    wait_for(driver, "the key form", lambda d: d.find_element(By.ID, "login").is_displayed())
+    field = driver.find_element(By.ID, "key")
+    field.clear()
+    field.send_keys(with_key)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status
+
+
+def status_of(url):
+    try:
+        return get(url)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def main(driver):
+    # A wrong key: refused, and nothing of the configuration is shown.
+    sign_in(driver, "not-the-key")
+    wait_for(driver, "the refusal", lambda d: "refused" in text(d, "#login-error"))
+    assert not driver.find_element(By.ID, "nav").is_displayed()
+    assert text(driver, "#view") == "", text(driver, "#view")
+    assert "hello" not in driver.page_source
+    print("OK a wrong key shows nothing")
+
+    sign_in(driver, key)
+    wait_for(driver, "the overview", lambda d: text(d, "#revision").isdigit())
+    assert "etcd" in text(driver, "#source-state")
+    driver.save_screenshot(f"{shots}/overview.png")
+    print("OK overview")
+
+    # Traffic on a route shows in its row's rate within a few samples.
+    go(driver, "routes")
+    deadline = time.time() + WAIT
+    while True:
+        for _ in range(20):
+            get(proxy + "/hello")
+        rate = text(driver, 'tr[data-route="hello"] td:nth-child(5)')
+        if rate.endswith("/s") and float(rate[:-2]) > 0:
+            break
+        assert time.time() < deadline, f"no request rate on /hello: {text(driver, '#view')}"
+        time.sleep(0.5)
+    assert "/hello" in text(driver, 'tr[data-route="hello"]')
+    # Each chart draws one point per sample: a few more samples, then the picture.
+    for _ in range(12):
+        for _ in range(10):
+            get(proxy + "/hello")
+        time.sleep(0.5)
+    points = driver.find_element(By.CSS_SELECTOR, 'tr[data-route="hello"] svg.spark polyline').get_attribute("points")
+    assert len(points.split()) >= 3, points
+    driver.save_screenshot(f"{shots}/routes.png")
+    print("OK routes with their request rate")
+
+    go(driver, "upstreams")
+    wait_for(driver, "the node's health", lambda d: "healthy" in text(d, '[data-upstream="svc"]'))
+    driver.save_screenshot(f"{shots}/upstreams.png")
+    print("OK upstreams with node health")
+
+    go(driver, "auth")
+    wait_for(driver, "the policy", lambda d: "jwt-hs" in text(d, "#view"))
+    for secret in ("dashboard-test-secret", "ZGFzaGJvYXJkLXRlc3Qtc2VjcmV0"):
+        assert secret not in driver.page_source, "a secret is shown"
+    print("OK auth policies without their secrets")
+
+    go(driver, "rejected")
+    wait_for(driver, "the rejected route", lambda d: "broken" in text(d, "#view") and "upstream" in text(d, "#view"))
+    driver.save_screenshot(f"{shots}/rejected.png")
+    print("OK rejected objects with their errors")
+
+    # Edit: an invalid version is refused with its errors, nothing written.
+    go(driver, "edit")
+    Select(driver.find_element(By.ID, "edit-kind")).select_by_value("routes")
+    driver.find_element(By.ID, "edit-id").send_keys("hello")
+    driver.find_element(By.ID, "edit-load").click()
+    area = driver.find_element(By.ID, "edit-yaml")
+    wait_for(driver, "the route as YAML", lambda d: "/hello" in area.get_attribute("value"))
+    original = area.get_attribute("value")
+    area.clear()
+    area.send_keys(original.replace("upstream: svc", "upstream: nowhere"))
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the validation errors", lambda d: "nowhere" in text(d, "#edit-errors"))
+    driver.save_screenshot(f"{shots}/edit-refused.png")
+    assert status_of(proxy + "/hello") == 200
+    print("OK an invalid edit is refused, its errors shown, nothing written")
+
+    # A valid edit is written and in force.
+    area.clear()
+    area.send_keys(original.replace("/hello", "/edited"))
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
+    deadline = time.time() + WAIT
+    while status_of(proxy + "/edited") != 200:
+        assert time.time() < deadline, "the edited route never answered"
+        time.sleep(0.1)
+    assert status_of(proxy + "/hello") == 404
+    print("OK a valid edit is in force")
+
+
+def outage(driver):
+    sign_in(driver, key)
+    wait_for(driver, "the outage said", lambda d: "cannot be reached" in text(d, "#outage"))
+    assert "serving" in text(driver, "#outage") or "keeps serving" in text(driver, "#outage")
+    go(driver, "routes")
+    wait_for(driver, "the last snapshot's routes", lambda d: "edited" in text(d, "#view"))
+    driver.save_screenshot(f"{shots}/outage.png")
+    print("OK etcd down: the last snapshot shown, the outage said")
+
+
+driver = browser()
+try:
+    {"main": main, "outage": outage}[mode](driver)
+finally:
+    driver.quit()
