@@ -2,8 +2,9 @@
 //! (`tests/dashboard/drive.py`), against a gateway on a real etcd: a wrong key shows
 //! nothing; the views show what is in force, live node health and per-route rates from the
 //! gateway's own metrics, and no secret; an invalid edit is refused with its errors and
-//! writes nothing; a valid one is in force through the proxy; with etcd gone the last
-//! snapshot is shown and the outage said.
+//! writes nothing; an unchanged one written back stays as it was; a valid one is in force
+//! through the proxy; with etcd gone the last snapshot is shown and the outage said, and
+//! with the gateway stopped the page says it does not answer.
 //!
 //! Screenshots of the main views are written to `DASHBOARD_SCREENSHOTS` when it is set (the
 //! ones in docs/dashboard/ come from there), else to a temporary folder.
@@ -22,6 +23,7 @@ fn drive(mode: &str, gw: &Gateway, shots: &std::path::Path) {
     let out = Command::new("python3")
         .args([script, mode, &gw.admin_url(""), &gw.url(""), KEY])
         .arg(shots)
+        .arg(gw.pid().to_string())
         .output()
         .expect("python3 runs (scripts/setup --test installs selenium and chromium)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -49,6 +51,12 @@ async fn an_operator_reads_edits_and_sees_an_outage_in_a_real_browser() {
     etcd.put(
         &format!("{PREFIX}/routes/broken"),
         "match: { paths: [\"/broken\"] }\nupstream: missing\n",
+    );
+    // Values YAML would read as something else if written plain.
+    etcd.put(
+        &format!("{PREFIX}/routes/tricky"),
+        "match: { paths: [\"/tricky\"], headers: { X-Colon: \"a:\", X-Yes: \"yes\", X-Num: \"08\" } }\n\
+         direct_response: { status: 200, body: \"l1\\nl2 end:\" }\n",
     );
     etcd.put(
         &format!("{PREFIX}/auth/jwt-hs"),
@@ -88,4 +96,81 @@ async fn an_operator_reads_edits_and_sees_an_outage_in_a_real_browser() {
     ] {
         assert!(shots.join(format!("{view}.png")).is_file(), "{view}.png");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_files_and_live_state_are_served_as_documented() {
+    let up = TestUpstream::start("svc").await;
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            format!(
+                "{}circuit_breaker: {{ error_rate: 0.5, min_requests: 20, window: 10s, open_for: 5s }}\n\
+                 concurrency: {{ max: 7 }}\n",
+                up.resource("svc")
+            ),
+        )
+        .api_key(KEY)
+        .start()
+        .await;
+    let c = common::client();
+    let page = c.get(gw.admin_url("/ui/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(policy.contains("default-src 'none'") && policy.contains("frame-ancestors 'none'"));
+    assert!(page.text().await.unwrap().contains("/ui/app.js"));
+    for (path, status) in [
+        ("/ui", 301),
+        ("/ui/app.js", 200),
+        ("/ui/app.css", 200),
+        ("/ui/nope", 404),
+    ] {
+        let resp = c.get(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+    }
+    let post = c.post(gw.admin_url("/ui/")).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+
+    assert_eq!(
+        c.get(gw.admin_url("/admin/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let live: serde_json::Value = c
+        .get(gw.admin_url("/admin/live"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live[0]["id"], "svc", "{live}");
+    assert_eq!(live[0]["breaker"], "closed", "{live}");
+    assert_eq!(live[0]["concurrency"]["limit"], 7, "{live}");
+    assert_eq!(live[0]["concurrency"]["in_flight"], 0, "{live}");
+    assert_eq!(live[0]["nodes"][0]["healthy"], true, "{live}");
+    assert_eq!(live[0]["nodes"][0]["addr"], up.addr.to_string(), "{live}");
+
+    // A key a browser cannot send as it is stops startup, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        "provider: { file: { paths: [r] } }\nadmin: { api_key: \"kéy\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["run", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.api_key"));
 }

@@ -215,6 +215,16 @@ impl ServeHttp for AdminApi {
                 }
             }
             _ if path == "/ui" || path.starts_with("/ui/") => {
+                if method != Method::GET && method != Method::HEAD {
+                    let mut resp = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        "the dashboard's files are read with GET",
+                    );
+                    resp.headers_mut()
+                        .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+                    return resp;
+                }
                 ui::serve(&path).unwrap_or_else(not_found)
             }
             _ => match path.strip_prefix("/admin/") {
@@ -368,7 +378,7 @@ impl AdminApi {
         drop(guard);
         match result {
             Ok(revision) => self.written(&key, revision).await,
-            Err(e) => unavailable(e),
+            Err(e) => unconfirmed(e),
         }
     }
 
@@ -397,7 +407,7 @@ impl AdminApi {
                 "not_found",
                 &format!("{key} is not in etcd"),
             ),
-            Err(e) => unavailable(e),
+            Err(e) => unconfirmed(e),
         }
     }
 
@@ -484,6 +494,19 @@ fn unavailable(e: crate::store::StoreError) -> Response<Vec<u8>> {
         StatusCode::SERVICE_UNAVAILABLE,
         "etcd_unavailable",
         &e.to_string(),
+    )
+}
+
+/// 503 for a write etcd did not confirm: it may still land (a request already sent to a
+/// stalled etcd is applied when it resumes), so the caller is told to read before retrying.
+fn unconfirmed(e: crate::store::StoreError) -> Response<Vec<u8>> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "etcd_unavailable",
+        &format!(
+            "{e}; the write may still be applied when etcd answers: read the object back \
+             before writing it again"
+        ),
     )
 }
 

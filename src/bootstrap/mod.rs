@@ -376,6 +376,14 @@ impl Bootstrap {
                 ));
             }
         }
+        // The key travels in an `Authorization` header, which a browser (the dashboard)
+        // can only send in Latin-1: printable ASCII is what every client sends alike.
+        if !self.admin.api_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                "admin.api_key",
+                "must be printable ASCII without spaces".into(),
+            ));
+        }
         if let Some(redis) = &self.redis {
             if let Err(e) = redis::Client::open(redis.url.as_str()) {
                 return Err(("redis.url", e.to_string()));

@@ -1,14 +1,18 @@
 """Drives the dashboard in a real headless Chromium (Selenium), as an operator would.
 
-Usage: drive.py main|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR
+Usage: drive.py main|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
 
 `main`: a wrong key shows nothing; the right one shows the overview, routes with their
 request rate, upstreams with node health, auth policies without secrets, the rejected
 objects; an invalid edit is refused with its errors shown and nothing written; a valid
 edit is written and in force through the proxy. `outage` (etcd stopped): the last
-snapshot is shown and the outage said. Prints `OK step` lines; any failure raises.
+snapshot is shown and the outage said; then the gateway itself stops (SIGSTOP) and the page
+says it does not answer, keeping what it showed. Prints `OK step` lines; any failure raises.
 """
 
+import json
+import os
+import signal
 import sys
 import time
 import urllib.request
@@ -19,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-mode, admin, proxy, key, shots = sys.argv[1:6]
+mode, admin, proxy, key, shots, gateway_pid = sys.argv[1:7]
 WAIT = 15
 
 
@@ -60,6 +64,12 @@ def sign_in(driver, with_key):
 def get(url):
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.status
+
+
+def admin_json(path):
+    request = urllib.request.Request(admin + path, headers={"Authorization": "Bearer " + key})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.load(resp)
 
 
 def status_of(url):
@@ -124,6 +134,8 @@ def main(driver):
 
     # Edit: an invalid version is refused with its errors, nothing written.
     go(driver, "edit")
+    kinds = [o.get_attribute("value") for o in Select(driver.find_element(By.ID, "edit-kind")).options]
+    assert "auth" not in kinds, "auth policies cannot be written back without their secrets"
     Select(driver.find_element(By.ID, "edit-kind")).select_by_value("routes")
     driver.find_element(By.ID, "edit-id").send_keys("hello")
     driver.find_element(By.ID, "edit-load").click()
@@ -138,7 +150,23 @@ def main(driver):
     assert status_of(proxy + "/hello") == 200
     print("OK an invalid edit is refused, its errors shown, nothing written")
 
+    # An unchanged resource loaded and written back stays exactly as it was.
+    before = admin_json("/admin/routes/tricky")
+    driver.find_element(By.ID, "edit-id").clear()
+    driver.find_element(By.ID, "edit-id").send_keys("tricky")
+    driver.find_element(By.ID, "edit-load").click()
+    wait_for(driver, "the tricky route", lambda d: "/tricky" in area.get_attribute("value"))
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
+    after = admin_json("/admin/routes/tricky")
+    assert before == after, f"{before} became {after}"
+    print("OK a resource loaded and written back unchanged stays as it was")
+
     # A valid edit is written and in force.
+    driver.find_element(By.ID, "edit-id").clear()
+    driver.find_element(By.ID, "edit-id").send_keys("hello")
+    driver.find_element(By.ID, "edit-load").click()
+    wait_for(driver, "the route as YAML", lambda d: "/hello" in area.get_attribute("value"))
     area.clear()
     area.send_keys(original.replace("/hello", "/edited"))
     driver.find_element(By.ID, "edit-write").click()
@@ -159,6 +187,14 @@ def outage(driver):
     wait_for(driver, "the last snapshot's routes", lambda d: "edited" in text(d, "#view"))
     driver.save_screenshot(f"{shots}/outage.png")
     print("OK etcd down: the last snapshot shown, the outage said")
+
+    os.kill(int(gateway_pid), signal.SIGSTOP)
+    try:
+        wait_for(driver, "the gateway said silent", lambda d: "does not answer" in text(d, "#outage"))
+        assert "edited" in text(driver, "#view"), "what was shown stays"
+    finally:
+        os.kill(int(gateway_pid), signal.SIGCONT)
+    print("OK the gateway stopped: said, and the last view kept")
 
 
 driver = browser()

@@ -42,14 +42,37 @@ function show(...nodes) {
   view.replaceChildren(...nodes);
 }
 
+// Draws a view unless a newer refresh has started since it was asked for: a slow answer
+// never paints an old view over the one the operator moved to (or over what is typed in
+// the edit form).
+function showIf(current, ...nodes) {
+  if (current && !current()) return;
+  show(...nodes);
+}
+
 // ---------- the admin API ----------
 
 class Unauthorized extends Error {}
 
+// A gateway that stops answering must show as such, not as a page that waits forever.
+const ANSWER_WITHIN_MS = 5000;
+
+async function fetchWithin(path, options = {}) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
+  try {
+    return await fetch(path, Object.assign({}, options, { cache: "no-store", signal: abort.signal }));
+  } catch (e) {
+    throw new Error(abort.signal.aborted ? `no answer within ${ANSWER_WITHIN_MS / 1000} s` : e.message);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (state.key) headers.Authorization = "Bearer " + state.key;
-  const resp = await fetch(path, Object.assign({}, options, { headers, cache: "no-store" }));
+  const resp = await fetchWithin(path, Object.assign({}, options, { headers }));
   if (resp.status === 401) throw new Unauthorized("the admin key was refused");
   return resp;
 }
@@ -135,7 +158,7 @@ function spark(values, label) {
 }
 
 async function sample() {
-  const resp = await fetch("/metrics", { cache: "no-store" });
+  const resp = await fetchWithin("/metrics");
   if (!resp.ok) return;
   state.samples.push({ at: Date.now(), routes: parseMetrics(await resp.text()) });
   if (state.samples.length > POINTS + 1) state.samples.shift();
@@ -163,7 +186,7 @@ function outageBanner(status, failure) {
 }
 
 const views = {
-  async overview() {
+  async overview(current) {
     const status = state.status;
     const s = status.source || {};
     const cards = h("div", { class: "grid" },
@@ -181,10 +204,10 @@ const views = {
           h("td", {}, i.source_connected ? "connected" : "not connected"), h("td", {}, i.started_at),
           h("td", {}, i.lagging ? h("span", { class: "warn" }, "LAGGING") : "")))));
     }
-    show(...nodes);
+    showIf(current, ...nodes);
   },
 
-  async routes() {
+  async routes(current) {
     const routes = await apiJson("/admin/routes");
     const rows = routes.map((r) => {
       const m = r.match || {};
@@ -201,11 +224,11 @@ const views = {
         h("td", {}, spark(data.map((d) => d.errors * 100), "error share"), h("span", { class: "figure" }, fmt(last && last.errors * 100, "%", 1))),
         h("td", {}, spark(data.map((d) => d.p99), "P99 latency"), h("span", { class: "figure" }, fmt(last && last.p99 !== null ? last.p99 * 1000 : null, " ms", 0))));
     });
-    show(h("h1", {}, "Routes"), table(["id", "match", "upstream", "plugins", "requests", "5xx", "P99"], rows),
+    showIf(current, h("h1", {}, "Routes"), table(["id", "match", "upstream", "plugins", "requests", "5xx", "P99"], rows),
       h("p", { class: "muted" }, "Rates from the gateway's own metrics, sampled every 2 s while this page is open; P99 is a histogram bucket's upper bound."));
   },
 
-  async upstreams() {
+  async upstreams(current) {
     const [specs, live] = await Promise.all([apiJson("/admin/upstreams"), apiJson("/admin/live")]);
     const byId = new Map(live.map((u) => [u.id, u]));
     const cards = specs.map((u) => {
@@ -219,30 +242,40 @@ const views = {
           h("td", {}, h("span", { class: "dot " + (n.healthy ? "ok" : "bad") }), n.healthy ? "healthy" : "ejected"),
           h("td", {}, String(n.in_flight)), h("td", {}, String(n.weight)), h("td", {}, n.lane || "")))));
     });
-    show(h("h1", {}, "Upstreams"), ...cards);
+    showIf(current, h("h1", {}, "Upstreams"), ...cards);
   },
 
-  async auth() {
+  async auth(current) {
     const policies = await apiJson("/admin/auth");
-    show(h("h1", {}, "Auth policies"), h("p", { class: "muted" }, "Secrets are never shown."),
+    showIf(current, h("h1", {}, "Auth policies"), h("p", { class: "muted" }, "Secrets are never shown."),
       ...policies.map((p) => h("div", { class: "card" }, h("h2", {}, p.id), h("pre", {}, toYaml(p)))));
   },
 
-  async rejected() {
+  async rejected(current) {
     const status = state.status;
-    show(h("h1", {}, "Rejected"), table(["object", "error"], (status.rejected || []).map((r) =>
+    showIf(current, h("h1", {}, "Rejected"), table(["object", "error"], (status.rejected || []).map((r) =>
       h("tr", {}, h("td", {}, h("code", {}, r.key)), h("td", { class: "error" }, r.error)))));
   },
 
   async edit() {
-    const kinds = { routes: "Route", upstreams: "Upstream", auth: "AuthPolicy", global_rules: "GlobalRule" };
+    // Not auth policies: their secrets never reach the browser, so a policy loaded here
+    // could only be written back without them. They are edited with `gatehouse apply`.
+    const kinds = { routes: "Route", upstreams: "Upstream", global_rules: "GlobalRule" };
     const kind = h("select", { id: "edit-kind" }, Object.keys(kinds).map((k) => h("option", { value: k }, kinds[k])));
     const id = h("input", { id: "edit-id", placeholder: "id", required: true });
     const text = h("textarea", { id: "edit-yaml", spellcheck: "false" });
     const result = h("div", { id: "edit-result", role: "status" });
     const load = async () => {
       result.replaceChildren();
-      const resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`);
+      if (!id.value) { result.append(h("p", { class: "error" }, "Give the id to load.")); return; }
+      let resp;
+      try {
+        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`);
+      } catch (e) {
+        if (e instanceof Unauthorized) return signIn(e.message);
+        result.append(h("p", { class: "error" }, "Could not load: " + e.message));
+        return;
+      }
       if (resp.status === 404) { text.value = ""; result.append(h("p", { class: "muted" }, "Not in force: write it to create it.")); return; }
       const object = await resp.json();
       delete object.kind; delete object.id;
@@ -251,7 +284,14 @@ const views = {
     const write = async (event) => {
       event.preventDefault();
       result.replaceChildren(h("p", { class: "muted" }, "Validating and writing…"));
-      const resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`, { method: "PUT", body: text.value, headers: { "Content-Type": "application/yaml" } });
+      let resp;
+      try {
+        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`, { method: "PUT", body: text.value, headers: { "Content-Type": "application/yaml" } });
+      } catch (e) {
+        if (e instanceof Unauthorized) return signIn(e.message);
+        result.replaceChildren(h("p", { class: "error" }, "No answer (" + e.message + "): the write may or may not have been applied; load the resource to see."));
+        return;
+      }
       const body = await resp.json().catch(() => ({}));
       if (resp.ok) {
         result.replaceChildren(h("p", { class: "ok", id: "edit-written" }, `Written at revision ${body.revision}` + (body.in_force ? ", in force." : "; not in force yet.")));
@@ -270,11 +310,14 @@ const views = {
 
 // A JSON value as YAML (block style, strings quoted when YAML would read them otherwise).
 function toYaml(value, indent = "") {
+  // A string is written plain only when YAML reads it back as that same string; else
+  // double-quoted, with every character YAML does not take as it is escaped.
   const scalar = (v) => {
     if (v === null) return "null";
     if (typeof v === "number" || typeof v === "boolean") return String(v);
     const s = String(v);
-    return /^[A-Za-z_/][\w./:*{}-]*$/.test(s) && !/^(true|false|null|yes|no|on|off|~)$/i.test(s) ? s : JSON.stringify(s);
+    const plain = /^[A-Za-z_/][\w./*{}-]*(:[\w./*{}-]+)*$/.test(s) && !/^(true|false|null|yes|no|on|off|y|n|~)$/i.test(s);
+    return plain ? s : JSON.stringify(s).replace(/[\u007f-\u009f\u2028\u2029]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
   };
   if (Array.isArray(value)) {
     if (!value.length) return "[]";
@@ -307,7 +350,12 @@ function currentView() {
   return views[name] ? name : "overview";
 }
 
+let refreshes = 0;
+
 async function refresh() {
+  // Only the newest refresh draws: a slow answer never paints an old view over a new one.
+  const mine = ++refreshes;
+  const current = () => mine === refreshes;
   let failure = null;
   try {
     state.status = await apiJson("/admin/status");
@@ -316,6 +364,7 @@ async function refresh() {
     if (e instanceof Unauthorized) return signIn(e.message);
     failure = e.message;
   }
+  if (!current()) return;
   if (!state.status) { outageBanner(null, failure); return; }
   outageBanner(state.status, failure);
   document.getElementById("source-state").textContent = sourceLine(state.status);
@@ -328,15 +377,16 @@ async function refresh() {
   if (name === "edit" && document.getElementById("edit-yaml")) return;
   if (failure) return;
   try {
-    await views[name]();
+    await views[name](current);
   } catch (e) {
+    if (!current()) return;
     if (e instanceof Unauthorized) return signIn(e.message);
     outageBanner(state.status, e.message);
   }
 }
 
 function signIn(message) {
-  clearInterval(state.timer);
+  clearTimeout(state.timer);
   state.key = "";
   state.status = null;
   sessionStorage.removeItem(KEY_SLOT);
@@ -349,13 +399,18 @@ function signIn(message) {
   document.getElementById("login-error").textContent = message || "";
 }
 
+// One refresh at a time: the next is planned when the last is done.
+async function poll() {
+  await refresh();
+  if (state.status) state.timer = setTimeout(poll, POLL_MS);
+}
+
 async function start() {
   document.getElementById("login").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
-  await refresh();
-  clearInterval(state.timer);
-  if (state.status) state.timer = setInterval(refresh, POLL_MS);
+  clearTimeout(state.timer);
+  await poll();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
