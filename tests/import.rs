@@ -547,3 +547,239 @@ fn garbage_is_refused_naming_the_file_and_nothing_is_written() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("missing.yaml: cannot read it"));
 }
+
+/// Runs a Spring import of `text` into a new folder `out` of `dir`.
+fn spring(dir: &Path, text: &str) -> (Output, PathBuf) {
+    let file = input(dir, "application.yml", text);
+    let out_dir = dir.join("out");
+    (import("spring-cloud-gateway", &[&file], &out_dir), out_dir)
+}
+
+#[test]
+fn names_with_line_breaks_never_reach_a_file_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = spring(
+        dir.path(),
+        r#"spring.cloud.gateway.routes:
+  - id: "users\n---\nkind: Route\nid: hidden\nmatch: {paths: ['/**']}\nupstream: users\n---\n#"
+    uri: lb://users
+    predicates: [Path=/users/**]
+  - id: "a/b"
+    uri: lb://users
+  - id: ok
+    uri: "http://127.0.0.1:9000/\n---\nkind: Route"
+  - id: kept
+    uri: lb://users
+    predicates: [Path=/kept/**]
+"#,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(r"route users\n---\nkind: Route") && err.contains("control character"),
+        "{err}"
+    );
+    assert!(err.contains("route a/b: route not translated"), "{err}");
+    assert!(err.contains("route ok: route not translated"), "{err}");
+    assert!(!err.contains("\n---"), "{err}");
+    assert_eq!(
+        listing(&out_dir),
+        ["route-kept.yaml", "upstream-users.yaml"]
+    );
+    assert_valid(&out_dir);
+    for name in listing(&out_dir) {
+        let text = std::fs::read_to_string(out_dir.join(&name)).unwrap();
+        assert!(!text.contains("---"), "{name}:\n{text}");
+        assert!(!text.contains("hidden"), "{name}:\n{text}");
+    }
+
+    // A kratos path with a line break is refused the same way.
+    let file = input(
+        dir.path(),
+        "k.yaml",
+        "endpoints:\n  - path: \"/x\\n---\\nkind: Route\"\n    backends: [{target: 'direct://127.0.0.1:9000'}]\n  - path: /y\n    backends: [{target: 'direct://127.0.0.1:9000'}]\n",
+    );
+    let k_out = dir.path().join("k-out");
+    let out = import("kratos-gateway", &[&file], &k_out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("control character"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(listing(&k_out).len(), 2);
+    assert_valid(&k_out);
+}
+
+#[test]
+fn merge_keys_bring_their_predicates_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = spring(
+        dir.path(),
+        "x-common: &common\n  filters:\n    - StripPrefix=1\n  predicates:\n    - Path=/common/**\n  uri: lb://common\nspring.cloud.gateway.routes:\n  - id: users\n    uri: lb://users\n    <<: *common\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let route = resource(&out_dir, "route-users.yaml");
+    assert_eq!(route["upstream"], yaml("users"), "{route:?}");
+    assert_eq!(route["match"]["paths"], yaml("['/common/**']"), "{route:?}");
+    assert!(route.get("rewrite").is_some(), "{route:?}");
+    assert_valid(&out_dir);
+}
+
+#[test]
+fn the_output_folder_is_new_or_empty_and_written_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "routes:\n  - id: a\n    uri: http://127.0.0.1:9001\n    predicates: [Path=/a/**]\n";
+    let file = input(dir.path(), "application.yml", text);
+
+    // A folder with something in it is refused and left as it was.
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("route-old.yaml"), "stale").unwrap();
+    let out = import("spring-cloud-gateway", &[&file], &full);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing written"));
+    assert_eq!(listing(&full), ["route-old.yaml"]);
+
+    // A file, or a link to an empty folder, is refused.
+    let plain = input(dir.path(), "plain", "x");
+    let out = import("spring-cloud-gateway", &[&file], &plain);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "x");
+    #[cfg(unix)]
+    {
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = import("spring-cloud-gateway", &[&file], &link);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(listing(&target).is_empty());
+    }
+
+    // An empty folder is filled; nothing is left beside it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = import("spring-cloud-gateway", &[&file], &empty);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        listing(&empty),
+        ["route-a.yaml", "upstream-127.0.0.1-9001.yaml"]
+    );
+    assert_valid(&empty);
+    let mut beside = listing(dir.path());
+    beside.retain(|n| n.starts_with('.'));
+    assert!(beside.is_empty(), "{beside:?}");
+
+    // A run that cannot write leaves nothing behind.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let target = locked.join("out");
+        let out = import("spring-cloud-gateway", &[&file], &target);
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Root writes anyway; only judge a run that failed.
+        if out.status.code() == Some(1) {
+            assert!(stderr(&out).contains("nothing written"));
+            assert!(listing(&locked).is_empty(), "{:?}", listing(&locked));
+        }
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_read_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = spring(
+        dir.path(),
+        "\u{feff}spring.cloud.gateway.routes:\n  - id: r\n    uri: http://127.0.0.1:9000\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(listing(&out_dir).contains(&"route-r.yaml".to_string()));
+}
+
+#[test]
+fn an_untranslatable_default_filter_on_many_routes_stays_quick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text =
+        String::from("spring.cloud.gateway:\n  default-filters: [SaveSession]\n  routes:\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "    - id: r{i}\n      uri: http://127.0.0.1:9000\n      predicates: [Path=/r{i}/**]\n"
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (out, _) = spring(dir.path(), &text);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("SaveSession").count(), 1, "{err}");
+    assert!(err.contains("every route: filter SaveSession"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn gateway_wide_settings_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = spring(
+        dir.path(),
+        "spring:\n  cloud:\n    gateway:\n      discovery:\n        locator:\n          enabled: true\n      httpclient:\n        connect-timeout: 500\n      globalcors:\n        cors-configurations:\n          '[/**]':\n            allowedOrigins: \"https://app.example.com\"\n      routes:\n        - id: users\n          uri: lb://users\nspring.cloud.gateway.httpclient.response-timeout: 2s\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for line in [
+        "application.yml:6: every route: setting spring.cloud.gateway.discovery.locator.enabled not translated",
+        "application.yml:8: every route: setting spring.cloud.gateway.httpclient.connect-timeout not translated",
+        "application.yml:12: every route: setting spring.cloud.gateway.globalcors.cors-configurations.[/**].allowedOrigins not translated",
+        "application.yml:16: every route: setting spring.cloud.gateway.httpclient.response-timeout not translated",
+    ] {
+        assert!(err.contains(line), "expected `{line}` in:\n{err}");
+    }
+    assert!(
+        !err.contains("setting spring.cloud.gateway.routes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn breaker_values_that_do_not_parse_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = spring(
+        dir.path(),
+        "resilience4j.circuitbreaker.instances.usersCB:\n  failureRateThreshold: 30\n  waitDurationInOpenState: PT10S\n  minimumNumberOfCalls: ten\nspring.cloud.gateway.routes:\n  - id: users\n    uri: lb://users\n    filters:\n      - name: CircuitBreaker\n        args: { name: usersCB }\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`minimumNumberOfCalls: ten` (line 4) is not a whole number; 100 is used"),
+        "{err}"
+    );
+    assert!(!err.contains("waitDurationInOpenState"), "{err}");
+    let cb = &resource(&out_dir, "upstream-users.yaml")["circuit_breaker"];
+    assert_eq!(cb["open_for"], yaml("10s"), "{cb:?}");
+    assert_eq!(cb["min_requests"], yaml("100"), "{cb:?}");
+
+    let file = input(
+        dir.path(),
+        "k.yaml",
+        "endpoints:\n  - path: /y\n    backends: [{target: 'direct://127.0.0.1:9000'}]\n    middlewares:\n      - name: circuitbreaker\n        options:\n          successRatio: {success: lots, request: many, window: 0s}\n",
+    );
+    let k_out = dir.path().join("k-out");
+    let out = import("kratos-gateway", &[&file], &k_out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for part in [
+        "`successRatio.success: lots` is not a number; the default 0.6 is used",
+        "`successRatio.request: many` is not a whole number; the default 100 is used",
+        "`successRatio.window: 0s` is not a duration above zero; the default 3s is used",
+    ] {
+        assert!(err.contains(part), "expected `{part}` in:\n{err}");
+    }
+    assert_valid(&k_out);
+}

@@ -9,7 +9,10 @@
 use super::headers::HeaderEdits;
 use super::patterns::{self, PathRewrite};
 use super::yaml::Node;
-use super::{new_route, new_upstream, typed, ImportError, Input, RouteOut, Scope, Translation};
+use super::{
+    has_control, new_route, new_upstream, printable, typed, ImportError, Input, RouteOut, Scope,
+    Translation,
+};
 use crate::resource::{
     split_host_port, CircuitBreaker, Fallback, NodeSpec, PluginUse, Scheme, WeightedUpstream,
 };
@@ -121,6 +124,12 @@ enum Backend {
 }
 
 fn backend(target: &str, tls: bool) -> Result<Backend, String> {
+    if has_control(target) {
+        return Err(format!(
+            "`{}` holds a control character; give the address by hand",
+            printable(target, 200)
+        ));
+    }
     if let Some(rest) = target.strip_prefix("discovery://") {
         let service = rest.rsplit('/').find(|s| !s.is_empty()).unwrap_or_default();
         if service.is_empty() || rest.trim_matches('/').is_empty() {
@@ -224,6 +233,18 @@ fn endpoint_route(
     );
     let mut route = new_route(&id)?;
 
+    if has_control(path) {
+        t.missed(
+            at,
+            &scope,
+            "route",
+            format!(
+                "its path `{}` holds a control character",
+                printable(path, 200)
+            ),
+        );
+        return Ok(());
+    }
     match patterns::kratos_path(path) {
         Ok(p) => route.matcher.paths = vec![p],
         Err(why) => {
@@ -803,13 +824,38 @@ fn breaker(options: Option<&Node>, line: usize, fx: &mut Effects) -> Vec<(bool, 
             .and_then(Node::text)
             .map(str::trim)
     };
-    let success = number("success")
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(0.6);
-    let request = number("request")
-        .and_then(|r| r.parse::<u32>().ok())
-        .unwrap_or(100);
-    let window = number("window").and_then(duration).unwrap_or(Span::secs(3));
+    let mut defaulted = |key: &str, what: &str, default: &str| {
+        if let Some(v) = number(key) {
+            out.push((
+                true,
+                format!(
+                    "`successRatio.{key}: {}` is not {what}; the default {default} is used",
+                    printable(v, 100)
+                ),
+            ));
+        }
+    };
+    let success = match number("success").map(str::parse::<f64>) {
+        Some(Ok(s)) => s,
+        _ => {
+            defaulted("success", "a number", "0.6");
+            0.6
+        }
+    };
+    let request = match number("request").map(str::parse::<u32>) {
+        Some(Ok(r)) => r,
+        _ => {
+            defaulted("request", "a whole number", "100");
+            100
+        }
+    };
+    let window = match number("window").map(duration) {
+        Some(Some(w)) => w,
+        _ => {
+            defaulted("window", "a duration above zero", "3s");
+            Span::secs(3)
+        }
+    };
     if !(success > 0.0 && success < 1.0) {
         return vec![(
             false,

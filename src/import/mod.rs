@@ -104,12 +104,40 @@ impl fmt::Display for Report {
         } else {
             "not translated"
         };
-        write!(
-            f,
+        let line = format!(
             "{}: {}: {} {how}: {}",
             self.at, self.scope, self.item, self.why
-        )
+        );
+        f.write_str(&printable(&line, usize::MAX))
     }
+}
+
+/// `text` fit for one line of a comment or a report: control characters (line breaks
+/// included) escaped as `\n`, `\u{1b}`…, and cut to `max` characters (an ellipsis marking
+/// the cut). Input never reaches a written file or a report line raw.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if control(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `text` holds a control character or a Unicode line or paragraph separator.
+pub fn has_control(text: &str) -> bool {
+    text.chars().any(control)
+}
+
+fn control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Why an import stopped without writing anything.
@@ -135,6 +163,9 @@ pub enum ImportError {
     /// The file holds no route at all.
     #[error("{file}: {message}")]
     NoRoutes { file: String, message: String },
+    /// The output folder is there and is not an empty folder.
+    #[error("{path}: {message}; nothing is written into it")]
+    Output { path: String, message: String },
     #[error("nothing to write: no route could be translated")]
     NothingTranslated,
     #[error("{path}: cannot write it: {source}")]
@@ -195,14 +226,7 @@ impl Translation {
         item: impl Into<String>,
         why: impl Into<String>,
     ) {
-        self.reports.push(Report {
-            at,
-            scope: scope.clone(),
-            item: item.into(),
-            why: why.into(),
-            partial: false,
-            global: false,
-        });
+        self.report(at, scope, item.into(), why.into(), false);
     }
 
     /// Lists an item translated only in part.
@@ -213,12 +237,16 @@ impl Translation {
         item: impl Into<String>,
         why: impl Into<String>,
     ) {
+        self.report(at, scope, item.into(), why.into(), true);
+    }
+
+    fn report(&mut self, at: At, scope: &Scope, item: String, why: String, partial: bool) {
         self.reports.push(Report {
             at,
             scope: scope.clone(),
-            item: item.into(),
-            why: why.into(),
-            partial: true,
+            item,
+            why,
+            partial,
             global: false,
         });
     }
@@ -326,6 +354,7 @@ pub struct Input {
 /// one order of precedence), then writes the resources under `out` — only when every file
 /// parsed and at least one route could be translated.
 pub fn run(dialect: Dialect, files: &[PathBuf], out: &Path) -> Result<Outcome, ImportError> {
+    output::check_target(out)?;
     let mut inputs = Vec::with_capacity(files.len());
     for (index, path) in files.iter().enumerate() {
         inputs.push(read(path, index)?);
@@ -360,7 +389,8 @@ fn read(path: &Path, index: usize) -> Result<Input, ImportError> {
         line: 1,
         message: "not UTF-8 text".into(),
     })?;
-    let docs = yaml::parse(&text).map_err(|e| ImportError::Yaml {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let docs = yaml::parse(text).map_err(|e| ImportError::Yaml {
         file: file.clone(),
         line: e.line,
         message: e.message,

@@ -3,13 +3,17 @@
 //! resource gatehouse would refuse is never written: it is listed instead, so the folder
 //! always passes `gatehouse validate`.
 
-use super::{ImportError, Outcome, Report, RouteOut, Scope, Translation};
+use super::{printable, ImportError, Outcome, Report, RouteOut, Scope, Translation};
 use crate::resource::{admit, parse_value, Catalog, Origin, Resource};
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Orders, checks and writes a translation under `out` (created if missing).
+/// The most characters of a name a file's header comment quotes.
+const MAX_LABEL: usize = 200;
+
+/// Orders, checks and writes a translation as the new folder `out`.
 pub fn finish(mut t: Translation, out: &Path) -> Result<Outcome, ImportError> {
     assign_priorities(&mut t.routes);
     admit_all(&mut t)?;
@@ -136,25 +140,25 @@ fn fold_globals(reports: Vec<Report>, routes: &[RouteOut]) -> Vec<Report> {
             r.partial,
         )
     };
-    let mut scopes: HashMap<Key, Vec<Scope>> = HashMap::new();
+    let mut scopes: HashMap<Key, HashSet<Scope>> = HashMap::new();
     for r in reports.iter().filter(|r| r.global) {
-        scopes.entry(key(r)).or_default().push(r.scope.clone());
+        scopes.entry(key(r)).or_default().insert(r.scope.clone());
     }
-    let everywhere = |k: &Key| {
-        scopes
-            .get(k)
-            .is_some_and(|s| routes.iter().all(|r| s.contains(&r.scope)))
-    };
+    let wanted: HashSet<&Scope> = routes.iter().map(|r| &r.scope).collect();
+    let everywhere: HashSet<Key> = scopes
+        .into_iter()
+        .filter(|(_, s)| wanted.iter().all(|w| s.contains(*w)))
+        .map(|(k, _)| k)
+        .collect();
     let mut out: Vec<Report> = Vec::with_capacity(reports.len());
-    let mut folded: Vec<Key> = Vec::new();
+    let mut folded: HashSet<Key> = HashSet::new();
     for mut r in reports {
         if r.global {
             let k = key(&r);
-            if everywhere(&k) {
-                if folded.contains(&k) {
+            if everywhere.contains(&k) {
+                if !folded.insert(k) {
                     continue;
                 }
-                folded.push(k);
                 r.scope = Scope::Every;
             }
         }
@@ -164,38 +168,118 @@ fn fold_globals(reports: Vec<Report>, routes: &[RouteOut]) -> Vec<Report> {
     out
 }
 
-fn write(t: &Translation, out: &Path) -> Result<Vec<std::path::PathBuf>, ImportError> {
+/// The output folder must not exist yet or be an empty folder (not a link to one): an
+/// import never writes over, next to or through what is there.
+pub fn check_target(out: &Path) -> Result<(), ImportError> {
+    let refuse = |message: &str| ImportError::Output {
+        path: out.display().to_string(),
+        message: message.into(),
+    };
+    if out.file_name().is_none() {
+        return Err(refuse("name a new folder to write into"));
+    }
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(refuse(&format!("cannot read it: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(refuse(
+            "it is there and is not a folder; name a folder that does not exist or is empty",
+        ));
+    }
+    let mut entries =
+        std::fs::read_dir(out).map_err(|e| refuse(&format!("cannot read it: {e}")))?;
+    if entries.next().is_some() {
+        return Err(refuse(
+            "the folder is not empty; name a folder that does not exist or is empty",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes every file into a new folder next to `out`, then renames it to `out`: a run
+/// writes all of its files or none.
+fn write(t: &Translation, out: &Path) -> Result<Vec<PathBuf>, ImportError> {
     let fail = |path: &Path, source| ImportError::Write {
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    check_target(out)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|e| fail(&parent, e))?;
+    let mut n = 0u32;
+    let temp = loop {
+        let temp = parent.join(format!(".{name}.import-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&temp) {
+            Ok(()) => break temp,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(fail(&temp, e)),
+        }
+    };
+    let written = fill(t, &temp).and_then(|names| {
+        if std::fs::symlink_metadata(out).is_ok() {
+            check_target(out)?;
+            std::fs::remove_dir(out).map_err(|e| fail(out, e))?;
+        }
+        std::fs::rename(&temp, out).map_err(|e| fail(out, e))?;
+        Ok(names)
+    });
+    match written {
+        Ok(names) => Ok(names.into_iter().map(|n| out.join(n)).collect()),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&temp);
+            Err(e)
+        }
+    }
+}
+
+/// A file's header comment: one line, whatever the names it quotes hold.
+fn header(label: &str, at: &super::At) -> String {
+    format!(
+        "# {}, imported from {} by `gatehouse import`.\n",
+        printable(label, MAX_LABEL),
+        printable(&at.to_string(), MAX_LABEL)
+    )
+}
+
+/// Writes the files into the new folder `dir`, returning their names.
+fn fill(t: &Translation, dir: &Path) -> Result<Vec<String>, ImportError> {
     let mut files = Vec::new();
     let mut put = |name: String, header: String, resource: Resource| {
         let yaml =
             serde_yaml::to_string(&resource).map_err(|e| ImportError::Internal(e.to_string()))?;
-        let path = out.join(name);
-        std::fs::write(&path, format!("{header}{yaml}")).map_err(|e| fail(&path, e))?;
-        files.push(path);
+        let path = dir.join(&name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{header}{yaml}").as_bytes()))
+            .map_err(|source| ImportError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        files.push(name);
         Ok::<(), ImportError>(())
     };
     for u in &t.upstreams {
         put(
             upstream_file(&u.upstream.id),
-            format!(
-                "# {}, imported from {} by `gatehouse import`.\n",
-                u.label, u.at
-            ),
+            header(&u.label, &u.at),
             Resource::Upstream(Arc::new(u.upstream.clone())),
         )?;
     }
     for r in &t.routes {
         put(
             route_file(&r.route.id),
-            format!(
-                "# {}, imported from {} by `gatehouse import`.\n",
-                r.label, r.at
-            ),
+            header(&r.label, &r.at),
             Resource::Route(Arc::new(r.route.clone())),
         )?;
     }

@@ -11,7 +11,10 @@
 use super::headers::HeaderEdits;
 use super::patterns::{self, PathRewrite};
 use super::yaml::{same_name, Node, Value};
-use super::{new_route, new_upstream, typed, At, ImportError, Input, RouteOut, Scope, Translation};
+use super::{
+    has_control, new_route, new_upstream, printable, typed, At, ImportError, Input, RouteOut,
+    Scope, Translation,
+};
 use crate::resource::{
     CircuitBreaker, Discovery, HeaderRules, NodeSpec, RateLimit, Scheme, Text, Timeouts,
     WeightedUpstream,
@@ -56,6 +59,7 @@ pub fn translate(inputs: &[Input], t: &mut Translation) -> Result<(), ImportErro
         let props = Props { docs: &input.docs };
         let routes = route_nodes(input)?;
         let defaults = default_filters(input, &props)?;
+        gateway_settings(input, t);
         for node in routes {
             seq += 1;
             if let Some(draft) = read_route(input, &props, node, seq, &defaults, t)? {
@@ -75,6 +79,42 @@ pub fn translate(inputs: &[Input], t: &mut Translation) -> Result<(), ImportErro
         }
     }
     assemble(drafts, t)
+}
+
+/// Lists each gateway-wide setting under `spring.cloud.gateway` other than the routes and
+/// default filters (`discovery.locator.*`, `httpclient.*`, `globalcors.*`…): none is
+/// translated, and each changes what every route does.
+fn gateway_settings(input: &Input, t: &mut Translation) {
+    const GATEWAY: [&str; 3] = ["spring", "cloud", "gateway"];
+    let under = |key: &[&str], path: &[&str]| {
+        key.len() >= path.len() && key.iter().zip(path).all(|(a, b)| same_name(a, b))
+    };
+    for doc in &input.docs {
+        let mut leaves = Vec::new();
+        for (k, v) in doc.entries().unwrap_or_default() {
+            if let Some(k) = k.text() {
+                flatten(k, v, &mut leaves);
+            }
+        }
+        for (key, node) in leaves {
+            let parts: Vec<&str> = key.split('.').collect();
+            if parts.len() <= GATEWAY.len()
+                || !under(&parts, &GATEWAY)
+                || ROUTE_LISTS
+                    .iter()
+                    .chain(DEFAULT_FILTER_LISTS.iter())
+                    .any(|p| under(&parts, p))
+            {
+                continue;
+            }
+            t.missed(
+                input.at.line(node.line),
+                &Scope::Every,
+                format!("setting {}", printable(&key, 200)),
+                "gatehouse has no gateway-wide setting of this kind in a route or upstream; configure its equivalent, if any, by hand",
+            );
+        }
+    }
 }
 
 /// Every route of the file, from each document that has some.
@@ -351,6 +391,12 @@ struct Target {
 /// Reads a Spring route `uri`: `lb://NAME` (and `lb:ws://NAME`), `http(s)://host[:port]`,
 /// `ws(s)://host[:port]`. The path of a URI is ignored, as Spring ignores it.
 fn target(uri: &str) -> Result<Target, String> {
+    if has_control(uri) {
+        return Err(format!(
+            "`{}` holds a control character; give the address by hand",
+            printable(uri, 200)
+        ));
+    }
     let (lb, rest) = match uri.strip_prefix("lb:") {
         Some(rest) if rest.starts_with("//") => (true, format!("http:{rest}")),
         Some(rest) => (true, rest.to_string()),
@@ -467,6 +513,16 @@ fn read_route(
         }
         None => format!("route-{seq}"),
     };
+    if has_control(&source_id) || source_id.contains('/') {
+        let id = printable(&source_id, 100);
+        t.missed(
+            at,
+            &Scope::Route(id.clone()),
+            "route",
+            format!("its id `{id}` holds a control character or `/`; give the route another id"),
+        );
+        return Ok(None);
+    }
     let scope = Scope::Route(source_id.clone());
     let uri = match node.get("uri").and_then(scalar) {
         Some(uri) if !uri.trim().is_empty() => props.resolve(uri.trim()),
@@ -1033,7 +1089,7 @@ fn rate_limit(f: &Item, c: &mut FilterCtx) -> Vec<(bool, String)> {
 fn circuit_breaker(f: &Item, c: &mut FilterCtx) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     let name = f.arg("name", 0);
-    let breaker = match resilience4j(c.input, name.as_deref()) {
+    let breaker = match resilience4j(c.input, name.as_deref(), &mut out) {
         Ok(b) => b,
         Err(why) => return vec![(false, why)],
     };
@@ -1059,7 +1115,13 @@ fn circuit_breaker(f: &Item, c: &mut FilterCtx) -> Vec<(bool, String)> {
 /// open for 60 s), overridden by `resilience4j.circuitbreaker.instances.NAME` or
 /// `…configs.default` in the same file. Resilience4j counts the last 100 calls by default;
 /// gatehouse counts over a time window, 60 s unless the file says `TIME_BASED`.
-fn resilience4j(input: &Input, name: Option<&str>) -> Result<CircuitBreaker, String> {
+/// A value that does not parse is listed in `notes` (with the default kept) rather than
+/// dropped unseen.
+fn resilience4j(
+    input: &Input,
+    name: Option<&str>,
+    notes: &mut Vec<(bool, String)>,
+) -> Result<CircuitBreaker, String> {
     let mut rate = 50.0f64;
     let mut min_calls = 100u64;
     let mut open_for = 60_000u64;
@@ -1079,30 +1141,97 @@ fn resilience4j(input: &Input, name: Option<&str>) -> Result<CircuitBreaker, Str
         }
     }
     for s in sections {
-        let text = |k: &str| s.get(k).and_then(Node::text).map(str::trim);
-        if let Some(v) = text("failureRateThreshold").and_then(|v| v.parse::<f64>().ok()) {
-            rate = v;
-        }
-        if let Some(v) = text("minimumNumberOfCalls").and_then(|v| v.parse().ok()) {
-            min_calls = v;
-        }
-        if let Some(v) = text("waitDurationInOpenState").and_then(spring_millis) {
-            open_for = v;
-        }
-        let time_based =
-            text("slidingWindowType").is_some_and(|t| t.eq_ignore_ascii_case("TIME_BASED"));
-        if time_based {
-            if let Some(v) = text("slidingWindowSize").and_then(|v| v.parse().ok()) {
-                window = v;
+        let text = |k: &str| s.get(k).and_then(|n| n.text().map(|v| (v.trim(), n.line)));
+        let mut bad = |k: &str, v: &str, line: usize, what: &str, default: String| {
+            notes.push((
+                true,
+                format!(
+                    "`{k}: {}` (line {line}) is not {what}; {default} is used",
+                    printable(v, 100)
+                ),
+            ));
+        };
+        if let Some((v, line)) = text("failureRateThreshold") {
+            match v.parse::<f64>() {
+                Ok(v) => rate = v,
+                Err(_) => bad(
+                    "failureRateThreshold",
+                    v,
+                    line,
+                    "a number",
+                    format!("{rate} %"),
+                ),
             }
         }
-        if let Some(v) = text("slowCallRateThreshold").and_then(|v| v.parse::<f64>().ok()) {
-            slow_rate = v;
-            slow = Some((slow_rate, slow_ms));
+        if let Some((v, line)) = text("minimumNumberOfCalls") {
+            match v.parse() {
+                Ok(v) => min_calls = v,
+                Err(_) => bad(
+                    "minimumNumberOfCalls",
+                    v,
+                    line,
+                    "a whole number",
+                    format!("{min_calls}"),
+                ),
+            }
         }
-        if let Some(v) = text("slowCallDurationThreshold").and_then(spring_millis) {
-            slow_ms = v;
-            slow = Some((slow_rate, slow_ms));
+        if let Some((v, line)) = text("waitDurationInOpenState") {
+            match spring_millis(v) {
+                Some(v) => open_for = v,
+                None => bad(
+                    "waitDurationInOpenState",
+                    v,
+                    line,
+                    "a duration",
+                    format!("{open_for}ms"),
+                ),
+            }
+        }
+        let time_based =
+            text("slidingWindowType").is_some_and(|(t, _)| t.eq_ignore_ascii_case("TIME_BASED"));
+        if time_based {
+            if let Some((v, line)) = text("slidingWindowSize") {
+                match v.parse() {
+                    Ok(v) => window = v,
+                    Err(_) => bad(
+                        "slidingWindowSize",
+                        v,
+                        line,
+                        "a whole number of seconds",
+                        format!("{window}s"),
+                    ),
+                }
+            }
+        }
+        if let Some((v, line)) = text("slowCallRateThreshold") {
+            match v.parse::<f64>() {
+                Ok(v) => {
+                    slow_rate = v;
+                    slow = Some((slow_rate, slow_ms));
+                }
+                Err(_) => bad(
+                    "slowCallRateThreshold",
+                    v,
+                    line,
+                    "a number",
+                    format!("{slow_rate} %"),
+                ),
+            }
+        }
+        if let Some((v, line)) = text("slowCallDurationThreshold") {
+            match spring_millis(v) {
+                Some(v) => {
+                    slow_ms = v;
+                    slow = Some((slow_rate, slow_ms));
+                }
+                None => bad(
+                    "slowCallDurationThreshold",
+                    v,
+                    line,
+                    "a duration",
+                    format!("{slow_ms}ms"),
+                ),
+            }
         }
     }
     if !(rate > 0.0 && rate <= 100.0) || window == 0 || open_for == 0 {
@@ -1121,14 +1250,60 @@ fn resilience4j(input: &Input, name: Option<&str>) -> Result<CircuitBreaker, Str
     typed(cb).map_err(|e| e.to_string())
 }
 
-/// A Spring duration in milliseconds: `500` (ms), `10s`, `100ms`, `2m`, `1h`.
+/// A Spring duration in milliseconds: `500` (ms), `10s`, `100ms`, `2m`, `1h`, or ISO-8601
+/// as `java.time.Duration` writes it (`PT10S`, `PT1.5S`, `PT2M`, `PT1H30M`, `P1DT2H`).
 fn spring_millis(text: &str) -> Option<u64> {
     if let Ok(ms) = text.parse::<u64>() {
         return Some(ms);
     }
+    if text.starts_with(['P', 'p']) {
+        return iso_millis(text);
+    }
     crate::units::Span::parse(text)
         .ok()
         .and_then(|s| u64::try_from(s.0.as_millis()).ok())
+}
+
+/// An ISO-8601 duration of days, hours, minutes and seconds (seconds may have a fraction).
+fn iso_millis(text: &str) -> Option<u64> {
+    let upper = text.to_ascii_uppercase();
+    let rest = upper.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut ms: f64 = 0.0;
+    let mut any = false;
+    if !days.is_empty() {
+        ms += days.strip_suffix('D')?.parse::<u32>().ok()? as f64 * 86_400_000.0;
+        any = true;
+    }
+    if let Some(mut time) = time {
+        if time.is_empty() {
+            return None;
+        }
+        for (unit, scale) in [('H', 3_600_000.0), ('M', 60_000.0), ('S', 1_000.0)] {
+            if let Some((n, after)) = time.split_once(unit) {
+                let fraction_ok = unit == 'S' || !n.contains('.');
+                if n.is_empty()
+                    || !fraction_ok
+                    || !n.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                {
+                    return None;
+                }
+                ms += n.parse::<f64>().ok()? * scale;
+                any = true;
+                time = after;
+            }
+        }
+        if !time.is_empty() {
+            return None;
+        }
+    }
+    if !any || !ms.is_finite() || ms >= u64::MAX as f64 {
+        return None;
+    }
+    Some(ms.round() as u64)
 }
 
 /// `metadata: { response-timeout: MS, connect-timeout: MS }` (milliseconds; a negative
@@ -1390,6 +1565,15 @@ mod tests {
     fn durations_in_spring_form() {
         assert_eq!(spring_millis("500"), Some(500));
         assert_eq!(spring_millis("10s"), Some(10_000));
-        assert_eq!(spring_millis("PT10S"), None);
+        assert_eq!(spring_millis("PT10S"), Some(10_000));
+        assert_eq!(spring_millis("PT1.5S"), Some(1_500));
+        assert_eq!(spring_millis("pt2m"), Some(120_000));
+        assert_eq!(spring_millis("PT1H30M"), Some(5_400_000));
+        assert_eq!(spring_millis("P1DT1S"), Some(86_401_000));
+        for bad in [
+            "PT", "P", "PT10", "PT1.5M", "PT10X", "PTS", "PT30S1M", "ten",
+        ] {
+            assert_eq!(spring_millis(bad), None, "{bad}");
+        }
     }
 }

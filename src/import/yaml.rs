@@ -137,6 +137,11 @@ enum Open {
         entries: Vec<(Node, Node)>,
         key: Option<Node>,
         seen: HashSet<String>,
+        /// The key being read is a plain `<<`: its value is merged in, not kept as an entry.
+        merge_key: bool,
+        /// The mappings `<<` names, in order (an earlier one wins over a later one).
+        merges: Vec<Node>,
+        merged: bool,
     },
 }
 
@@ -182,9 +187,37 @@ impl Builder {
             None => self.docs.push(node),
             Some(Open::List { items, .. }) => items.push(node),
             Some(Open::Map {
-                entries, key, seen, ..
+                entries,
+                key,
+                seen,
+                merge_key,
+                merges,
+                merged,
+                ..
             }) => match key.take() {
                 None => *key = Some(node),
+                Some(k) if *merge_key => {
+                    *merge_key = false;
+                    if std::mem::replace(merged, true) {
+                        return Err(YamlError {
+                            line: k.line,
+                            message: "the merge key `<<` appears twice in one mapping".into(),
+                        });
+                    }
+                    let sources = match node.value {
+                        Value::Map(_) => vec![node],
+                        Value::List(items) if items.iter().all(|i| i.entries().is_some()) => items,
+                        _ => {
+                            return Err(YamlError {
+                                line: node.line,
+                                message:
+                                    "a merge key `<<` must name a mapping or a list of mappings"
+                                        .into(),
+                            })
+                        }
+                    };
+                    merges.extend(sources);
+                }
                 Some(k) => {
                     if let Some(name) = k.text() {
                         if !seen.insert(name.to_string()) {
@@ -217,15 +250,35 @@ impl Builder {
             Some(Open::Map {
                 line,
                 anchor,
-                entries,
+                mut entries,
+                mut seen,
+                merges,
                 ..
-            }) => (
-                Node {
-                    line,
-                    value: Value::Map(entries),
-                },
-                anchor,
-            ),
+            }) => {
+                // YAML's merge keys: each key of the named mappings the mapping does not set
+                // itself, an earlier mapping's before a later one's.
+                for source in merges {
+                    let Value::Map(more) = source.value else {
+                        continue;
+                    };
+                    for (k, v) in more {
+                        let fresh = match k.text() {
+                            Some(name) => seen.insert(name.to_string()),
+                            None => !entries.iter().any(|(e, _)| *e == k),
+                        };
+                        if fresh {
+                            entries.push((k, v));
+                        }
+                    }
+                }
+                (
+                    Node {
+                        line,
+                        value: Value::Map(entries),
+                    },
+                    anchor,
+                )
+            }
             None => return Ok(()),
         };
         let size = if anchor > 0 { size_of(&node) } else { 0 };
@@ -270,6 +323,15 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                 b.count(1, line)?;
                 let null = style == TScalarStyle::Plain
                     && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                let merge = style == TScalarStyle::Plain && text == "<<";
+                if let Some(Open::Map {
+                    key: None,
+                    merge_key,
+                    ..
+                }) = b.stack.last_mut()
+                {
+                    *merge_key = merge;
+                }
                 let value = if null { Value::Null } else { Value::Text(text) };
                 b.place(Node { line, value }, anchor, 1)?;
             }
@@ -298,6 +360,9 @@ pub fn parse(text: &str) -> Result<Vec<Node>, YamlError> {
                     entries: Vec::new(),
                     key: None,
                     seen: HashSet::new(),
+                    merge_key: false,
+                    merges: Vec::new(),
+                    merged: false,
                 },
                 line,
             )?,
@@ -345,6 +410,25 @@ mod tests {
         assert_eq!(docs[0].get("b").unwrap().items().unwrap().len(), 2);
         assert!(docs[0].get("c").unwrap().is_null());
         assert_eq!(docs[1].get("d").unwrap().text(), Some("e"));
+    }
+
+    #[test]
+    fn merge_keys_merge_and_explicit_keys_win() {
+        let docs = parse(
+            "a: &a {x: 1, y: 2}\nb: &b {y: 3, z: 4}\nc:\n  x: 0\n  <<: [*a, *b]\nd: {<<: *b, '<<': q}\n",
+        )
+        .unwrap();
+        let c = docs[0].get("c").unwrap();
+        assert_eq!(c.get("x").unwrap().text(), Some("0"));
+        assert_eq!(c.get("y").unwrap().text(), Some("2"));
+        assert_eq!(c.get("z").unwrap().text(), Some("4"));
+        assert!(c.get("<<").is_none());
+        let d = docs[0].get("d").unwrap();
+        assert_eq!(d.get("z").unwrap().text(), Some("4"));
+        assert_eq!(d.get("<<").unwrap().text(), Some("q"));
+        let e = parse("a: 1\nb:\n  <<: 1\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("merge"), "{e}");
     }
 
     #[test]
