@@ -6,7 +6,7 @@ mod common;
 
 use common::redis::Redis;
 use common::upstream::TestUpstream;
-use common::{bin, client, eventually, signal, Gateway};
+use common::{client, eventually, signal, Gateway};
 use std::time::{Duration, Instant};
 
 /// A route `id` on `/id` with the rate limit `limit` (a YAML flow mapping's inside).
@@ -342,8 +342,6 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
     );
 
     // A bootstrap `redis` that cannot be right stops startup, naming the key.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gw.yaml");
     for (redis, key) in [
         ("{ url: \"http://127.0.0.1:6379\" }", "redis.url"),
         (
@@ -355,17 +353,9 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
             "redis.timeout",
         ),
     ] {
-        std::fs::write(
-            &config,
-            format!("provider: {{ file: {{ paths: [r] }} }}\nredis: {redis}\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(bin())
-            .args(["run", "-c", config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{redis}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = common::startup_error(&format!(
+            "provider: {{ file: {{ paths: [r] }} }}\nredis: {redis}\n"
+        ));
         assert!(stderr.contains(key), "{redis}: {stderr}");
     }
 }

@@ -57,6 +57,20 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_gatehouse")
 }
 
+/// Starts the binary on the bootstrap config `yaml` and expects startup to stop: its
+/// standard error, which should name what is wrong.
+pub fn startup_error(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with:\n{yaml}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// An HTTP client that never goes through a proxy and never follows redirects.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
