@@ -1,6 +1,6 @@
 # gatehouse's resources for the load scripts' cases, written under $work for an upstream
-# on 127.0.0.1:$up, with the release binaries in $bin. Sourced by compare.sh and
-# instructions.sh, so both measure exactly the same routes.
+# on 127.0.0.1:$up, with the release binaries in $bin. Sourced by compare.sh,
+# instructions.sh and shared_limit.sh, so they measure exactly the same routes.
 #
 #   $work/plain/      one route `/**` to one static node
 #   $work/full/       an RS256 JWT policy (required scope, a forwarded claim), a rate limit
@@ -26,6 +26,12 @@
 #   $work/shared/     the same limit with `scope: cluster`: one Redis step per request (the
 #                     bootstrap's `redis` points at a redis-server on $redisport)
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
+
+# Helpers the load scripts share: a free loopback port, waiting (bounded) for a port to
+# accept, and a process's CPU time so far in clock ticks (user + system).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 "${PORT_WAIT_TRIES:-400}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 write_gatehouse_cases() {
   mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored" "$work/protected" "$work/limited" "$work/shared"

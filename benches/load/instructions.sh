@@ -35,6 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benches/load/cases.sh
+PORT_WAIT_TRIES=1200
 
 SECONDS_PER_CASE=${SECONDS_PER_CASE:-4}
 CONNECTIONS=${CONNECTIONS:-8}
@@ -53,8 +54,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 1200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 up=$(free_port); otlp=$(free_port); grpcup=$(free_port); mirrorup=$(free_port)
 cat > "$work/up.conf" <<CONF

@@ -125,10 +125,10 @@ enum State {
     },
     /// The watch's stream broke (its member died, say): it is opened again at once on the
     /// next member that answers, from the revision after `revision` when nothing was
-    /// written since (nothing read again); when something was, that member is read whole
-    /// instead (etcd would hand the missed changes to a watch opened in the past only at its
-    /// next sync, up to 100 ms later). A revision compacted meanwhile means a full read, as
-    /// for any watch.
+    /// written since (nothing read again); when something was (the new watch's creation
+    /// says), that member is read whole instead (etcd would hand the missed changes to a
+    /// watch opened in the past only at its next sync, up to 100 ms later). A revision
+    /// compacted meanwhile means a full read, as for any watch.
     Resuming {
         /// The next member's client; `None` until it is connected.
         client: Option<Client>,
@@ -136,6 +136,33 @@ enum State {
         cluster_id: u64,
         broken_since: Instant,
     },
+}
+
+impl State {
+    /// A watch just opened.
+    fn watching(
+        client: Client,
+        stream: WatchStream,
+        cluster_id: u64,
+        revision: i64,
+        broken_since: Option<Instant>,
+    ) -> State {
+        State::Watching {
+            client,
+            stream: Box::new(stream),
+            cluster_id,
+            revision,
+            opened: Instant::now(),
+            broken_since,
+        }
+    }
+}
+
+/// The changes under the prefix after `revision`.
+fn watch_after(revision: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1)
 }
 
 /// How long a broken watch is tried again before the connection counts as lost (a full
@@ -248,18 +275,10 @@ impl PrefixWatch {
                 revision,
                 cluster_id,
             } => {
-                let options = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(*revision + 1);
-                let stream = client.watch(self.prefix.as_str(), Some(options)).await?;
-                self.state = State::Watching {
-                    client: client.clone(),
-                    stream: Box::new(stream),
-                    cluster_id: *cluster_id,
-                    revision: *revision,
-                    opened: Instant::now(),
-                    broken_since: None,
-                };
+                let stream = client
+                    .watch(self.prefix.as_str(), Some(watch_after(*revision)))
+                    .await?;
+                self.state = State::watching(client.clone(), stream, *cluster_id, *revision, None);
                 Ok(None)
             }
             State::Resuming {
@@ -322,24 +341,6 @@ impl PrefixWatch {
                             };
                             return Ok(None);
                         }
-                        // Something was written since the watch's last change: etcd hands
-                        // a watch opened in the past its first changes only at its next
-                        // sync of such watches (every 100 ms), so what was missed is read
-                        // whole now instead, and the watch opened at the present.
-                        let now = header.map_or(*revision, |h| h.revision());
-                        if now > *revision {
-                            tracing::info!(
-                                revision = now,
-                                "{}: changes were made while the watch was down; reading \
-                                 everything at member {}",
-                                self.label,
-                                self.member % self.settings.endpoints.len().max(1)
-                            );
-                            self.state = State::Connected {
-                                client: client.clone(),
-                            };
-                            return Ok(None);
-                        }
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(
@@ -355,16 +356,17 @@ impl PrefixWatch {
                     Err(_) => return Ok(None),
                 }
                 let left = RESUME_WITHIN.saturating_sub(broken_since.elapsed());
-                let options = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(*revision + 1);
+                let options = watch_after(*revision);
                 let opened =
                     tokio::time::timeout(left, client.watch(self.prefix.as_str(), Some(options)));
                 match opened.await {
                     Ok(Ok(mut stream)) => {
-                        // A write that landed between the question and the watch's
-                        // creation leaves the watch in the past too (see above): its
-                        // creation says the revision it was made at.
+                        // Something written since the watch's last change (while it was
+                        // down, or since the question) leaves the reopened watch in the
+                        // past: etcd hands such a watch its first changes only at its next
+                        // sync of them (every 100 ms). The watch's creation says the
+                        // revision it was made at; if that is past the last change, what
+                        // was missed is read whole now and the watch opened at the present.
                         let left = RESUME_WITHIN.saturating_sub(broken_since.elapsed());
                         match tokio::time::timeout(left, stream.message()).await {
                             Ok(Ok(Some(created)))
@@ -375,9 +377,10 @@ impl PrefixWatch {
                                         .is_some_and(|h| h.revision() <= *revision) => {}
                             Ok(Ok(Some(_))) => {
                                 tracing::info!(
-                                    "{}: changes were made while the watch was opened again; \
-                                     reading everything",
-                                    self.label
+                                    "{}: changes were made while the watch was down; reading \
+                                     everything at member {}",
+                                    self.label,
+                                    self.member % self.settings.endpoints.len().max(1)
                                 );
                                 self.state = State::Connected {
                                     client: client.clone(),
@@ -399,14 +402,13 @@ impl PrefixWatch {
                             self.member % self.settings.endpoints.len().max(1),
                             broken_since.elapsed()
                         );
-                        self.state = State::Watching {
-                            client: client.clone(),
-                            stream: Box::new(stream),
-                            cluster_id: *cluster_id,
-                            revision: *revision,
-                            opened: Instant::now(),
-                            broken_since: Some(*broken_since),
-                        };
+                        self.state = State::watching(
+                            client.clone(),
+                            stream,
+                            *cluster_id,
+                            *revision,
+                            Some(*broken_since),
+                        );
                         Ok(None)
                     }
                     Ok(Err(e)) => {

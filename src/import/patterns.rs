@@ -4,18 +4,11 @@
 //! the router's own parsers, never by a second copy of their rules.
 
 use crate::resource::Rewrite;
-use crate::router::{HostPattern, PathPattern};
+use crate::router::{HostPattern, PathPattern, Segment as Seg};
 use regex::Regex;
 
-/// One segment of a gatehouse path pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seg {
-    Literal(String),
-    Param,
-}
-
-/// A gatehouse path pattern as segments, to reason about what a rewrite does to the paths
-/// a route takes.
+/// A gatehouse path pattern as the router reads it, to reason about what a rewrite does
+/// to the paths a route takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Shape {
     segs: Vec<Seg>,
@@ -24,28 +17,19 @@ struct Shape {
 }
 
 impl Shape {
+    /// The pattern's segments by the router's own parser. One it refuses (never the case
+    /// for the importers' own translations) may take any path.
     fn of(pattern: &str) -> Shape {
-        let rest = pattern.strip_prefix('/').unwrap_or(pattern);
-        let mut raw: Vec<&str> = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('/').collect()
-        };
-        let subtree = raw.last() == Some(&"**");
-        if subtree {
-            raw.pop();
+        match PathPattern::parse(pattern) {
+            Ok(parsed) => Shape {
+                segs: parsed.segments,
+                subtree: parsed.subtree,
+            },
+            Err(_) => Shape {
+                segs: Vec::new(),
+                subtree: true,
+            },
         }
-        let segs = raw
-            .into_iter()
-            .map(|s| {
-                if s.starts_with('{') && s.ends_with('}') {
-                    Seg::Param
-                } else {
-                    Seg::Literal(s.to_string())
-                }
-            })
-            .collect();
-        Shape { segs, subtree }
     }
 
     /// The request path itself when the pattern matches one path only.

@@ -4,6 +4,7 @@ use super::fields::{check_header_name, is_false, is_zero, Problems, SelectorText
 use super::transcode::GrpcTranscode;
 use crate::router::{HostPattern, PathPattern, ValueMatcher, METHODS};
 use crate::units::Span;
+use gatehouse_plugins::rate_limit::shared::{OnStoreError, Scope};
 use gatehouse_plugins::rate_limit::KEY_FORMS;
 use gatehouse_plugins::selector::{Forms, SelectorKind};
 use serde::{Deserialize, Serialize};
@@ -218,29 +219,10 @@ pub struct RateLimit {
     pub max_keys: u32,
     /// `local` (each instance counts alone) or `cluster` (the fleet counts in Redis).
     #[serde(default, skip_serializing_if = "is_default")]
-    pub scope: LimitScope,
+    pub scope: Scope,
     /// What a `cluster` limit does when Redis gives no answer: `local`, `allow` or `deny`.
     #[serde(default, skip_serializing_if = "is_default")]
-    pub on_store_error: StoreErrorPolicy,
-}
-
-/// `rate_limit.scope` (SPEC §13).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    #[default]
-    Local,
-    Cluster,
-}
-
-/// `rate_limit.on_store_error` (SPEC §13).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreErrorPolicy {
-    #[default]
-    Local,
-    Allow,
-    Deny,
+    pub on_store_error: OnStoreError,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {

@@ -253,7 +253,7 @@ impl RateLimitPlugin {
         &self,
         shared: &SharedLimit,
         key: Vec<u8>,
-        bucket: Bucket,
+        fallback: Option<Bucket>,
         ex: &mut Exchange,
     ) -> Flow {
         match shared.store.step(key, shared.quota).await {
@@ -268,7 +268,9 @@ impl RateLimitPlugin {
                 crate::metrics::RATE_LIMIT_STORE_ERRORS.inc();
                 tracing::debug!(route = %ex.route_id, "{e}; on_store_error: {:?}", shared.on_error);
                 match shared.on_error {
-                    OnStoreError::Local => self.decide_locally(&bucket, ex),
+                    OnStoreError::Local => {
+                        fallback.map_or(Flow::Continue, |bucket| self.decide_locally(&bucket, ex))
+                    }
                     OnStoreError::Allow => Flow::Continue,
                     OnStoreError::Deny => {
                         self.refused(Duration::from_secs(1), "rate limit store unavailable")
@@ -327,12 +329,14 @@ impl Plugin for RateLimitPlugin {
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         let selected = self.key.select_or_client_ip(req, ex);
-        let bucket = self.local_bucket(&selected);
         match &self.shared {
-            None => Access::Now(self.decide_locally(&bucket, ex)),
+            None => Access::Now(self.decide_locally(&self.local_bucket(&selected), ex)),
             Some(shared) => {
                 let key = shared.key(&selected);
-                Access::Wait(Box::pin(self.decide_shared(shared, key, bucket, ex)))
+                // The instance's own bucket, made only where it may stand in for the store.
+                let fallback =
+                    (shared.on_error == OnStoreError::Local).then(|| self.local_bucket(&selected));
+                Access::Wait(Box::pin(self.decide_shared(shared, key, fallback, ex)))
             }
         }
     }

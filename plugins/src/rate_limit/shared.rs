@@ -54,7 +54,7 @@ pub trait LimitStore: Send + Sync {
 }
 
 /// `rate_limit.on_store_error`: what a request gets when the store gives no decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     /// The instance's own limiter decides, as with `scope: local`.
@@ -67,7 +67,7 @@ pub enum OnStoreError {
 }
 
 /// `rate_limit.scope`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Each instance counts on its own.
