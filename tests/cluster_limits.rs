@@ -184,36 +184,48 @@ async fn a_paused_redis_leaves_each_route_to_its_policy_within_the_timeout() {
         usual = usual.max(slowest);
     }
 
-    signal(redis.pid(), "STOP");
-    // The limiter waits at most its timeout, plus 5 ms.
+    // The limiter waits at most its timeout, plus 5 ms. One stall of a busy machine can
+    // hold a single answer past any bound, so Redis is paused up to three times: a gateway
+    // that waited past its timeout would be late in every round.
     let timeout = Duration::from_millis(50);
     let within = timeout + Duration::from_millis(5) + usual;
-    let (own, slowest_own) = probe(&gw, "/own", 6).await;
-    let (allow, slowest_allow) = probe(&gw, "/allow", 20).await;
-    let (deny, slowest_deny) = probe(&gw, "/deny", 20).await;
-    println!(
-        "slowest answers with redis up: {usual:?}; paused: {slowest_own:?} {slowest_allow:?} \
-         {slowest_deny:?}"
-    );
-    assert_eq!(
-        own,
-        [200, 200, 429, 429, 429, 429],
-        "`local`: the instance's own limiter"
-    );
-    assert!(allow.iter().all(|s| *s == 200), "`allow`: {allow:?}");
-    assert!(deny.iter().all(|s| *s == 429), "`deny`: {deny:?}");
-    for slowest in [slowest_own, slowest_allow, slowest_deny] {
-        assert!(
-            slowest <= within,
-            "an answer took {slowest:?}, over {within:?}"
+    let mut rounds = Vec::new();
+    for round in 0..3 {
+        signal(redis.pid(), "STOP");
+        let (own, slowest_own) = probe(&gw, "/own", 6).await;
+        let (allow, slowest_allow) = probe(&gw, "/allow", 20).await;
+        let (deny, slowest_deny) = probe(&gw, "/deny", 20).await;
+        println!(
+            "slowest answers with redis up: {usual:?}; paused (round {round}): {slowest_own:?} \
+             {slowest_allow:?} {slowest_deny:?}"
         );
+        // `local`: the instance's own limiter, which the first round empties.
+        let expected = if round == 0 {
+            [200, 200, 429, 429, 429, 429]
+        } else {
+            [429; 6]
+        };
+        assert_eq!(own, expected, "`local`: the instance's own limiter");
+        assert!(allow.iter().all(|s| *s == 200), "`allow`: {allow:?}");
+        assert!(deny.iter().all(|s| *s == 429), "`deny`: {deny:?}");
+        if round == 0 {
+            assert!(gw.metric("gatehouse_rate_limit_store_errors_total").await >= 46.0);
+            assert_eq!(gw.status().await["redis"]["connected"], false);
+        }
+        // Resumed: the store decides again.
+        signal(redis.pid(), "CONT");
+        connected(&gw).await;
+        let slowest = slowest_own.max(slowest_allow).max(slowest_deny);
+        rounds.push(slowest);
+        if slowest <= within {
+            break;
+        }
     }
-    assert!(gw.metric("gatehouse_rate_limit_store_errors_total").await >= 46.0);
-    assert_eq!(gw.status().await["redis"]["connected"], false);
+    assert!(
+        rounds.iter().any(|slowest| *slowest <= within),
+        "an answer took longer than {within:?} in every round: {rounds:?}"
+    );
 
-    // Resumed: the store decides again.
-    signal(redis.pid(), "CONT");
-    connected(&gw).await;
     let (deny, _) = probe(&gw, "/deny", 3).await;
     assert_eq!(deny, [200, 200, 200], "`deny` route with redis back");
     let errors = gw.metric("gatehouse_rate_limit_store_errors_total").await;

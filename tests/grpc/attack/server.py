@@ -3,8 +3,8 @@ observe cancellations. Prints `PORT <n>`; stops when stdin closes.
 
 Unary: text "block" waits up to 5 s for the call to be cancelled; text "status" answers
 with a JSON summary of what was seen; text "bigtrailer" sets an `n`-byte trailer; other
-texts echo. Count: `n` messages 100 ms apart, noting a cancellation. Chat: echoes, noting
-a cancellation."""
+texts echo. Count: `n` messages 100 ms apart, noting how the call ended. Chat: echoes,
+noting how the call ended."""
 
 import json
 import os
@@ -54,15 +54,18 @@ class Echo(services.EchoServicer):
 
     def Count(self, request, context):
         note("calls")
-        for i in range(request.n):
-            if not context.is_active():
-                note("count_cancelled")
-                return
-            yield protos.Msg(text=request.text, n=i)
-            time.sleep(0.1)
-        # The last message went out: wait to see whether the call was cancelled.
-        time.sleep(0.3)
-        note("count_completed" if context.is_active() else "count_cancelled")
+        # grpcio stops taking messages from a cancelled call's generator and closes it at
+        # its `yield`, so the outcome is noted on the way out, however it leaves.
+        try:
+            for i in range(request.n):
+                if not context.is_active():
+                    return
+                yield protos.Msg(text=request.text, n=i)
+                time.sleep(0.1)
+            # The last message went out: wait to see whether the call was cancelled.
+            time.sleep(0.3)
+        finally:
+            note("count_completed" if context.is_active() else "count_cancelled")
 
     def Join(self, request_iterator, context):
         texts = [m.text for m in request_iterator]
@@ -75,7 +78,8 @@ class Echo(services.EchoServicer):
                 yield protos.Msg(text=m.text.upper(), n=m.n)
         except Exception:
             pass
-        note("chat_cancelled" if not context.is_active() else "chat_ended")
+        finally:
+            note("chat_cancelled" if not context.is_active() else "chat_ended")
 
 
 def main():
