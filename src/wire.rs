@@ -4,11 +4,22 @@
 //! `Display` for addresses) would cost ten times as much as these few loops.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use std::net::IpAddr;
 
 /// A fresh request id: 128 random bits in hex.
 pub fn new_request_id() -> String {
     hex_id(fastrand::u128(..))
+}
+
+/// Marks a header value that differs on every request (a request id, a `traceparent`) as one
+/// HTTP/2 must never index. HPACK would otherwise put each into the connection's header
+/// table, where it is never used again and pushes out the values that do repeat
+/// (`content-type`, `te`, `x-forwarded-for`, `user-agent`), which must then be sent in full
+/// and inserted again. HTTP/1 ignores the mark.
+pub fn unique_per_request(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// The body of a gateway error: `{"error": CODE, "message": TEXT, "request_id": ID}`.

@@ -8,6 +8,7 @@ use crate::edge::headers as edge_headers;
 use crate::edge::ClientStream;
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{CompiledRoute, Snapshot};
+use crate::wire::unique_per_request;
 use gatehouse_plugins::ErrorAnswer;
 use http::{header, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
@@ -38,7 +39,9 @@ impl Gateway {
             }
             None => ctx.exchange.request_id = new_request_id(),
         }
-        ctx.request_id_value = HeaderValue::from_str(&ctx.exchange.request_id).ok();
+        ctx.request_id_value = HeaderValue::from_str(&ctx.exchange.request_id)
+            .ok()
+            .map(unique_per_request);
         ctx.trace = Some(trace);
         ctx.exchange.client_ip = client_ip(
             peer_ip(session),

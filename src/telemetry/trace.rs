@@ -69,7 +69,9 @@ impl RequestTrace {
         if self.sampled {
             value[54] = b'1';
         }
-        HeaderValue::from_bytes(&value).expect("hex digits and dashes make a header value")
+        let value =
+            HeaderValue::from_bytes(&value).expect("hex digits and dashes make a header value");
+        crate::wire::unique_per_request(value)
     }
 
     /// The trace id in hex, as it appears in `traceparent`.
@@ -418,6 +420,10 @@ mod tests {
         assert!(t.sampled, "a sampled parent is followed even at ratio 0");
         assert_eq!(t.state.header(), "vendor=abc");
         let forwarded = t.traceparent();
+        assert!(
+            forwarded.is_sensitive(),
+            "one request's value is kept out of HTTP/2's header table"
+        );
         let forwarded = forwarded.to_str().unwrap();
         assert_eq!(
             forwarded,
