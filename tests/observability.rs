@@ -4,7 +4,7 @@
 mod common;
 
 use common::otlp::Collector;
-use common::{client, eventually, Echo, Gateway, TestUpstream};
+use common::{client, eventually, status_of, Echo, Gateway, TestUpstream};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -263,6 +263,91 @@ async fn metrics_count_requests_by_route_and_status_with_latency_histograms() {
     // No raw paths in any label.
     let text = gw.metrics_text().await;
     assert!(!text.contains("/users/7") && !text.contains("/nowhere"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_series_of_a_removed_route_and_upstream_go_and_the_rest_keep_counting() {
+    let up = TestUpstream::start("svc").await;
+    let other = TestUpstream::start("other").await;
+    let kept = format!(
+        "{}---\nkind: Route\nid: kept\nmatch: {{ paths: [\"/kept\"] }}\nupstream: svc\n",
+        up.resource("svc")
+    );
+    let leaving = format!(
+        "{}---\nkind: Route\nid: leaving\nmatch: {{ paths: [\"/leaving\"] }}\nupstream: other\n\
+         rate_limit: {{ rate: 1, per: 1h, burst: 1, key: route }}\n",
+        other.resource("other")
+    );
+    let gw = Gateway::builder()
+        .file("kept.yaml", kept)
+        .file("leaving.yaml", leaving)
+        .config("telemetry:\n  access_log: { target: off }")
+        .start()
+        .await;
+    for (path, status) in [
+        ("/kept", 200),
+        ("/kept", 200),
+        ("/leaving", 200),
+        ("/leaving", 429),
+    ] {
+        let resp = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+    }
+    let counted = "gatehouse_requests_total{route=\"kept\",status=\"200\"}";
+    eventually(
+        Duration::from_secs(5),
+        "the requests to be counted",
+        || async {
+            let now = samples(&gw.metrics_text().await);
+            sample(&now, counted) == 2.0
+                && sample(
+                    &now,
+                    "gatehouse_requests_total{route=\"leaving\",status=\"429\"}",
+                ) == 1.0
+        },
+    )
+    .await;
+    let text = gw.metrics_text().await;
+    for series in [
+        "gatehouse_request_duration_seconds_count{route=\"leaving\"}",
+        "gatehouse_rate_limited_total{route=\"leaving\"}",
+        "gatehouse_upstream_duration_seconds_count{upstream=\"other\"}",
+    ] {
+        assert!(
+            text.contains(series),
+            "{series} before the removal:\n{text}"
+        );
+    }
+
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    std::fs::remove_file(gw.route_file("leaving.yaml")).unwrap();
+    let status = gw.wait_revision_after(revision).await;
+    assert_eq!(status["routes"], 1, "{status}");
+    let text = gw.metrics_text().await;
+    assert!(
+        !text.contains("route=\"leaving\"") && !text.contains("upstream=\"other\""),
+        "series of the removed route or upstream are left:\n{text}"
+    );
+    let now = samples(&text);
+    assert_eq!(
+        sample(&now, counted),
+        2.0,
+        "the kept route's count is untouched"
+    );
+    assert_eq!(
+        sample(
+            &now,
+            "gatehouse_upstream_duration_seconds_count{upstream=\"svc\"}"
+        ),
+        2.0
+    );
+    assert_eq!(status_of(&gw, "/kept").await, 200);
+    eventually(
+        Duration::from_secs(5),
+        "the kept route to count on",
+        || async { sample(&samples(&gw.metrics_text().await), counted) == 3.0 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

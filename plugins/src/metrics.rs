@@ -39,6 +39,11 @@ pub static RATE_LIMIT_STORE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter
 });
 
+/// The plugins' series labelled by route, for the gateway to drop when a route is removed.
+pub fn route_labelled() -> [&'static IntCounterVec; 2] {
+    [&MIRROR_REQUESTS, &FAULTS_INJECTED]
+}
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     REGISTRY

@@ -19,6 +19,7 @@ pub use transcoder::Transcoder;
 
 use crate::resource::{AuthPolicy, Catalog, Kind, Rejection};
 use crate::router::Router;
+use crate::telemetry::metrics::{Departed, METRICS};
 use crate::upstream::UpstreamTarget;
 use arc_swap::ArcSwap;
 use gatehouse_plugins::auth::Authenticator;
@@ -255,6 +256,20 @@ impl Snapshot {
     }
 }
 
+/// What `old` had that `new` has not.
+fn departed<'a>(old: &'a Snapshot, new: &Snapshot) -> Departed<'a> {
+    Departed {
+        routes: (old.routes.keys())
+            .filter(|id| !new.routes.contains_key(*id))
+            .map(|id| &**id)
+            .collect(),
+        upstreams: (old.upstreams.keys())
+            .filter(|id| !new.upstreams.contains_key(*id))
+            .map(String::as_str)
+            .collect(),
+    }
+}
+
 fn compile_rejection(
     origin: &crate::resource::Origin,
     kind: Kind,
@@ -303,12 +318,18 @@ impl Live {
         self.snapshot.load_full()
     }
 
-    /// Puts a new snapshot in force; from now on the gateway is ready.
+    /// Puts a new snapshot in force; from now on the gateway is ready. The series of routes
+    /// and upstreams it no longer has are dropped.
     pub fn store(&self, snapshot: Snapshot) {
         let revision = snapshot.revision;
-        self.snapshot.store(Arc::new(snapshot));
+        let new = Arc::new(snapshot);
+        let old = self.snapshot.swap(new.clone());
         self.ready.store(true, Ordering::Release);
         self.revision.send_replace(revision);
+        let departed = departed(&old, &new);
+        if !departed.is_empty() {
+            METRICS.forget(&departed);
+        }
     }
 
     /// Waits (at most `within`) for a snapshot of `revision` or later to be in force;

@@ -1,10 +1,12 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::Histogram;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 /// The gateway's metrics, registered once.
@@ -255,6 +257,66 @@ impl Metrics {
         families.extend(gatehouse_plugins::metrics::REGISTRY.gather());
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
+    }
+}
+
+/// Routes and upstreams that left the configuration, whose series go with them.
+#[derive(Debug, Default)]
+pub struct Departed<'a> {
+    pub routes: HashSet<&'a str>,
+    pub upstreams: HashSet<&'a str>,
+}
+
+impl Departed<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.upstreams.is_empty()
+    }
+}
+
+impl Metrics {
+    /// Drops every series labelled with a route or upstream that left the configuration.
+    /// A platform that adds and removes routes with each release would otherwise grow
+    /// `/metrics`, and the gateway's memory, without end. Runs when a change is applied,
+    /// never on the request path. A request still in flight on a removed route counts into
+    /// series no longer served (and, for a status it is the first to see, may leave one).
+    pub fn forget(&self, departed: &Departed) {
+        let plugins = gatehouse_plugins::metrics::route_labelled();
+        if !departed.routes.is_empty() {
+            let gone = &departed.routes;
+            forget_in(&self.requests, "route", gone);
+            forget_in(&self.request_duration, "route", gone);
+            forget_in(&self.rate_limited, "route", gone);
+            forget_in(&self.auth_failures, "route", gone);
+            forget_in(&self.fallback, "route", gone);
+            forget_in(&self.websocket_connections, "route", gone);
+            for vec in plugins {
+                forget_in(vec, "route", gone);
+            }
+        }
+        if !departed.upstreams.is_empty() {
+            let gone = &departed.upstreams;
+            forget_in(&self.upstream_duration, "upstream", gone);
+            forget_in(&self.lane_requests, "upstream", gone);
+            forget_in(&self.overloaded, "upstream", gone);
+            forget_in(&self.retry_budget_exhausted, "upstream", gone);
+        }
+    }
+}
+
+/// Removes the series of `vec` whose `label` is one of `gone`.
+fn forget_in<T: MetricVecBuilder>(vec: &MetricVec<T>, label: &str, gone: &HashSet<&str>) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get(label).is_some_and(|value| gone.contains(value)) {
+                // Gone already if another change removed it meanwhile: nothing to do.
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
