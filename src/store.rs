@@ -9,7 +9,7 @@
 use crate::etcd::EtcdSettings;
 use crate::etcd::{connect, EtcdError};
 use crate::resource::{parse_stored, Document, FieldError, Kind, ObjectKey, Origin};
-use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 
 /// Why talking to etcd failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,44 @@ impl Store {
         ))
     }
 
+    /// Writes one object only if it is in etcd and has not changed since `revision`; the
+    /// revision of the write, or `None` when the object changed, was deleted or never was.
+    /// Two editors who loaded the same version cannot overwrite each other.
+    pub async fn put_unchanged_since(
+        &mut self,
+        key: &ObjectKey,
+        value: Vec<u8>,
+        revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = key_of(&self.prefix, key);
+        let write = TxnOp::put(key.clone(), value, None);
+        let resp = self
+            .client
+            .txn(unchanged_since(key, revision, write))
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Deletes one object only if it has not changed since `revision`: the revision of the
+    /// delete, or `None` when the object changed, was deleted or never was.
+    pub async fn delete_unchanged_since(
+        &mut self,
+        key: &ObjectKey,
+        revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = key_of(&self.prefix, key);
+        let delete = TxnOp::delete(key.clone(), None);
+        let resp = self
+            .client
+            .txn(unchanged_since(key, revision, delete))
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
     /// Writes every object in one transaction: all or nothing.
     pub async fn put_all(&mut self, objects: Vec<(ObjectKey, Vec<u8>)>) -> Result<i64, StoreError> {
         let ops: Vec<TxnOp> = objects
@@ -151,6 +189,17 @@ impl Store {
         }
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
+}
+
+/// `op` on condition that `key` exists (a version past 0) and was last written at or before
+/// `revision`.
+fn unchanged_since(key: String, revision: i64, op: TxnOp) -> Txn {
+    Txn::new()
+        .when([
+            Compare::version(key.clone(), CompareOp::Greater, 0),
+            Compare::mod_revision(key, CompareOp::Less, revision.saturating_add(1)),
+        ])
+        .and_then([op])
 }
 
 #[cfg(test)]

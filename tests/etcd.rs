@@ -579,6 +579,113 @@ async fn admin_writes_validate_then_write_to_etcd() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r", &route("/first", "svc"));
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .api_key("k")
+        .start()
+        .await;
+    let c = client();
+    let admin = |method: reqwest::Method, path: &str| {
+        c.request(method, gw.admin_url(path)).bearer_auth("k")
+    };
+    let read = || async {
+        let resp = admin(reqwest::Method::GET, "/admin/routes/r")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.headers()["etag"].to_str().unwrap().to_string()
+    };
+    // Two editors read the same version.
+    let (alice, bob) = (read().await, read().await);
+    assert_eq!(alice, bob);
+
+    // Alice writes first: her version was current, so it applies.
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
+        .header("If-Match", &alice)
+        .body(route("/alice", "svc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status_of(&gw, "/alice").await, 200);
+
+    // Bob's write, from the version before Alice's, is refused and changes nothing; so is
+    // his delete.
+    let before = etcd.resources_revision(PREFIX).await;
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let resp = admin(method.clone(), "/admin/routes/r")
+            .header("If-Match", &bob)
+            .body(route("/bob", "svc"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 412, "{method}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "precondition_failed", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("routes/r changed"),
+            "{body}"
+        );
+    }
+    assert_eq!(etcd.resources_revision(PREFIX).await, before);
+    assert_eq!(status_of(&gw, "/alice").await, 200);
+    assert_eq!(status_of(&gw, "/bob").await, 404);
+
+    // Read again, Bob's edit applies; a write without If-Match is unconditional as before.
+    let bob = read().await;
+    assert_ne!(bob, alice);
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
+        .header("If-Match", &bob)
+        .body(route("/bob", "svc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status_of(&gw, "/bob").await, 200);
+
+    // An object deleted since the read is not brought back by a conditional write.
+    let stale = read().await;
+    let resp = admin(reqwest::Method::DELETE, "/admin/routes/r")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
+        .header("If-Match", &stale)
+        .body(route("/again", "svc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 412);
+    assert_eq!(status_of(&gw, "/again").await, 404);
+
+    // A malformed If-Match is refused naming the header.
+    for bad in ["\"abc\"", "-3", "", "W/\"5\""] {
+        let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
+            .header("If-Match", bad)
+            .body(route("/x", "svc"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().starts_with("If-Match"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn etcd_with_authentication() {
     let etcd = Etcd::start();
     let up = TestUpstream::start("svc").await;

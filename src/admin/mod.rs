@@ -139,7 +139,12 @@ impl AdminApi {
                             id: id.to_string(),
                         };
                         match snapshot.catalog.get(&key) {
-                            Some(resource) => json(StatusCode::OK, &resource),
+                            Some(resource) => {
+                                let mut resp = json(StatusCode::OK, &resource);
+                                resp.headers_mut()
+                                    .insert(header::ETAG, etag(snapshot.revision));
+                                resp
+                            }
                             None => error(
                                 StatusCode::NOT_FOUND,
                                 "not_found",
@@ -244,8 +249,17 @@ impl ServeHttp for AdminApi {
                         return json(StatusCode::OK, &live::upstreams(&self.live.load()));
                     }
                     match (&method, &self.writes, write_target(rest)) {
-                        (&Method::PUT, Writes::Etcd(_), Some(key)) => self.put(session, key).await,
-                        (&Method::DELETE, Writes::Etcd(_), Some(key)) => self.delete(key).await,
+                        (&Method::PUT | &Method::DELETE, Writes::Etcd(_), Some(key)) => {
+                            let since = match if_match(&req.headers) {
+                                Ok(since) => since,
+                                Err(resp) => return *resp,
+                            };
+                            if method == Method::PUT {
+                                self.put(session, key, since).await
+                            } else {
+                                self.delete(key, since).await
+                            }
+                        }
                         _ => self.admin(&method, rest),
                     }
                 }
@@ -335,8 +349,14 @@ impl AdminApi {
         }
     }
 
-    /// Validates with the same admission as every source, then writes to etcd.
-    async fn put(&self, session: &mut ServerSession, key: ObjectKey) -> Response<Vec<u8>> {
+    /// Validates with the same admission as every source, then writes to etcd (with
+    /// `since`, only if the object has not changed in etcd after that revision).
+    async fn put(
+        &self,
+        session: &mut ServerSession,
+        key: ObjectKey,
+        since: Option<i64>,
+    ) -> Response<Vec<u8>> {
         let Writes::Etcd(etcd) = &self.writes else {
             return not_found();
         };
@@ -371,18 +391,23 @@ impl AdminApi {
             Ok(guard) => guard,
             Err(resp) => return resp,
         };
-        let result = guard.as_mut().expect("connected").put(&key, body).await;
+        let store = guard.as_mut().expect("connected");
+        let result = match since {
+            None => store.put(&key, body).await.map(Some),
+            Some(since) => store.put_unchanged_since(&key, body, since).await,
+        };
         if result.is_err() {
             *guard = None; // reconnect on the next write
         }
         drop(guard);
         match result {
-            Ok(revision) => self.written(&key, revision).await,
+            Ok(Some(revision)) => self.written(&key, revision).await,
+            Ok(None) => changed(&key, since),
             Err(e) => unconfirmed(e),
         }
     }
 
-    async fn delete(&self, key: ObjectKey) -> Response<Vec<u8>> {
+    async fn delete(&self, key: ObjectKey, since: Option<i64>) -> Response<Vec<u8>> {
         let users = self.live.load().catalog.users_of(&key);
         if !users.is_empty() {
             return error(
@@ -395,14 +420,20 @@ impl AdminApi {
             Ok(guard) => guard,
             Err(resp) => return resp,
         };
-        let result = guard.as_mut().expect("connected").delete(&key).await;
+        let store = guard.as_mut().expect("connected");
+        let result = match since {
+            None => store.delete(&key).await.map(Some),
+            Some(since) => (store.delete_unchanged_since(&key, since).await)
+                .map(|deleted| deleted.map(|revision| (true, revision))),
+        };
         if result.is_err() {
             *guard = None;
         }
         drop(guard);
         match result {
-            Ok((true, revision)) => self.written(&key, revision).await,
-            Ok((false, _)) => error(
+            Ok(Some((true, revision))) => self.written(&key, revision).await,
+            Ok(None) => changed(&key, since),
+            Ok(Some((false, _))) => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("{key} is not in etcd"),
@@ -506,6 +537,50 @@ fn unconfirmed(e: crate::store::StoreError) -> Response<Vec<u8>> {
         &format!(
             "{e}; the write may still be applied when etcd answers: read the object back \
              before writing it again"
+        ),
+    )
+}
+
+/// The `ETag` of an object read from the snapshot of `revision`: a later write that sends
+/// it back as `If-Match` applies only if the object has not changed in etcd since.
+fn etag(revision: u64) -> http::HeaderValue {
+    http::HeaderValue::try_from(format!("\"{revision}\"")).expect("digits in quotes")
+}
+
+/// The revision of `If-Match` (an `ETag` this API gave: `"N"`, or `N`), if the request has
+/// one.
+fn if_match(headers: &http::HeaderMap) -> Result<Option<i64>, Box<Response<Vec<u8>>>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let bare = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    match bare.parse::<i64>() {
+        Ok(revision) if revision >= 0 => Ok(Some(revision)),
+        _ => Err(Box::new(bad_if_match())),
+    }
+}
+
+fn bad_if_match() -> Response<Vec<u8>> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_header",
+        "If-Match: expected the ETag of a read of this object, a revision such as \"42\"",
+    )
+}
+
+/// 412: the object changed (or went) after the revision the writer read it at.
+fn changed(key: &ObjectKey, since: Option<i64>) -> Response<Vec<u8>> {
+    error(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        &format!(
+            "{key} changed in etcd after revision {} (or is not there): read it again and \
+             reapply your edit",
+            since.unwrap_or_default()
         ),
     )
 }

@@ -4,8 +4,9 @@ Usage: drive.py main|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
 
 `main`: a wrong key shows nothing; the right one shows the overview, routes with their
 request rate, upstreams with node health, auth policies without secrets, the rejected
-objects; an invalid edit is refused with its errors shown and nothing written; a valid
-edit is written and in force through the proxy. `outage` (etcd stopped): the last
+objects; an invalid edit is refused with its errors shown and nothing written; an edit
+over a change someone else made since it was loaded is refused; a valid edit is written
+and in force through the proxy. `outage` (etcd stopped): the last
 snapshot is shown and the outage said; then the gateway itself stops (SIGSTOP) and the page
 says it does not answer, keeping what it showed. Prints `OK step` lines; any failure raises.
 """
@@ -161,6 +162,24 @@ def main(driver):
     after = admin_json("/admin/routes/tricky")
     assert before == after, f"{before} became {after}"
     print("OK a resource loaded and written back unchanged stays as it was")
+
+    # Someone else writes the resource after it was loaded here: the page's write is
+    # refused, and the other version stays.
+    driver.find_element(By.ID, "edit-load").click()
+    wait_for(driver, "the tricky route", lambda d: "/tricky" in area.get_attribute("value"))
+    theirs = admin_json("/admin/routes/tricky")
+    request = urllib.request.Request(admin + "/admin/routes/tricky", method="PUT", data=json.dumps(theirs).encode(),
+                                     headers={"Authorization": "Bearer " + key})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
+    edited = area.get_attribute("value").replace("/tricky", "/tricky-here")
+    area.clear()
+    area.send_keys(edited)
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the refusal", lambda d: "changed" in text(d, "#edit-changed"))
+    assert admin_json("/admin/routes/tricky") == theirs
+    assert status_of(proxy + "/tricky-here") == 404
+    print("OK a write over someone else's newer change is refused")
 
     # A valid edit is written and in force.
     driver.find_element(By.ID, "edit-id").clear()

@@ -265,8 +265,12 @@ const views = {
     const id = h("input", { id: "edit-id", placeholder: "id", required: true });
     const text = h("textarea", { id: "edit-yaml", spellcheck: "false" });
     const result = h("div", { id: "edit-result", role: "status" });
+    // The version loaded, sent back with the write: an object changed by someone else since
+    // is not overwritten (the API answers 412).
+    let loaded = null;
     const load = async () => {
       result.replaceChildren();
+      loaded = null;
       if (!id.value) { result.append(h("p", { class: "error" }, "Give the id to load.")); return; }
       let resp;
       try {
@@ -280,13 +284,17 @@ const views = {
       const object = await resp.json();
       delete object.kind; delete object.id;
       text.value = toYaml(object);
+      loaded = { kind: kind.value, id: id.value, etag: resp.headers.get("ETag") };
     };
     const write = async (event) => {
       event.preventDefault();
       result.replaceChildren(h("p", { class: "muted" }, "Validating and writing…"));
       let resp;
       try {
-        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`, { method: "PUT", body: text.value, headers: { "Content-Type": "application/yaml" } });
+        const headers = { "Content-Type": "application/yaml" };
+        const same = loaded && loaded.kind === kind.value && loaded.id === id.value && loaded.etag;
+        if (same) headers["If-Match"] = loaded.etag;
+        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`, { method: "PUT", body: text.value, headers });
       } catch (e) {
         if (e instanceof Unauthorized) return signIn(e.message);
         result.replaceChildren(h("p", { class: "error" }, "No answer (" + e.message + "): the write may or may not have been applied; load the resource to see."));
@@ -294,7 +302,10 @@ const views = {
       }
       const body = await resp.json().catch(() => ({}));
       if (resp.ok) {
+        if (loaded) loaded.etag = `"${body.revision}"`;
         result.replaceChildren(h("p", { class: "ok", id: "edit-written" }, `Written at revision ${body.revision}` + (body.in_force ? ", in force." : "; not in force yet.")));
+      } else if (resp.status === 412) {
+        result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource changed (or was deleted) since you loaded it. Copy your edit, load it again and reapply."));
       } else {
         const errors = body.errors || [];
         result.replaceChildren(h("p", { class: "error" }, errors.length ? "Refused; nothing was written:" : (body.message || `refused (${resp.status})`)),
