@@ -9,7 +9,9 @@
 use crate::etcd::EtcdSettings;
 use crate::etcd::{connect, EtcdError};
 use crate::resource::{parse_stored, Document, FieldError, Kind, ObjectKey, Origin};
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 
 /// Why talking to etcd failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,17 @@ pub enum StoreError {
     Connect(#[from] EtcdError),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What a write on condition (`If-Match`) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written, at this revision.
+    Done(i64),
+    /// Not written: the object was written after the revision the writer read it at.
+    Changed,
+    /// Not written: the object is not in etcd (deleted since, or never stored there).
+    Absent,
 }
 
 /// The etcd key of an object.
@@ -139,42 +152,58 @@ impl Store {
         ))
     }
 
-    /// Writes one object only if it is in etcd and has not changed since `revision`; the
-    /// revision of the write, or `None` when the object changed, was deleted or never was.
-    /// Two editors who loaded the same version cannot overwrite each other.
+    /// Writes one object only if it is in etcd and has not changed since `revision`. Two
+    /// editors who loaded the same version cannot overwrite each other.
     pub async fn put_unchanged_since(
         &mut self,
         key: &ObjectKey,
         value: Vec<u8>,
         revision: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
         let write = TxnOp::put(key.clone(), value, None);
-        let resp = self
-            .client
-            .txn(unchanged_since(key, revision, write))
-            .await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map_or(0, |h| h.revision())))
+        self.unless_changed(key, revision, write).await
     }
 
-    /// Deletes one object only if it has not changed since `revision`: the revision of the
-    /// delete, or `None` when the object changed, was deleted or never was.
+    /// Deletes one object only if it is in etcd and has not changed since `revision`.
     pub async fn delete_unchanged_since(
         &mut self,
         key: &ObjectKey,
         revision: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
         let delete = TxnOp::delete(key.clone(), None);
-        let resp = self
-            .client
-            .txn(unchanged_since(key, revision, delete))
-            .await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map_or(0, |h| h.revision())))
+        self.unless_changed(key, revision, delete).await
+    }
+
+    /// `op` on condition that `key` exists (a version past 0) and was last written at or
+    /// before `revision`; when not, the key is read in the same transaction to say which.
+    async fn unless_changed(
+        &mut self,
+        key: String,
+        revision: i64,
+        op: TxnOp,
+    ) -> Result<Conditional, StoreError> {
+        let txn = Txn::new()
+            .when([
+                Compare::version(key.clone(), CompareOp::Greater, 0),
+                Compare::mod_revision(key.clone(), CompareOp::Less, revision.saturating_add(1)),
+            ])
+            .and_then([op])
+            .or_else([TxnOp::get(key, Some(GetOptions::new().with_count_only()))]);
+        let resp = self.client.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Conditional::Done(resp.header().map_or(0, |h| h.revision())));
+        }
+        let present = resp.op_responses().iter().any(|op| match op {
+            TxnOpResponse::Get(get) => get.count() > 0,
+            _ => false,
+        });
+        Ok(if present {
+            Conditional::Changed
+        } else {
+            Conditional::Absent
+        })
     }
 
     /// Writes every object in one transaction: all or nothing.
@@ -189,17 +218,6 @@ impl Store {
         }
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
-}
-
-/// `op` on condition that `key` exists (a version past 0) and was last written at or before
-/// `revision`.
-fn unchanged_since(key: String, revision: i64, op: TxnOp) -> Txn {
-    Txn::new()
-        .when([
-            Compare::version(key.clone(), CompareOp::Greater, 0),
-            Compare::mod_revision(key, CompareOp::Less, revision.saturating_add(1)),
-        ])
-        .and_then([op])
 }
 
 #[cfg(test)]

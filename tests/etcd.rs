@@ -666,10 +666,28 @@ async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 412);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "not_in_etcd", "{body}");
     assert_eq!(status_of(&gw, "/again").await, 404);
+    // `*` asks only that the object be in etcd; without If-Match the write stores it.
+    let put = |tag: Option<String>, path: &'static str| {
+        let mut req = admin(reqwest::Method::PUT, "/admin/routes/r").body(route(path, "svc"));
+        if let Some(tag) = tag {
+            req = req.header("If-Match", tag);
+        }
+        req.send()
+    };
+    assert_eq!(put(Some("*".into()), "/again").await.unwrap().status(), 412);
+    assert_eq!(put(None, "/again").await.unwrap().status(), 200);
+    assert_eq!(put(Some("*".into()), "/star").await.unwrap().status(), 200);
+    assert_eq!(status_of(&gw, "/star").await, 200);
+    // A weak tag (a proxy that compresses the API weakens it) reads as the same revision.
+    let weak = format!("W/{}", read().await);
+    assert_eq!(put(Some(weak), "/weak").await.unwrap().status(), 200);
+    assert_eq!(status_of(&gw, "/weak").await, 200);
 
     // A malformed If-Match is refused naming the header.
-    for bad in ["\"abc\"", "-3", "", "W/\"5\""] {
+    for bad in ["\"abc\"", "-3", "", "\"1\", \"2\""] {
         let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
             .header("If-Match", bad)
             .body(route("/x", "svc"))

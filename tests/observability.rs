@@ -323,12 +323,16 @@ async fn the_series_of_a_removed_route_and_upstream_go_and_the_rest_keep_countin
     std::fs::remove_file(gw.route_file("leaving.yaml")).unwrap();
     let status = gw.wait_revision_after(revision).await;
     assert_eq!(status["routes"], 1, "{status}");
-    let text = gw.metrics_text().await;
-    assert!(
-        !text.contains("route=\"leaving\"") && !text.contains("upstream=\"other\""),
-        "series of the removed route or upstream are left:\n{text}"
-    );
-    let now = samples(&text);
+    // The series go just after the change is in force.
+    let left =
+        |text: &str| text.contains("route=\"leaving\"") || text.contains("upstream=\"other\"");
+    eventually(
+        Duration::from_secs(5),
+        "the removed series to go",
+        || async { !left(&gw.metrics_text().await) },
+    )
+    .await;
+    let now = samples(&gw.metrics_text().await);
     assert_eq!(
         sample(&now, counted),
         2.0,

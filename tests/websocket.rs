@@ -38,7 +38,14 @@ fn url(gw: &Gateway, path: &str) -> String {
 }
 
 async fn gateway(server: &PythonServer) -> Gateway {
-    let routes = format!(
+    Gateway::builder()
+        .file("routes.yaml", routes(server))
+        .start()
+        .await
+}
+
+fn routes(server: &PythonServer) -> String {
+    format!(
         r#"kind: Upstream
 id: ws
 nodes: [{{ addr: "127.0.0.1:{}" }}]
@@ -71,8 +78,7 @@ match: {{ paths: ["/plain/**"] }}
 upstream: ws
 "#,
         server.port
-    );
-    Gateway::builder().file("routes.yaml", routes).start().await
+    )
 }
 
 fn open_tunnels(metrics: &str, route: &str) -> Option<i64> {
@@ -144,6 +150,53 @@ async fn an_open_tunnel_is_counted_and_a_silent_one_closes_after_timeouts_idle()
         || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(0) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_removed_under_an_open_tunnel_leaves_no_series_when_the_tunnel_ends() {
+    let server = PythonServer::start(&script(), &["serve"]);
+    let logs = tempfile::tempdir().unwrap();
+    let access_log = logs.path().join("access.log");
+    let gw = Gateway::builder()
+        .file("routes.yaml", routes(&server))
+        .config(&format!(
+            "telemetry:\n  access_log: {{ target: \"{}\" }}",
+            access_log.display()
+        ))
+        .start()
+        .await;
+    let waiting = tokio::spawn(ws(vec!["wait".into(), url(&gw, "/quiet/x"), "10".into()]));
+    eventually(
+        Duration::from_secs(5),
+        "the tunnel to be counted",
+        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(1) },
+    )
+    .await;
+    // The route goes while its tunnel is open; the tunnel then ends on its idle timeout.
+    let without = routes(&server).replace(
+        "kind: Route\nid: quiet\nmatch: { paths: [\"/quiet/**\"] }\nupstream: ws\nwebsocket: true\ntimeouts: { idle: 1s }\n---\n",
+        "",
+    );
+    assert!(!without.contains("id: quiet"), "{without}");
+    let revision = gw.status().await["revision"].as_u64().unwrap();
+    gw.write_file("routes.yaml", &without);
+    gw.wait_revision_after(revision).await;
+    let out = waiting.await.unwrap();
+    assert!(out["closed_after"].as_f64().is_some(), "{out}");
+    // The tunnel's end is counted, then written to the access log: once its line is there,
+    // no series of the route may be left (a gauge at -1, a count of the 101).
+    eventually(
+        Duration::from_secs(5),
+        "the tunnel's access log line",
+        || async { std::fs::read_to_string(&access_log).is_ok_and(|log| log.contains("/quiet/x")) },
+    )
+    .await;
+    let text = gw.metrics_text().await;
+    assert!(
+        !text.contains("route=\"quiet\""),
+        "series of the removed route came back:\n{text}"
+    );
+    assert_eq!(open_tunnels(&text, "chat"), None, "other routes untouched");
 }
 
 #[tokio::test(flavor = "multi_thread")]

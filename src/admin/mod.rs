@@ -7,7 +7,7 @@ use crate::etcd::EtcdSettings;
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
 use crate::snapshot::SourceReport;
-use crate::store::{key_of, Store};
+use crate::store::{key_of, Conditional, Store};
 use crate::wire::{error_body, new_request_id};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
@@ -393,7 +393,7 @@ impl AdminApi {
         };
         let store = guard.as_mut().expect("connected");
         let result = match since {
-            None => store.put(&key, body).await.map(Some),
+            None => store.put(&key, body).await.map(Conditional::Done),
             Some(since) => store.put_unchanged_since(&key, body, since).await,
         };
         if result.is_err() {
@@ -401,8 +401,8 @@ impl AdminApi {
         }
         drop(guard);
         match result {
-            Ok(Some(revision)) => self.written(&key, revision).await,
-            Ok(None) => changed(&key, since),
+            Ok(Conditional::Done(revision)) => self.written(&key, revision).await,
+            Ok(refused) => not_unchanged(&key, refused),
             Err(e) => unconfirmed(e),
         }
     }
@@ -422,22 +422,24 @@ impl AdminApi {
         };
         let store = guard.as_mut().expect("connected");
         let result = match since {
-            None => store.delete(&key).await.map(Some),
-            Some(since) => (store.delete_unchanged_since(&key, since).await)
-                .map(|deleted| deleted.map(|revision| (true, revision))),
+            None => (store.delete(&key).await).map(|(existed, revision)| match existed {
+                true => Conditional::Done(revision),
+                false => Conditional::Absent,
+            }),
+            Some(since) => store.delete_unchanged_since(&key, since).await,
         };
         if result.is_err() {
             *guard = None;
         }
         drop(guard);
         match result {
-            Ok(Some((true, revision))) => self.written(&key, revision).await,
-            Ok(None) => changed(&key, since),
-            Ok(Some((false, _))) => error(
+            Ok(Conditional::Done(revision)) => self.written(&key, revision).await,
+            Ok(Conditional::Absent) if since.is_none() => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("{key} is not in etcd"),
             ),
+            Ok(refused) => not_unchanged(&key, refused),
             Err(e) => unconfirmed(e),
         }
     }
@@ -547,42 +549,52 @@ fn etag(revision: u64) -> http::HeaderValue {
     http::HeaderValue::try_from(format!("\"{revision}\"")).expect("digits in quotes")
 }
 
-/// The revision of `If-Match` (an `ETag` this API gave: `"N"`, or `N`), if the request has
-/// one.
+/// The revision of `If-Match`, if the request has one: an `ETag` this API gave (`"N"`,
+/// weak or not, or `N`), or `*` (the object only has to be in etcd).
 fn if_match(headers: &http::HeaderMap) -> Result<Option<i64>, Box<Response<Vec<u8>>>> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default().trim();
-    let bare = text
+    if text == "*" {
+        return Ok(Some(i64::MAX));
+    }
+    let tag = text.strip_prefix("W/").unwrap_or(text);
+    let bare = tag
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
+        .unwrap_or(tag);
     match bare.parse::<i64>() {
         Ok(revision) if revision >= 0 => Ok(Some(revision)),
-        _ => Err(Box::new(bad_if_match())),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "If-Match: expected the ETag of a read of this object (a revision such as \"42\") or *",
+        ))),
     }
 }
 
-fn bad_if_match() -> Response<Vec<u8>> {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_header",
-        "If-Match: expected the ETag of a read of this object, a revision such as \"42\"",
-    )
-}
-
-/// 412: the object changed (or went) after the revision the writer read it at.
-fn changed(key: &ObjectKey, since: Option<i64>) -> Response<Vec<u8>> {
-    error(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-        &format!(
-            "{key} changed in etcd after revision {} (or is not there): read it again and \
-             reapply your edit",
-            since.unwrap_or_default()
+/// 412: the object changed after the revision the writer read it at, or is not in etcd.
+fn not_unchanged(key: &ObjectKey, refused: Conditional) -> Response<Vec<u8>> {
+    match refused {
+        Conditional::Absent => error(
+            StatusCode::PRECONDITION_FAILED,
+            "not_in_etcd",
+            &format!(
+                "{key} is not in etcd (deleted since it was read, or kept in force only \
+                 because a route uses it): nothing was written; write it without If-Match \
+                 to store it"
+            ),
         ),
-    )
+        _ => error(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            &format!(
+                "{key} changed in etcd after it was read: nothing was written; read it again \
+                 and reapply the edit"
+            ),
+        ),
+    }
 }
 
 /// 400 with every reason.

@@ -4,7 +4,7 @@ use super::attempt::Attempts;
 use super::head_watch::Ticket;
 use super::inflight::InFlightGuard;
 use crate::snapshot::CompiledRoute;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{OpenTunnel, RouteMetrics};
 use crate::telemetry::trace::RequestTrace;
 use gatehouse_plugins::{Exchange, Flow};
 use http::HeaderValue;
@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub(super) refusal: Option<Box<Flow>>,
     /// Where the request stands as a WebSocket handshake.
     pub(super) websocket: WebSocket,
+    /// The tunnel's count, while it is open.
+    pub(super) tunnel: Option<OpenTunnel>,
     /// The status of a refusal the gateway answered as gRPC (HTTP 200 on the wire): what
     /// the request is counted as.
     pub(super) refused_as: Option<u16>,
@@ -82,6 +84,7 @@ impl RequestCtx {
             head_clock: None,
             refusal: None,
             websocket: WebSocket::No,
+            tunnel: None,
             refused_as: None,
             _inflight: inflight,
         }

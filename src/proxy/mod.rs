@@ -39,6 +39,7 @@ pub use inflight::{InFlight, InFlightGuard};
 use crate::edge::headers::Underscores;
 use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::snapshot::Live;
+use crate::telemetry::metrics::OpenTunnel;
 use crate::telemetry::Telemetry;
 use async_trait::async_trait;
 use gatehouse_plugins::{ErrorAnswer, Exchange, Flow};
@@ -256,10 +257,7 @@ impl ProxyHttp for Gateway {
             // The upgrade the route asked for: its headers stay, the tunnel is counted, and
             // the attempt is an answer like any other (health and the breaker hear of it).
             ctx.websocket = WebSocket::Open;
-            crate::telemetry::metrics::METRICS
-                .websocket_connections
-                .with_label_values(&[&*ctx.exchange.route_id])
-                .inc();
+            ctx.tunnel = Some(OpenTunnel::open(&ctx.exchange.route_id));
         } else {
             forward::settle_answer(upstream_response)?;
         }
@@ -449,12 +447,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.head_arrived(ctx);
-        if ctx.websocket == WebSocket::Open {
-            crate::telemetry::metrics::METRICS
-                .websocket_connections
-                .with_label_values(&[&*ctx.exchange.route_id])
-                .dec();
-        }
+        ctx.tunnel = None;
         if let Some(route) = &ctx.route {
             route.plugins.log(&mut ctx.exchange);
         }

@@ -325,11 +325,17 @@ impl Live {
         let new = Arc::new(snapshot);
         let old = self.snapshot.swap(new.clone());
         self.ready.store(true, Ordering::Release);
-        self.revision.send_replace(revision);
         let departed = departed(&old, &new);
         if !departed.is_empty() {
+            for id in &departed.routes {
+                if let Some(route) = old.routes.get(*id) {
+                    route.metrics.retire();
+                }
+            }
             METRICS.forget(&departed);
         }
+        // Whoever waits for this revision (an admin write) finds its metrics settled too.
+        self.revision.send_replace(revision);
     }
 
     /// Waits (at most `within`) for a snapshot of `revision` or later to be in force;

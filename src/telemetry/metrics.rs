@@ -7,6 +7,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 /// The gateway's metrics, registered once.
@@ -280,31 +281,42 @@ impl Metrics {
     /// never on the request path. A request still in flight on a removed route counts into
     /// series no longer served (and, for a status it is the first to see, may leave one).
     pub fn forget(&self, departed: &Departed) {
+        let routes = &departed.routes;
+        // Labelled by the route alone: removed by name, without listing the series (the
+        // latency histograms are the largest).
+        forget_named(&self.rate_limited, routes);
+        forget_named(&self.websocket_connections, routes);
+        forget_named(&self.request_duration, routes);
+        // Labelled by the route and a value of a small set.
         let plugins = gatehouse_plugins::metrics::route_labelled();
-        if !departed.routes.is_empty() {
-            let gone = &departed.routes;
-            forget_in(&self.requests, "route", gone);
-            forget_in(&self.request_duration, "route", gone);
-            forget_in(&self.rate_limited, "route", gone);
-            forget_in(&self.auth_failures, "route", gone);
-            forget_in(&self.fallback, "route", gone);
-            forget_in(&self.websocket_connections, "route", gone);
-            for vec in plugins {
-                forget_in(vec, "route", gone);
-            }
+        for vec in [&self.requests, &self.auth_failures, &self.fallback]
+            .into_iter()
+            .chain(plugins)
+        {
+            forget_in(vec, "route", routes);
         }
-        if !departed.upstreams.is_empty() {
-            let gone = &departed.upstreams;
-            forget_in(&self.upstream_duration, "upstream", gone);
-            forget_in(&self.lane_requests, "upstream", gone);
-            forget_in(&self.overloaded, "upstream", gone);
-            forget_in(&self.retry_budget_exhausted, "upstream", gone);
+        let upstreams = &departed.upstreams;
+        forget_named(&self.upstream_duration, upstreams);
+        for vec in [&self.overloaded, &self.retry_budget_exhausted] {
+            forget_named(vec, upstreams);
         }
+        forget_in(&self.lane_requests, "upstream", upstreams);
+    }
+}
+
+/// Removes the series of a vector labelled by one name alone, for each of `gone`.
+fn forget_named<T: MetricVecBuilder>(vec: &MetricVec<T>, gone: &HashSet<&str>) {
+    for id in gone {
+        // Never resolved (no request counted there): nothing to remove.
+        let _ = vec.remove_label_values(&[*id]);
     }
 }
 
 /// Removes the series of `vec` whose `label` is one of `gone`.
 fn forget_in<T: MetricVecBuilder>(vec: &MetricVec<T>, label: &str, gone: &HashSet<&str>) {
+    if gone.is_empty() {
+        return;
+    }
     for family in vec.collect() {
         for metric in family.get_metric() {
             let labels: HashMap<&str, &str> = metric
@@ -320,6 +332,25 @@ fn forget_in<T: MetricVecBuilder>(vec: &MetricVec<T>, label: &str, gone: &HashSe
     }
 }
 
+/// One open WebSocket tunnel, counted in `gatehouse_websocket_connections{route}` until it
+/// is dropped. The close takes back the very gauge the open added to: looked up again by
+/// label, it would bring back (at -1) the series of a route removed meanwhile.
+pub struct OpenTunnel(IntGauge);
+
+impl OpenTunnel {
+    pub fn open(route: &str) -> OpenTunnel {
+        let gauge = METRICS.websocket_connections.with_label_values(&[route]);
+        gauge.inc();
+        OpenTunnel(gauge)
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Status codes whose counters a route resolves once and keeps; others are looked up by
 /// label each time (rare codes, so the lookup cost is rare too).
 const COMMON_STATUSES: [u16; 16] = [
@@ -332,6 +363,9 @@ pub struct RouteMetrics {
     route: Arc<str>,
     duration: OnceLock<Histogram>,
     statuses: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+    /// The route left the configuration: what still ends on it (a WebSocket tunnel, a
+    /// request in flight) is no longer counted, which would bring its series back.
+    retired: AtomicBool,
 }
 
 impl RouteMetrics {
@@ -340,11 +374,20 @@ impl RouteMetrics {
             route,
             duration: OnceLock::new(),
             statuses: Default::default(),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// The route is gone: count nothing more (its series are being removed).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Counts one answered request.
     pub fn observe(&self, status: u16, seconds: f64) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         let metrics = &*METRICS;
         self.duration
             .get_or_init(|| metrics.request_duration.with_label_values(&[&*self.route]))

@@ -272,9 +272,11 @@ const views = {
       result.replaceChildren();
       loaded = null;
       if (!id.value) { result.append(h("p", { class: "error" }, "Give the id to load.")); return; }
+      // What is loaded, taken before the answer: the fields may change while it comes.
+      const target = { kind: kind.value, id: id.value };
       let resp;
       try {
-        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`);
+        resp = await api(`/admin/${target.kind}/${encodeURIComponent(target.id)}`);
       } catch (e) {
         if (e instanceof Unauthorized) return signIn(e.message);
         result.append(h("p", { class: "error" }, "Could not load: " + e.message));
@@ -284,17 +286,18 @@ const views = {
       const object = await resp.json();
       delete object.kind; delete object.id;
       text.value = toYaml(object);
-      loaded = { kind: kind.value, id: id.value, etag: resp.headers.get("ETag") };
+      loaded = Object.assign(target, { etag: resp.headers.get("ETag") });
     };
     const write = async (event) => {
       event.preventDefault();
       result.replaceChildren(h("p", { class: "muted" }, "Validating and writing…"));
+      const target = { kind: kind.value, id: id.value };
       let resp;
       try {
         const headers = { "Content-Type": "application/yaml" };
-        const same = loaded && loaded.kind === kind.value && loaded.id === id.value && loaded.etag;
+        const same = loaded && loaded.kind === target.kind && loaded.id === target.id && loaded.etag;
         if (same) headers["If-Match"] = loaded.etag;
-        resp = await api(`/admin/${kind.value}/${encodeURIComponent(id.value)}`, { method: "PUT", body: text.value, headers });
+        resp = await api(`/admin/${target.kind}/${encodeURIComponent(target.id)}`, { method: "PUT", body: text.value, headers });
       } catch (e) {
         if (e instanceof Unauthorized) return signIn(e.message);
         result.replaceChildren(h("p", { class: "error" }, "No answer (" + e.message + "): the write may or may not have been applied; load the resource to see."));
@@ -302,10 +305,16 @@ const views = {
       }
       const body = await resp.json().catch(() => ({}));
       if (resp.ok) {
-        if (loaded) loaded.etag = `"${body.revision}"`;
+        // The object written is now the version this page holds.
+        loaded = Object.assign(target, { etag: `"${body.revision}"` });
         result.replaceChildren(h("p", { class: "ok", id: "edit-written" }, `Written at revision ${body.revision}` + (body.in_force ? ", in force." : "; not in force yet.")));
+      } else if (resp.status === 412 && body.error === "not_in_etcd") {
+        // Deleted since it was loaded, or kept in force only because a route uses it: a
+        // second, deliberate write stores it.
+        loaded = null;
+        result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource is not in etcd (deleted since you loaded it, or kept in force only because a route uses it). Write again to store this text."));
       } else if (resp.status === 412) {
-        result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource changed (or was deleted) since you loaded it. Copy your edit, load it again and reapply."));
+        result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource changed since you loaded it. Copy your edit, load it again and reapply."));
       } else {
         const errors = body.errors || [];
         result.replaceChildren(h("p", { class: "error" }, errors.length ? "Refused; nothing was written:" : (body.message || `refused (${resp.status})`)),
