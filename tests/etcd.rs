@@ -601,105 +601,75 @@ async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
         assert_eq!(resp.status(), 200);
         resp.headers()["etag"].to_str().unwrap().to_string()
     };
+    // A PUT of the route to `path` (or a DELETE when `path` is empty), with `If-Match: tag`
+    // when there is one: the status and the body's error code and message.
+    let write = |tag: Option<&str>, path: &str| {
+        let mut req = match path {
+            "" => admin(reqwest::Method::DELETE, "/admin/routes/r"),
+            path => admin(reqwest::Method::PUT, "/admin/routes/r").body(route(path, "svc")),
+        };
+        if let Some(tag) = tag {
+            req = req.header("If-Match", tag);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            let text = |field: &str| body[field].as_str().unwrap_or_default().to_string();
+            (status, text("error"), text("message"))
+        }
+    };
     // Two editors read the same version.
     let (alice, bob) = (read().await, read().await);
     assert_eq!(alice, bob);
 
     // Alice writes first: her version was current, so it applies.
-    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
-        .header("If-Match", &alice)
-        .body(route("/alice", "svc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(write(Some(&alice), "/alice").await.0, 200);
     assert_eq!(status_of(&gw, "/alice").await, 200);
 
     // Bob's write, from the version before Alice's, is refused and changes nothing; so is
     // his delete.
     let before = etcd.resources_revision(PREFIX).await;
-    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
-        let resp = admin(method.clone(), "/admin/routes/r")
-            .header("If-Match", &bob)
-            .body(route("/bob", "svc"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 412, "{method}");
-        let body: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(body["error"], "precondition_failed", "{body}");
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("routes/r changed"),
-            "{body}"
+    for path in ["/bob", ""] {
+        let (status, code, message) = write(Some(&bob), path).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (412, "precondition_failed"),
+            "{path:?}"
         );
+        assert!(message.contains("routes/r changed"), "{message}");
     }
     assert_eq!(etcd.resources_revision(PREFIX).await, before);
     assert_eq!(status_of(&gw, "/alice").await, 200);
     assert_eq!(status_of(&gw, "/bob").await, 404);
 
-    // Read again, Bob's edit applies; a write without If-Match is unconditional as before.
+    // Read again, Bob's edit applies.
     let bob = read().await;
     assert_ne!(bob, alice);
-    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
-        .header("If-Match", &bob)
-        .body(route("/bob", "svc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(write(Some(&bob), "/bob").await.0, 200);
     assert_eq!(status_of(&gw, "/bob").await, 200);
 
-    // An object deleted since the read is not brought back by a conditional write.
+    // An object deleted since the read is not brought back by a conditional write; `*`
+    // asks only that it be in etcd; a write without If-Match stores it, as before.
     let stale = read().await;
-    let resp = admin(reqwest::Method::DELETE, "/admin/routes/r")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
-        .header("If-Match", &stale)
-        .body(route("/again", "svc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 412);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], "not_in_etcd", "{body}");
+    assert_eq!(write(None, "").await.0, 200);
+    let (status, code, _) = write(Some(&stale), "/again").await;
+    assert_eq!((status, code.as_str()), (412, "not_in_etcd"));
+    assert_eq!(write(Some("*"), "/again").await.0, 412);
     assert_eq!(status_of(&gw, "/again").await, 404);
-    // `*` asks only that the object be in etcd; without If-Match the write stores it.
-    let put = |tag: Option<String>, path: &'static str| {
-        let mut req = admin(reqwest::Method::PUT, "/admin/routes/r").body(route(path, "svc"));
-        if let Some(tag) = tag {
-            req = req.header("If-Match", tag);
-        }
-        req.send()
-    };
-    assert_eq!(put(Some("*".into()), "/again").await.unwrap().status(), 412);
-    assert_eq!(put(None, "/again").await.unwrap().status(), 200);
-    assert_eq!(put(Some("*".into()), "/star").await.unwrap().status(), 200);
+    assert_eq!(write(None, "/again").await.0, 200);
+    assert_eq!(write(Some("*"), "/star").await.0, 200);
     assert_eq!(status_of(&gw, "/star").await, 200);
     // A weak tag (a proxy that compresses the API weakens it) reads as the same revision.
     let weak = format!("W/{}", read().await);
-    assert_eq!(put(Some(weak), "/weak").await.unwrap().status(), 200);
+    assert_eq!(write(Some(&weak), "/weak").await.0, 200);
     assert_eq!(status_of(&gw, "/weak").await, 200);
 
     // A malformed If-Match is refused naming the header.
     for bad in ["\"abc\"", "-3", "", "\"1\", \"2\""] {
-        let resp = admin(reqwest::Method::PUT, "/admin/routes/r")
-            .header("If-Match", bad)
-            .body(route("/x", "svc"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400, "{bad:?}");
-        let body: serde_json::Value = resp.json().await.unwrap();
-        assert!(
-            body["message"].as_str().unwrap().starts_with("If-Match"),
-            "{body}"
-        );
+        let (status, _, message) = write(Some(bad), "/x").await;
+        assert_eq!(status, 400, "{bad:?}");
+        assert!(message.starts_with("If-Match"), "{message}");
     }
 }
 

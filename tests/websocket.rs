@@ -81,6 +81,16 @@ upstream: ws
     )
 }
 
+/// Waits (bounded) for `/metrics` to count `n` open tunnels on `route`.
+async fn tunnels_become(gw: &Gateway, route: &str, n: i64) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} open tunnels counted on {route}"),
+        || async { open_tunnels(&gw.metrics_text().await, route) == Some(n) },
+    )
+    .await;
+}
+
 fn open_tunnels(metrics: &str, route: &str) -> Option<i64> {
     let prefix = format!("gatehouse_websocket_connections{{route=\"{route}\"}} ");
     metrics
@@ -119,12 +129,7 @@ async fn frames_go_both_ways_and_a_close_from_either_side_ends_the_tunnel() {
     assert_eq!(out["closed"]["code"], 4001, "{out}");
 
     // Every tunnel closed is uncounted.
-    eventually(
-        Duration::from_secs(5),
-        "the tunnels to be uncounted",
-        || async { open_tunnels(&gw.metrics_text().await, "chat") == Some(0) },
-    )
-    .await;
+    tunnels_become(&gw, "chat", 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,23 +138,13 @@ async fn an_open_tunnel_is_counted_and_a_silent_one_closes_after_timeouts_idle()
     let gw = gateway(&server).await;
 
     let waiting = tokio::spawn(ws(vec!["wait".into(), url(&gw, "/quiet/x"), "10".into()]));
-    eventually(
-        Duration::from_secs(5),
-        "the tunnel to be counted",
-        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(1) },
-    )
-    .await;
+    tunnels_become(&gw, "quiet", 1).await;
     let out = waiting.await.unwrap();
     let after = out["closed_after"]
         .as_f64()
         .unwrap_or_else(|| panic!("{out}"));
     assert!((0.5..5.0).contains(&after), "closed after {after}s: {out}");
-    eventually(
-        Duration::from_secs(5),
-        "the tunnel to be uncounted",
-        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(0) },
-    )
-    .await;
+    tunnels_become(&gw, "quiet", 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,12 +161,7 @@ async fn a_route_removed_under_an_open_tunnel_leaves_no_series_when_the_tunnel_e
         .start()
         .await;
     let waiting = tokio::spawn(ws(vec!["wait".into(), url(&gw, "/quiet/x"), "10".into()]));
-    eventually(
-        Duration::from_secs(5),
-        "the tunnel to be counted",
-        || async { open_tunnels(&gw.metrics_text().await, "quiet") == Some(1) },
-    )
-    .await;
+    tunnels_become(&gw, "quiet", 1).await;
     // The route goes while its tunnel is open; the tunnel then ends on its idle timeout.
     let without = routes(&server).replace(
         "kind: Route\nid: quiet\nmatch: { paths: [\"/quiet/**\"] }\nupstream: ws\nwebsocket: true\ntimeouts: { idle: 1s }\n---\n",

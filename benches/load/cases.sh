@@ -28,10 +28,18 @@
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 # Helpers the load scripts share: a free loopback port, waiting (bounded) for a port to
-# accept, and a process's CPU time so far in clock ticks (user + system).
+# accept, a process's CPU time so far in clock ticks (user + system), and a run's scratch
+# folder.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 "${PORT_WAIT_TRIES:-400}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# A scratch folder ($work) for one run, and the processes started for it ($pids): stopped
+# and removed when the script exits, however it exits.
+start_work() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
 
 write_gatehouse_cases() {
   mkdir -p "$work/plain" "$work/full" "$work/many" "$work/plugged" "$work/wasm" "$work/grpc" "$work/transcode" "$work/lanes" "$work/mirrored" "$work/protected" "$work/limited" "$work/shared"

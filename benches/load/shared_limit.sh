@@ -29,10 +29,7 @@ done
 
 cargo build --release --quiet --bin gatehouse
 bin=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+start_work
 
 ticks_per_second=$(getconf CLK_TCK)
 
