@@ -12,6 +12,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use crate::wire::error_body;
+use crate::wire::unique_per_request;
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
@@ -163,7 +164,7 @@ pub fn head(
         resp.insert_header(header::CONTENT_LENGTH, length)?;
     }
     if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
-        resp.insert_header(super::identity::REQUEST_ID, id)?;
+        resp.insert_header(super::identity::REQUEST_ID, unique_per_request(id))?;
     }
     for (name, value) in &ex.response_headers {
         resp.insert_header(name.clone(), value.clone())?;

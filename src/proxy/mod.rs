@@ -41,6 +41,7 @@ use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::snapshot::Live;
 use crate::telemetry::metrics::OpenTunnel;
 use crate::telemetry::Telemetry;
+use crate::wire::unique_per_request;
 use async_trait::async_trait;
 use gatehouse_plugins::{ErrorAnswer, Exchange, Flow};
 use http::{HeaderValue, StatusCode};
@@ -343,7 +344,7 @@ impl ProxyHttp for Gateway {
         }
         let id = match ctx.request_id_value.take() {
             Some(id) => Some(id),
-            None => HeaderValue::from_str(&ctx.exchange.request_id).ok(),
+            None => (HeaderValue::from_str(&ctx.exchange.request_id).ok()).map(unique_per_request),
         };
         let ex = &mut ctx.exchange;
         head::edit_response(resp, |h| {

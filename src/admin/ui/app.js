@@ -124,8 +124,11 @@ function series(routeId) {
   const out = [];
   for (let i = 1; i < state.samples.length; i++) {
     const a = state.samples[i - 1], b = state.samples[i];
-    const ra = a.routes[routeId], rb = b.routes[routeId];
+    const rb = b.routes[routeId];
     if (!rb) continue;
+    // A count that went down was started again (the route was removed and came back, or
+    // the gateway restarted): as Prometheus reads a reset, it counts from zero.
+    const ra = a.routes[routeId] && a.routes[routeId].requests <= rb.requests ? a.routes[routeId] : null;
     const seconds = (b.at - a.at) / 1000;
     const requests = rb.requests - (ra ? ra.requests : 0);
     const errors = rb.errors - (ra ? ra.errors : 0);
