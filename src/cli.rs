@@ -8,7 +8,7 @@ use crate::demo::{self, DemoOptions};
 use crate::provider::file::FileSource;
 use crate::resource::{admit, Catalog, Kind, ObjectKey};
 use crate::server::{self, Launch};
-use crate::store::Store;
+use crate::store::{Conditional, Store};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gatehouse_plugins::registry::{self, Registry};
@@ -363,13 +363,15 @@ async fn delete(kind: String, id: String, settings: EtcdSettings) -> anyhow::Res
         id,
     };
     let mut store = Store::open(&settings).await?;
-    let (existed, revision) = store.delete(&key).await?;
-    if existed {
-        println!("deleted {key} at revision {revision}");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("{key} is not in etcd");
-        Ok(ExitCode::FAILURE)
+    match store.delete(&key, None).await? {
+        Conditional::Done(revision) => {
+            println!("deleted {key} at revision {revision}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("{key} is not in etcd");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// What a write on condition (`If-Match`) did.
+/// What a write did; only one on condition (`If-Match`) may be `Changed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conditional {
     /// Written, at this revision.
@@ -131,49 +131,49 @@ impl Store {
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    /// Writes one object; returns the revision of the write.
-    pub async fn put(&mut self, key: &ObjectKey, value: Vec<u8>) -> Result<i64, StoreError> {
-        let resp = self
-            .client
-            .put(key_of(&self.prefix, key), value, None)
-            .await?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
-    }
-
-    /// Deletes one object; returns whether it existed and the revision of the delete.
-    pub async fn delete(&mut self, key: &ObjectKey) -> Result<(bool, i64), StoreError> {
-        let resp = self
-            .client
-            .delete(key_of(&self.prefix, key), None::<DeleteOptions>)
-            .await?;
-        Ok((
-            resp.deleted() > 0,
-            resp.header().map_or(0, |h| h.revision()),
-        ))
-    }
-
-    /// Writes one object only if it is in etcd and has not changed since `revision`. Two
-    /// editors who loaded the same version cannot overwrite each other.
-    pub async fn put_unchanged_since(
+    /// Writes one object. With `since` (an `If-Match`), only if it is in etcd and has not
+    /// changed after that revision: two editors who loaded the same version cannot
+    /// overwrite each other.
+    pub async fn put(
         &mut self,
         key: &ObjectKey,
         value: Vec<u8>,
-        revision: i64,
+        since: Option<i64>,
     ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
-        let write = TxnOp::put(key.clone(), value, None);
-        self.unless_changed(key, revision, write).await
+        match since {
+            Some(since) => {
+                let write = TxnOp::put(key.clone(), value, None);
+                self.unless_changed(key, since, write).await
+            }
+            None => {
+                let resp = self.client.put(key, value, None).await?;
+                Ok(Conditional::Done(resp.header().map_or(0, |h| h.revision())))
+            }
+        }
     }
 
-    /// Deletes one object only if it is in etcd and has not changed since `revision`.
-    pub async fn delete_unchanged_since(
+    /// Deletes one object (with `since`, only if it has not changed after that revision);
+    /// `Absent` when it is not in etcd.
+    pub async fn delete(
         &mut self,
         key: &ObjectKey,
-        revision: i64,
+        since: Option<i64>,
     ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
-        let delete = TxnOp::delete(key.clone(), None);
-        self.unless_changed(key, revision, delete).await
+        match since {
+            Some(since) => {
+                let delete = TxnOp::delete(key.clone(), None);
+                self.unless_changed(key, since, delete).await
+            }
+            None => {
+                let resp = self.client.delete(key, None::<DeleteOptions>).await?;
+                Ok(match resp.deleted() {
+                    0 => Conditional::Absent,
+                    _ => Conditional::Done(resp.header().map_or(0, |h| h.revision())),
+                })
+            }
+        }
     }
 
     /// `op` on condition that `key` exists (a version past 0) and was last written at or

@@ -391,11 +391,11 @@ impl AdminApi {
             Ok(guard) => guard,
             Err(resp) => return resp,
         };
-        let store = guard.as_mut().expect("connected");
-        let result = match since {
-            None => store.put(&key, body).await.map(Conditional::Done),
-            Some(since) => store.put_unchanged_since(&key, body, since).await,
-        };
+        let result = guard
+            .as_mut()
+            .expect("connected")
+            .put(&key, body, since)
+            .await;
         if result.is_err() {
             *guard = None; // reconnect on the next write
         }
@@ -420,14 +420,7 @@ impl AdminApi {
             Ok(guard) => guard,
             Err(resp) => return resp,
         };
-        let store = guard.as_mut().expect("connected");
-        let result = match since {
-            None => (store.delete(&key).await).map(|(existed, revision)| match existed {
-                true => Conditional::Done(revision),
-                false => Conditional::Absent,
-            }),
-            Some(since) => store.delete_unchanged_since(&key, since).await,
-        };
+        let result = guard.as_mut().expect("connected").delete(&key, since).await;
         if result.is_err() {
             *guard = None;
         }

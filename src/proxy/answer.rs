@@ -12,7 +12,6 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 pub use crate::wire::error_body;
-use crate::wire::unique_per_request;
 
 /// The error type for "no node to send to", mapped to 503 `no_upstream`.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
@@ -163,8 +162,8 @@ pub fn head(
     if let Some(length) = length.filter(|_| !matches!(answer.status.as_u16(), 204 | 304)) {
         resp.insert_header(header::CONTENT_LENGTH, length)?;
     }
-    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
-        resp.insert_header(super::identity::REQUEST_ID, unique_per_request(id))?;
+    if let Some(id) = super::identity::request_id_value(&ex.request_id) {
+        resp.insert_header(super::identity::REQUEST_ID, id)?;
     }
     for (name, value) in &ex.response_headers {
         resp.insert_header(name.clone(), value.clone())?;

@@ -2,13 +2,12 @@
 //! address), whether any route may see it (SPEC §8), and which route it is.
 
 use super::ctx::{RequestCtx, WebSocket};
-use super::identity::{client_ip, client_request_id, new_request_id};
+use super::identity::{client_ip, client_request_id, new_request_id, request_id_value};
 use super::Gateway;
 use crate::edge::headers as edge_headers;
 use crate::edge::ClientStream;
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{CompiledRoute, Snapshot};
-use crate::wire::unique_per_request;
 use gatehouse_plugins::ErrorAnswer;
 use http::{header, HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
@@ -39,9 +38,7 @@ impl Gateway {
             }
             None => ctx.exchange.request_id = new_request_id(),
         }
-        ctx.request_id_value = HeaderValue::from_str(&ctx.exchange.request_id)
-            .ok()
-            .map(unique_per_request);
+        ctx.request_id_value = request_id_value(&ctx.exchange.request_id);
         ctx.trace = Some(trace);
         ctx.exchange.client_ip = client_ip(
             peer_ip(session),

@@ -1,6 +1,6 @@
 //! Who is asking: the request id and the client address.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -61,6 +61,14 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 pub use crate::wire::new_request_id;
+
+/// The request id as the `X-Request-Id` value the gateway sends, marked for HTTP/2 as one
+/// never to index (it differs on every request); `None` if it cannot be a header value.
+pub fn request_id_value(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(id)
+        .ok()
+        .map(crate::wire::unique_per_request)
+}
 
 /// Whether `peer` is one of `trusted_proxies`, whose `X-Forwarded-For` is believed.
 pub fn is_trusted(peer: IpAddr, trusted: &[IpNet]) -> bool {

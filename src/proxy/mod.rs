@@ -41,10 +41,9 @@ use crate::edge::{ClientStream, Draining, PathPolicy};
 use crate::snapshot::Live;
 use crate::telemetry::metrics::OpenTunnel;
 use crate::telemetry::Telemetry;
-use crate::wire::unique_per_request;
 use async_trait::async_trait;
 use gatehouse_plugins::{ErrorAnswer, Exchange, Flow};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -344,7 +343,7 @@ impl ProxyHttp for Gateway {
         }
         let id = match ctx.request_id_value.take() {
             Some(id) => Some(id),
-            None => (HeaderValue::from_str(&ctx.exchange.request_id).ok()).map(unique_per_request),
+            None => identity::request_id_value(&ctx.exchange.request_id),
         };
         let ex = &mut ctx.exchange;
         head::edit_response(resp, |h| {

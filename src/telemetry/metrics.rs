@@ -262,7 +262,7 @@ impl Metrics {
 }
 
 /// Routes and upstreams that left the configuration, whose series go with them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Departed<'a> {
     pub routes: HashSet<&'a str>,
     pub upstreams: HashSet<&'a str>,
@@ -278,8 +278,8 @@ impl Metrics {
     /// Drops every series labelled with a route or upstream that left the configuration.
     /// A platform that adds and removes routes with each release would otherwise grow
     /// `/metrics`, and the gateway's memory, without end. Runs when a change is applied,
-    /// never on the request path. A request still in flight on a removed route counts into
-    /// series no longer served (and, for a status it is the first to see, may leave one).
+    /// never on the request path. What still ends on a removed route is not counted: its
+    /// `RouteMetrics` are retired first, so nothing brings a series back.
     pub fn forget(&self, departed: &Departed) {
         let routes = &departed.routes;
         // Labelled by the route alone: removed by name, without listing the series (the
