@@ -171,6 +171,9 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     let mut logic = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    // CONNECT reaches the gateway's own hooks, to be refused there with the JSON error,
+    // request id and log line of every other refusal (Pingora's own 405 has none of them).
+    options.allow_connect_method_proxying = true;
     // HTTP/2 connections have no request head to time: an idle one is closed after the
     // keep-alive timeout instead.
     options.h2_idle_timeout = Some(config.http.keepalive_timeout.0);

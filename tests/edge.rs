@@ -282,6 +282,80 @@ async fn bytes_that_are_not_http_get_400_and_a_close_at_once() {
     assert_eq!(b.hits(), 0);
 }
 
+/// A target no route can name is the gateway's JSON error, logged like any other, never a
+/// tunnel nor a `Host` taken from a bare word.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_asterisk_and_bare_word_targets_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let (gw, a, b) = admin_and_public(&format!(
+        "telemetry: {{ access_log: {{ target: \"{}\" }} }}",
+        log.display()
+    ))
+    .await;
+    // CONNECT: 405, and the connection closed at once, though the client keeps it open and
+    // sends tunnel bytes after the head.
+    let started = Instant::now();
+    let answer = raw(
+        gw.addr,
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\nGET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 405, "{answer}");
+    assert!(
+        answer.contains("\"error\":\"method_not_allowed\""),
+        "{answer}"
+    );
+    assert!(header_of(&answer, "x-request-id").is_some(), "{answer}");
+    assert_eq!(header_of(&answer, "connection"), Some("close"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not closed at once"
+    );
+    for target in ["*", "hello", "admin", "a.example:443", "ftp://x/admin/x"] {
+        let answer = raw(
+            gw.addr,
+            format!("OPTIONS {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(status_of(&answer), 400, "{target}: {answer}");
+        assert!(
+            answer.contains("the request target must be a path"),
+            "{target}: {answer}"
+        );
+    }
+    // Over h2c too: a CONNECT stream is refused, and the connection serves on.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("a.example:443")
+        .body(())
+        .unwrap();
+    let (resp, _) = h2.send_request(connect, false).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 405);
+    let mut h2 = h2.ready().await.unwrap();
+    let get = http::Request::get("http://x/p").body(()).unwrap();
+    let (resp, _) = h2.send_request(get, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // An absolute http URI is still taken, its authority as the host.
+    let answer = raw(
+        gw.addr,
+        b"GET http://x/admin/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(header_of(&answer, "x-upstream"), Some("a"), "{answer}");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    common::eventually(Duration::from_secs(5), "a log line for the CONNECT", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let logged = text
+            .lines()
+            .any(|l| l.contains("\"method\":\"CONNECT\"") && l.contains("\"status\":405"));
+        async move { logged }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_client_cannot_hold_every_connection() {
     let (gw, _a, _b) =

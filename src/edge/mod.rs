@@ -1,6 +1,7 @@
 //! Edge safety (SPEC §8): what a hostile client cannot do to the gateway or past it.
 //!
 //! - [`path`]: one normal form for every spelling of a path, before routing;
+//! - [`target`]: the request target forms a gateway takes (no CONNECT, no `OPTIONS *`);
 //! - [`headers`]: framing, authority and hop-by-hop headers;
 //! - [`clients`], [`stream`], [`app`]: connection caps, the whole-head clock, the drain;
 //! - [`tls`]: TLS listeners, whose handshakes the door times and counts;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod listeners;
 pub mod path;
 pub mod stream;
+pub mod target;
 pub mod tls;
 
 pub use app::{ClientDoor, Draining};

@@ -5,6 +5,7 @@ use super::ctx::{RequestCtx, WebSocket};
 use super::identity::{client_ip, client_request_id, new_request_id, request_id_value};
 use super::Gateway;
 use crate::edge::headers as edge_headers;
+use crate::edge::target::{self, TargetError};
 use crate::edge::ClientStream;
 use crate::router::{normalize_host, RouteRequest};
 use crate::snapshot::{CompiledRoute, Snapshot};
@@ -69,6 +70,22 @@ impl Gateway {
                     self.settings.max_header_size
                 ),
             ));
+        }
+        let req = session.req_header();
+        if let Err(refused) = target::check(&req.method, req.raw_path()) {
+            return Err(match refused {
+                TargetError::Connect => {
+                    session.set_keepalive(None);
+                    ErrorAnswer::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        refused.to_string(),
+                    )
+                }
+                TargetError::NotAPath => {
+                    ErrorAnswer::new(StatusCode::BAD_REQUEST, "bad_request", refused.to_string())
+                }
+            });
         }
         let websocket = self
             .settle_head(session)
