@@ -165,3 +165,54 @@ async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
     })
     .await;
 }
+
+/// Plain HTTP sent to the TLS port gets a 400 that says so and the connection closes (as
+/// nginx answers), other bytes the close alone; TLS on the same port is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_to_a_tls_port_is_told_so_and_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let tls_addr = free_addr();
+    let _gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
+        )
+        .tls_listener(tls_addr, &cert, &key)
+        .start()
+        .await;
+    let exchange = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(tls_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        // Read to the close; a timeout here would mean the connection was held open.
+        s.read_to_end(&mut out).expect("closed by the gateway");
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = exchange(b"GET /hi HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"], "bad_request");
+    assert!(
+        json["message"].as_str().unwrap().contains("plain HTTP"),
+        "{json}"
+    );
+    assert_eq!(json["request_id"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        exchange(b"\x00\x01junk"),
+        "",
+        "junk is closed without a word"
+    );
+    let https = curl(&[
+        &format!("https://localhost:{}/hi", tls_addr.port()),
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", tls_addr.port()),
+    ]);
+    assert!(https.ends_with(" 200"), "{https}");
+}

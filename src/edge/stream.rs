@@ -353,15 +353,21 @@ impl Peek for ClientStream {
 
 /// The answer to bytes that are not HTTP: 400 `bad_request`, and the connection closes.
 fn not_http_answer() -> Vec<u8> {
-    let id = format!("{:032x}", fastrand::u128(..));
-    let body = format!(
-        r#"{{"error":"bad_request","message":"the request is not HTTP/1.x","request_id":"{id}"}}"#
-    );
-    format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n{body}",
+    bad_request_before_http("the request is not HTTP/1.x")
+}
+
+/// A 400 `bad_request` written by the door itself, before any HTTP session exists, with a
+/// fresh request id; the connection closes after it.
+pub(crate) fn bad_request_before_http(message: &str) -> Vec<u8> {
+    let id = crate::wire::new_request_id();
+    let body = crate::wire::error_body("bad_request", message, &id);
+    let mut answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
 }
 
 /// An HTTP/1 request line (RFC 9112 §3), checked as its bytes arrive: `method SP target SP

@@ -7,6 +7,7 @@
 //! the handshake counts against `max_connections` and the per-IP cap from the first byte,
 //! and shares the head clock that starts at accept.
 
+use super::stream::bad_request_before_http;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
@@ -14,6 +15,7 @@ use pingora::tls::ssl::{select_next_proto, AlpnError, SslAcceptor, SslFiletype, 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// ALPN in wire format, HTTP/2 preferred: a client offering both speaks HTTP/2.
 const H2_THEN_H1: &[u8] = b"\x02h2\x08http/1.1";
@@ -92,7 +94,10 @@ impl TlsListeners {
             return Some(stream);
         };
         // Listeners hand the door Pingora's own TCP stream; the handshake wants it by type.
-        let tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        let mut tcp = stream.into_any().downcast::<TcpStream>().ok()?;
+        if !opens_tls(&mut tcp).await {
+            return None;
+        }
         match pingora::protocols::tls::server::handshake(acceptor, *tcp).await {
             Ok(tls) => Some(Box::new(tls)),
             Err(e) => {
@@ -102,6 +107,34 @@ impl TlsListeners {
         }
     }
 }
+
+/// A TLS connection opens with a handshake record (type 22). Anything else is answered
+/// here, as nginx does: an HTTP request sent in plain text to the TLS port (an `http://` URL
+/// with the TLS port, a health check without TLS) gets a 400 saying so instead of a
+/// connection closed without a word; other bytes get the close alone. The byte read is put
+/// back for the handshake.
+async fn opens_tls(tcp: &mut TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tcp.read(&mut first).await {
+        Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {
+            tcp.rewind(&first);
+            true
+        }
+        Ok(1) if first[0].is_ascii_uppercase() => {
+            let answer = bad_request_before_http(
+                "plain HTTP was sent to a TLS port: use https:// with this port",
+            );
+            // The connection closes either way; a client gone meanwhile is nothing to report.
+            let _ = tcp.write_all(&answer).await;
+            let _ = tcp.shutdown().await;
+            false
+        }
+        _ => false,
+    }
+}
+
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 #[cfg(test)]
 mod tests {
