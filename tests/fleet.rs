@@ -252,3 +252,93 @@ async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stoppe
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("instances"));
 }
+
+/// A deletion leaves no key behind, yet an instance that missed it is flagged, and one
+/// started after it says the same revision as those that applied it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with_the_rest() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    etcd.put("/gatehouse/routes/gone", &route("/gone", "svc"));
+    let mut gateways = fleet_of(2, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    eventually(WAIT, "two connected records", || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            records.len() == 2 && records.values().all(|r| r["source_connected"] == true)
+        }
+    })
+    .await;
+
+    // gw-1 hangs; the route is deleted, the very last change.
+    signal(gateways[1].pid(), "STOP");
+    let deleted = client
+        .delete(format!("{PREFIX}/routes/gone"), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision() as u64;
+    wait_status(&gateways[0], "/gone", 404).await;
+    eventually(WAIT, "gw-0 at the deletion's revision", || {
+        let mut client = client.clone();
+        async move { records(&mut client).await["gw-0"]["revision"] == deleted }
+    })
+    .await;
+    let listed = |out: std::process::Output| -> BTreeMap<String, bool> {
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        listed
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_string(), i["lagging"] == true))
+            .collect()
+    };
+    let lagging = listed(get_instances(&etcd, &["-o", "json"]));
+    assert_eq!(
+        lagging,
+        BTreeMap::from([("gw-0".into(), false), ("gw-1".into(), true)])
+    );
+    let status = gateways[0].status().await;
+    assert_eq!(status["fleet"]["config_revision"].as_u64(), Some(deleted));
+
+    // An instance started now reads everything: it says the deletion's revision too.
+    gateways.push(
+        Gateway::builder()
+            .etcd(&etcd.url(), PREFIX)
+            .config("instance: { id: gw-2 }")
+            .api_key("k")
+            .start()
+            .await,
+    );
+    eventually(WAIT, "gw-2's record at the deletion's revision", || {
+        let mut client = client.clone();
+        async move {
+            records(&mut client)
+                .await
+                .get("gw-2")
+                .is_some_and(|r| r["revision"] == deleted)
+        }
+    })
+    .await;
+    assert_eq!(
+        gateways[2].status().await["revision"].as_u64(),
+        Some(deleted)
+    );
+    let lagging = listed(get_instances(&etcd, &["-o", "json"]));
+    assert!(!lagging["gw-2"], "{lagging:?}");
+    assert!(lagging["gw-1"], "{lagging:?}");
+
+    // gw-1 comes back and applies the deletion: nobody lags.
+    signal(gateways[1].pid(), "CONT");
+    wait_status(&gateways[1], "/gone", 404).await;
+    eventually(WAIT, "no instance lagging", || {
+        let out = get_instances(&etcd, &["-o", "json"]);
+        let none = listed(out).values().all(|lagging| !lagging);
+        async move { none }
+    })
+    .await;
+}
