@@ -20,6 +20,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,14 +39,27 @@ def browser():
 
 def wait_for(driver, what, check):
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: check(d))
+        wait = WebDriverWait(driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+        return wait.until(lambda d: check(d))
     except Exception as e:
         raise AssertionError(f"{what}: not seen within {WAIT}s; page text:\n{driver.find_element(By.TAG_NAME, 'body').text}") from e
 
 
+def read(driver, css, how):
+    """`how` of the first element `css` finds, or "" when there is none. The page redraws
+    its views on every sample, so an element found can be replaced before it is read: then
+    it is found again."""
+    for _ in range(20):
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return how(found[0]) if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{css}: replaced on every read")
+
+
 def text(driver, css):
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    return read(driver, css, lambda element: element.text)
 
 
 def go(driver, view):
@@ -112,7 +126,7 @@ def main(driver):
         for _ in range(10):
             get(proxy + "/hello")
         time.sleep(0.5)
-    points = driver.find_element(By.CSS_SELECTOR, 'tr[data-route="hello"] svg.spark polyline').get_attribute("points")
+    points = read(driver, 'tr[data-route="hello"] svg.spark polyline', lambda e: e.get_attribute("points"))
     assert len(points.split()) >= 3, points
     driver.save_screenshot(f"{shots}/routes.png")
     print("OK routes with their request rate")
