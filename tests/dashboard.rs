@@ -18,10 +18,12 @@ use std::time::Duration;
 const PREFIX: &str = "/gatehouse";
 const KEY: &str = "dashboard-admin-key";
 
-fn drive(mode: &str, gw: &Gateway, shots: &std::path::Path) {
+/// Runs `drive.py` in `mode` against the admin listener, or against `admin` when given.
+fn drive(mode: &str, gw: &Gateway, admin: Option<&str>, shots: &std::path::Path) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboard/drive.py");
+    let admin = admin.map_or_else(|| gw.admin_url(""), str::to_string);
     let out = Command::new("python3")
-        .args([script, mode, &gw.admin_url(""), &gw.url(""), KEY])
+        .args([script, mode, &admin, &gw.url(""), KEY])
         .arg(shots)
         .arg(gw.pid().to_string())
         .output()
@@ -74,9 +76,23 @@ async fn an_operator_reads_edits_and_sees_an_outage_in_a_real_browser() {
     };
     std::fs::create_dir_all(&shots).unwrap();
 
+    // The proxy serves the admin listener under `/ops`, as an ingress with a path prefix
+    // would: the page works through it.
+    etcd.put(
+        &format!("{PREFIX}/upstreams/admin"),
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", gw.admin),
+    );
+    etcd.put(
+        &format!("{PREFIX}/routes/ops"),
+        "match: { paths: [\"/ops/**\"] }\nrewrite: { strip_prefix: 1 }\nupstream: admin\n",
+    );
+    common::wait_status(&gw, "/ops/ui/", 200).await;
+    let ops = gw.url("/ops");
+    tokio::task::block_in_place(|| drive("prefix", &gw, Some(&ops), &shots));
+
     let main_gw = &gw;
     let main_shots = shots.clone();
-    tokio::task::block_in_place(|| drive("main", main_gw, &main_shots));
+    tokio::task::block_in_place(|| drive("main", main_gw, None, &main_shots));
 
     etcd.kill9();
     eventually(
@@ -85,7 +101,7 @@ async fn an_operator_reads_edits_and_sees_an_outage_in_a_real_browser() {
         || async { gw.status().await["source"]["connected"] == false },
     )
     .await;
-    tokio::task::block_in_place(|| drive("outage", &gw, &shots));
+    tokio::task::block_in_place(|| drive("outage", &gw, None, &shots));
     for view in [
         "overview",
         "routes",
@@ -121,7 +137,7 @@ async fn the_dashboard_files_and_live_state_are_served_as_documented() {
         .unwrap()
         .to_string();
     assert!(policy.contains("default-src 'none'") && policy.contains("frame-ancestors 'none'"));
-    assert!(page.text().await.unwrap().contains("/ui/app.js"));
+    assert!(page.text().await.unwrap().contains("src=\"app.js\""));
     for (path, status) in [
         ("/ui", 301),
         ("/ui/app.js", 200),

@@ -19,7 +19,9 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// The answer for a path under `/ui`, or `None` when it is not the dashboard's.
 pub fn serve(path: &str) -> Option<Response<Vec<u8>>> {
     let (body, kind) = match path {
-        "/ui" => return Some(redirect("/ui/")),
+        // Relative, as every path the page uses: behind a proxy that adds a path prefix the
+        // page still finds its files and the admin API.
+        "/ui" => return Some(redirect("ui/")),
         "/ui/" | "/ui/index.html" => (INDEX, "text/html; charset=utf-8"),
         "/ui/app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "/ui/app.css" => (STYLE, "text/css; charset=utf-8"),

@@ -1,12 +1,13 @@
 """Drives the dashboard in a real headless Chromium (Selenium), as an operator would.
 
-Usage: drive.py main|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
+Usage: drive.py main|prefix|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
 
 `main`: a wrong key shows nothing; the right one shows the overview, routes with their
 request rate, upstreams with node health, auth policies without secrets, the rejected
 objects; an invalid edit is refused with its errors shown and nothing written; an edit
 over a change someone else made since it was loaded is refused; a valid edit is written
-and in force through the proxy. `outage` (etcd stopped): the last
+and in force through the proxy. `prefix`: the same page works when ADMIN_URL is a proxy
+serving the admin listener under a path prefix. `outage` (etcd stopped): the last
 snapshot is shown and the outage said; then the gateway itself stops (SIGSTOP) and the page
 says it does not answer, keeping what it showed. Prints `OK step` lines; any failure raises.
 """
@@ -94,6 +95,19 @@ def status_of(url):
         return e.code
 
 
+def see_rate(driver):
+    """Sends requests to /hello until the routes view shows their rate."""
+    deadline = time.time() + WAIT
+    while True:
+        for _ in range(20):
+            get(proxy + "/hello")
+        rate = text(driver, 'tr[data-route="hello"] td:nth-child(5)')
+        if rate.endswith("/s") and float(rate[:-2]) > 0:
+            return
+        assert time.time() < deadline, f"no request rate on /hello: {text(driver, '#view')}"
+        time.sleep(0.5)
+
+
 def main(driver):
     # A wrong key: refused, and nothing of the configuration is shown.
     sign_in(driver, "not-the-key")
@@ -111,15 +125,7 @@ def main(driver):
 
     # Traffic on a route shows in its row's rate within a few samples.
     go(driver, "routes")
-    deadline = time.time() + WAIT
-    while True:
-        for _ in range(20):
-            get(proxy + "/hello")
-        rate = text(driver, 'tr[data-route="hello"] td:nth-child(5)')
-        if rate.endswith("/s") and float(rate[:-2]) > 0:
-            break
-        assert time.time() < deadline, f"no request rate on /hello: {text(driver, '#view')}"
-        time.sleep(0.5)
+    see_rate(driver)
     assert "/hello" in text(driver, 'tr[data-route="hello"]')
     # Each chart draws one point per sample: a few more samples, then the picture.
     for _ in range(12):
@@ -212,6 +218,19 @@ def main(driver):
     print("OK a valid edit is in force")
 
 
+def prefix(driver):
+    # `admin` is a proxy serving the admin listener under a path prefix: the page, the
+    # admin API and the metrics are all read through it.
+    driver.get(admin + "/ui")
+    wait_for(driver, "the page after the redirect", lambda d: d.current_url.endswith("/ui/"))
+    assert "/ui/" in driver.current_url and admin in driver.current_url, driver.current_url
+    sign_in(driver, key)
+    wait_for(driver, "the overview", lambda d: text(d, "#revision").isdigit())
+    go(driver, "routes")
+    see_rate(driver)
+    print("OK behind a path prefix")
+
+
 def outage(driver):
     sign_in(driver, key)
     wait_for(driver, "the outage said", lambda d: "cannot be reached" in text(d, "#outage"))
@@ -232,6 +251,6 @@ def outage(driver):
 
 driver = browser()
 try:
-    {"main": main, "outage": outage}[mode](driver)
+    {"main": main, "prefix": prefix, "outage": outage}[mode](driver)
 finally:
     driver.quit()

@@ -57,11 +57,16 @@ class Unauthorized extends Error {}
 // A gateway that stops answering must show as such, not as a page that waits forever.
 const ANSWER_WITHIN_MS = 5000;
 
+// The page is served at `ROOT + "ui/"`, and everything it reads is under the same root:
+// behind a proxy that serves the admin listener under a path prefix, it reads through it.
+const ROOT = new URL("../", window.location.href);
+
 async function fetchWithin(path, options = {}) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), ANSWER_WITHIN_MS);
   try {
-    return await fetch(path, Object.assign({}, options, { cache: "no-store", signal: abort.signal }));
+    const url = new URL("." + path, ROOT);
+    return await fetch(url, Object.assign({}, options, { cache: "no-store", signal: abort.signal }));
   } catch (e) {
     throw new Error(abort.signal.aborted ? `no answer within ${ANSWER_WITHIN_MS / 1000} s` : e.message);
   } finally {
