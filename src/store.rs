@@ -127,8 +127,16 @@ impl Store {
 
     /// The stored value of one object.
     pub async fn get(&mut self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.stored(key).await?.map(|(value, _)| value))
+    }
+
+    /// The stored value of one object and the revision it was last written at.
+    pub async fn stored(&mut self, key: &ObjectKey) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
         let resp = self.client.get(key_of(&self.prefix, key), None).await?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
     }
 
     /// Writes one object. With `since` (an `If-Match`), only if it is in etcd and has not

@@ -147,6 +147,14 @@ async fn the_dashboard_files_and_live_state_are_served_as_documented() {
         let resp = c.get(gw.admin_url(path)).send().await.unwrap();
         assert_eq!(resp.status(), status, "{path}");
     }
+    // The stored text is etcd's: with files, the files are where to read it.
+    let stored = c
+        .get(gw.admin_url("/admin/upstreams/svc/stored"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 409);
     let post = c.post(gw.admin_url("/ui/")).send().await.unwrap();
     assert_eq!(post.status(), 405);
     assert_eq!(post.headers()["allow"], "GET, HEAD");

@@ -678,6 +678,76 @@ async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
     }
 }
 
+/// `GET /admin/{kind}/{id}/stored`: the text etcd holds, comments and all, even a version
+/// that was rejected, with its own revision as the tag a conditional write takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stored_text_of_an_object_is_served_even_when_rejected_but_never_a_policys() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
+    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    etcd.put(
+        "/gatehouse/auth/p",
+        "jwt: { keys: [{ alg: HS256, secret: \"a stored secret of some length\" }] }\n",
+    );
+    let gw = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .api_key("k")
+        .start()
+        .await;
+    // A newer version that is rejected: the one before stays in force.
+    let rejected = "# kept as written\nmatch: { paths: [\"/r2\"] }\nupstream: missing\n";
+    etcd.put("/gatehouse/routes/r", rejected);
+    eventually(WAIT, "the rejection", || async {
+        !gw.status().await["rejected"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let c = client();
+    let get = |path: &str| c.get(gw.admin_url(path)).bearer_auth("k").send();
+    let resp = get("/admin/routes/r/stored").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/yaml"));
+    let tag = resp.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(resp.text().await.unwrap(), rejected);
+    assert_eq!(
+        status_of(&gw, "/r").await,
+        200,
+        "the version before is in force"
+    );
+
+    // Fixed with its tag: written, in force.
+    let fixed = rejected.replace("missing", "svc");
+    let put = |tag: &str, body: String| {
+        c.put(gw.admin_url("/admin/routes/r"))
+            .bearer_auth("k")
+            .header("If-Match", tag)
+            .body(body)
+            .send()
+    };
+    assert_eq!(put(&tag, fixed.clone()).await.unwrap().status(), 200);
+    assert_eq!(status_of(&gw, "/r2").await, 200);
+    // The tag is the object's own: once it was written again, the old one is refused.
+    assert_eq!(put(&tag, fixed).await.unwrap().status(), 412);
+
+    // Not in etcd: 404. A policy's text holds its secrets: refused. A wrong key: 401.
+    assert_eq!(
+        get("/admin/routes/none/stored").await.unwrap().status(),
+        404
+    );
+    let policy = get("/admin/auth/p/stored").await.unwrap();
+    assert_eq!(policy.status(), 403);
+    assert!(!policy.text().await.unwrap().contains("a stored secret"));
+    let anonymous = c
+        .get(gw.admin_url("/admin/routes/r/stored"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_with_authentication() {
     let etcd = Etcd::start();

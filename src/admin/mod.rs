@@ -248,6 +248,9 @@ impl ServeHttp for AdminApi {
                     if rest == "live" && method == Method::GET {
                         return json(StatusCode::OK, &live::upstreams(&self.live.load()));
                     }
+                    if let (&Method::GET, Some(key)) = (&method, stored_target(rest)) {
+                        return self.stored(key).await;
+                    }
                     match (&method, &self.writes, write_target(rest)) {
                         (&Method::PUT | &Method::DELETE, Writes::Etcd(_), Some(key)) => {
                             let since = match if_match(&req.headers) {
@@ -280,6 +283,11 @@ fn write_target(rest: &str) -> Option<ObjectKey> {
         kind: Kind::from_collection(collection)?,
         id: id.to_string(),
     })
+}
+
+/// `{kind}/{id}/stored`: the text etcd holds for an object.
+fn stored_target(rest: &str) -> Option<ObjectKey> {
+    write_target(rest.strip_suffix("/stored")?)
 }
 
 /// How long `/admin/status` waits for etcd's list of instances.
@@ -434,6 +442,55 @@ impl AdminApi {
             ),
             Ok(refused) => not_unchanged(&key, refused),
             Err(e) => unconfirmed(e),
+        }
+    }
+
+    /// `GET /admin/{kind}/{id}/stored`: the text etcd holds for the object, as it was
+    /// written (comments and all), with its own revision as the `ETag`. It may be a version
+    /// that was rejected: this is how the editor loads one to fix it. Not for auth
+    /// policies, whose text holds their secrets.
+    async fn stored(&self, key: ObjectKey) -> Response<Vec<u8>> {
+        if !matches!(self.writes, Writes::Etcd(_)) {
+            return error(
+                StatusCode::CONFLICT,
+                "conflict",
+                "resources come from files in this deployment: read the files instead",
+            );
+        }
+        if key.kind == Kind::AuthPolicy {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the stored text of an auth policy holds its secrets: it is not served",
+            );
+        }
+        let mut guard = match self.connected().await {
+            Ok(guard) => guard,
+            Err(resp) => return resp,
+        };
+        let result = guard.as_mut().expect("connected").stored(&key).await;
+        if result.is_err() {
+            *guard = None;
+        }
+        drop(guard);
+        match result {
+            Ok(Some((value, revision))) => {
+                let mut resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/yaml; charset=utf-8")
+                    .header(header::CONTENT_LENGTH, value.len())
+                    .body(value)
+                    .expect("static parts are valid");
+                resp.headers_mut()
+                    .insert(header::ETAG, etag(revision.max(0) as u64));
+                resp
+            }
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("{key} is not in etcd"),
+            ),
+            Err(e) => unavailable(e),
         }
     }
 

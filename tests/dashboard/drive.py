@@ -5,7 +5,8 @@ Usage: drive.py main|prefix|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWA
 `main`: a wrong key shows nothing; the right one shows the overview, routes with their
 request rate, upstreams with node health, auth policies without secrets, the rejected
 objects; an invalid edit is refused with its errors shown and nothing written; an edit
-over a change someone else made since it was loaded is refused; a valid edit is written
+over a change someone else made since it was loaded is refused; a rejected version is
+loaded as etcd holds it, fixed and written; a valid edit is written
 and in force through the proxy. `prefix`: the same page works when ADMIN_URL is a proxy
 serving the admin listener under a path prefix. `outage` (etcd stopped): the last
 snapshot is shown and the outage said; then the gateway itself stops (SIGSTOP) and the page
@@ -200,6 +201,25 @@ def main(driver):
     assert admin_json("/admin/routes/tricky") == theirs
     assert status_of(proxy + "/tricky-here") == 404
     print("OK a write over someone else's newer change is refused")
+
+    # A rejected version is loaded as etcd holds it, said to be the rejected one, fixed
+    # and written: it is in force and no longer rejected.
+    driver.find_element(By.ID, "edit-id").clear()
+    driver.find_element(By.ID, "edit-id").send_keys("broken")
+    driver.find_element(By.ID, "edit-load").click()
+    wait_for(driver, "the rejected text", lambda d: "upstream: missing" in area.get_attribute("value"))
+    assert "rejected" in text(driver, "#edit-rejected"), text(driver, "#edit-result")
+    fixed = area.get_attribute("value").replace("upstream: missing", "upstream: svc")
+    area.clear()
+    area.send_keys(fixed)
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
+    deadline = time.time() + WAIT
+    while status_of(proxy + "/broken") != 200:
+        assert time.time() < deadline, "the fixed route never answered"
+        time.sleep(0.1)
+    assert not admin_json("/admin/status")["rejected"], "the fixed route is still rejected"
+    print("OK a rejected version is loaded, fixed and in force")
 
     # A valid edit is written and in force.
     driver.find_element(By.ID, "edit-id").clear()

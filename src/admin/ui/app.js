@@ -282,12 +282,25 @@ const views = {
       if (!id.value) { result.append(h("p", { class: "error" }, "Give the id to load.")); return; }
       // What is loaded, taken before the answer: the fields may change while it comes.
       const target = { kind: kind.value, id: id.value };
-      let resp;
+      const path = `/admin/${target.kind}/${encodeURIComponent(target.id)}`;
+      let stored, resp;
       try {
-        resp = await api(`/admin/${target.kind}/${encodeURIComponent(target.id)}`);
+        // The text etcd holds, as written (comments kept), even a version that was
+        // rejected; the object in force, drawn as YAML, only when etcd holds none.
+        stored = await api(path + "/stored");
+        if (!stored.ok) resp = await api(path);
       } catch (e) {
         if (e instanceof Unauthorized) return signIn(e.message);
         result.append(h("p", { class: "error" }, "Could not load: " + e.message));
+        return;
+      }
+      if (stored.ok) {
+        text.value = await stored.text();
+        loaded = Object.assign(target, { etag: stored.headers.get("ETag") });
+        const rejection = (state.status.rejected || []).find((r) => r.key.endsWith(`/${target.kind}/${target.id}`));
+        if (rejection) {
+          result.append(h("p", { class: "error", id: "edit-rejected" }, "etcd holds this version, which was rejected (" + rejection.error + "); the version before it stays in force. Fix it and write."));
+        }
         return;
       }
       if (resp.status === 404) { text.value = ""; result.append(h("p", { class: "muted" }, "Not in force: write it to create it.")); return; }
@@ -295,6 +308,7 @@ const views = {
       delete object.kind; delete object.id;
       text.value = toYaml(object);
       loaded = Object.assign(target, { etag: resp.headers.get("ETag") });
+      result.append(h("p", { class: "muted" }, "Not in etcd: shown as in force."));
     };
     const write = async (event) => {
       event.preventDefault();
