@@ -188,3 +188,20 @@ async fn the_dashboard_files_and_live_state_are_served_as_documented() {
         common::startup_error("provider: { file: { paths: [r] } }\nadmin: { api_key: \"kéy\" }\n");
     assert!(error.contains("admin.api_key"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_admin_key_the_page_opens_without_asking_for_one() {
+    let up = TestUpstream::start("svc").await;
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            format!(
+                "{}---\nkind: Route\nid: hello\nmatch: {{ paths: [\"/hello\"] }}\nupstream: svc\n",
+                up.resource("svc")
+            ),
+        )
+        .start()
+        .await;
+    let shots = tempfile::tempdir().unwrap();
+    tokio::task::block_in_place(|| drive("open", &gw, None, shots.path()));
+}

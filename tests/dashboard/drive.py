@@ -1,6 +1,6 @@
 """Drives the dashboard in a real headless Chromium (Selenium), as an operator would.
 
-Usage: drive.py main|prefix|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
+Usage: drive.py main|prefix|open|outage ADMIN_URL PROXY_URL KEY SCREENSHOT_DIR GATEWAY_PID
 
 `main`: a wrong key shows nothing; the right one shows the overview, routes with their
 request rate, upstreams with node health, auth policies without secrets, the rejected
@@ -8,7 +8,8 @@ objects; an invalid edit is refused with its errors shown and nothing written; a
 over a change someone else made since it was loaded is refused; a rejected version is
 loaded as etcd holds it, fixed and written; a valid edit is written
 and in force through the proxy. `prefix`: the same page works when ADMIN_URL is a proxy
-serving the admin listener under a path prefix. `outage` (etcd stopped): the last
+serving the admin listener under a path prefix. `open`: with no admin key, the page opens
+without asking for one. `outage` (etcd stopped): the last
 snapshot is shown and the outage said; then the gateway itself stops (SIGSTOP) and the page
 says it does not answer, keeping what it showed. Prints `OK step` lines; any failure raises.
 """
@@ -251,6 +252,16 @@ def prefix(driver):
     print("OK behind a path prefix")
 
 
+def open_reads(driver):
+    # The gateway has no admin key: the page opens without asking for one.
+    driver.get(admin + "/ui/")
+    wait_for(driver, "the overview", lambda d: text(d, "#revision").isdigit())
+    assert not driver.find_element(By.ID, "login").is_displayed(), "a key was asked for"
+    go(driver, "routes")
+    wait_for(driver, "the routes", lambda d: "/hello" in text(d, "#view"))
+    print("OK without a key the page opens")
+
+
 def outage(driver):
     sign_in(driver, key)
     wait_for(driver, "the outage said", lambda d: "cannot be reached" in text(d, "#outage"))
@@ -271,6 +282,6 @@ def outage(driver):
 
 driver = browser()
 try:
-    {"main": main, "prefix": prefix, "outage": outage}[mode](driver)
+    {"main": main, "prefix": prefix, "open": open_reads, "outage": outage}[mode](driver)
 finally:
     driver.quit()
