@@ -50,41 +50,20 @@ pub struct Listed {
     pub lagging: bool,
 }
 
-/// The instances registered, and the revision of the newest resource change known.
+/// The instances registered, and the revision of the newest resource in etcd.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fleet {
-    /// The newest resource change known ([`newest_change`]): an instance whose revision in
-    /// force is lower has not applied that change.
+    /// The highest `mod_revision` among the resources under the prefix: an instance whose
+    /// revision in force is lower has not applied that change.
     pub config_revision: u64,
     pub instances: Vec<Listed>,
 }
 
-/// The revision of the newest resource change known from a read of etcd at `read_at`: the
-/// highest `mod_revision` among the resources, or the highest revision a connected
-/// instance's record says it has in force, if higher.
+/// Reads the fleet under `prefix`: the records, and which lag the newest resource.
 ///
-/// Why the records count: a deletion leaves no key behind, so when the newest change was
-/// one, no `mod_revision` tells it; the instances that applied it from their watch say its
-/// revision. Each record's revision is one of a change the instance applied, so this never
-/// names a change that did not happen. Records of an instance that is not connected (it may
-/// serve a cache from another cluster) or that name a revision past the read (written
-/// before etcd was restored from a backup) are not taken.
-pub fn newest_change<'a>(
-    resource_revisions: impl IntoIterator<Item = i64>,
-    records: impl IntoIterator<Item = &'a [u8]>,
-    read_at: i64,
-) -> Option<u64> {
-    let written = resource_revisions.into_iter().max();
-    let applied = records
-        .into_iter()
-        .filter_map(|value| serde_json::from_slice::<InstanceRecord>(value).ok())
-        .filter(|record| record.source_connected && record.revision <= read_at.max(0) as u64)
-        .map(|record| record.revision as i64)
-        .max();
-    written.max(applied).map(|revision| revision.max(0) as u64)
-}
-
-/// Reads the fleet under `prefix`: the records, and which lag the newest resource change.
+/// A lag is judged against the newest write of a resource; a deletion that is the very last
+/// change leaves no key to compare with, so an instance that missed only that is not
+/// flagged until the next write.
 pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError> {
     let records = client
         .get(
@@ -98,17 +77,13 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
             Some(GetOptions::new().with_prefix().with_keys_only()),
         )
         .await?;
-    // The records come from a read made before the resources' (so never past it).
-    let config_revision = newest_change(
-        resources
-            .kvs()
-            .iter()
-            .filter(|kv| !is_instance_key(prefix, &String::from_utf8_lossy(kv.key())))
-            .map(|kv| kv.mod_revision()),
-        records.kvs().iter().map(|kv| kv.value()),
-        resources.header().map_or(0, |h| h.revision()),
-    )
-    .unwrap_or(0);
+    let config_revision = resources
+        .kvs()
+        .iter()
+        .filter(|kv| !is_instance_key(prefix, &String::from_utf8_lossy(kv.key())))
+        .map(|kv| kv.mod_revision().max(0) as u64)
+        .max()
+        .unwrap_or(0);
     let mut instances: Vec<Listed> = records
         .kvs()
         .iter()
@@ -182,42 +157,16 @@ mod tests {
         assert!(!is_instance_key("/gh", "/gh/instances"));
     }
 
-    fn record(id: &str, revision: u64) -> InstanceRecord {
-        InstanceRecord {
+    #[test]
+    fn the_table_flags_laggards() {
+        let record = |id: &str, revision| InstanceRecord {
             id: id.into(),
             addr: "127.0.0.1:8080".into(),
             version: "0.1.0".into(),
             revision,
             source_connected: true,
             started_at: "2026-11-30T00:00:00Z".into(),
-        }
-    }
-
-    #[test]
-    fn the_newest_change_counts_what_connected_instances_applied_up_to_the_read() {
-        let json = |r: InstanceRecord| serde_json::to_vec(&r).unwrap();
-        let disconnected = InstanceRecord {
-            source_connected: false,
-            ..record("c", 40)
         };
-        let records = [
-            json(record("a", 12)),
-            json(disconnected),
-            json(record("restored-away", 90)),
-            b"not a record".to_vec(),
-        ];
-        let values = || records.iter().map(Vec::as_slice);
-        // A deletion at 12 (applied by `a`) is newer than every key left.
-        assert_eq!(newest_change([5, 9], values(), 50), Some(12));
-        // A write newer than every record wins.
-        assert_eq!(newest_change([5, 20], values(), 50), Some(20));
-        // Nothing connected and up to the read: the keys alone.
-        assert_eq!(newest_change([5], values().skip(1), 50), Some(5));
-        assert_eq!(newest_change([], values().skip(1), 50), None);
-    }
-
-    #[test]
-    fn the_table_flags_laggards() {
         let fleet = Fleet {
             config_revision: 9,
             instances: vec![

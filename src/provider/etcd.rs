@@ -20,7 +20,7 @@ use super::cache::{self, CacheWriter, Saved};
 use super::Ingest;
 use crate::etcd::EtcdSettings;
 use crate::etcd::{Change, Entry, PrefixWatch, WatchEvent};
-use crate::fleet::{is_instance_key, newest_change};
+use crate::fleet::is_instance_key;
 use crate::resource::Document;
 use crate::snapshot::SourceKind;
 use crate::store::document_of;
@@ -163,15 +163,15 @@ impl EtcdProvider {
         }
         let prefix = &self.settings.prefix;
         // The fleet's records share the prefix but are not resources.
-        let (records, entries): (Vec<Entry>, Vec<Entry>) = entries
+        let entries: Vec<Entry> = entries
             .into_iter()
-            .partition(|e| is_instance_key(prefix, &e.key));
+            .filter(|e| !is_instance_key(prefix, &e.key))
+            .collect();
         let mirror = entries
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        let in_force = in_force(&entries, &records, revision);
-        memory.mirror = match self.apply(mirror, Some(in_force)).await {
+        memory.mirror = match self.apply(mirror, Some(in_force(&entries, revision))).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -299,7 +299,7 @@ impl EtcdProvider {
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
         match self
-            .apply(mirror, Some(in_force(&last.entries, &[], last.revision)))
+            .apply(mirror, Some(in_force(&last.entries, last.revision)))
             .await
         {
             Ok(mirror) => memory.mirror = mirror,
@@ -321,18 +321,17 @@ impl EtcdProvider {
     }
 }
 
-/// The revision a full read is in force as: that of the newest resource change known
-/// ([`newest_change`]; `read_at`, the revision it was read at, when there is none), so
-/// instances holding the same resources say the same revision however many records of
-/// instances were written around them, and an instance started after a deletion says the
-/// deletion's revision, as those that applied it do.
-fn in_force(entries: &[Entry], records: &[Entry], read_at: i64) -> u64 {
-    newest_change(
-        entries.iter().map(|e| e.mod_revision),
-        records.iter().map(|e| &e.value[..]),
-        read_at,
-    )
-    .unwrap_or(read_at.max(0) as u64)
+/// The revision a full read is in force as: that of the newest change among its resources
+/// (`read_at`, the revision it was read at, when there is none), so instances holding the
+/// same resources say the same revision however many records of instances were written
+/// around them.
+fn in_force(entries: &[Entry], read_at: i64) -> u64 {
+    entries
+        .iter()
+        .map(|e| e.mod_revision)
+        .max()
+        .unwrap_or(read_at)
+        .max(0) as u64
 }
 
 #[async_trait]
