@@ -307,6 +307,10 @@ async fn connect_asterisk_and_bare_word_targets_get_json_errors() {
     );
     assert!(header_of(&answer, "x-request-id").is_some(), "{answer}");
     assert_eq!(header_of(&answer, "connection"), Some("close"), "{answer}");
+    assert!(
+        header_of(&answer, "allow").is_some_and(|allow| allow.contains("GET")),
+        "{answer}"
+    );
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

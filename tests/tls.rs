@@ -132,7 +132,7 @@ async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
             "r.yaml",
             "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
         )
-        .config("http: { header_timeout: 2s, max_connections_per_ip: 3 }")
+        .config("http: { header_timeout: 5s, max_connections_per_ip: 3 }")
         .tls_listener(tls_addr, &cert, &key)
         .start()
         .await;
@@ -153,10 +153,21 @@ async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
     let mut third = TcpStream::connect(tls_addr).unwrap();
     // Three unfinished handshakes hold this address's three connections.
     let refused = https("/hi");
-    assert!(refused.ends_with(" 000"), "over the per-IP cap: {refused}");
+    if !refused.ends_with(" 000") {
+        // Each accepted connection is admitted in a task of its own: on a busy machine the
+        // fourth can be admitted before the third, which is then the one refused, closed at
+        // once rather than at the head clock. Either way three at most were served.
+        assert!(refused.ends_with(" 200"), "{refused}");
+        let closed_early = [&mut silent, &mut half_hello, &mut third]
+            .into_iter()
+            .map(|s| closed_within(s, Duration::from_secs(1)))
+            .filter(|closed| *closed)
+            .count();
+        assert_eq!(closed_early, 1, "four connections were served at once");
+    }
     for s in [&mut silent, &mut half_hello, &mut third] {
         assert!(
-            closed_within(s, Duration::from_secs(5)),
+            closed_within(s, Duration::from_secs(8)),
             "handshake not cut"
         );
     }

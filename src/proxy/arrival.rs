@@ -76,10 +76,15 @@ impl Gateway {
             return Err(match refused {
                 TargetError::Connect => {
                     session.set_keepalive(None);
+                    // A 405 names what is allowed (RFC 9110 §15.5.6): any method but this.
                     ErrorAnswer::new(
                         StatusCode::METHOD_NOT_ALLOWED,
                         "method_not_allowed",
                         refused.to_string(),
+                    )
+                    .with_header(
+                        header::ALLOW,
+                        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
                     )
                 }
                 TargetError::NotAPath => {
