@@ -252,3 +252,206 @@ async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stoppe
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("instances"));
 }
+
+/// A deletion leaves no key behind, yet an instance that missed it is flagged, one started
+/// after it says the same revision as those that applied it (it replays etcd's history),
+/// and a record that names a revision nothing was deleted at flags nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with_the_rest() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    etcd.put("/gatehouse/routes/gone", &route("/gone", "svc"));
+    let mut gateways = fleet_of(2, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    eventually(WAIT, "two connected records", || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            records.len() == 2 && records.values().all(|r| r["source_connected"] == true)
+        }
+    })
+    .await;
+    let lagging = || -> BTreeMap<String, bool> {
+        let out = get_instances(&etcd, &["-o", "json"]);
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        listed
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_string(), i["lagging"] == true))
+            .collect()
+    };
+
+    // gw-1 hangs; the route is deleted, the very last change.
+    signal(gateways[1].pid(), "STOP");
+    let deleted = client
+        .delete(format!("{PREFIX}/routes/gone"), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision() as u64;
+    wait_status(&gateways[0], "/gone", 404).await;
+    eventually(WAIT, "gw-0 at the deletion's revision", || {
+        let mut client = client.clone();
+        async move { records(&mut client).await["gw-0"]["revision"] == deleted }
+    })
+    .await;
+    assert_eq!(
+        lagging(),
+        BTreeMap::from([("gw-0".into(), false), ("gw-1".into(), true)])
+    );
+    let status = gateways[0].status().await;
+    assert_eq!(status["fleet"]["config_revision"].as_u64(), Some(deleted));
+
+    // An instance started now reads everything, and from etcd's history learns the
+    // deletion's revision.
+    gateways.push(
+        Gateway::builder()
+            .etcd(&etcd.url(), PREFIX)
+            .config("instance: { id: gw-2 }")
+            .api_key("k")
+            .start()
+            .await,
+    );
+    eventually(WAIT, "gw-2 in force at the deletion's revision", || async {
+        gateways[2].status().await["revision"].as_u64() == Some(deleted)
+    })
+    .await;
+    eventually(WAIT, "gw-2's record at the deletion's revision", || {
+        let mut client = client.clone();
+        async move {
+            records(&mut client)
+                .await
+                .get("gw-2")
+                .is_some_and(|r| r["revision"] == deleted)
+        }
+    })
+    .await;
+    let now = lagging();
+    assert!(!now["gw-2"] && now["gw-1"], "{now:?}");
+
+    // A record naming a revision nothing was deleted at (that of a record's own write) is
+    // not believed: nobody is flagged because of it.
+    let record_written = client
+        .get(format!("{PREFIX}/instances/gw-0"), None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .mod_revision();
+    assert!(record_written as u64 > deleted);
+    let bogus = serde_json::json!({
+        "id": "zz", "addr": "x", "version": "x", "revision": record_written,
+        "source_connected": true, "started_at": "x",
+    });
+    client
+        .put(format!("{PREFIX}/instances/zz"), bogus.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        lagging(),
+        BTreeMap::from([
+            ("gw-0".into(), false),
+            ("gw-1".into(), true),
+            ("gw-2".into(), false),
+            ("zz".into(), false),
+        ])
+    );
+    client
+        .delete(format!("{PREFIX}/instances/zz"), None)
+        .await
+        .unwrap();
+
+    // gw-1 comes back and applies what it missed: nobody lags.
+    signal(gateways[1].pid(), "CONT");
+    wait_status(&gateways[1], "/gone", 404).await;
+    eventually(WAIT, "no instance lagging", || {
+        let none = lagging().values().all(|lagging| !lagging);
+        async move { none }
+    })
+    .await;
+}
+
+/// The history an instance replays after its full read can be compacted away: it starts
+/// at the oldest revision etcd holds (never reading everything again and again), and
+/// nobody is flagged for what cannot be known any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_history_leaves_the_new_instance_served_and_nobody_flagged() {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    etcd.put("/gatehouse/routes/gone", &route("/gone", "svc"));
+    etcd.put("/gatehouse/routes/stays", &route("/stays", "svc"));
+    let gateways = fleet_of(1, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    client
+        .delete(format!("{PREFIX}/routes/gone"), None)
+        .await
+        .unwrap();
+    wait_status(&gateways[0], "/gone", 404).await;
+    // Some more history (another instance's record coming and going), then all of it
+    // compacted.
+    for _ in 0..3 {
+        client
+            .put(format!("{PREFIX}/instances/old"), "{}", None)
+            .await
+            .unwrap();
+        client
+            .delete(format!("{PREFIX}/instances/old"), None)
+            .await
+            .unwrap();
+    }
+    let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let late = Gateway::builder()
+        .etcd(&etcd.url(), PREFIX)
+        .config("instance: { id: gw-late }")
+        .api_key("k")
+        .start()
+        .await;
+    assert_eq!(status_of(&late, "/stays").await, 200);
+    assert_eq!(status_of(&late, "/gone").await, 404);
+    let in_force = late.status().await["revision"].as_u64().unwrap();
+    eventually(WAIT, "gw-late's record", || {
+        let mut client = client.clone();
+        async move {
+            records(&mut client)
+                .await
+                .get("gw-late")
+                .is_some_and(|r| r["revision"] == in_force && r["source_connected"] == true)
+        }
+    })
+    .await;
+    let nobody_lags = || {
+        let out = get_instances(&etcd, &["-o", "json"]);
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            listed.iter().all(|i| i["lagging"] == false),
+            "{listed:?}\n{}",
+            late.logs()
+        );
+    };
+    nobody_lags();
+    // A change after the compaction reaches it as usual.
+    etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
+    wait_status(&late, "/later", 200).await;
+    nobody_lags();
+    let logs = late.logs();
+    assert!(logs.contains("replaying from there"), "{logs}");
+    assert_eq!(
+        logs.matches("etcd: loaded").count(),
+        1,
+        "read everything once only:\n{logs}"
+    );
+}

@@ -53,17 +53,21 @@ pub struct Listed {
 /// The instances registered, and the revision of the newest resource in etcd.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fleet {
-    /// The highest `mod_revision` among the resources under the prefix: an instance whose
-    /// revision in force is lower has not applied that change.
+    /// The revision of the newest change to the resources: the highest `mod_revision` among
+    /// them, or a later deletion (see [`read`]). An instance whose revision in force is
+    /// lower has not applied that change.
     pub config_revision: u64,
     pub instances: Vec<Listed>,
 }
 
-/// Reads the fleet under `prefix`: the records, and which lag the newest resource.
+/// Reads the fleet under `prefix`: the records, and which lag the newest change.
 ///
-/// A lag is judged against the newest write of a resource; a deletion that is the very last
-/// change leaves no key to compare with, so an instance that missed only that is not
-/// flagged until the next write.
+/// A deletion leaves no key behind, so when the newest change was one no `mod_revision`
+/// tells it. The instances that applied it say its revision (an instance started after it
+/// learns it from etcd's history), but a record is anyone's word: a revision a connected
+/// instance names past the newest key is taken only once etcd confirms that resources were
+/// deleted at it. Each claim checked costs four counts, and none is checked while the
+/// newest change is a write.
 pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError> {
     let records = client
         .get(
@@ -77,17 +81,35 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
             Some(GetOptions::new().with_prefix().with_keys_only()),
         )
         .await?;
-    let config_revision = resources
+    let newest_key = resources
         .kvs()
         .iter()
         .filter(|kv| !is_instance_key(prefix, &String::from_utf8_lossy(kv.key())))
         .map(|kv| kv.mod_revision().max(0) as u64)
         .max()
         .unwrap_or(0);
-    let mut instances: Vec<Listed> = records
+    let read_at = resources.header().map_or(0, |h| h.revision().max(0) as u64);
+    let records: Vec<InstanceRecord> = records
         .kvs()
         .iter()
         .filter_map(|kv| serde_json::from_slice::<InstanceRecord>(kv.value()).ok())
+        .collect();
+    let mut claims: Vec<u64> = records
+        .iter()
+        .filter(|r| r.source_connected && r.revision > newest_key && r.revision <= read_at)
+        .map(|r| r.revision)
+        .collect();
+    claims.sort_unstable_by(|a, b| b.cmp(a));
+    claims.dedup();
+    let mut config_revision = newest_key;
+    for claim in claims.into_iter().take(MAX_CLAIMS_CHECKED) {
+        if deleted_at(client, prefix, claim as i64).await {
+            config_revision = claim;
+            break;
+        }
+    }
+    let mut instances: Vec<Listed> = records
+        .into_iter()
         .map(|record| Listed {
             lagging: record.revision < config_revision,
             record,
@@ -98,6 +120,42 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
         config_revision,
         instances,
     })
+}
+
+/// The most claimed deletion revisions checked in one read of the fleet: an instance names
+/// at most one, so a few cover a fleet that is catching up.
+const MAX_CLAIMS_CHECKED: usize = 3;
+
+/// Whether etcd confirms that resources under `prefix` were deleted at `revision`: fewer
+/// of them there than just before (instances' records left out: their leases end). `false`
+/// when it cannot say (that history was compacted, etcd did not answer).
+async fn deleted_at(client: &mut Client, prefix: &str, revision: i64) -> bool {
+    let (Some(before), Some(at)) = (
+        resources_at(client, prefix, revision - 1).await,
+        resources_at(client, prefix, revision).await,
+    ) else {
+        return false;
+    };
+    at < before
+}
+
+/// How many keys under `prefix` that are not instances' records there were at `revision`.
+async fn resources_at(client: &mut Client, prefix: &str, revision: i64) -> Option<i64> {
+    let records = format!("{prefix}/{INSTANCES}/");
+    // Everything under the prefix before the records, and after them.
+    let ranges = [
+        (format!("{prefix}/"), records.clone()),
+        (format!("{prefix}/{INSTANCES}0"), format!("{prefix}0")),
+    ];
+    let mut count = 0;
+    for (start, end) in ranges {
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_count_only()
+            .with_revision(revision);
+        count += client.get(start, Some(options)).await.ok()?.count();
+    }
+    Some(count)
 }
 
 /// The fleet as a table, for the command line.

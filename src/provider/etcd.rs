@@ -114,6 +114,21 @@ struct Memory {
     cache_tried: bool,
     /// Why the cache was refused, said with every lost connection until etcd answers.
     cache_refused: Option<String>,
+    /// The last full read, when it left changes to replay (see [`Replay`]).
+    replay: Option<Replay>,
+}
+
+/// A full read shows the keys there are, not the keys deleted: when the newest change
+/// before the read was a deletion, the read alone would put in force an older revision than
+/// the instances that applied that deletion from their watch, and `gatehouse get
+/// instances` could not tell one that missed it. So the watch replays the changes after the
+/// newest key read (`from`) up to the read (`until`): none of them changes what was read (a
+/// key written there and still present would be newer than the newest key), but a deletion
+/// among them is the revision in force.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    from: i64,
+    until: i64,
 }
 
 impl Memory {
@@ -171,10 +186,15 @@ impl EtcdProvider {
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        memory.mirror = match self.apply(mirror, Some(in_force(&entries, revision))).await {
+        let newest = in_force(&entries, revision);
+        memory.mirror = match self.apply(mirror, Some(newest)).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
+        memory.replay = ((newest as i64) < revision).then_some(Replay {
+            from: newest as i64 + 1,
+            until: revision,
+        });
         memory.trust = Some(seen);
         memory.cache_refused = None;
         let health = self.ingest.source();
@@ -208,12 +228,31 @@ impl EtcdProvider {
     ) -> Handled {
         let prefix = &self.settings.prefix;
         // An instance's record coming or going changes no resource: nothing to apply.
-        let changes: Vec<Change> = changes
+        let mut changes: Vec<Change> = changes
             .into_iter()
             .filter(|c| !is_instance_key(prefix, c.key()))
             .collect();
+        // Changes the last full read already holds, replayed for their deletions' revision.
+        let mut deleted_before_read = None;
+        if let Some(replay) = memory.replay {
+            changes.retain(|change| {
+                if change.revision() > replay.until {
+                    return true;
+                }
+                if let Change::Delete { revision, .. } = change {
+                    deleted_before_read = deleted_before_read.max(Some(*revision));
+                }
+                false
+            });
+        }
         if changes.is_empty() {
-            return Handled::Done;
+            let in_force = self.ingest.revision();
+            return match deleted_before_read {
+                Some(deleted) if deleted as u64 > in_force => {
+                    self.revision_in_force(memory, cache, deleted).await
+                }
+                _ => Handled::Done,
+            };
         }
         // The snapshot is that of its newest change: every instance applying these changes
         // reports the same revision, whatever else was written around them (instances'
@@ -248,6 +287,25 @@ impl EtcdProvider {
         if let (Some(trust), Some(revision)) = (memory.trust.as_mut(), revision) {
             trust.revision = trust.revision.max(revision);
         }
+        if let Some(writer) = cache {
+            self.save(writer, memory);
+        }
+        Handled::Done
+    }
+
+    /// The same documents in force as of `revision`: a deletion the last full read could not
+    /// show was replayed.
+    async fn revision_in_force(
+        &self,
+        memory: &mut Memory,
+        cache: Option<&CacheWriter>,
+        revision: i64,
+    ) -> Handled {
+        let mirror = std::mem::take(&mut memory.mirror);
+        memory.mirror = match self.apply(mirror, Some(revision as u64)).await {
+            Ok(mirror) => mirror,
+            Err(e) => return Handled::Failed(e),
+        };
         if let Some(writer) = cache {
             self.save(writer, memory);
         }
@@ -362,8 +420,14 @@ impl BackgroundService for EtcdProvider {
                     cluster_id,
                     entries,
                 } => {
-                    self.loaded(&mut memory, cache.as_ref(), revision, cluster_id, entries)
-                        .await
+                    memory.replay = None;
+                    let handled = self
+                        .loaded(&mut memory, cache.as_ref(), revision, cluster_id, entries)
+                        .await;
+                    if let Some(replay) = memory.replay {
+                        watch.replay_from(replay.from);
+                    }
+                    handled
                 }
                 WatchEvent::Changed { revision, changes } => {
                     self.changed(&mut memory, cache.as_ref(), revision, changes)
