@@ -51,6 +51,35 @@ fn get_instances(etcd: &Etcd, output: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `gatehouse get instances -o json`: whether each instance is flagged as lagging, by id.
+fn lagging(etcd: &Etcd) -> BTreeMap<String, bool> {
+    let out = get_instances(etcd, &["-o", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    listed
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap().to_string(), i["lagging"] == true))
+        .collect()
+}
+
+/// A real etcd holding upstream `svc` (a real upstream) and a route to it at each of
+/// `paths` (the route's id is the path without its `/`).
+async fn etcd_with_routes(paths: &[&str]) -> (Etcd, TestUpstream) {
+    let etcd = Etcd::start();
+    let up = TestUpstream::start("svc").await;
+    etcd.put(
+        "/gatehouse/upstreams/svc",
+        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
+    );
+    for path in paths {
+        etcd.put(
+            &format!("/gatehouse/routes/{}", path.trim_start_matches('/')),
+            &route(path, "svc"),
+        );
+    }
+    (etcd, up)
+}
+
 async fn fleet_of(n: usize, etcd: &Etcd) -> Vec<Gateway> {
     let mut gateways = Vec::new();
     for i in 0..n {
@@ -68,12 +97,7 @@ async fn fleet_of(n: usize, etcd: &Etcd) -> Vec<Gateway> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_report_the_same_revision_soon_after_a_change() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put(
-        "/gatehouse/upstreams/svc",
-        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
-    );
+    let (etcd, _up) = etcd_with_routes(&[]).await;
     let gateways = fleet_of(3, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     eventually(WAIT, "three connected records", || {
@@ -146,12 +170,7 @@ async fn three_instances_report_the_same_revision_soon_after_a_change() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stopped_one_goes() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put(
-        "/gatehouse/upstreams/svc",
-        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
-    );
+    let (etcd, _up) = etcd_with_routes(&[]).await;
     let mut gateways = fleet_of(3, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     eventually(WAIT, "three records", || {
@@ -258,13 +277,7 @@ async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stoppe
 /// and a record that names a revision nothing was deleted at flags nobody.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with_the_rest() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put(
-        "/gatehouse/upstreams/svc",
-        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
-    );
-    etcd.put("/gatehouse/routes/gone", &route("/gone", "svc"));
+    let (etcd, _up) = etcd_with_routes(&["/gone"]).await;
     let mut gateways = fleet_of(2, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     eventually(WAIT, "two connected records", || {
@@ -275,15 +288,6 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
         }
     })
     .await;
-    let lagging = || -> BTreeMap<String, bool> {
-        let out = get_instances(&etcd, &["-o", "json"]);
-        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        listed
-            .iter()
-            .map(|i| (i["id"].as_str().unwrap().to_string(), i["lagging"] == true))
-            .collect()
-    };
 
     // gw-1 hangs; the route is deleted, the very last change.
     signal(gateways[1].pid(), "STOP");
@@ -301,7 +305,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
     })
     .await;
     assert_eq!(
-        lagging(),
+        lagging(&etcd),
         BTreeMap::from([("gw-0".into(), false), ("gw-1".into(), true)])
     );
     let status = gateways[0].status().await;
@@ -331,7 +335,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
         }
     })
     .await;
-    let now = lagging();
+    let now = lagging(&etcd);
     assert!(!now["gw-2"] && now["gw-1"], "{now:?}");
 
     // A record naming a revision nothing was deleted at (that of a record's own write) is
@@ -352,7 +356,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
         .await
         .unwrap();
     assert_eq!(
-        lagging(),
+        lagging(&etcd),
         BTreeMap::from([
             ("gw-0".into(), false),
             ("gw-1".into(), true),
@@ -369,7 +373,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
     signal(gateways[1].pid(), "CONT");
     wait_status(&gateways[1], "/gone", 404).await;
     eventually(WAIT, "no instance lagging", || {
-        let none = lagging().values().all(|lagging| !lagging);
+        let none = lagging(&etcd).values().all(|lagging| !lagging);
         async move { none }
     })
     .await;
@@ -380,14 +384,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
 /// nobody is flagged for what cannot be known any more.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compacted_history_leaves_the_new_instance_served_and_nobody_flagged() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put(
-        "/gatehouse/upstreams/svc",
-        &format!("nodes: [{{ addr: \"{}\" }}]\n", up.addr),
-    );
-    etcd.put("/gatehouse/routes/gone", &route("/gone", "svc"));
-    etcd.put("/gatehouse/routes/stays", &route("/stays", "svc"));
+    let (etcd, _up) = etcd_with_routes(&["/gone", "/stays"]).await;
     let gateways = fleet_of(1, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
     client
@@ -434,10 +431,9 @@ async fn a_compacted_history_leaves_the_new_instance_served_and_nobody_flagged()
     })
     .await;
     let nobody_lags = || {
-        let out = get_instances(&etcd, &["-o", "json"]);
-        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = lagging(&etcd);
         assert!(
-            listed.iter().all(|i| i["lagging"] == false),
+            listed.values().all(|lagging| !lagging),
             "{listed:?}\n{}",
             late.logs()
         );

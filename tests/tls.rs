@@ -115,6 +115,24 @@ direct_response: {{ status: 200, body: "inner" }}
     assert!(out.contains("upstream_error"), "{out}");
 }
 
+/// A gateway with `config` whose TLS listener (a self-signed certificate in the returned
+/// folder) answers `/hi` itself.
+async fn answering_hi_over_tls(config: &str) -> (Gateway, std::net::SocketAddr, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let tls_addr = free_addr();
+    let gw = Gateway::builder()
+        .file(
+            "r.yaml",
+            "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
+        )
+        .config(config)
+        .tls_listener(tls_addr, &cert, &key)
+        .start()
+        .await;
+    (gw, tls_addr, certs)
+}
+
 /// A TLS connection is a client connection from its first byte (SPEC §8): the handshake runs
 /// on the head clock, and a connection still shaking hands counts against the caps.
 #[tokio::test(flavor = "multi_thread")]
@@ -124,18 +142,8 @@ async fn a_tls_handshake_runs_on_the_head_clock_and_counts_against_the_caps() {
     use std::net::TcpStream;
     use std::time::Duration;
 
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
-    let tls_addr = free_addr();
-    let _gw = Gateway::builder()
-        .file(
-            "r.yaml",
-            "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
-        )
-        .config("http: { header_timeout: 5s, max_connections_per_ip: 3 }")
-        .tls_listener(tls_addr, &cert, &key)
-        .start()
-        .await;
+    let (_gw, tls_addr, _certs) =
+        answering_hi_over_tls("http: { header_timeout: 5s, max_connections_per_ip: 3 }").await;
     let https = |path: &str| {
         curl(&[
             &format!("https://localhost:{}{path}", tls_addr.port()),
@@ -185,17 +193,7 @@ async fn plain_http_to_a_tls_port_is_told_so_and_closed() {
     use std::net::TcpStream;
     use std::time::Duration;
 
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
-    let tls_addr = free_addr();
-    let _gw = Gateway::builder()
-        .file(
-            "r.yaml",
-            "kind: Route\nid: hi\nmatch: { paths: [\"/hi\"] }\ndirect_response: { status: 200, body: hi }\n",
-        )
-        .tls_listener(tls_addr, &cert, &key)
-        .start()
-        .await;
+    let (_gw, tls_addr, _certs) = answering_hi_over_tls("").await;
     let exchange = |bytes: &[u8]| {
         let mut s = TcpStream::connect(tls_addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

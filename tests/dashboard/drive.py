@@ -110,6 +110,18 @@ def see_rate(driver):
         time.sleep(0.5)
 
 
+def write_and_see(driver, area, yaml, path):
+    """Writes `yaml` from the editor and waits for `path` to answer through the proxy."""
+    area.clear()
+    area.send_keys(yaml)
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
+    deadline = time.time() + WAIT
+    while status_of(proxy + path) != 200:
+        assert time.time() < deadline, f"{path} never answered"
+        time.sleep(0.1)
+
+
 def main(driver):
     # A wrong key: refused, and nothing of the configuration is shown.
     sign_in(driver, "not-the-key")
@@ -211,14 +223,7 @@ def main(driver):
     wait_for(driver, "the rejected text", lambda d: "upstream: missing" in area.get_attribute("value"))
     assert "rejected" in text(driver, "#edit-rejected"), text(driver, "#edit-result")
     fixed = area.get_attribute("value").replace("upstream: missing", "upstream: svc")
-    area.clear()
-    area.send_keys(fixed)
-    driver.find_element(By.ID, "edit-write").click()
-    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
-    deadline = time.time() + WAIT
-    while status_of(proxy + "/broken") != 200:
-        assert time.time() < deadline, "the fixed route never answered"
-        time.sleep(0.1)
+    write_and_see(driver, area, fixed, "/broken")
     assert not admin_json("/admin/status")["rejected"], "the fixed route is still rejected"
     print("OK a rejected version is loaded, fixed and in force")
 
@@ -227,14 +232,7 @@ def main(driver):
     driver.find_element(By.ID, "edit-id").send_keys("hello")
     driver.find_element(By.ID, "edit-load").click()
     wait_for(driver, "the route as YAML", lambda d: "/hello" in area.get_attribute("value"))
-    area.clear()
-    area.send_keys(original.replace("/hello", "/edited"))
-    driver.find_element(By.ID, "edit-write").click()
-    wait_for(driver, "the write", lambda d: "Written at revision" in text(d, "#edit-written"))
-    deadline = time.time() + WAIT
-    while status_of(proxy + "/edited") != 200:
-        assert time.time() < deadline, "the edited route never answered"
-        time.sleep(0.1)
+    write_and_see(driver, area, original.replace("/hello", "/edited"), "/edited")
     assert status_of(proxy + "/hello") == 404
     print("OK a valid edit is in force")
 
