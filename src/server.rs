@@ -143,6 +143,7 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 revision: 0,
+                seen: None,
                 source_connected: false,
                 started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now())
                     .to_string(),

@@ -273,10 +273,10 @@ async fn get_instances_and_admin_status_flag_the_instance_that_lags_and_a_stoppe
 }
 
 /// A deletion leaves no key behind, yet an instance that missed it is flagged, one started
-/// after it says the same revision as those that applied it (it replays etcd's history),
-/// and a record that names a revision nothing was deleted at flags nobody.
+/// after it is not (it has seen it), and a record that names a revision nothing was
+/// deleted at flags nobody.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with_the_rest() {
+async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_is_not() {
     let (etcd, _up) = etcd_with_routes(&["/gone"]).await;
     let mut gateways = fleet_of(2, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
@@ -311,8 +311,10 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
     let status = gateways[0].status().await;
     assert_eq!(status["fleet"]["config_revision"].as_u64(), Some(deleted));
 
-    // An instance started now reads everything, and from etcd's history learns the
-    // deletion's revision.
+    // An instance started now reads everything: it holds the remaining resources at the
+    // revision of the newest of them, and says it has seen the deletion.
+    let newest_key = etcd.resources_revision(PREFIX).await;
+    assert!(newest_key < deleted);
     gateways.push(
         Gateway::builder()
             .etcd(&etcd.url(), PREFIX)
@@ -321,53 +323,84 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
             .start()
             .await,
     );
-    eventually(WAIT, "gw-2 in force at the deletion's revision", || async {
-        gateways[2].status().await["revision"].as_u64() == Some(deleted)
-    })
-    .await;
-    eventually(WAIT, "gw-2's record at the deletion's revision", || {
+    assert_eq!(
+        gateways[2].status().await["revision"].as_u64(),
+        Some(newest_key)
+    );
+    eventually(WAIT, "gw-2's record, having seen the deletion", || {
         let mut client = client.clone();
         async move {
             records(&mut client)
                 .await
                 .get("gw-2")
-                .is_some_and(|r| r["revision"] == deleted)
+                .is_some_and(|r| r["revision"] == newest_key && r["seen"].as_u64() >= Some(deleted))
         }
     })
     .await;
     let now = lagging(&etcd);
     assert!(!now["gw-2"] && now["gw-1"], "{now:?}");
 
-    // A record naming a revision nothing was deleted at (that of a record's own write) is
-    // not believed: nobody is flagged because of it.
+    // Records naming revisions nothing was deleted at (a record's own write, a write
+    // outside the prefix) are not believed: nobody is flagged because of them.
     let record_written = client
         .get(format!("{PREFIX}/instances/gw-0"), None)
         .await
         .unwrap()
         .kvs()[0]
         .mod_revision();
-    assert!(record_written as u64 > deleted);
-    let bogus = serde_json::json!({
-        "id": "zz", "addr": "x", "version": "x", "revision": record_written,
-        "source_connected": true, "started_at": "x",
-    });
-    client
-        .put(format!("{PREFIX}/instances/zz"), bogus.to_string(), None)
+    let elsewhere = client
+        .put("/elsewhere/x", "x", None)
         .await
-        .unwrap();
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    assert!(record_written as u64 > deleted && elsewhere > record_written);
+    for (id, revision) in [("zz", record_written), ("zy", elsewhere)] {
+        let bogus = serde_json::json!({
+            "id": id, "addr": "x", "version": "x", "revision": revision,
+            "source_connected": true, "started_at": "x",
+        });
+        client
+            .put(format!("{PREFIX}/instances/{id}"), bogus.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let with_bogus = lagging(&etcd);
     assert_eq!(
-        lagging(&etcd),
+        with_bogus,
         BTreeMap::from([
             ("gw-0".into(), false),
             ("gw-1".into(), true),
             ("gw-2".into(), false),
+            ("zy".into(), false),
             ("zz".into(), false),
         ])
     );
-    client
-        .delete(format!("{PREFIX}/instances/zz"), None)
-        .await
-        .unwrap();
+    for id in ["zz", "zy"] {
+        client
+            .delete(format!("{PREFIX}/instances/{id}"), None)
+            .await
+            .unwrap();
+    }
+
+    // Records are not rewritten because an instance saw the others' records change: with
+    // nothing else changing they stay as they are (a few of the one-second looks).
+    let written = |client: Client| async move {
+        let mut client = client;
+        let resp = client
+            .get(
+                format!("{PREFIX}/instances/"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let revisions: Vec<i64> = resp.kvs().iter().map(|kv| kv.mod_revision()).collect();
+        revisions
+    };
+    let before = written(client.clone()).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(written(client.clone()).await, before, "records rewritten");
 
     // gw-1 comes back and applies what it missed: nobody lags.
     signal(gateways[1].pid(), "CONT");
@@ -377,77 +410,4 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_a_new_one_agrees_with
         async move { none }
     })
     .await;
-}
-
-/// The history an instance replays after its full read can be compacted away: it starts
-/// at the oldest revision etcd holds (never reading everything again and again), and
-/// nobody is flagged for what cannot be known any more.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_compacted_history_leaves_the_new_instance_served_and_nobody_flagged() {
-    let (etcd, _up) = etcd_with_routes(&["/gone", "/stays"]).await;
-    let gateways = fleet_of(1, &etcd).await;
-    let mut client = Client::connect([etcd.url()], None).await.unwrap();
-    client
-        .delete(format!("{PREFIX}/routes/gone"), None)
-        .await
-        .unwrap();
-    wait_status(&gateways[0], "/gone", 404).await;
-    // Some more history (another instance's record coming and going), then all of it
-    // compacted.
-    for _ in 0..3 {
-        client
-            .put(format!("{PREFIX}/instances/old"), "{}", None)
-            .await
-            .unwrap();
-        client
-            .delete(format!("{PREFIX}/instances/old"), None)
-            .await
-            .unwrap();
-    }
-    let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let late = Gateway::builder()
-        .etcd(&etcd.url(), PREFIX)
-        .config("instance: { id: gw-late }")
-        .api_key("k")
-        .start()
-        .await;
-    assert_eq!(status_of(&late, "/stays").await, 200);
-    assert_eq!(status_of(&late, "/gone").await, 404);
-    let in_force = late.status().await["revision"].as_u64().unwrap();
-    eventually(WAIT, "gw-late's record", || {
-        let mut client = client.clone();
-        async move {
-            records(&mut client)
-                .await
-                .get("gw-late")
-                .is_some_and(|r| r["revision"] == in_force && r["source_connected"] == true)
-        }
-    })
-    .await;
-    let nobody_lags = || {
-        let listed = lagging(&etcd);
-        assert!(
-            listed.values().all(|lagging| !lagging),
-            "{listed:?}\n{}",
-            late.logs()
-        );
-    };
-    nobody_lags();
-    // A change after the compaction reaches it as usual.
-    etcd.put("/gatehouse/routes/later", &route("/later", "svc"));
-    wait_status(&late, "/later", 200).await;
-    nobody_lags();
-    let logs = late.logs();
-    assert!(logs.contains("replaying from there"), "{logs}");
-    assert_eq!(
-        logs.matches("etcd: loaded").count(),
-        1,
-        "read everything once only:\n{logs}"
-    );
 }

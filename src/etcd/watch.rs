@@ -104,14 +104,11 @@ enum State {
     Disconnected { retry_at: Option<Instant> },
     /// Connected; everything is to be read.
     Connected { client: Client },
-    /// Everything was read at `revision`; the watch from `revision + 1` is to start, or
-    /// from `replay_from` when the caller asked for the changes before it again
-    /// ([`PrefixWatch::replay_from`]).
+    /// Everything was read at `revision`; the watch from `revision + 1` is to start.
     Loaded {
         client: Client,
         revision: i64,
         cluster_id: u64,
-        replay_from: Option<i64>,
     },
     /// Following changes of the store the cluster `cluster_id` holds.
     Watching {
@@ -125,8 +122,6 @@ enum State {
         opened: Instant,
         /// When it first broke, if it was opened again since.
         broken_since: Option<Instant>,
-        /// The revision of the full read when the watch replays the changes before it.
-        replay_until: Option<i64>,
     },
     /// The watch's stream broke (its member died, say): it is opened again at once on the
     /// next member that answers, from the revision after `revision` when nothing was
@@ -151,7 +146,6 @@ impl State {
         cluster_id: u64,
         revision: i64,
         broken_since: Option<Instant>,
-        replay_until: Option<i64>,
     ) -> State {
         State::Watching {
             client,
@@ -160,7 +154,6 @@ impl State {
             revision,
             opened: Instant::now(),
             broken_since,
-            replay_until,
         }
     }
 }
@@ -210,24 +203,6 @@ impl PrefixWatch {
                     return WatchEvent::Lost { error, retry_in };
                 }
             }
-        }
-    }
-
-    /// Right after a [`WatchEvent::Loaded`] at R, starts the watch at `start` (at most R)
-    /// instead of R + 1: the changes from `start` on are handed over again as
-    /// [`WatchEvent::Changed`], those up to R included. For a caller that must learn of
-    /// deletions a read cannot show (a deleted key leaves nothing behind): it replays from
-    /// just after the newest key it read. Should `start` have been compacted, the replay
-    /// starts at the oldest revision etcd still holds (after R if that is past it): never a
-    /// full read again for it.
-    pub fn replay_from(&mut self, start: i64) {
-        if let State::Loaded {
-            revision,
-            replay_from,
-            ..
-        } = &mut self.state
-        {
-            *replay_from = (start <= *revision).then_some(start.max(1));
         }
     }
 
@@ -288,7 +263,6 @@ impl PrefixWatch {
                     client: client.clone(),
                     revision,
                     cluster_id,
-                    replay_from: None,
                 };
                 Ok(Some(WatchEvent::Loaded {
                     revision,
@@ -300,23 +274,11 @@ impl PrefixWatch {
                 client,
                 revision,
                 cluster_id,
-                replay_from,
             } => {
-                // A replay resumes, should its stream break, after the changes it handed
-                // over, as any watch does.
-                let after = replay_from.map_or(*revision, |start| start - 1);
                 let stream = client
-                    .watch(self.prefix.as_str(), Some(watch_after(after)))
+                    .watch(self.prefix.as_str(), Some(watch_after(*revision)))
                     .await?;
-                let replay_until = replay_from.map(|_| *revision);
-                self.state = State::watching(
-                    client.clone(),
-                    stream,
-                    *cluster_id,
-                    after,
-                    None,
-                    replay_until,
-                );
+                self.state = State::watching(client.clone(), stream, *cluster_id, *revision, None);
                 Ok(None)
             }
             State::Resuming {
@@ -446,9 +408,6 @@ impl PrefixWatch {
                             *cluster_id,
                             *revision,
                             Some(*broken_since),
-                            // A replay goes on as a plain watch: should its start be
-                            // compacted, everything is read again.
-                            None,
                         );
                         Ok(None)
                     }
@@ -469,7 +428,6 @@ impl PrefixWatch {
                 revision,
                 opened,
                 broken_since,
-                replay_until,
             } => {
                 let cluster_id = *cluster_id;
                 let mut batch = Batch::default();
@@ -511,27 +469,7 @@ impl PrefixWatch {
                             return Ok(batch.into_event());
                         }
                     };
-                    let lost = LostPlace::of(&response, cluster_id);
-                    if let (Some(LostPlace::Compacted(oldest)), Some(until)) =
-                        (&lost, *replay_until)
-                    {
-                        // The replay's start is gone: it starts again at the oldest revision
-                        // etcd still holds; what was before it cannot be known.
-                        tracing::info!(
-                            oldest,
-                            "{}: the changes before revision {oldest} are compacted; \
-                             replaying from there",
-                            self.label
-                        );
-                        self.state = State::Loaded {
-                            client: client.clone(),
-                            revision: until,
-                            cluster_id,
-                            replay_from: (*oldest <= until).then_some(*oldest),
-                        };
-                        return Ok(None);
-                    }
-                    if let Some(lost) = lost {
+                    if let Some(lost) = LostPlace::of(&response, cluster_id) {
                         lost.log(self.label);
                         self.state = State::Connected {
                             client: client.clone(),

@@ -14,6 +14,7 @@ pub use registration::Registration;
 use crate::etcd::EtcdError;
 use etcd_client::{Client, GetOptions};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 /// The collection the records are in.
 pub const INSTANCES: &str = "instances";
@@ -37,6 +38,12 @@ pub struct InstanceRecord {
     pub version: String,
     /// The etcd revision of the snapshot it has in force.
     pub revision: u64,
+    /// The etcd revision up to which it had seen every change when the record was written
+    /// (`SourceHealth::seen`): at least `revision`, more when a full read or later changes
+    /// of other keys (records) came after the newest resource change. Absent from records
+    /// of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<u64>,
     /// Whether its connection to etcd works and what it holds is trusted.
     pub source_connected: bool,
     pub started_at: String,
@@ -63,11 +70,16 @@ pub struct Fleet {
 /// Reads the fleet under `prefix`: the records, and which lag the newest change.
 ///
 /// A deletion leaves no key behind, so when the newest change was one no `mod_revision`
-/// tells it. The instances that applied it say its revision (an instance started after it
-/// learns it from etcd's history), but a record is anyone's word: a revision a connected
-/// instance names past the newest key is taken only once etcd confirms that resources were
-/// deleted at it. Each claim checked costs four counts, and none is checked while the
-/// newest change is a write.
+/// tells it. The instances that applied it from their watch say its revision, but a record
+/// is anyone's word: a revision a connected instance names past the newest key is taken
+/// only once etcd confirms that resources were deleted at it (a revision at which a record
+/// was written is no deletion, and is not even asked about). Each claim checked costs four
+/// counts; none is made while no record names a revision past the newest key.
+///
+/// An instance lags when it has not seen that change: its `seen` (its `revision` for a
+/// record without one) is below it. An instance started after a deletion holds the
+/// resources that remain and the revision of the newest of them, below the deletion's, but
+/// it has seen the deletion.
 pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError> {
     let records = client
         .get(
@@ -89,6 +101,13 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
         .max()
         .unwrap_or(0);
     let read_at = resources.header().map_or(0, |h| h.revision().max(0) as u64);
+    // Revisions at which a record was written: no resource was deleted there.
+    let record_writes: HashSet<u64> = records
+        .kvs()
+        .iter()
+        .flat_map(|kv| [kv.create_revision(), kv.mod_revision()])
+        .map(|revision| revision.max(0) as u64)
+        .collect();
     let records: Vec<InstanceRecord> = records
         .kvs()
         .iter()
@@ -98,6 +117,7 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
         .iter()
         .filter(|r| r.source_connected && r.revision > newest_key && r.revision <= read_at)
         .map(|r| r.revision)
+        .filter(|revision| !record_writes.contains(revision))
         .collect();
     claims.sort_unstable_by(|a, b| b.cmp(a));
     claims.dedup();
@@ -111,7 +131,7 @@ pub async fn read(client: &mut Client, prefix: &str) -> Result<Fleet, EtcdError>
     let mut instances: Vec<Listed> = records
         .into_iter()
         .map(|record| Listed {
-            lagging: record.revision < config_revision,
+            lagging: record.seen.unwrap_or(record.revision) < config_revision,
             record,
         })
         .collect();
@@ -222,6 +242,7 @@ mod tests {
             addr: "127.0.0.1:8080".into(),
             version: "0.1.0".into(),
             revision,
+            seen: Some(revision),
             source_connected: true,
             started_at: "2026-11-30T00:00:00Z".into(),
         };

@@ -114,21 +114,6 @@ struct Memory {
     cache_tried: bool,
     /// Why the cache was refused, said with every lost connection until etcd answers.
     cache_refused: Option<String>,
-    /// The last full read, when it left changes to replay (see [`Replay`]).
-    replay: Option<Replay>,
-}
-
-/// A full read shows the keys there are, not the keys deleted: when the newest change
-/// before the read was a deletion, the read alone would put in force an older revision than
-/// the instances that applied that deletion from their watch, and `gatehouse get
-/// instances` could not tell one that missed it. So the watch replays the changes after the
-/// newest key read (`from`) up to the read (`until`): none of them changes what was read (a
-/// key written there and still present would be newer than the newest key), but a deletion
-/// among them is the revision in force.
-#[derive(Debug, Clone, Copy)]
-struct Replay {
-    from: i64,
-    until: i64,
 }
 
 impl Memory {
@@ -176,6 +161,8 @@ impl EtcdProvider {
         if let Err(distrust) = Trust::check(memory.trust, seen) {
             return Handled::Untrusted(distrust);
         }
+        // Seen before it is in force: whoever reads the new revision reads this with it.
+        self.ingest.source().saw(revision.max(0) as u64, false);
         let prefix = &self.settings.prefix;
         // The fleet's records share the prefix but are not resources.
         let entries: Vec<Entry> = entries
@@ -186,15 +173,10 @@ impl EtcdProvider {
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        let newest = in_force(&entries, revision);
-        memory.mirror = match self.apply(mirror, Some(newest)).await {
+        memory.mirror = match self.apply(mirror, Some(in_force(&entries, revision))).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
-        memory.replay = ((newest as i64) < revision).then_some(Replay {
-            from: newest as i64 + 1,
-            until: revision,
-        });
         memory.trust = Some(seen);
         memory.cache_refused = None;
         let health = self.ingest.source();
@@ -226,33 +208,19 @@ impl EtcdProvider {
         revision: Option<i64>,
         changes: Vec<Change>,
     ) -> Handled {
+        // Every change up to the newest handed over is seen (they come in order). Not the
+        // header's revision: etcd may have made a newer change it has not sent yet.
+        if let Some(newest) = changes.iter().map(Change::revision).max() {
+            self.ingest.source().saw(newest.max(0) as u64, true);
+        }
         let prefix = &self.settings.prefix;
         // An instance's record coming or going changes no resource: nothing to apply.
-        let mut changes: Vec<Change> = changes
+        let changes: Vec<Change> = changes
             .into_iter()
             .filter(|c| !is_instance_key(prefix, c.key()))
             .collect();
-        // Changes the last full read already holds, replayed for their deletions' revision.
-        let mut deleted_before_read = None;
-        if let Some(replay) = memory.replay {
-            changes.retain(|change| {
-                if change.revision() > replay.until {
-                    return true;
-                }
-                if let Change::Delete { revision, .. } = change {
-                    deleted_before_read = deleted_before_read.max(Some(*revision));
-                }
-                false
-            });
-        }
         if changes.is_empty() {
-            let in_force = self.ingest.revision();
-            return match deleted_before_read {
-                Some(deleted) if deleted as u64 > in_force => {
-                    self.revision_in_force(memory, cache, deleted).await
-                }
-                _ => Handled::Done,
-            };
+            return Handled::Done;
         }
         // The snapshot is that of its newest change: every instance applying these changes
         // reports the same revision, whatever else was written around them (instances'
@@ -287,25 +255,6 @@ impl EtcdProvider {
         if let (Some(trust), Some(revision)) = (memory.trust.as_mut(), revision) {
             trust.revision = trust.revision.max(revision);
         }
-        if let Some(writer) = cache {
-            self.save(writer, memory);
-        }
-        Handled::Done
-    }
-
-    /// The same documents in force as of `revision`: a deletion the last full read could not
-    /// show was replayed.
-    async fn revision_in_force(
-        &self,
-        memory: &mut Memory,
-        cache: Option<&CacheWriter>,
-        revision: i64,
-    ) -> Handled {
-        let mirror = std::mem::take(&mut memory.mirror);
-        memory.mirror = match self.apply(mirror, Some(revision as u64)).await {
-            Ok(mirror) => mirror,
-            Err(e) => return Handled::Failed(e),
-        };
         if let Some(writer) = cache {
             self.save(writer, memory);
         }
@@ -420,14 +369,8 @@ impl BackgroundService for EtcdProvider {
                     cluster_id,
                     entries,
                 } => {
-                    memory.replay = None;
-                    let handled = self
-                        .loaded(&mut memory, cache.as_ref(), revision, cluster_id, entries)
-                        .await;
-                    if let Some(replay) = memory.replay {
-                        watch.replay_from(replay.from);
-                    }
-                    handled
+                    self.loaded(&mut memory, cache.as_ref(), revision, cluster_id, entries)
+                        .await
                 }
                 WatchEvent::Changed { revision, changes } => {
                     self.changed(&mut memory, cache.as_ref(), revision, changes)

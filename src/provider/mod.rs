@@ -29,11 +29,6 @@ impl Ingest {
         self.live.source()
     }
 
-    /// The revision of the snapshot in force.
-    pub fn revision(&self) -> u64 {
-        self.live.load().revision
-    }
-
     /// True once a snapshot from the source is in force.
     pub fn has_snapshot(&self) -> bool {
         self.live.is_ready()
