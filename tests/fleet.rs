@@ -411,3 +411,78 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
     })
     .await;
 }
+
+/// An instance that reads everything again without restarting (here: its watch fell
+/// behind a compaction while it was paused) after a deletion it missed keeps the revision
+/// of the newest remaining resource, but its record says it has seen the deletion: it is
+/// not flagged.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_reads_everything_again_after_a_deletion_is_not_flagged() {
+    let (etcd, _up) = etcd_with_routes(&["/gone", "/stays"]).await;
+    let gateways = fleet_of(2, &etcd).await;
+    let mut client = Client::connect([etcd.url()], None).await.unwrap();
+    eventually(WAIT, "two connected records", || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            records.len() == 2 && records.values().all(|r| r["source_connected"] == true)
+        }
+    })
+    .await;
+    // A route put now and in force at gw-1 proves its watch open before the pause (a watch
+    // still being opened would time out during it, and start over for that reason).
+    etcd.put("/gatehouse/routes/ready", &route("/ready", "svc"));
+    wait_status(&gateways[1], "/ready", 200).await;
+    let newest_key = etcd.resources_revision(PREFIX).await;
+
+    // gw-1 is paused while far more is written than its watch holds (a key that is no
+    // resource, written over and over), the route is deleted, and all of it compacted.
+    signal(gateways[1].pid(), "STOP");
+    let filler: Vec<(String, String)> = (0..2000)
+        .map(|i| {
+            (
+                format!("{PREFIX}/instances/filler"),
+                format!("{i}{}", " ".repeat(2000)),
+            )
+        })
+        .collect();
+    etcd.put_many(&filler).await;
+    client
+        .delete(format!("{PREFIX}/instances/filler"), None)
+        .await
+        .unwrap();
+    let deleted = client
+        .delete(format!("{PREFIX}/routes/gone"), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision() as u64;
+    wait_status(&gateways[0], "/gone", 404).await;
+    let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(gateways[1].pid(), "CONT");
+
+    wait_status(&gateways[1], "/gone", 404).await;
+    eventually(WAIT, "gw-1's record, having seen the deletion", || {
+        let mut client = client.clone();
+        async move {
+            records(&mut client)
+                .await
+                .get("gw-1")
+                .is_some_and(|r| r["revision"] == newest_key && r["seen"].as_u64() >= Some(deleted))
+        }
+    })
+    .await;
+    assert!(
+        gateways[1].logs().contains("was compacted"),
+        "gw-1 read everything again:\n{}",
+        gateways[1].logs()
+    );
+    let flags = lagging(&etcd);
+    assert!(flags.values().all(|lagging| !lagging), "{flags:?}");
+}

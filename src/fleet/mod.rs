@@ -38,10 +38,9 @@ pub struct InstanceRecord {
     pub version: String,
     /// The etcd revision of the snapshot it has in force.
     pub revision: u64,
-    /// The etcd revision up to which it had seen every change when the record was written
-    /// (`SourceHealth::seen`): at least `revision`, more when a full read or later changes
-    /// of other keys (records) came after the newest resource change. Absent from records
-    /// of older versions.
+    /// The etcd revision up to which it has seen every change (`Snapshot::seen`, or
+    /// `revision` if higher): more than `revision` after a full read made when the newest
+    /// changes were deletions or touched other keys. Absent from records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<u64>,
     /// Whether its connection to etcd works and what it holds is trusted.

@@ -54,25 +54,16 @@ impl Registration {
         format!("{}/{INSTANCES}/{}", self.settings.prefix, self.me.id)
     }
 
-    /// The record as things stand. `seen` is read before the revision in force: the
-    /// provider marks a change seen before it is in force, so `seen` is never below it.
+    /// The record as things stand: the revision in force and what it has seen, from one
+    /// snapshot.
     fn record(&self) -> InstanceRecord {
-        let seen = self.live.source().seen();
-        let revision = self.live.load().revision;
+        let snapshot = self.live.load();
         InstanceRecord {
-            revision,
-            seen: Some(seen.max(revision)),
+            revision: snapshot.revision,
+            seen: Some(snapshot.seen.max(snapshot.revision)),
             source_connected: self.live.source().is_up(),
             ..self.me.clone()
         }
-    }
-
-    /// Whether `now` says something `written` did not. Not a newer `seen` alone: every
-    /// instance sees every record written, so rewriting on that would have the records
-    /// chase each other for ever. A record is put again when the revision in force or the
-    /// connection changes, with what is seen then.
-    fn news(written: &InstanceRecord, now: &InstanceRecord) -> bool {
-        (written.revision, written.source_connected) != (now.revision, now.source_connected)
     }
 
     async fn put(
@@ -122,7 +113,7 @@ impl Registration {
                 _ = look.tick() => {}
             }
             let now = self.record();
-            if Self::news(&written, &now) {
+            if now != written {
                 self.put(&mut client, lease, &now).await?;
                 written = now;
             }
@@ -157,38 +148,5 @@ impl BackgroundService for Registration {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_is_put_again_for_its_revision_or_connection_never_for_what_it_saw() {
-        let written = InstanceRecord {
-            id: "a".into(),
-            addr: "127.0.0.1:8080".into(),
-            version: "0.1.0".into(),
-            revision: 7,
-            seen: Some(9),
-            source_connected: true,
-            started_at: "2026-12-01T00:00:00Z".into(),
-        };
-        let saw_more = InstanceRecord {
-            seen: Some(12),
-            ..written.clone()
-        };
-        assert!(!Registration::news(&written, &saw_more));
-        let applied = InstanceRecord {
-            revision: 12,
-            ..saw_more.clone()
-        };
-        assert!(Registration::news(&written, &applied));
-        let lost = InstanceRecord {
-            source_connected: false,
-            ..written.clone()
-        };
-        assert!(Registration::news(&written, &lost));
     }
 }

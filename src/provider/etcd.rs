@@ -137,9 +137,19 @@ impl EtcdProvider {
         mirror: BTreeMap<String, Document>,
         revision: Option<u64>,
     ) -> Result<BTreeMap<String, Document>, ApplyFailed> {
+        self.apply_read(mirror, revision, None).await
+    }
+
+    /// [`EtcdProvider::apply`] for a full read made at `read_at`.
+    async fn apply_read(
+        &self,
+        mirror: BTreeMap<String, Document>,
+        revision: Option<u64>,
+        read_at: Option<u64>,
+    ) -> Result<BTreeMap<String, Document>, ApplyFailed> {
         let ingest = self.ingest.clone();
         Ok(tokio::task::spawn_blocking(move || {
-            ingest.apply(mirror.values(), revision);
+            ingest.apply_read(mirror.values(), revision, read_at);
             mirror
         })
         .await?)
@@ -161,8 +171,6 @@ impl EtcdProvider {
         if let Err(distrust) = Trust::check(memory.trust, seen) {
             return Handled::Untrusted(distrust);
         }
-        // Seen before it is in force: whoever reads the new revision reads this with it.
-        self.ingest.source().saw(revision.max(0) as u64, false);
         let prefix = &self.settings.prefix;
         // The fleet's records share the prefix but are not resources.
         let entries: Vec<Entry> = entries
@@ -173,7 +181,9 @@ impl EtcdProvider {
             .iter()
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
-        memory.mirror = match self.apply(mirror, Some(in_force(&entries, revision))).await {
+        let in_force = Some(in_force(&entries, revision));
+        let read_at = Some(revision.max(0) as u64);
+        memory.mirror = match self.apply_read(mirror, in_force, read_at).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -208,11 +218,6 @@ impl EtcdProvider {
         revision: Option<i64>,
         changes: Vec<Change>,
     ) -> Handled {
-        // Every change up to the newest handed over is seen (they come in order). Not the
-        // header's revision: etcd may have made a newer change it has not sent yet.
-        if let Some(newest) = changes.iter().map(Change::revision).max() {
-            self.ingest.source().saw(newest.max(0) as u64, true);
-        }
         let prefix = &self.settings.prefix;
         // An instance's record coming or going changes no resource: nothing to apply.
         let changes: Vec<Change> = changes

@@ -37,6 +37,18 @@ impl Ingest {
     /// Applies the full current content of the source. `revision` is the source's own
     /// (etcd's); without one, the snapshot counts changes.
     pub fn apply<'d>(&self, docs: impl IntoIterator<Item = &'d Document>, revision: Option<u64>) {
+        self.apply_read(docs, revision, None);
+    }
+
+    /// [`Ingest::apply`] for what a full read at `read_at` (etcd's revision) found: the
+    /// snapshot says it has seen every change up to it (`Snapshot::seen`), once it is in
+    /// force and not before.
+    pub fn apply_read<'d>(
+        &self,
+        docs: impl IntoIterator<Item = &'d Document>,
+        revision: Option<u64>,
+        read_at: Option<u64>,
+    ) {
         let started = Instant::now();
         let current = self.live.load();
         let revision = revision.unwrap_or(current.revision + 1);
@@ -44,7 +56,10 @@ impl Ingest {
         for rejection in &rejected {
             tracing::warn!(key = %rejection.key, "rejected: {}", rejection.error);
         }
-        let snapshot = Snapshot::compile(catalog, rejected, &current, revision);
+        let mut snapshot = Snapshot::compile(catalog, rejected, &current, revision);
+        if let Some(read_at) = read_at {
+            snapshot.seen = read_at;
+        }
         tracing::info!(
             revision = snapshot.revision,
             routes = snapshot.routes.len(),

@@ -32,6 +32,12 @@ use std::time::{Instant, SystemTime};
 pub struct Snapshot {
     /// Counts applied changes (file mode) or is the etcd revision in force.
     pub revision: u64,
+    /// The etcd revision of the last full read this snapshot stems from (0 in file mode):
+    /// every change up to it was seen. Above `revision` when the newest changes before the
+    /// read were deletions (a deleted key leaves nothing to read) or touched other keys.
+    /// The fleet's records say it, so an instance started after a deletion is not taken for
+    /// one that missed it.
+    pub seen: u64,
     pub loaded_at: SystemTime,
     /// The resources in force, as written.
     pub catalog: Catalog,
@@ -62,6 +68,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             revision: 0,
+            seen: 0,
             loaded_at: SystemTime::now(),
             catalog: Catalog::default(),
             rejected: Vec::new(),
@@ -242,6 +249,7 @@ impl Snapshot {
         identity_headers.dedup();
         Snapshot {
             revision,
+            seen: previous.seen,
             loaded_at: SystemTime::now(),
             catalog,
             rejected,

@@ -55,9 +55,6 @@ pub struct SourceHealth {
     /// by whoever asked for one).
     requested: AtomicU64,
     done: watch::Sender<u64>,
-    /// The source's revision up to which the provider has seen every change (see
-    /// [`SourceHealth::seen`]).
-    seen: AtomicU64,
 }
 
 impl SourceHealth {
@@ -74,7 +71,6 @@ impl SourceHealth {
             resync: Notify::new(),
             requested: AtomicU64::new(0),
             done: watch::Sender::new(0),
-            seen: AtomicU64::new(0),
         }
     }
 
@@ -118,26 +114,6 @@ impl SourceHealth {
             since: humantime::format_rfc3339_millis(state.since).to_string(),
             error: state.error.clone(),
             from_cache: state.from_cache,
-        }
-    }
-
-    /// The source's revision up to which the provider has seen every change (etcd's: the
-    /// revision a full read was made at, or of the newest watch response since). The
-    /// revision in force is that of the newest change to the resources, which a deletion
-    /// can leave below a change the provider saw (a deleted key leaves nothing to read);
-    /// this says whether the instance has seen a change, so a fleet can tell one that
-    /// missed a deletion from one that started after it.
-    pub fn seen(&self) -> u64 {
-        self.seen.load(Ordering::Acquire)
-    }
-
-    /// Everything up to `revision` is seen: a full read (which replaces what was seen, as
-    /// the store it came from may be another) or, with `newer_only`, a watch response.
-    pub fn saw(&self, revision: u64, newer_only: bool) {
-        if newer_only {
-            self.seen.fetch_max(revision, Ordering::AcqRel);
-        } else {
-            self.seen.store(revision, Ordering::Release);
         }
     }
 
