@@ -33,6 +33,21 @@ pub enum Conditional {
     Changed,
     /// Not written: the object is not in etcd (deleted since, or never stored there).
     Absent,
+    /// Not written: the object was to be created, and is in etcd already.
+    Present,
+}
+
+/// What must hold in etcd for a write to apply (HTTP's conditional requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing: the write applies whatever etcd holds.
+    None,
+    /// `If-Match`: the object is in etcd and was not written after this revision, so two
+    /// editors who loaded the same version cannot overwrite each other.
+    UnchangedSince(i64),
+    /// `If-None-Match: *`: the object is not in etcd, so two who create the same object
+    /// cannot overwrite each other.
+    Absent,
 }
 
 /// The etcd key of an object.
@@ -139,22 +154,28 @@ impl Store {
             .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
     }
 
-    /// Writes one object. With `since` (an `If-Match`), only if it is in etcd and has not
-    /// changed after that revision: two editors who loaded the same version cannot
-    /// overwrite each other.
+    /// Writes one object, if `precondition` holds.
     pub async fn put(
         &mut self,
         key: &ObjectKey,
         value: Vec<u8>,
-        since: Option<i64>,
+        precondition: Precondition,
     ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
-        match since {
-            Some(since) => {
-                let write = TxnOp::put(key.clone(), value, None);
-                self.unless_changed(key, since, write).await
+        let write = TxnOp::put(key.clone(), value.clone(), None);
+        match precondition {
+            Precondition::UnchangedSince(since) => self.unless_changed(key, since, write).await,
+            Precondition::Absent => {
+                let txn = Txn::new()
+                    .when([Compare::version(key, CompareOp::Equal, 0)])
+                    .and_then([write]);
+                let resp = self.client.txn(txn).await?;
+                Ok(match resp.succeeded() {
+                    true => Conditional::Done(resp.header().map_or(0, |h| h.revision())),
+                    false => Conditional::Present,
+                })
             }
-            None => {
+            Precondition::None => {
                 let resp = self.client.put(key, value, None).await?;
                 Ok(Conditional::Done(resp.header().map_or(0, |h| h.revision())))
             }

@@ -676,6 +676,51 @@ async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
         assert_eq!(status, 400, "{bad:?}");
         assert!(message.starts_with("If-Match"), "{message}");
     }
+
+    // `If-None-Match: *` creates only: two who create the same object cannot overwrite
+    // each other.
+    let create = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = admin(reqwest::Method::PUT, "/admin/routes/fresh").body(route(path, "svc"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (
+                status,
+                body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    let only_new = [("If-None-Match", "*")];
+    assert_eq!(create("/first-create", &only_new).await.0, 200);
+    assert_eq!(status_of(&gw, "/first-create").await, 200);
+    let before = etcd.resources_revision(PREFIX).await;
+    assert_eq!(
+        create("/second-create", &only_new).await,
+        (412, "already_exists".to_string())
+    );
+    assert_eq!(etcd.resources_revision(PREFIX).await, before);
+    assert_eq!(status_of(&gw, "/second-create").await, 404);
+    // Another tag, both headers, or a delete with it: refused naming the header.
+    for headers in [
+        &[("If-None-Match", "\"5\"")][..],
+        &[("If-None-Match", "*"), ("If-Match", "*")],
+    ] {
+        assert_eq!(
+            create("/x", headers).await,
+            (400, "invalid_header".to_string())
+        );
+    }
+    let delete = admin(reqwest::Method::DELETE, "/admin/routes/fresh")
+        .header("If-None-Match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 400);
+    assert_eq!(status_of(&gw, "/first-create").await, 200);
 }
 
 /// `GET /admin/{kind}/{id}/stored`: the text etcd holds, comments and all, even a version

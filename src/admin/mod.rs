@@ -7,7 +7,7 @@ use crate::etcd::EtcdSettings;
 use crate::resource::{admit, parse_stored, Catalog, Kind, ObjectKey, Origin};
 use crate::snapshot::Live;
 use crate::snapshot::SourceReport;
-use crate::store::{key_of, Conditional, Store};
+use crate::store::{key_of, Conditional, Precondition, Store};
 use crate::wire::{error_body, new_request_id};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
@@ -253,14 +253,21 @@ impl ServeHttp for AdminApi {
                     }
                     match (&method, &self.writes, write_target(rest)) {
                         (&Method::PUT | &Method::DELETE, Writes::Etcd(_), Some(key)) => {
-                            let since = match if_match(&req.headers) {
-                                Ok(since) => since,
+                            let precondition = match precondition(&req.headers) {
+                                Ok(precondition) => precondition,
                                 Err(resp) => return *resp,
                             };
-                            if method == Method::PUT {
-                                self.put(session, key, since).await
-                            } else {
-                                self.delete(key, since).await
+                            match (method == Method::PUT, precondition) {
+                                (true, precondition) => self.put(session, key, precondition).await,
+                                (false, Precondition::None) => self.delete(key, None).await,
+                                (false, Precondition::UnchangedSince(since)) => {
+                                    self.delete(key, Some(since)).await
+                                }
+                                (false, Precondition::Absent) => error(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_header",
+                                    "If-None-Match: a delete takes If-Match only",
+                                ),
                             }
                         }
                         _ => self.admin(&method, rest),
@@ -357,13 +364,13 @@ impl AdminApi {
         }
     }
 
-    /// Validates with the same admission as every source, then writes to etcd (with
-    /// `since`, only if the object has not changed in etcd after that revision).
+    /// Validates with the same admission as every source, then writes to etcd if
+    /// `precondition` holds there.
     async fn put(
         &self,
         session: &mut ServerSession,
         key: ObjectKey,
-        since: Option<i64>,
+        precondition: Precondition,
     ) -> Response<Vec<u8>> {
         let Writes::Etcd(etcd) = &self.writes else {
             return not_found();
@@ -402,7 +409,7 @@ impl AdminApi {
         let result = guard
             .as_mut()
             .expect("connected")
-            .put(&key, body, since)
+            .put(&key, body, precondition)
             .await;
         if result.is_err() {
             *guard = None; // reconnect on the next write
@@ -599,6 +606,24 @@ fn etag(revision: u64) -> http::HeaderValue {
     http::HeaderValue::try_from(format!("\"{revision}\"")).expect("digits in quotes")
 }
 
+/// What a write's conditional headers ask: `If-Match` (see [`if_match`]), or
+/// `If-None-Match: *` (create only: the object must not be in etcd). Both at once, or
+/// another `If-None-Match`, is 400.
+fn precondition(headers: &http::HeaderMap) -> Result<Precondition, Box<Response<Vec<u8>>>> {
+    let since = if_match(headers)?;
+    let Some(value) = headers.get(header::IF_NONE_MATCH) else {
+        return Ok(since.map_or(Precondition::None, Precondition::UnchangedSince));
+    };
+    if since.is_some() || value.to_str().map(str::trim).ok() != Some("*") {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "If-None-Match: only * (create it only if it is not in etcd), and not with If-Match",
+        )));
+    }
+    Ok(Precondition::Absent)
+}
+
 /// The revision of `If-Match`, if the request has one: an `ETag` this API gave (`"N"`,
 /// weak or not, or `N`), or `*` (the object only has to be in etcd).
 fn if_match(headers: &http::HeaderMap) -> Result<Option<i64>, Box<Response<Vec<u8>>>> {
@@ -627,6 +652,14 @@ fn if_match(headers: &http::HeaderMap) -> Result<Option<i64>, Box<Response<Vec<u
 /// 412: the object changed after the revision the writer read it at, or is not in etcd.
 fn not_unchanged(key: &ObjectKey, refused: Conditional) -> Response<Vec<u8>> {
     match refused {
+        Conditional::Present => error(
+            StatusCode::PRECONDITION_FAILED,
+            "already_exists",
+            &format!(
+                "{key} is in etcd already: nothing was written; load it and edit it, or \
+                 write without If-None-Match to replace it"
+            ),
+        ),
         Conditional::Absent => error(
             StatusCode::PRECONDITION_FAILED,
             "not_in_etcd",

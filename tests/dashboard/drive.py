@@ -236,6 +236,21 @@ def main(driver):
     assert status_of(proxy + "/hello") == 404
     print("OK a valid edit is in force")
 
+    # Without loading anything, a write only creates: a new route is written, an existing
+    # one is not overwritten.
+    driver.find_element(By.ID, "edit-id").clear()
+    driver.find_element(By.ID, "edit-id").send_keys("created-here")
+    write_and_see(driver, area, 'match: { paths: ["/created-here"] }\nupstream: svc\n', "/created-here")
+    driver.find_element(By.ID, "edit-id").clear()
+    driver.find_element(By.ID, "edit-id").send_keys("tricky")
+    area.clear()
+    area.send_keys('match: { paths: ["/overwritten"] }\nupstream: svc\n')
+    driver.find_element(By.ID, "edit-write").click()
+    wait_for(driver, "the refusal", lambda d: "already" in text(d, "#edit-changed"))
+    assert status_of(proxy + "/overwritten") == 404
+    assert "/overwritten" not in json.dumps(admin_json("/admin/routes/tricky"))
+    print("OK a write of nothing loaded only creates")
+
 
 def prefix(driver):
     # `admin` is a proxy serving the admin listener under a path prefix: the page, the

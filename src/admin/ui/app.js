@@ -318,7 +318,9 @@ const views = {
       try {
         const headers = { "Content-Type": "application/yaml" };
         const same = loaded && loaded.kind === target.kind && loaded.id === target.id && loaded.etag;
-        if (same) headers["If-Match"] = loaded.etag;
+        // The version loaded must be the one replaced; with none loaded, only a new object
+        // is written (one someone created meanwhile is not overwritten).
+        if (same) headers["If-Match"] = loaded.etag; else headers["If-None-Match"] = "*";
         resp = await api(`/admin/${target.kind}/${encodeURIComponent(target.id)}`, { method: "PUT", body: text.value, headers });
       } catch (e) {
         if (e instanceof Unauthorized) return signIn(e.message);
@@ -335,6 +337,8 @@ const views = {
         // second, deliberate write stores it.
         loaded = null;
         result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource is not in etcd (deleted since you loaded it, or kept in force only because a route uses it). Write again to store this text."));
+      } else if (resp.status === 412 && body.error === "already_exists") {
+        result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource is in etcd already (created meanwhile, or not loaded here). Copy your edit, load it and reapply."));
       } else if (resp.status === 412) {
         result.replaceChildren(h("p", { class: "error", id: "edit-changed" }, "Nothing was written: the resource changed since you loaded it. Copy your edit, load it again and reapply."));
       } else {
