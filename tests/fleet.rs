@@ -80,6 +80,35 @@ async fn etcd_with_routes(paths: &[&str]) -> (Etcd, TestUpstream) {
     (etcd, up)
 }
 
+/// Waits for `n` records, each of an instance connected to etcd.
+async fn connected_records(client: &Client, n: usize) {
+    eventually(WAIT, &format!("{n} connected records"), || {
+        let mut client = client.clone();
+        async move {
+            let records = records(&mut client).await;
+            records.len() == n && records.values().all(|r| r["source_connected"] == true)
+        }
+    })
+    .await;
+}
+
+/// Waits for `id`'s record to hold `revision` and to have seen `deleted`.
+async fn record_has_seen(client: &Client, id: &str, revision: u64, deleted: u64) {
+    eventually(
+        WAIT,
+        &format!("{id}'s record, having seen {deleted}"),
+        || {
+            let mut client = client.clone();
+            async move {
+                records(&mut client).await.get(id).is_some_and(|r| {
+                    r["revision"] == revision && r["seen"].as_u64() >= Some(deleted)
+                })
+            }
+        },
+    )
+    .await;
+}
+
 async fn fleet_of(n: usize, etcd: &Etcd) -> Vec<Gateway> {
     let mut gateways = Vec::new();
     for i in 0..n {
@@ -100,14 +129,7 @@ async fn three_instances_report_the_same_revision_soon_after_a_change() {
     let (etcd, _up) = etcd_with_routes(&[]).await;
     let gateways = fleet_of(3, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
-    eventually(WAIT, "three connected records", || {
-        let mut client = client.clone();
-        async move {
-            let records = records(&mut client).await;
-            records.len() == 3 && records.values().all(|r| r["source_connected"] == true)
-        }
-    })
-    .await;
+    connected_records(&client, 3).await;
     let records_now = records(&mut client).await;
     let gw0 = &records_now["gw-0"];
     assert_eq!(gw0["addr"], gateways[0].addr.to_string());
@@ -280,14 +302,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
     let (etcd, _up) = etcd_with_routes(&["/gone"]).await;
     let mut gateways = fleet_of(2, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
-    eventually(WAIT, "two connected records", || {
-        let mut client = client.clone();
-        async move {
-            let records = records(&mut client).await;
-            records.len() == 2 && records.values().all(|r| r["source_connected"] == true)
-        }
-    })
-    .await;
+    connected_records(&client, 2).await;
 
     // gw-1 hangs; the route is deleted, the very last change.
     signal(gateways[1].pid(), "STOP");
@@ -327,16 +342,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
         gateways[2].status().await["revision"].as_u64(),
         Some(newest_key)
     );
-    eventually(WAIT, "gw-2's record, having seen the deletion", || {
-        let mut client = client.clone();
-        async move {
-            records(&mut client)
-                .await
-                .get("gw-2")
-                .is_some_and(|r| r["revision"] == newest_key && r["seen"].as_u64() >= Some(deleted))
-        }
-    })
-    .await;
+    record_has_seen(&client, "gw-2", newest_key, deleted).await;
     let now = lagging(&etcd);
     assert!(!now["gw-2"] && now["gw-1"], "{now:?}");
 
@@ -421,14 +427,7 @@ async fn an_instance_that_reads_everything_again_after_a_deletion_is_not_flagged
     let (etcd, _up) = etcd_with_routes(&["/gone", "/stays"]).await;
     let gateways = fleet_of(2, &etcd).await;
     let mut client = Client::connect([etcd.url()], None).await.unwrap();
-    eventually(WAIT, "two connected records", || {
-        let mut client = client.clone();
-        async move {
-            let records = records(&mut client).await;
-            records.len() == 2 && records.values().all(|r| r["source_connected"] == true)
-        }
-    })
-    .await;
+    connected_records(&client, 2).await;
     // A route put now and in force at gw-1 proves its watch open before the pause (a watch
     // still being opened would time out during it, and start over for that reason).
     etcd.put("/gatehouse/routes/ready", &route("/ready", "svc"));
@@ -468,16 +467,7 @@ async fn an_instance_that_reads_everything_again_after_a_deletion_is_not_flagged
     signal(gateways[1].pid(), "CONT");
 
     wait_status(&gateways[1], "/gone", 404).await;
-    eventually(WAIT, "gw-1's record, having seen the deletion", || {
-        let mut client = client.clone();
-        async move {
-            records(&mut client)
-                .await
-                .get("gw-1")
-                .is_some_and(|r| r["revision"] == newest_key && r["seen"].as_u64() >= Some(deleted))
-        }
-    })
-    .await;
+    record_has_seen(&client, "gw-1", newest_key, deleted).await;
     assert!(
         gateways[1].logs().contains("was compacted"),
         "gw-1 read everything again:\n{}",
