@@ -18,15 +18,20 @@ fn route(path: &str, upstream: &str) -> String {
     common::etcd::route_value(path, upstream)
 }
 
-/// The records under `{PREFIX}/instances/`, by id.
-async fn records(client: &mut Client) -> BTreeMap<String, serde_json::Value> {
-    let resp = client
+/// The keys and values under `{PREFIX}/instances/`.
+async fn record_keys(client: &mut Client) -> etcd_client::GetResponse {
+    client
         .get(
             format!("{PREFIX}/instances/"),
             Some(GetOptions::new().with_prefix()),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The records under `{PREFIX}/instances/`, by id.
+async fn records(client: &mut Client) -> BTreeMap<String, serde_json::Value> {
+    let resp = record_keys(client).await;
     resp.kvs()
         .iter()
         .map(|kv| {
@@ -107,6 +112,19 @@ async fn record_has_seen(client: &Client, id: &str, revision: u64, deleted: u64)
         },
     )
     .await;
+}
+
+/// Deletes route `gone`; its revision, once `gw` no longer serves it.
+async fn delete_gone(client: &mut Client, gw: &Gateway) -> u64 {
+    let deleted = client
+        .delete(format!("{PREFIX}/routes/gone"), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision() as u64;
+    wait_status(gw, "/gone", 404).await;
+    deleted
 }
 
 async fn fleet_of(n: usize, etcd: &Etcd) -> Vec<Gateway> {
@@ -306,14 +324,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
 
     // gw-1 hangs; the route is deleted, the very last change.
     signal(gateways[1].pid(), "STOP");
-    let deleted = client
-        .delete(format!("{PREFIX}/routes/gone"), None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision() as u64;
-    wait_status(&gateways[0], "/gone", 404).await;
+    let deleted = delete_gone(&mut client, &gateways[0]).await;
     eventually(WAIT, "gw-0 at the deletion's revision", || {
         let mut client = client.clone();
         async move { records(&mut client).await["gw-0"]["revision"] == deleted }
@@ -394,13 +405,7 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
     // nothing else changing they stay as they are (a few of the one-second looks).
     let written = |client: Client| async move {
         let mut client = client;
-        let resp = client
-            .get(
-                format!("{PREFIX}/instances/"),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
+        let resp = record_keys(&mut client).await;
         let revisions: Vec<i64> = resp.kvs().iter().map(|kv| kv.mod_revision()).collect();
         revisions
     };
@@ -450,14 +455,7 @@ async fn an_instance_that_reads_everything_again_after_a_deletion_is_not_flagged
         .delete(format!("{PREFIX}/instances/filler"), None)
         .await
         .unwrap();
-    let deleted = client
-        .delete(format!("{PREFIX}/routes/gone"), None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision() as u64;
-    wait_status(&gateways[0], "/gone", 404).await;
+    let deleted = delete_gone(&mut client, &gateways[0]).await;
     let out = etcd.ctl(&["compact", &etcd.revision().to_string()]);
     assert!(
         out.status.success(),
