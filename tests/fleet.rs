@@ -401,17 +401,18 @@ async fn an_instance_that_missed_a_deletion_is_flagged_and_one_started_after_it_
             .unwrap();
     }
 
-    // Records are not rewritten because an instance saw the others' records change: with
-    // nothing else changing they stay as they are (a few of the one-second looks).
-    let written = |client: Client| async move {
-        let mut client = client;
-        let resp = record_keys(&mut client).await;
-        let revisions: Vec<i64> = resp.kvs().iter().map(|kv| kv.mod_revision()).collect();
-        revisions
-    };
-    let before = written(client.clone()).await;
+    // Records are not put again because an instance saw the others' records change (each
+    // put would make the others put theirs, for ever): with nothing else changing, a few of
+    // the one-second looks pass with at most a rare write (an instance that had to connect
+    // again on a busy machine puts its record anew).
+    let before = record_keys(&mut client).await.header().unwrap().revision();
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(written(client.clone()).await, before, "records rewritten");
+    let after = record_keys(&mut client).await.header().unwrap().revision();
+    assert!(
+        after - before <= 4,
+        "{} writes in 3.5 s while nothing changed",
+        after - before
+    );
 
     // gw-1 comes back and applies what it missed: nobody lags.
     signal(gateways[1].pid(), "CONT");
