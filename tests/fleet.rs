@@ -97,7 +97,8 @@ async fn connected_records(client: &Client, n: usize) {
     .await;
 }
 
-/// Waits for `id`'s record to hold `revision` and to have seen `deleted`.
+/// Waits for `id`'s record to hold `revision`, to have seen `deleted`, and to say it is
+/// connected (which a start may put a moment after the revision).
 async fn record_has_seen(client: &Client, id: &str, revision: u64, deleted: u64) {
     eventually(
         WAIT,
@@ -106,7 +107,9 @@ async fn record_has_seen(client: &Client, id: &str, revision: u64, deleted: u64)
             let mut client = client.clone();
             async move {
                 records(&mut client).await.get(id).is_some_and(|r| {
-                    r["revision"] == revision && r["seen"].as_u64() >= Some(deleted)
+                    r["revision"] == revision
+                        && r["seen"].as_u64() >= Some(deleted)
+                        && r["source_connected"] == true
                 })
             }
         },
