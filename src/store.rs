@@ -50,6 +50,11 @@ pub enum Precondition {
     Absent,
 }
 
+/// The revision etcd answered at (0 when the answer carries no header).
+fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |h| h.revision())
+}
+
 /// The etcd key of an object.
 pub fn key_of(prefix: &str, key: &ObjectKey) -> String {
     format!("{prefix}/{}/{}", key.kind.collection(), key.id)
@@ -119,7 +124,7 @@ impl Store {
                 Some(GetOptions::new().with_prefix()),
             )
             .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
+        let revision = revision_of(resp.header());
         let cluster_id = resp.header().map_or(0, |h| h.cluster_id());
         // The fleet's records share the prefix but are not resources.
         let entries = resp
@@ -162,22 +167,25 @@ impl Store {
         precondition: Precondition,
     ) -> Result<Conditional, StoreError> {
         let key = key_of(&self.prefix, key);
-        let write = TxnOp::put(key.clone(), value.clone(), None);
         match precondition {
-            Precondition::UnchangedSince(since) => self.unless_changed(key, since, write).await,
+            Precondition::UnchangedSince(since) => {
+                let write = TxnOp::put(key.clone(), value, None);
+                self.unless_changed(key, since, write).await
+            }
             Precondition::Absent => {
+                let write = TxnOp::put(key.clone(), value, None);
                 let txn = Txn::new()
                     .when([Compare::version(key, CompareOp::Equal, 0)])
                     .and_then([write]);
                 let resp = self.client.txn(txn).await?;
                 Ok(match resp.succeeded() {
-                    true => Conditional::Done(resp.header().map_or(0, |h| h.revision())),
+                    true => Conditional::Done(revision_of(resp.header())),
                     false => Conditional::Present,
                 })
             }
             Precondition::None => {
                 let resp = self.client.put(key, value, None).await?;
-                Ok(Conditional::Done(resp.header().map_or(0, |h| h.revision())))
+                Ok(Conditional::Done(revision_of(resp.header())))
             }
         }
     }
@@ -199,7 +207,7 @@ impl Store {
                 let resp = self.client.delete(key, None::<DeleteOptions>).await?;
                 Ok(match resp.deleted() {
                     0 => Conditional::Absent,
-                    _ => Conditional::Done(resp.header().map_or(0, |h| h.revision())),
+                    _ => Conditional::Done(revision_of(resp.header())),
                 })
             }
         }
@@ -222,7 +230,7 @@ impl Store {
             .or_else([TxnOp::get(key, Some(GetOptions::new().with_count_only()))]);
         let resp = self.client.txn(txn).await?;
         if resp.succeeded() {
-            return Ok(Conditional::Done(resp.header().map_or(0, |h| h.revision())));
+            return Ok(Conditional::Done(revision_of(resp.header())));
         }
         let present = resp.op_responses().iter().any(|op| match op {
             TxnOpResponse::Get(get) => get.count() > 0,
@@ -245,7 +253,7 @@ impl Store {
         if !resp.succeeded() {
             return Err(StoreError::Invalid("the transaction did not apply".into()));
         }
-        Ok(resp.header().map_or(0, |h| h.revision()))
+        Ok(revision_of(resp.header()))
     }
 }
 

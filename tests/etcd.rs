@@ -20,12 +20,18 @@ fn upstream(addr: std::net::SocketAddr) -> String {
     common::etcd::upstream_value(addr)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn puts_updates_and_deletes_take_effect() {
+/// A real etcd holding upstream `svc` (a real upstream) and route `id` at `path` to it.
+async fn etcd_with_route(id: &str, path: &str) -> (Etcd, TestUpstream) {
     let etcd = Etcd::start();
     let up = TestUpstream::start("svc").await;
     etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/r1", &route("/one", "svc"));
+    etcd.put(&format!("/gatehouse/routes/{id}"), &route(path, "svc"));
+    (etcd, up)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_updates_and_deletes_take_effect() {
+    let (etcd, _up) = etcd_with_route("r1", "/one").await;
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
 
     assert_eq!(status_of(&gw, "/one").await, 200);
@@ -60,10 +66,7 @@ async fn puts_updates_and_deletes_take_effect() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_value_is_rejected_alone_and_its_old_version_stays() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/r1", &route("/one", "svc"));
+    let (etcd, _up) = etcd_with_route("r1", "/one").await;
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
 
     for (bad, reason) in [
@@ -193,10 +196,7 @@ async fn compaction_during_a_watch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_killed_while_requests_flow_then_restarted() {
-    let mut etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let (mut etcd, _up) = etcd_with_route("steady", "/steady").await;
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
 
     let traffic = Traffic::start(vec![gw.url("/steady")], false);
@@ -230,10 +230,7 @@ async fn source_of(gw: &Gateway) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_restarted_empty_is_not_trusted_until_a_resync() {
-    let mut etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let (mut etcd, up) = etcd_with_route("steady", "/steady").await;
     let gw = Gateway::builder()
         .etcd(&etcd.url(), PREFIX)
         .api_key("k")
@@ -303,10 +300,7 @@ async fn etcd_restarted_empty_is_not_trusted_until_a_resync() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_etcd_is_reported_then_its_return_noticed() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/steady", &route("/steady", "svc"));
+    let (etcd, _up) = etcd_with_route("steady", "/steady").await;
     let gw = Gateway::builder().etcd(&etcd.url(), PREFIX).start().await;
     assert_eq!(gw.metric("gatehouse_config_source_up").await, 1.0);
 
@@ -585,10 +579,7 @@ async fn admin_writes_validate_then_write_to_etcd() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/r", &route("/first", "svc"));
+    let (etcd, _up) = etcd_with_route("r", "/first").await;
     let gw = Gateway::builder()
         .etcd(&etcd.url(), PREFIX)
         .api_key("k")
@@ -727,10 +718,7 @@ async fn a_write_with_if_match_never_overwrites_a_change_made_since_its_read() {
 /// that was rejected, with its own revision as the tag a conditional write takes.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stored_text_of_an_object_is_served_even_when_rejected_but_never_a_policys() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    let (etcd, _up) = etcd_with_route("r", "/r").await;
     etcd.put(
         "/gatehouse/auth/p",
         "jwt: { keys: [{ alg: HS256, secret: \"a stored secret of some length\" }] }\n",
@@ -795,10 +783,7 @@ async fn the_stored_text_of_an_object_is_served_even_when_rejected_but_never_a_p
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_with_authentication() {
-    let etcd = Etcd::start();
-    let up = TestUpstream::start("svc").await;
-    etcd.put("/gatehouse/upstreams/svc", &upstream(up.addr));
-    etcd.put("/gatehouse/routes/r", &route("/r", "svc"));
+    let (etcd, _up) = etcd_with_route("r", "/r").await;
     for args in [
         &["user", "add", "root", "--new-user-password", "rootpw"][..],
         &["user", "grant-role", "root", "root"],

@@ -28,11 +28,52 @@
 #   $work/tokens.lua  a wrk script sending the 1,000 pre-minted tokens in turn
 
 # Helpers the load scripts share: a free loopback port, waiting (bounded) for a port to
-# accept, a process's CPU time so far in clock ticks (user + system), and a run's scratch
-# folder.
+# accept, a process's CPU time so far in clock ticks (user + system), the tools a script
+# needs, a run's scratch folder, the nginx upstream and a gatehouse under measure.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 "${PORT_WAIT_TRIES:-400}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Fails naming what to install unless every tool named after the hint is on the PATH.
+need_tools() {
+  local hint=$1; shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool ($hint)" >&2; exit 1; }
+  done
+}
+
+# The nginx upstream on core 1: `return 200 'ok'` on port $up, and the server blocks given
+# (if any) beside it. Waits for $up.
+start_nginx_upstream() {
+  cat > "$work/up.conf" <<CONF
+daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$up; keepalive_requests 10000000; location / { return 200 'ok'; } }
+  ${1:-} }
+CONF
+  taskset -c 1 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
+  wait_port "$up"
+}
+
+# Case $1: gatehouse (release, one worker, no access log) on core 0 and port ${port[$1]},
+# serving the routes of folder $2, with bootstrap lines $3 (if any); its pid in ${pid[$1]}.
+# Waits for its port.
+start_gatehouse() {
+  local name=$1 routes=$2 extra=${3:-}
+  cat > "$work/$name.yaml" <<YAML
+listen: [{ addr: "127.0.0.1:${port[$name]}" }]
+threads: 1
+admin: { listen: "127.0.0.1:$(free_port)" }
+provider: { file: { paths: ["$work/$routes"], watch: false } }
+telemetry: { access_log: { target: off } }
+$extra
+YAML
+  GATEHOUSE_LOG=warn taskset -c 0 "$bin/gatehouse" run -c "$work/$name.yaml" \
+    --upgrade-sock "$work/$name.sock" --pid-file "$work/$name.pid" 2>"$work/$name.log" &
+  pid[$name]=$!; pids+=($!)
+  wait_port "${port[$name]}"
+}
+
 # A scratch folder ($work) for one run, and the processes started for it ($pids): stopped
 # and removed when the script exits, however it exits.
 start_work() {

@@ -31,9 +31,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 STREAMS=${STREAMS:-1}
 ROUNDS=${ROUNDS:-3}
-for tool in nginx wrk h2load taskset python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk nghttp2-client util-linux python3)" >&2; exit 1; }
-done
+need_tools "apt-get install nginx-light wrk nghttp2-client util-linux python3" nginx wrk h2load taskset python3
 
 [ -n "${PREBUILT:-}" ] || cargo build --release --quiet --bin gatehouse --example bare_proxy
 bin=target/release
@@ -42,15 +40,8 @@ start_work
 ticks_per_second=$(getconf CLK_TCK)
 
 up=$(free_port); grpcup=$(free_port)
-cat > "$work/up.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$up; keepalive_requests 10000000; location / { return 200 'ok'; } }
-  server { listen 127.0.0.1:$grpcup http2; keepalive_requests 10000000; location / { default_type application/grpc; add_trailer grpc-status 0 always; return 200 'ok'; } } }
-CONF
-taskset -c 1 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
-wait_port "$up"; wait_port "$grpcup"
+start_nginx_upstream "server { listen 127.0.0.1:$grpcup http2; keepalive_requests 10000000; location / { default_type application/grpc; add_trailer grpc-status 0 always; return 200 'ok'; } }"
+wait_port "$grpcup"
 # A unary call's body: one gRPC frame holding a small message.
 printf '\x00\x00\x00\x00\x0a\x0a\x08gatehous' > "$work/call.bin"
 
@@ -66,16 +57,9 @@ for name in "${cases[@]}"; do
       target[$name]="/bench.v1.Bench/Unary"
       taskset -c 0 $bin/examples/bare_proxy "127.0.0.1:${port[$name]}" "127.0.0.1:$grpcup" 1 grpc 2>"$work/$name.log" & ;;
     plain|grpc)
-      routes=plain; [ "$name" = grpc ] && routes=grpc && target[$name]="/bench.v1.Bench/Unary"
-      cat > "$work/$name.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:${port[$name]}" }]
-threads: 1
-admin: { listen: "127.0.0.1:$(free_port)" }
-provider: { file: { paths: ["$work/$routes"], watch: false } }
-telemetry: { access_log: { target: off } }
-YAML
-      GATEHOUSE_LOG=warn taskset -c 0 $bin/gatehouse run -c "$work/$name.yaml" \
-        --upgrade-sock "$work/$name.sock" --pid-file "$work/$name.pid" 2>"$work/$name.log" & ;;
+      [ "$name" = grpc ] && target[$name]="/bench.v1.Bench/Unary"
+      start_gatehouse "$name" "$name"
+      continue ;;
   esac
   pid[$name]=$!; pids+=($!)
   wait_port "${port[$name]}"

@@ -23,9 +23,7 @@ source benches/load/cases.sh
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
 ROUNDS=${ROUNDS:-3}
-for tool in nginx wrk taskset python3 redis-server redis-cli redis-benchmark; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk util-linux python3 redis-server)" >&2; exit 1; }
-done
+need_tools "apt-get install nginx-light wrk util-linux python3 redis-server" nginx wrk taskset python3 redis-server redis-cli redis-benchmark
 
 cargo build --release --quiet --bin gatehouse
 bin=target/release
@@ -34,16 +32,10 @@ start_work
 ticks_per_second=$(getconf CLK_TCK)
 
 up=$(free_port); redisport=$(free_port)
-cat > "$work/up.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $work/nginx-error.log warn; pid $work/nginx.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
-  server { listen 127.0.0.1:$up; keepalive_requests 1000000; location / { return 200 'ok'; } } }
-CONF
-taskset -c 1 nginx -c "$work/up.conf" -p "$work" & pids+=($!)
+start_nginx_upstream
 taskset -c 1 redis-server --bind 127.0.0.1 --port "$redisport" --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 redispid=$!; pids+=($redispid)
-wait_port "$up"; wait_port "$redisport"
+wait_port "$redisport"
 rcli() { redis-cli -p "$redisport" "$@"; }
 evalsha_calls() { rcli INFO commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3 + 0; found=1 } END { if (!found) print 0 }'; }
 
@@ -53,18 +45,7 @@ for name in limited shared; do
   port[$name]=$(free_port)
   extra=""
   [ "$name" = shared ] && extra="redis: { url: \"redis://127.0.0.1:$redisport/0\", timeout: 50ms }"
-  cat > "$work/$name.yaml" <<YAML
-listen: [{ addr: "127.0.0.1:${port[$name]}" }]
-threads: 1
-admin: { listen: "127.0.0.1:$(free_port)" }
-provider: { file: { paths: ["$work/$name"], watch: false } }
-telemetry: { access_log: { target: off } }
-$extra
-YAML
-  GATEHOUSE_LOG=warn taskset -c 0 $bin/gatehouse run -c "$work/$name.yaml" \
-    --upgrade-sock "$work/$name.sock" --pid-file "$work/$name.pid" 2>"$work/$name.log" &
-  pid[$name]=$!; pids+=($!)
-  wait_port "${port[$name]}"
+  start_gatehouse "$name" "$name" "$extra"
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:${port[$name]}/bench" >/dev/null
 done
 

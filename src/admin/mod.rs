@@ -344,17 +344,13 @@ impl AdminApi {
     /// The instances registered in etcd, or why they cannot be listed now.
     async fn fleet(&self, prefix: &str) -> serde_json::Value {
         let listed = tokio::time::timeout(FLEET_WITHIN, async {
-            let mut guard = match self.connected().await {
-                Ok(guard) => guard,
-                Err(_) => return Err("etcd cannot be reached".to_string()),
-            };
-            let store = guard.as_mut().expect("connected");
-            let read = crate::fleet::read(&mut store.client, prefix).await;
-            if read.is_err() {
-                // A broken connection is opened again next time.
-                *guard = None;
+            let read = self
+                .on_store(async |store| crate::fleet::read(&mut store.client, prefix).await)
+                .await;
+            match read {
+                Ok(read) => read.map_err(|e| e.to_string()),
+                Err(_) => Err("etcd cannot be reached".to_string()),
             }
-            read.map_err(|e| e.to_string())
         })
         .await;
         match listed {
@@ -402,19 +398,13 @@ impl AdminApi {
         if !errors.is_empty() {
             return invalid(errors);
         }
-        let mut guard = match self.connected().await {
-            Ok(guard) => guard,
+        let result = self
+            .on_store(async |store| store.put(&key, body, precondition).await)
+            .await;
+        let result = match result {
+            Ok(result) => result,
             Err(resp) => return resp,
         };
-        let result = guard
-            .as_mut()
-            .expect("connected")
-            .put(&key, body, precondition)
-            .await;
-        if result.is_err() {
-            *guard = None; // reconnect on the next write
-        }
-        drop(guard);
         match result {
             Ok(Conditional::Done(revision)) => self.written(&key, revision).await,
             Ok(refused) => not_unchanged(&key, refused),
@@ -431,15 +421,13 @@ impl AdminApi {
                 &format!("{key} is still used by route {}", users.join(", ")),
             );
         }
-        let mut guard = match self.connected().await {
-            Ok(guard) => guard,
+        let result = match self
+            .on_store(async |store| store.delete(&key, since).await)
+            .await
+        {
+            Ok(result) => result,
             Err(resp) => return resp,
         };
-        let result = guard.as_mut().expect("connected").delete(&key, since).await;
-        if result.is_err() {
-            *guard = None;
-        }
-        drop(guard);
         match result {
             Ok(Conditional::Done(revision)) => self.written(&key, revision).await,
             Ok(Conditional::Absent) if since.is_none() => error(
@@ -471,15 +459,10 @@ impl AdminApi {
                 "the stored text of an auth policy holds its secrets: it is not served",
             );
         }
-        let mut guard = match self.connected().await {
-            Ok(guard) => guard,
+        let result = match self.on_store(async |store| store.stored(&key).await).await {
+            Ok(result) => result,
             Err(resp) => return resp,
         };
-        let result = guard.as_mut().expect("connected").stored(&key).await;
-        if result.is_err() {
-            *guard = None;
-        }
-        drop(guard);
         match result {
             Ok(Some((value, revision))) => {
                 let mut resp = Response::builder()
@@ -501,7 +484,22 @@ impl AdminApi {
         }
     }
 
-    /// The etcd connection, opened on first use. Admin writes are rare and take turns.
+    /// Runs `op` on the etcd connection (opened on first use; admin calls are rare and take
+    /// turns). A call that fails drops the connection, so the next one opens a new one
+    /// rather than reuse a broken one. `Err` is the answer when etcd cannot be reached.
+    async fn on_store<T, E>(
+        &self,
+        op: impl AsyncFnOnce(&mut Store) -> Result<T, E>,
+    ) -> Result<Result<T, E>, Response<Vec<u8>>> {
+        let mut guard = self.connected().await?;
+        let result = op(guard.as_mut().expect("connected")).await;
+        if result.is_err() {
+            *guard = None;
+        }
+        Ok(result)
+    }
+
+    /// The etcd connection, opened on first use.
     async fn connected(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, Option<Store>>, Response<Vec<u8>>> {

@@ -132,16 +132,8 @@ impl EtcdProvider {
 
     /// Applies the documents off the async runtime (admission, compilation and the name
     /// lookups of static nodes block), handing the mirror back.
+    /// `read_at` as for [`Ingest::apply`].
     async fn apply(
-        &self,
-        mirror: BTreeMap<String, Document>,
-        revision: Option<u64>,
-    ) -> Result<BTreeMap<String, Document>, ApplyFailed> {
-        self.apply_read(mirror, revision, None).await
-    }
-
-    /// [`EtcdProvider::apply`] for a full read made at `read_at`.
-    async fn apply_read(
         &self,
         mirror: BTreeMap<String, Document>,
         revision: Option<u64>,
@@ -149,7 +141,7 @@ impl EtcdProvider {
     ) -> Result<BTreeMap<String, Document>, ApplyFailed> {
         let ingest = self.ingest.clone();
         Ok(tokio::task::spawn_blocking(move || {
-            ingest.apply_read(mirror.values(), revision, read_at);
+            ingest.apply(mirror.values(), revision, read_at);
             mirror
         })
         .await?)
@@ -183,7 +175,7 @@ impl EtcdProvider {
             .collect();
         let in_force = Some(in_force(&entries, revision));
         let read_at = Some(revision.max(0) as u64);
-        memory.mirror = match self.apply_read(mirror, in_force, read_at).await {
+        memory.mirror = match self.apply(mirror, in_force, read_at).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -253,7 +245,7 @@ impl EtcdProvider {
                 }
             }
         }
-        memory.mirror = match self.apply(mirror, applied.map(|r| r as u64)).await {
+        memory.mirror = match self.apply(mirror, applied.map(|r| r as u64), None).await {
             Ok(mirror) => mirror,
             Err(e) => return Handled::Failed(e),
         };
@@ -311,7 +303,7 @@ impl EtcdProvider {
             .map(|e| (e.key.clone(), document_of(prefix, &e.key, &e.value)))
             .collect();
         match self
-            .apply(mirror, Some(in_force(&last.entries, last.revision)))
+            .apply(mirror, Some(in_force(&last.entries, last.revision)), None)
             .await
         {
             Ok(mirror) => memory.mirror = mirror,

@@ -275,7 +275,7 @@ impl Inner {
             return;
         }
         *last = reading.fingerprint;
-        self.ingest.apply(&reading.docs, None);
+        self.ingest.apply(&reading.docs, None, None);
     }
 }
 

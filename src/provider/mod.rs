@@ -35,15 +35,10 @@ impl Ingest {
     }
 
     /// Applies the full current content of the source. `revision` is the source's own
-    /// (etcd's); without one, the snapshot counts changes.
-    pub fn apply<'d>(&self, docs: impl IntoIterator<Item = &'d Document>, revision: Option<u64>) {
-        self.apply_read(docs, revision, None);
-    }
-
-    /// [`Ingest::apply`] for what a full read at `read_at` (etcd's revision) found: the
-    /// snapshot says it has seen every change up to it (`Snapshot::seen`), once it is in
-    /// force and not before.
-    pub fn apply_read<'d>(
+    /// (etcd's); without one, the snapshot counts changes. `read_at`, for what a full read
+    /// of etcd at that revision found: the snapshot says it has seen every change up to it
+    /// (`Snapshot::seen`), once it is in force and not before.
+    pub fn apply<'d>(
         &self,
         docs: impl IntoIterator<Item = &'d Document>,
         revision: Option<u64>,
