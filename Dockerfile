@@ -1,7 +1,7 @@
 # Build stage: the Rust toolchain plus what Pingora and etcd-client need to compile.
 FROM rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake protobuf-compiler pkg-config libssl-dev \
+ && apt-get install -y --no-install-recommends cmake protobuf-compiler libprotobuf-dev pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
