@@ -320,6 +320,13 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
                 "rate: 5, per: 1s, scope: cluster, on_store_error: sometimes",
             ),
             limited("bad-scope", "rate: 5, per: 1s, scope: planet"),
+            // A store policy on a limit without a store: a `scope: cluster` left out.
+            limited("no-store", "rate: 5, per: 1s, on_store_error: deny"),
+            limited(
+                "no-store-said",
+                "rate: 5, per: 1s, scope: local, on_store_error: allow",
+            ),
+            limited("local-said", "rate: 5, per: 1s, on_store_error: local"),
             // Periods no clock can count are refused, not a panic of the reload.
             limited("forever", "rate: 1, per: 2600000000h"),
             limited("slow-refill", "rate: 1, per: 87600h, burst: 1000"),
@@ -346,12 +353,23 @@ async fn a_cluster_limit_without_redis_or_with_a_bad_policy_is_rejected_alone() 
     );
     assert!(error_of("bad-policy").contains("rate_limit.on_store_error"));
     assert!(error_of("bad-scope").contains("rate_limit.scope"));
+    for id in ["no-store", "no-store-said"] {
+        let e = error_of(id);
+        assert!(
+            e.contains("rate_limit.on_store_error") && e.contains("scope: cluster"),
+            "{e}"
+        );
+    }
     assert!(error_of("forever").contains("rate_limit.per"));
     assert!(error_of("slow-refill").contains("rate_limit.burst"));
-    assert_eq!(
-        client().get(gw.url("/fine")).send().await.unwrap().status(),
-        200
-    );
+    for id in ["fine", "local-said"] {
+        let url = gw.url(&format!("/{id}"));
+        assert_eq!(
+            client().get(url).send().await.unwrap().status(),
+            200,
+            "{id}"
+        );
+    }
 
     // A bootstrap `redis` that cannot be right stops startup, naming the key.
     for (redis, key) in [

@@ -5,7 +5,7 @@ use super::transcode::GrpcTranscode;
 use crate::router::{HostPattern, PathPattern, ValueMatcher, METHODS};
 use crate::units::Span;
 use gatehouse_plugins::rate_limit::shared::{OnStoreError, Scope};
-use gatehouse_plugins::rate_limit::KEY_FORMS;
+use gatehouse_plugins::rate_limit::{KEY_FORMS, ON_STORE_ERROR_ALONE};
 use gatehouse_plugins::selector::{Forms, SelectorKind};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -432,6 +432,9 @@ impl Route {
             }
             if let Err(e) = limit.key.selector(KEY_FORMS) {
                 p.add("rate_limit.key", e.to_string());
+            }
+            if limit.scope == Scope::Local && limit.on_store_error != OnStoreError::Local {
+                p.add("rate_limit.on_store_error", ON_STORE_ERROR_ALONE);
             }
         }
         if let Some(t) = &self.timeouts {

@@ -401,6 +401,31 @@ fn rate_limit_max_keys_defaults_and_is_checked() {
 }
 
 #[test]
+fn a_store_policy_on_a_local_limit_is_refused() {
+    let route = |limit: &str| {
+        format!("{UPSTREAM}---\nkind: Route\nid: r1\nmatch: {{ paths: [/x] }}\nupstream: u1\nrate_limit: {{ rate: 5, per: 1s{limit} }}\n")
+    };
+    for limit in [
+        ", on_store_error: deny",
+        ", scope: local, on_store_error: allow",
+    ] {
+        let errs = errors("a.yaml", &route(limit));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("rate_limit.on_store_error: applies to `scope: cluster` only")),
+            "{limit}: {errs:?}"
+        );
+    }
+    for limit in [
+        "",
+        ", on_store_error: local",
+        ", scope: cluster, on_store_error: deny",
+    ] {
+        assert!(errors("a.yaml", &route(limit)).is_empty(), "{limit}");
+    }
+}
+
+#[test]
 fn introspection_bounds_default_and_are_checked() {
     let policy = |extra: &str| {
         format!("kind: AuthPolicy\nid: p\nintrospection: {{ endpoint: \"http://idp/introspect\", client_id: gw, client_secret: s{extra} }}\n")

@@ -347,6 +347,10 @@ impl Plugin for RateLimitPlugin {
 /// not change.
 pub struct Factory;
 
+/// Why `on_store_error` is refused on a limit without a store.
+pub const ON_STORE_ERROR_ALONE: &str =
+    "applies to `scope: cluster` only: a `scope: local` limit has no store to fail";
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
@@ -376,6 +380,10 @@ impl Factory {
     /// The plugin with its local limiter; the shared part is added by [`Factory::build_with`].
     fn local(config: &Config) -> Result<(RateLimitPlugin, Settings), ConfigError> {
         let s: Settings = crate::registry::decode(config)?;
+        if s.scope == Scope::Local && s.on_store_error != OnStoreError::Local {
+            // Likely a `scope: cluster` forgotten: say so rather than count alone in silence.
+            return Err(ConfigError::new("on_store_error", ON_STORE_ERROR_ALONE));
+        }
         let key = Selector::parse_as(&s.key, KEY_FORMS)
             .map_err(|e| ConfigError::new("key", e.to_string()))?;
         let burst = s.burst.unwrap_or(s.rate);
@@ -667,6 +675,30 @@ mod tests {
         }
         for text in ["path", "cookie:a", "query:a"] {
             assert!(Selector::parse_as(text, KEY_FORMS).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_store_policy_needs_a_store() {
+        use crate::registry::PluginFactory;
+        let build = |extra: &str| {
+            let config = serde_json::from_str(&format!(r#"{{"rate": 5, "per": "1s"{extra}}}"#));
+            Factory.build(&config.unwrap()).map(|_| ())
+        };
+        for extra in [
+            r#", "on_store_error": "deny""#,
+            r#", "scope": "local", "on_store_error": "allow""#,
+        ] {
+            let e = build(extra).unwrap_err();
+            assert_eq!(e.field, "on_store_error", "{extra}");
+            assert!(e.message.contains("scope: cluster"), "{e}");
+        }
+        for extra in [
+            "",
+            r#", "on_store_error": "local""#,
+            r#", "scope": "cluster", "on_store_error": "deny""#,
+        ] {
+            assert!(build(extra).is_ok(), "{extra}");
         }
     }
 }
