@@ -424,3 +424,44 @@ async fn reflection_reads_the_services_and_reads_them_again_when_the_nodes_chang
     assert_eq!(call(&gw, "GET", "/v1/users/9", None).await.0, 200);
     assert_eq!(call(&gw, "GET", "/v1/users/404", None).await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_during_a_call_is_not_waited_for() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let server = server();
+    let pb = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    descriptors(&pb);
+    // Long enough that only the client's departure can end the call before its answer.
+    let slow = route("rest", "/v1/**", "users", pb.to_str().unwrap(), "")
+        .replace("read: 700ms", "read: 10s");
+    let routes = format!("{}---\n{slow}", upstream("users", server.port));
+    let gw = Gateway::builder().file("routes.yaml", routes).start().await;
+
+    // User 999 is answered after 2 s; this client hangs up after 100 ms.
+    let left = Instant::now();
+    let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    raw.write_all(b"GET /v1/users/999 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(raw);
+    let series = "gatehouse_requests_total{route=\"rest\",status=\"499\"} 1";
+    common::eventually(Duration::from_secs(5), "the departure logged", || async {
+        gw.metrics_text().await.lines().any(|l| l == series)
+    })
+    .await;
+    assert!(
+        left.elapsed() < Duration::from_millis(1500),
+        "the call ran on after its client left: {:?}",
+        left.elapsed()
+    );
+    let logs = gw.logs();
+    assert!(!logs.contains("the client left"), "{logs}");
+
+    // The connection the call was cancelled on goes on serving, and the node was not blamed.
+    let (status, user) = call(&gw, "GET", "/v1/users/7", None).await;
+    assert_eq!((status, &user["id"]), (200, &json!("7")));
+    let status = gw.status().await.to_string();
+    assert!(!status.contains("\"unhealthy\""), "{status}");
+}

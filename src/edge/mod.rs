@@ -4,6 +4,7 @@
 //! - [`target`]: the request target forms a gateway takes (no CONNECT, no `OPTIONS *`);
 //! - [`headers`]: framing, authority and hop-by-hop headers;
 //! - [`clients`], [`stream`], [`app`]: connection caps, the whole-head clock, the drain;
+//! - [`departure`]: a client that leaves while the gateway waits on its behalf;
 //! - [`tls`]: TLS listeners, whose handshakes the door times and counts;
 //! - [`limits`]: the process's descriptor limit and what is kept in reserve;
 //! - [`listeners`]: listening sockets shut the moment a stopping process stops accepting.
@@ -13,6 +14,7 @@
 
 pub mod app;
 pub mod clients;
+pub mod departure;
 pub mod headers;
 pub mod limits;
 pub mod listeners;

@@ -5,12 +5,18 @@ use super::answer::{self, answer_error, Answer};
 use super::attempt::Attempts;
 use super::ctx::{RequestCtx, WebSocket};
 use super::Gateway;
+use crate::edge::departure;
 use crate::snapshot::{Action, CompiledRoute};
 use gatehouse_plugins::{ErrorAnswer, Flow};
 use http::StatusCode;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
+
+/// Why a request ended when its client left while the gateway waited on its behalf (its
+/// plugins, or a call the gateway makes itself): the access log's 499 says it, so no error
+/// line does (a client that comes and goes at will must not be able to fill the error log).
+pub(super) const CLIENT_LEFT: &str = "the client left while the gateway waited on its behalf";
 
 impl Gateway {
     /// Runs the route on the request; `true` once the request is answered here.
@@ -28,10 +34,16 @@ impl Gateway {
             .set_write_timeout(Some(route.timeouts.write));
         let route = &*ctx.route.insert(route);
         if !route.plugins.is_empty() {
-            let flow = route
+            // A wait (a fault delay, an introspection call…) ends if the client leaves.
+            let client = session.as_downstream().stream().map(|s| s.id());
+            let access = route
                 .plugins
-                .access(session.req_header_mut(), &mut ctx.exchange)
-                .await;
+                .access(session.req_header_mut(), &mut ctx.exchange);
+            let Some(flow) = departure::unless_client_leaves(client, access).await else {
+                // Nothing to answer: logged as nginx's 499, and the upstream never asked.
+                return Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT)
+                    .map_err(|e| e.into_down());
+            };
             // The plugins may have waited (an introspection call) while a drain began.
             if self.settings.draining.is_on() {
                 session.set_keepalive(None);

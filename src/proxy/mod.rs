@@ -393,6 +393,13 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        e.etype() == &ErrorType::ConnectionClosed
+            && e.context
+                .as_ref()
+                .is_some_and(|c| c.as_str() == dispatch::CLIENT_LEFT)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -9,7 +9,9 @@
 use super::answer::{self, answer_error, classify, Answer};
 use super::attempt::{Attempts, Failure, Replay, Retry};
 use super::ctx::RequestCtx;
+use super::dispatch::CLIENT_LEFT;
 use super::Gateway;
+use crate::edge::departure;
 use crate::snapshot::Transcoder;
 use crate::transcode::bindings::{Binding, Found};
 use crate::transcode::request;
@@ -37,6 +39,8 @@ enum Outcome {
     Again,
     /// The attempt failed for good: this is the client's answer.
     Failed(ErrorAnswer),
+    /// The client left while the call was waited for: nobody to answer, the call cancelled.
+    Left,
 }
 
 impl Gateway {
@@ -96,6 +100,10 @@ impl Gateway {
                 Outcome::Answered(up) => return self.relay(session, ctx, binding, *up).await,
                 Outcome::Again => continue,
                 Outcome::Failed(reply) => return answer_error(session, &reply, ctx).await,
+                Outcome::Left => {
+                    return Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT)
+                        .map_err(|e| e.into_down())
+                }
             }
         }
     }
@@ -194,9 +202,19 @@ impl Gateway {
             Ok(head) => head,
             Err(e) => return Outcome::Failed(classify(&e).unwrap_or_else(|| internal("head"))),
         };
-        let sent = send(&mut up, head, framed).await;
+        // The call is cancelled (its stream reset) if the client leaves before its answer.
+        let client = session.as_downstream().stream().map(|s| s.id());
+        let sent = departure::unless_client_leaves(client, send(&mut up, head, framed)).await;
         let Some(attempts) = ctx.attempts.as_mut() else {
             return Outcome::Failed(internal("no upstream was chosen"));
+        };
+        let Some(sent) = sent else {
+            // Says nothing of the node: its breaker pass is given back unjudged.
+            let e = Error::new_down(ErrorType::ConnectionClosed);
+            let mut left = Failure::of_call(&e, reused, Replay::of(session.req_header()), false);
+            left.not_the_node = true;
+            attempts.failed(left);
+            return Outcome::Left;
         };
         match sent {
             Ok(()) => {
