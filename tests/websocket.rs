@@ -181,6 +181,12 @@ async fn a_route_removed_under_an_open_tunnel_leaves_no_series_when_the_tunnel_e
         || async { std::fs::read_to_string(&access_log).is_ok_and(|log| log.contains("/quiet/x")) },
     )
     .await;
+    // A tunnel's line gives its 101: an interim status no, but a switch of protocols is the
+    // answer.
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    let line = log.lines().find(|l| l.contains("/quiet/x")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["status"], 101, "{line}");
     let text = gw.metrics_text().await;
     assert!(
         !text.contains("route=\"quiet\""),

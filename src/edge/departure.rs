@@ -54,6 +54,10 @@ struct Departure {
 impl Departure {
     /// Watches the connection whose descriptor is `fd` (the caller's, which stays open).
     fn watch(fd: RawFd) -> io::Result<Departure> {
+        if fd < 0 {
+            // A stream that is no socket (Pingora gives such ones an id of its own).
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
         // SAFETY: `fd` is the descriptor of a connection the caller holds open for the whole
         // call; it is only duplicated here, never closed.
         let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
@@ -114,10 +118,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn work_that_answers_at_once_is_not_watched() {
-        // No descriptor at all: watching would fail, and is never tried.
-        let out = unless_client_leaves(Some(-1), async { 7 }).await;
+    async fn work_that_answers_at_once_is_answered_even_when_its_client_left() {
+        let (server, client) = pair().await;
+        drop(client);
+        server.readable().await.unwrap();
+        let out = unless_client_leaves(Some(server.as_raw_fd()), async { 7 }).await;
         assert_eq!(out, Some(7));
+        // Without a descriptor, or with one that is no socket, the work simply runs.
+        assert_eq!(unless_client_leaves(None, async { 8 }).await, Some(8));
+        let out = unless_client_leaves(Some(-1), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            9
+        });
+        assert_eq!(out.await, Some(9));
     }
 
     #[tokio::test]
@@ -135,6 +148,7 @@ mod tests {
         assert_eq!(out, None);
         // The gateway's own descriptor is still open: only the duplicate was closed.
         let mut buf = [0u8; 1];
+        server.readable().await.unwrap();
         assert_eq!(server.try_read(&mut buf).unwrap(), 0);
     }
 

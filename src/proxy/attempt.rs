@@ -238,6 +238,9 @@ impl Attempts {
             .ok_or(Refused::NoNode)?;
         self.began = Some(Instant::now());
         self.sent = None;
+        // A retryable status decided the last attempt (a transcoded call retries without
+        // reporting it as failed): it says nothing of this one.
+        self.retrying_status = false;
         // Replaces (and so ends) the lease of a previous attempt.
         self.lease = self.upstream.lease(&node);
         Ok(self.node.insert(node))

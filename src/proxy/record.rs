@@ -12,12 +12,15 @@ use std::time::SystemTime;
 impl Gateway {
     /// Records a request once it is over, however it ended.
     pub(super) fn record(&self, session: &Session, ctx: &mut RequestCtx) {
-        // Nothing written: the client went away first (nginx's 499).
+        // No final answer written (at most an interim one, a `100 Continue`): the client went
+        // away first (nginx's 499). A `101` is final: the tunnel it opened was the answer.
         let status = match ctx.refused_as {
             Some(refused) => refused,
             None => session
                 .response_written()
-                .map_or(499, |r| r.status.as_u16()),
+                .map(|r| r.status)
+                .filter(|s| !s.is_informational() || *s == http::StatusCode::SWITCHING_PROTOCOLS)
+                .map_or(499, |s| s.as_u16()),
         };
         let elapsed = ctx.arrived.elapsed();
         let route = ctx.route.as_deref();

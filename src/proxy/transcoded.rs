@@ -205,16 +205,21 @@ impl Gateway {
         // The call is cancelled (its stream reset) if the client leaves before its answer.
         let client = session.as_downstream().stream().map(|s| s.id());
         let sent = departure::unless_client_leaves(client, send(&mut up, head, framed)).await;
-        let Some(attempts) = ctx.attempts.as_mut() else {
-            return Outcome::Failed(internal("no upstream was chosen"));
-        };
         let Some(sent) = sent else {
             // Says nothing of the node: its breaker pass is given back unjudged.
-            let e = Error::new_down(ErrorType::ConnectionClosed);
-            let mut left = Failure::of_call(&e, reused, Replay::of(session.req_header()), false);
-            left.not_the_node = true;
-            attempts.failed(left);
+            if let Some(attempts) = ctx.attempts.as_mut() {
+                let e = Error::new_down(ErrorType::ConnectionClosed);
+                let replay = Replay::of(session.req_header());
+                let mut left = Failure::of_call(&e, reused, replay, false);
+                left.not_the_node = true;
+                attempts.failed(left);
+            }
+            // The stream is reset (the server sees a cancel); its connection serves on.
+            self.release(up, ctx).await;
             return Outcome::Left;
+        };
+        let Some(attempts) = ctx.attempts.as_mut() else {
+            return Outcome::Failed(internal("no upstream was chosen"));
         };
         match sent {
             Ok(()) => {

@@ -114,11 +114,20 @@ impl Jwks {
 
     /// Refetches for an unknown key unless a fetch ran within [`MIN_REFETCH`]; waits for a
     /// fetch already under way instead of starting another.
-    pub async fn refetch(&self) {
-        let _one_at_a_time = self.fetching.lock().await;
-        if self.may_refetch() {
-            self.fetch_now().await;
-        }
+    ///
+    /// The fetch runs as a task of its own: the request that asked for it may be dropped
+    /// (its client left), and a download cut short after stamping `last_attempt` would hold
+    /// every refetch off for [`MIN_REFETCH`] with nothing fetched.
+    pub async fn refetch(self: &Arc<Self>) {
+        let jwks = self.clone();
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = jwks.fetching.lock().await;
+            if jwks.may_refetch() {
+                jwks.fetch_now().await;
+            }
+        });
+        // A fetch that panicked is a fetch that failed: the keys in force stay.
+        let _ = fetch.await;
     }
 
     async fn fetch(&self) {

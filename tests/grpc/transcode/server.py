@@ -56,6 +56,8 @@ def serve(reflection_version):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad id")
             if request.id == 999:
                 time.sleep(2)
+            if request.id == 998:
+                time.sleep(6)
             who = dict(context.invocation_metadata()).get("x-who", "")
             u = protos.User(
                 id=request.id,
@@ -79,6 +81,8 @@ def serve(reflection_version):
             return request
 
         def UpdateUser(self, request, context):
+            if request.user.id == 998:
+                time.sleep(6)
             return request.user
 
         def ListUsers(self, request, context):
