@@ -293,11 +293,23 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(raw);
     }
+    // An HTTP/2 client that gives up on its stream (it resets it) and goes on using its
+    // connection.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let gave_up = h2
+        .get(gw.url("/slow"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
     let series = "gatehouse_requests_total{route=\"slow\",status=\"499\"}";
     eventually(
         Duration::from_secs(10),
-        "both departures logged",
-        || async { metric(&gw, series).await == 2.0 },
+        "the three departures logged",
+        || async { metric(&gw, series).await == 3.0 },
     )
     .await;
     assert!(
@@ -306,7 +318,7 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
         left.elapsed()
     );
     // Past the delay's end: nothing reached the upstream, and no error line was written.
-    tokio::time::sleep(Duration::from_millis(6500).saturating_sub(left.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(7000).saturating_sub(left.elapsed())).await;
     assert_eq!(main.hits(), 0);
     let logs = gw.logs();
     assert!(!logs.contains("the client left"), "{logs}");
@@ -322,4 +334,8 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
     assert_eq!(resp.status(), 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(main.hits(), 1);
+    // So is an HTTP/2 one, on the connection whose other stream was reset.
+    let resp = h2.get(gw.url("/brief")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(main.hits(), 2);
 }

@@ -467,7 +467,18 @@ async fn a_client_that_leaves_during_a_call_is_not_waited_for() {
     raw.write_all(body).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(raw);
-    let series = "gatehouse_requests_total{route=\"rest\",status=\"499\"} 2";
+    // An HTTP/2 client that resets its stream.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let gave_up = h2
+        .get(gw.url("/v1/users/998"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let series = "gatehouse_requests_total{route=\"rest\",status=\"499\"} 3";
     common::eventually(Duration::from_secs(10), "the departure logged", || async {
         gw.metrics_text().await.lines().any(|l| l == series)
     })
@@ -487,7 +498,9 @@ async fn a_client_that_leaves_during_a_call_is_not_waited_for() {
     let metrics = gw.metrics_text().await;
     assert!(metrics.lines().any(|l| l == healthy), "{metrics}");
 
-    // Calls go on being answered.
+    // Calls go on being answered, on either protocol.
     let (status, user) = call(&gw, "GET", "/v1/users/7", None).await;
     assert_eq!((status, &user["id"]), (200, &json!("7")));
+    let resp = h2.get(gw.url("/v1/users/7")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Arc<[Box<dyn Plugin>]>,
+    /// Some plugin's access phase may wait (a delay, a call).
+    may_wait: bool,
     /// Some plugin reads the request body: only then is it shown to the chain.
     wants_request_body: bool,
     /// Some plugin reads the response body: likewise.
@@ -19,10 +21,16 @@ impl PluginChain {
         // Stable: plugins of one stage keep the order they were given in.
         plugins.sort_by_key(|p| p.stage());
         PluginChain {
+            may_wait: plugins.iter().any(|p| p.may_wait()),
             wants_request_body: plugins.iter().any(|p| p.wants_request_body()),
             wants_response_body: plugins.iter().any(|p| p.wants_response_body()),
             plugins: plugins.into(),
         }
+    }
+
+    /// Whether [`PluginChain::access`] may wait: see [`Plugin::may_wait`].
+    pub fn may_wait(&self) -> bool {
+        self.may_wait
     }
 
     pub fn wants_request_body(&self) -> bool {
@@ -116,5 +124,34 @@ impl PluginChain {
 impl fmt::Debug for PluginChain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.names()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use serde_json::json;
+
+    #[test]
+    fn a_chain_may_wait_only_with_a_plugin_that_may() {
+        let registry = Registry::builtin();
+        let chain = |plugins: &[(&str, serde_json::Value)]| {
+            let built = plugins
+                .iter()
+                .map(|(name, config)| registry.build(name, config).unwrap())
+                .collect();
+            PluginChain::new(built)
+        };
+        let cors = ("cors", json!({ "allow_origins": ["https://a.example"] }));
+        let abort = ("fault", json!({ "abort": { "status": 503, "percent": 1 } }));
+        let delay = (
+            "fault",
+            json!({ "delay": { "duration": "1s", "percent": 1 } }),
+        );
+        let limit = ("rate_limit", json!({ "rate": 5, "per": "1s" }));
+        assert!(!chain(&[]).may_wait());
+        assert!(!chain(&[cors.clone(), abort, limit]).may_wait());
+        assert!(chain(&[cors, delay]).may_wait());
     }
 }

@@ -80,6 +80,10 @@ impl Plugin for Fault {
         Stage::Admit
     }
 
+    fn may_wait(&self) -> bool {
+        self.delay.is_some()
+    }
+
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         if !self.matcher.holds(req) {
             return Access::Now(Flow::Continue);

@@ -102,6 +102,13 @@ pub trait Plugin: Send + Sync {
         Access::Now(Flow::Continue)
     }
 
+    /// Whether [`Plugin::access`] may answer [`Access::Wait`] (a delay, a call). Only for
+    /// such chains does the gateway watch the client while the request waits: on HTTP/2 that
+    /// takes the request head out of the session for the wait, a cost other routes skip.
+    fn may_wait(&self) -> bool {
+        false
+    }
+
     /// Whether [`Plugin::request_body`] must see the request body.
     fn wants_request_body(&self) -> bool {
         false
@@ -163,6 +170,10 @@ impl<P: Plugin + ?Sized> Plugin for std::sync::Arc<P> {
 
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         (**self).access(req, ex)
+    }
+
+    fn may_wait(&self) -> bool {
+        (**self).may_wait()
     }
 
     fn wants_request_body(&self) -> bool {

@@ -1,22 +1,25 @@
 //! A client that leaves while the gateway waits on its behalf.
 //!
 //! Some work before the upstream is asked waits on something else: a fault delay, a token
-//! introspection call, a Wasm plugin's HTTP call, a shared rate limit's step in Redis. A
-//! client that hangs up meanwhile should not leave that work running to its end and then
-//! send the upstream a request nobody reads the answer of (Envoy cancels such waits; nginx
-//! notices only on its next read or write). While such a wait is pending, the client's
-//! connection is watched as well, and the wait is dropped the moment it closes.
+//! introspection call, a Wasm plugin's HTTP call, a shared rate limit's step in Redis, a
+//! transcoded call's answer. A client that hangs up meanwhile should not leave that work
+//! running to its end and then send the upstream a request nobody reads the answer of
+//! (Envoy cancels such waits; nginx notices only on its next read or write). While such a
+//! wait is pending, the client is watched as well, and the wait is dropped the moment it
+//! goes.
 //!
-//! The watch needs only the connection's descriptor, not Pingora's session, which the
-//! waiting work borrows. It is a duplicate of the descriptor registered with the runtime
-//! for readability: end of stream or a reset wakes it; bytes that arrive (a body, a
-//! pipelined request) are only looked at, never taken. It costs nothing to work that
-//! answers at once, and a few system calls to work that waits.
+//! - An HTTP/1 client is its connection. The watch needs only the connection's descriptor,
+//!   not Pingora's session, which the waiting work borrows: a duplicate of the descriptor
+//!   registered with the runtime for readability. End of stream or a reset wakes it; bytes
+//!   that arrive (a body, a pipelined request) are only looked at, never taken.
+//! - An HTTP/2 client cancels its stream (`RST_STREAM`), or drops the whole connection:
+//!   the stream's own reset notice tells both. It needs the session, so the work is given
+//!   the request head taken out of it for the wait.
 //!
-//! It watches an HTTP/1 connection. An HTTP/2 client cancels one stream of a shared
-//! connection, which its descriptor does not show; such a wait runs its course, bounded by
-//! its own timeout.
+//! Work that answers at once is never watched.
 
+use pingora::protocols::http::v2::server::Idle;
+use pingora::protocols::http::ServerSession as HttpServerSession;
 use std::future::Future;
 use std::io;
 use std::net::TcpStream;
@@ -26,22 +29,58 @@ use std::task::Poll;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// Runs `work`; `None` when the client on `client` (its connection's descriptor) left before
-/// it finished, in which case `work` was dropped unfinished.
-pub async fn unless_client_leaves<F: Future>(client: Option<RawFd>, work: F) -> Option<F::Output> {
+/// What tells that the client left.
+pub enum Watch<'a> {
+    /// Nothing can (the work then runs its course).
+    Nothing,
+    /// An HTTP/1 client: its connection's descriptor.
+    Connection(RawFd),
+    /// An HTTP/2 client: its stream's reset notice.
+    Stream(Idle<'a>),
+}
+
+impl Watch<'_> {
+    /// The watch a client session allows: its connection (HTTP/1), its stream (HTTP/2).
+    pub fn of(session: &mut HttpServerSession) -> Watch<'_> {
+        match session {
+            HttpServerSession::H2(stream) => Watch::Stream(stream.idle()),
+            session => Watch::of_connection(session),
+        }
+    }
+
+    /// An HTTP/1 client's connection; nothing for other sessions.
+    pub fn of_connection(session: &HttpServerSession) -> Watch<'static> {
+        session
+            .stream()
+            .map_or(Watch::Nothing, |s| Watch::Connection(s.id()))
+    }
+}
+
+/// Runs `work`; `None` when the client left before it finished, in which case `work` was
+/// dropped unfinished.
+pub async fn unless_client_leaves<F: Future>(watch: Watch<'_>, work: F) -> Option<F::Output> {
     let mut work = pin!(work);
     // Most work answers at once: no watch for it.
     let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
     if let Poll::Ready(out) = first {
         return Some(out);
     }
-    let Some(watch) = client.and_then(|fd| Departure::watch(fd).ok()) else {
-        return Some(work.await);
-    };
-    tokio::select! {
-        biased;
-        out = &mut work => Some(out),
-        () = watch.gone() => None,
+    match watch {
+        Watch::Nothing => Some(work.await),
+        Watch::Connection(fd) => match Departure::watch(fd) {
+            Ok(departure) => tokio::select! {
+                biased;
+                out = &mut work => Some(out),
+                () = departure.gone() => None,
+            },
+            Err(_) => Some(work.await),
+        },
+        Watch::Stream(reset) => tokio::select! {
+            biased;
+            out = &mut work => Some(out),
+            // A reset, or the connection's end (an error): either way nobody waits.
+            _ = reset => None,
+        },
     }
 }
 
@@ -122,11 +161,14 @@ mod tests {
         let (server, client) = pair().await;
         drop(client);
         server.readable().await.unwrap();
-        let out = unless_client_leaves(Some(server.as_raw_fd()), async { 7 }).await;
+        let out = unless_client_leaves(Watch::Connection(server.as_raw_fd()), async { 7 }).await;
         assert_eq!(out, Some(7));
         // Without a descriptor, or with one that is no socket, the work simply runs.
-        assert_eq!(unless_client_leaves(None, async { 8 }).await, Some(8));
-        let out = unless_client_leaves(Some(-1), async {
+        assert_eq!(
+            unless_client_leaves(Watch::Nothing, async { 8 }).await,
+            Some(8)
+        );
+        let out = unless_client_leaves(Watch::Connection(-1), async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             9
         });
@@ -136,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_closes_ends_the_wait() {
         let (server, client) = pair().await;
-        let wait = unless_client_leaves(Some(server.as_raw_fd()), waiting());
+        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), waiting());
         let close = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(client);
@@ -155,7 +197,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_from_a_client_that_stays_do_not_end_the_wait_and_are_not_taken() {
         let (server, mut client) = pair().await;
-        let wait = unless_client_leaves(Some(server.as_raw_fd()), async {
+        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             "finished"
         });
@@ -177,7 +219,7 @@ mod tests {
     async fn a_client_that_sent_bytes_then_closed_ends_the_wait() {
         let (server, mut client) = pair().await;
         client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
-        let wait = unless_client_leaves(Some(server.as_raw_fd()), waiting());
+        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), waiting());
         let close = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(client);
@@ -192,7 +234,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stays_lets_the_work_finish() {
         let (server, client) = pair().await;
-        let out = unless_client_leaves(Some(server.as_raw_fd()), async {
+        let out = unless_client_leaves(Watch::Connection(server.as_raw_fd()), async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             5
         })

@@ -5,10 +5,12 @@ use super::answer::{self, answer_error, Answer};
 use super::attempt::Attempts;
 use super::ctx::{RequestCtx, WebSocket};
 use super::Gateway;
-use crate::edge::departure;
+use crate::edge::departure::{self, Watch};
 use crate::snapshot::{Action, CompiledRoute};
-use gatehouse_plugins::{ErrorAnswer, Flow};
-use http::StatusCode;
+use gatehouse_plugins::{ErrorAnswer, Exchange, Flow, PluginChain};
+use http::{Method, StatusCode};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession as HttpServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
@@ -34,12 +36,7 @@ impl Gateway {
             .set_write_timeout(Some(route.timeouts.write));
         let route = &*ctx.route.insert(route);
         if !route.plugins.is_empty() {
-            // A wait (a fault delay, an introspection call…) ends if the client leaves.
-            let client = session.as_downstream().stream().map(|s| s.id());
-            let access = route
-                .plugins
-                .access(session.req_header_mut(), &mut ctx.exchange);
-            let Some(flow) = departure::unless_client_leaves(client, access).await else {
+            let Some(flow) = access(session, &route.plugins, &mut ctx.exchange).await else {
                 // Nothing to answer: logged as nginx's 499, and the upstream never asked.
                 return Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT)
                     .map_err(|e| e.into_down());
@@ -93,4 +90,26 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The route's access plugins on the request; `None` when the client left while they waited
+/// (a fault delay, an introspection call…), their wait then dropped.
+async fn access(session: &mut Session, plugins: &PluginChain, ex: &mut Exchange) -> Option<Flow> {
+    if !plugins.may_wait() {
+        return Some(plugins.access(session.req_header_mut(), ex).await);
+    }
+    if let HttpServerSession::H2(stream) = session.as_downstream_mut() {
+        // The stream's reset notice needs the session: the plugins get the head, taken out
+        // of it for the wait and put back after.
+        let Ok(stand_in) = RequestHeader::build(Method::GET, b"/", None) else {
+            return Some(plugins.access(stream.req_header_mut(), ex).await);
+        };
+        let mut head = std::mem::replace(stream.req_header_mut(), stand_in);
+        let watch = Watch::Stream(stream.idle());
+        let flow = departure::unless_client_leaves(watch, plugins.access(&mut head, ex)).await;
+        *stream.req_header_mut() = head;
+        return flow;
+    }
+    let watch = Watch::of_connection(session.as_downstream());
+    departure::unless_client_leaves(watch, plugins.access(session.req_header_mut(), ex)).await
 }

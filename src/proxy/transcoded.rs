@@ -11,7 +11,7 @@ use super::attempt::{Attempts, Failure, Replay, Retry};
 use super::ctx::RequestCtx;
 use super::dispatch::CLIENT_LEFT;
 use super::Gateway;
-use crate::edge::departure;
+use crate::edge::departure::{self, Watch};
 use crate::snapshot::Transcoder;
 use crate::transcode::bindings::{Binding, Found};
 use crate::transcode::request;
@@ -174,7 +174,7 @@ impl Gateway {
     /// and message sent, the answer's head read.
     async fn attempt(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
         binding: &Binding,
         framed: Bytes,
@@ -203,8 +203,8 @@ impl Gateway {
             Err(e) => return Outcome::Failed(classify(&e).unwrap_or_else(|| internal("head"))),
         };
         // The call is cancelled (its stream reset) if the client leaves before its answer.
-        let client = session.as_downstream().stream().map(|s| s.id());
-        let sent = departure::unless_client_leaves(client, send(&mut up, head, framed)).await;
+        let watch = Watch::of(session.as_downstream_mut());
+        let sent = departure::unless_client_leaves(watch, send(&mut up, head, framed)).await;
         let Some(sent) = sent else {
             // Says nothing of the node: its breaker pass is given back unjudged.
             if let Some(attempts) = ctx.attempts.as_mut() {

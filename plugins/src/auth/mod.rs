@@ -499,6 +499,11 @@ impl Plugin for Authenticate {
         Stage::Authenticate
     }
 
+    /// A key set to fetch, or a token to introspect.
+    fn may_wait(&self) -> bool {
+        self.auth.jwks().is_some() || self.auth.introspector.is_some()
+    }
+
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         let auth = &*self.auth;
         if let Some(jwks) = auth.jwks() {

@@ -311,6 +311,11 @@ impl Plugin for RateLimitPlugin {
         "rate-limit"
     }
 
+    /// A shared limit waits for its step in the store.
+    fn may_wait(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Forgets the clients not seen for a while, so a flood of one-off keys does not stay.
     fn housekeep(&self) {
         self.state.cleanup();

@@ -412,6 +412,11 @@ impl Plugin for WasmPlugin {
         Stage::Admit
     }
 
+    /// A module may pause a request on its HTTP calls.
+    fn may_wait(&self) -> bool {
+        true
+    }
+
     fn access<'a>(&'a self, req: &'a mut RequestHeader, ex: &'a mut Exchange) -> Access<'a> {
         let inner = &self.inner;
         let at = inner.workers.here();
