@@ -268,6 +268,11 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
         upstream("main", main.addr),
         route("slow", "/slow", &delay("6s")),
         route("brief", "/brief", &delay("300ms")),
+        route(
+            "quick",
+            "/quick",
+            "  - name: fault\n    config: { abort: { status: 503, percent: 100 } }\n",
+        ),
     ]
     .join("---\n");
     let gw = Gateway::builder().file("r.yaml", routes).start().await;
@@ -299,9 +304,12 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    // Connected first, so the call below is under way well within its timeout.
+    let resp = h2.get(gw.url("/quick")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
     let gave_up = h2
         .get(gw.url("/slow"))
-        .timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(500))
         .send()
         .await;
     assert!(gave_up.is_err_and(|e| e.is_timeout()));

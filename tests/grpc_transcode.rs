@@ -472,9 +472,13 @@ async fn a_client_that_leaves_during_a_call_is_not_waited_for() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    // Connected first (and the upstream's connection ready), so the call below is under
+    // way well within its timeout.
+    let resp = h2.get(gw.url("/v1/users/7")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     let gave_up = h2
         .get(gw.url("/v1/users/998"))
-        .timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(500))
         .send()
         .await;
     assert!(gave_up.is_err_and(|e| e.is_timeout()));

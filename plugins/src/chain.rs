@@ -93,7 +93,16 @@ impl PluginChain {
         for plugin in self.plugins.iter() {
             let flow = match plugin.access(req, ex) {
                 Access::Now(flow) => flow,
-                Access::Wait(pending) => pending.await,
+                Access::Wait(pending) => {
+                    // A wait the chain was not told of goes unwatched: the client could leave
+                    // and the upstream still be asked.
+                    debug_assert!(
+                        self.may_wait,
+                        "{} waited but says it never does",
+                        plugin.name()
+                    );
+                    pending.await
+                }
             };
             if !matches!(flow, Flow::Continue) {
                 return flow;

@@ -101,7 +101,7 @@ async fn access(session: &mut Session, plugins: &PluginChain, ex: &mut Exchange)
     if let HttpServerSession::H2(stream) = session.as_downstream_mut() {
         // The stream's reset notice needs the session: the plugins get the head, taken out
         // of it for the wait and put back after.
-        let Ok(stand_in) = RequestHeader::build(Method::GET, b"/", None) else {
+        let Ok(stand_in) = RequestHeader::build_no_case(Method::GET, b"/", Some(0)) else {
             return Some(plugins.access(stream.req_header_mut(), ex).await);
         };
         let mut head = std::mem::replace(stream.req_header_mut(), stand_in);
