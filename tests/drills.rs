@@ -300,19 +300,7 @@ async fn a_client_that_leaves_during_a_fault_delay_is_not_waited_for() {
     }
     // An HTTP/2 client that gives up on its stream (it resets it) and goes on using its
     // connection.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    // Connected first, so the call below is under way well within its timeout.
-    let resp = h2.get(gw.url("/quick")).send().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    let gave_up = h2
-        .get(gw.url("/slow"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let h2 = common::h2_giving_up(&gw.url("/quick"), 503, &gw.url("/slow")).await;
     let series = "gatehouse_requests_total{route=\"slow\",status=\"499\"}";
     eventually(
         Duration::from_secs(10),

@@ -468,20 +468,7 @@ async fn a_client_that_leaves_during_a_call_is_not_waited_for() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(raw);
     // An HTTP/2 client that resets its stream.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    // Connected first (and the upstream's connection ready), so the call below is under
-    // way well within its timeout.
-    let resp = h2.get(gw.url("/v1/users/7")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let gave_up = h2
-        .get(gw.url("/v1/users/998"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    let h2 = common::h2_giving_up(&gw.url("/v1/users/7"), 200, &gw.url("/v1/users/998")).await;
     let series = "gatehouse_requests_total{route=\"rest\",status=\"499\"} 3";
     common::eventually(Duration::from_secs(10), "the departure logged", || async {
         gw.metrics_text().await.lines().any(|l| l == series)

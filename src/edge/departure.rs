@@ -151,9 +151,24 @@ mod tests {
         (server, client)
     }
 
-    async fn waiting() -> &'static str {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        "finished"
+    /// A long wait on behalf of `client`, which closes its connection 50 ms in.
+    async fn wait_while_it_closes(
+        server: &tokio::net::TcpStream,
+        client: Client,
+    ) -> Option<&'static str> {
+        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "finished"
+        });
+        let close = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(client);
+        };
+        let (out, ()) =
+            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(wait, close) })
+                .await
+                .expect("the wait ended when the client closed");
+        out
     }
 
     #[tokio::test]
@@ -178,16 +193,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_closes_ends_the_wait() {
         let (server, client) = pair().await;
-        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), waiting());
-        let close = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(client);
-        };
-        let (out, ()) =
-            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(wait, close) })
-                .await
-                .expect("the wait ended when the client closed");
-        assert_eq!(out, None);
+        assert_eq!(wait_while_it_closes(&server, client).await, None);
         // The gateway's own descriptor is still open: only the duplicate was closed.
         let mut buf = [0u8; 1];
         server.readable().await.unwrap();
@@ -219,16 +225,7 @@ mod tests {
     async fn a_client_that_sent_bytes_then_closed_ends_the_wait() {
         let (server, mut client) = pair().await;
         client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
-        let wait = unless_client_leaves(Watch::Connection(server.as_raw_fd()), waiting());
-        let close = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(client);
-        };
-        let (out, ()) =
-            tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(wait, close) })
-                .await
-                .expect("the wait ended when the client closed");
-        assert_eq!(out, None);
+        assert_eq!(wait_while_it_closes(&server, client).await, None);
     }
 
     #[tokio::test]

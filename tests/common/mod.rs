@@ -72,6 +72,23 @@ pub fn startup_error(yaml: &str) -> String {
 }
 
 /// An HTTP client that never goes through a proxy and never follows redirects.
+/// An HTTP/2 (prior knowledge) client, connected by a first call to `ready` (which must
+/// answer `status`), that then gives up on a call to `url` after 500 ms: its stream is
+/// reset, its connection kept. Returned for the calls that follow on that connection.
+pub async fn h2_giving_up(ready: &str, status: u16, url: &str) -> reqwest::Client {
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // Connected first, so the call is under way well within its timeout.
+    let resp = h2.get(ready).send().await.unwrap();
+    assert_eq!(resp.status(), status, "{ready}");
+    let gave_up = h2.get(url).timeout(Duration::from_millis(500)).send().await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()), "{url}");
+    h2
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
