@@ -273,6 +273,25 @@ pub fn stands_in(route: &crate::snapshot::CompiledRoute, status: u16) -> Option<
         .then(|| Error::explain(etype, format!("the upstream answered {status}")))
 }
 
+/// Why a request ended when its client left while the gateway waited on its behalf (its
+/// plugins, or a call the gateway makes itself).
+const CLIENT_LEFT: &str = "the client left while the gateway waited on its behalf";
+
+/// Ends a request whose client left during a wait: nothing to answer ([`classify`] gives
+/// none for a downstream close), logged as nginx's 499, the upstream never asked.
+pub fn client_left<T>() -> Result<T> {
+    Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT).map_err(|e| e.into_down())
+}
+
+/// Whether an error is one [`client_left`] made: the access log's 499 says it, so no error
+/// line does (a client that comes and goes at will must not be able to fill the error log).
+pub fn is_client_left(e: &Error) -> bool {
+    e.etype() == &ErrorType::ConnectionClosed
+        && e.context
+            .as_ref()
+            .is_some_and(|c| c.as_str() == CLIENT_LEFT)
+}
+
 /// Whether an error is one [`stands_in`] made.
 pub fn is_stand_in(e: &Error) -> bool {
     *e.etype() == UPSTREAM_FAILED || *e.etype() == UPSTREAM_TIMED_OUT

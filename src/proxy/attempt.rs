@@ -332,18 +332,23 @@ impl Attempts {
         false
     }
 
+    /// The attempt ended for a reason that says nothing of the node (the client left, say):
+    /// neither health nor the breaker hears of it, and nothing is tried again.
+    pub fn unjudged(&mut self) {
+        if let Some(pass) = self.pass.take() {
+            if let Some(breaker) = self.breaker() {
+                breaker.release(pass);
+            }
+        }
+    }
+
     /// The attempt failed after it was sent.
     pub fn failed(&mut self, f: Failure) -> Retry {
         if std::mem::take(&mut self.retrying_status) {
             return Retry::AsDecided;
         }
         if f.not_the_node {
-            // Neither health nor the breaker hears of it, and nothing is tried again.
-            if let Some(pass) = self.pass.take() {
-                if let Some(breaker) = self.breaker() {
-                    breaker.release(pass);
-                }
-            }
+            self.unjudged();
             return Retry::No;
         }
         if f.reused

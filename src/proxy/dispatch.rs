@@ -12,13 +12,8 @@ use http::{Method, StatusCode};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession as HttpServerSession;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 use std::sync::Arc;
-
-/// Why a request ended when its client left while the gateway waited on its behalf (its
-/// plugins, or a call the gateway makes itself): the access log's 499 says it, so no error
-/// line does (a client that comes and goes at will must not be able to fill the error log).
-pub(super) const CLIENT_LEFT: &str = "the client left while the gateway waited on its behalf";
 
 impl Gateway {
     /// Runs the route on the request; `true` once the request is answered here.
@@ -37,9 +32,7 @@ impl Gateway {
         let route = &*ctx.route.insert(route);
         if !route.plugins.is_empty() {
             let Some(flow) = access(session, &route.plugins, &mut ctx.exchange).await else {
-                // Nothing to answer: logged as nginx's 499, and the upstream never asked.
-                return Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT)
-                    .map_err(|e| e.into_down());
+                return answer::client_left();
             };
             // The plugins may have waited (an introspection call) while a drain began.
             if self.settings.draining.is_on() {

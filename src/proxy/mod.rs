@@ -394,10 +394,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        e.etype() == &ErrorType::ConnectionClosed
-            && e.context
-                .as_ref()
-                .is_some_and(|c| c.as_str() == dispatch::CLIENT_LEFT)
+        answer::is_client_left(e)
     }
 
     async fn fail_to_proxy(

@@ -9,7 +9,6 @@
 use super::answer::{self, answer_error, classify, Answer};
 use super::attempt::{Attempts, Failure, Replay, Retry};
 use super::ctx::RequestCtx;
-use super::dispatch::CLIENT_LEFT;
 use super::Gateway;
 use crate::edge::departure::{self, Watch};
 use crate::snapshot::Transcoder;
@@ -100,10 +99,7 @@ impl Gateway {
                 Outcome::Answered(up) => return self.relay(session, ctx, binding, *up).await,
                 Outcome::Again => continue,
                 Outcome::Failed(reply) => return answer_error(session, &reply, ctx).await,
-                Outcome::Left => {
-                    return Error::e_explain(ErrorType::ConnectionClosed, CLIENT_LEFT)
-                        .map_err(|e| e.into_down())
-                }
+                Outcome::Left => return answer::client_left(),
             }
         }
     }
@@ -206,13 +202,8 @@ impl Gateway {
         let watch = Watch::of(session.as_downstream_mut());
         let sent = departure::unless_client_leaves(watch, send(&mut up, head, framed)).await;
         let Some(sent) = sent else {
-            // Says nothing of the node: its breaker pass is given back unjudged.
             if let Some(attempts) = ctx.attempts.as_mut() {
-                let e = Error::new_down(ErrorType::ConnectionClosed);
-                let replay = Replay::of(session.req_header());
-                let mut left = Failure::of_call(&e, reused, replay, false);
-                left.not_the_node = true;
-                attempts.failed(left);
+                attempts.unjudged();
             }
             // The stream is reset (the server sees a cancel); its connection serves on.
             self.release(up, ctx).await;
